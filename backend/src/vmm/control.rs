@@ -1,0 +1,224 @@
+//! The VMM process's control socket: one JSON object per line each way.
+//!
+//! Requests (`{"op": ...}`): `status`, `stats`, `pause`, `resume`,
+//! `save {"dir"}` (the VM must be paused; it stays paused), `shutdown`,
+//! `read_memory {"gpa","len"}` and `write_memory {"gpa","hex"}` (paused only;
+//! for diagnosis and tests). Every request gets exactly one response line:
+//! `{"ok": <reply>}` or `{"error": "<message>"}`. A malformed line gets an
+//! error and changes nothing.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Sender, channel};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::event::{StopReason, VmmEvent};
+use super::snapshot::SnapshotInfo;
+use super::{RunState, VmStats};
+
+/// Longest request line accepted.
+const MAX_LINE: usize = 1 << 20;
+/// Most bytes one `read_memory` returns.
+pub const MAX_MEMORY_READ: u32 = 1 << 16;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Stats,
+    Pause,
+    Resume,
+    Save { dir: PathBuf },
+    Shutdown,
+    ReadMemory { gpa: u64, len: u32 },
+    WriteMemory { gpa: u64, hex: String },
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmStatus {
+    pub state: RunState,
+    pub pid: u32,
+    pub vcpus: u8,
+    pub memory_bytes: u64,
+    pub stop_reason: Option<StopReason>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Done,
+    Status(VmStatus),
+    Stats(VmStats),
+    Saved(SnapshotInfo),
+    Memory { hex: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Ok(Reply),
+    Error(String),
+}
+
+#[derive(Debug, Error)]
+pub enum ControlError {
+    #[error("cannot bind control socket {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control socket {path} is in use by a running VMM")]
+    InUse { path: PathBuf },
+    #[error("cannot connect to control socket {path}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control socket I/O failed")]
+    Io(#[source] std::io::Error),
+    #[error("the VMM closed the control connection")]
+    Closed,
+    #[error("malformed response from the VMM")]
+    Malformed(#[source] serde_json::Error),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Binds `path`, replacing a stale socket left by a VMM that died.
+pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(ControlError::InUse {
+                path: path.to_path_buf(),
+            });
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    UnixListener::bind(path).map_err(|source| ControlError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Serves the socket on background threads, forwarding requests to the VMM loop.
+pub fn serve(listener: UnixListener, events: Sender<VmmEvent>) {
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let events = events.clone();
+                let _ = std::thread::Builder::new()
+                    .name("control-conn".into())
+                    .spawn(move || serve_connection(stream, &events));
+            }
+        })
+        .map(drop)
+        .unwrap_or_else(|e| eprintln!("vmig: control socket disabled: cannot start its thread: {e}"));
+}
+
+fn serve_connection(stream: UnixStream, events: &Sender<VmmEvent>) {
+    let Ok(mut writer) = stream.try_clone() else { return };
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match (&mut reader).take(MAX_LINE as u64).read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let response = match serde_json::from_str::<Request>(line.trim()) {
+            Err(e) => Response::Error(format!("malformed request: {e}")),
+            Ok(request) => {
+                let (reply_to, reply) = channel();
+                if events.send(VmmEvent::Control(request, reply_to)).is_err() {
+                    return;
+                }
+                match reply.recv() {
+                    Ok(response) => response,
+                    Err(_) => return,
+                }
+            }
+        };
+        let mut out = serde_json::to_vec(&response).unwrap_or_else(|_| b"{\"error\":\"internal\"}".to_vec());
+        out.push(b'\n');
+        if writer.write_all(&out).is_err() {
+            return;
+        }
+    }
+}
+
+/// A connection to a VMM's control socket.
+#[derive(Debug)]
+pub struct ControlClient {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl ControlClient {
+    pub fn connect(path: &Path) -> Result<Self, ControlError> {
+        let stream = UnixStream::connect(path).map_err(|source| ControlError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let writer = stream.try_clone().map_err(ControlError::Io)?;
+        Ok(Self {
+            reader: BufReader::new(stream),
+            writer,
+        })
+    }
+
+    /// Gives up on a response after `timeout` (None: wait forever).
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<(), ControlError> {
+        self.writer.set_read_timeout(timeout).map_err(ControlError::Io)
+    }
+
+    pub fn request(&mut self, request: &Request) -> Result<Reply, ControlError> {
+        let mut line = serde_json::to_vec(request).map_err(ControlError::Malformed)?;
+        line.push(b'\n');
+        self.writer.write_all(&line).map_err(ControlError::Io)?;
+        let mut answer = String::new();
+        let read = self.reader.read_line(&mut answer).map_err(ControlError::Io)?;
+        if read == 0 {
+            return Err(ControlError::Closed);
+        }
+        match serde_json::from_str(&answer).map_err(ControlError::Malformed)? {
+            Response::Ok(reply) => Ok(reply),
+            Response::Error(message) => Err(ControlError::Refused(message)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_json_lines() {
+        let requests = [
+            Request::Status,
+            Request::Save { dir: "/tmp/x".into() },
+            Request::WriteMemory {
+                gpa: 0x1000,
+                hex: "ff".into(),
+            },
+        ];
+        for request in requests {
+            let text = serde_json::to_string(&request).unwrap();
+            assert!(!text.contains('\n'));
+            assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), request);
+        }
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"pause"}"#).unwrap(),
+            Request::Pause
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
+    }
+}

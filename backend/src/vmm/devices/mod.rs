@@ -1,0 +1,92 @@
+//! The legacy PC devices a guest reaches through port I/O: the COM1 serial
+//! console, the debug-exit port (power off with a code), the i8042 reset line,
+//! and ports that are accepted and ignored.
+
+pub mod serial;
+
+use std::sync::Mutex;
+use std::sync::mpsc::Sender;
+
+use serde::{Deserialize, Serialize};
+
+use super::event::{StopReason, VmmEvent};
+pub use serial::{SerialConsole, SerialState};
+
+/// COM1.
+pub const SERIAL_PORT_BASE: u16 = 0x3f8;
+pub const SERIAL_IRQ: u32 = 4;
+/// isa-debug-exit compatible port: a write powers the guest off with that code.
+pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+const I8042_DATA: u16 = 0x60;
+const I8042_COMMAND: u16 = 0x64;
+const I8042_RESET: u8 = 0xfe;
+
+/// State of every device, for save/restore and migration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevicesState {
+    pub serial: SerialState,
+}
+
+/// Port I/O dispatch for one VM; shared by its vCPU threads.
+#[derive(Debug)]
+pub struct PortIoBus {
+    serial: Mutex<SerialConsole>,
+    events: Sender<VmmEvent>,
+}
+
+impl PortIoBus {
+    pub fn new(serial: SerialConsole, events: Sender<VmmEvent>) -> Self {
+        Self {
+            serial: Mutex::new(serial),
+            events,
+        }
+    }
+
+    fn serial(&self) -> std::sync::MutexGuard<'_, SerialConsole> {
+        self.serial.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Handles a guest `in`: fills `data` (all ones where nothing answers).
+    pub fn read(&self, port: u16, data: &mut [u8]) {
+        data.fill(0xff);
+        match port {
+            SERIAL_PORT_BASE..=0x3ff if data.len() == 1 => {
+                data[0] = self.serial().read((port - SERIAL_PORT_BASE) as u8);
+            }
+            // The i8042 status: output buffer empty, ready for commands.
+            I8042_COMMAND | I8042_DATA => data.fill(0),
+            _ => {}
+        }
+    }
+
+    /// Handles a guest `out`.
+    pub fn write(&self, port: u16, data: &[u8]) {
+        match port {
+            SERIAL_PORT_BASE..=0x3ff if data.len() == 1 => {
+                self.serial().write((port - SERIAL_PORT_BASE) as u8, data[0]);
+            }
+            DEBUG_EXIT_PORT if !data.is_empty() => {
+                let _ = self.events.send(VmmEvent::Stopped(StopReason::PowerOff { code: data[0] }));
+            }
+            I8042_COMMAND if data.first() == Some(&I8042_RESET) => {
+                let _ = self.events.send(VmmEvent::Stopped(StopReason::Reset));
+            }
+            _ => {}
+        }
+    }
+
+    pub fn save(&self) -> DevicesState {
+        DevicesState {
+            serial: self.serial().save(),
+        }
+    }
+
+    pub fn restore(&self, state: &DevicesState) -> Result<(), serial::SerialStateError> {
+        self.serial().restore(&state.serial)
+    }
+
+    /// Bytes the guest has written to its console.
+    pub fn console_bytes(&self) -> u64 {
+        self.serial().bytes_out()
+    }
+}

@@ -1,0 +1,415 @@
+//! A small KVM virtual machine monitor: one VM, its memory, vCPU threads and
+//! legacy devices, with pause/resume and save/restore of the whole machine.
+
+pub mod boot;
+pub mod control;
+pub mod cpuid;
+pub mod devices;
+pub mod event;
+pub mod layout;
+pub mod memory;
+pub mod process;
+pub mod regs;
+pub mod snapshot;
+pub mod state;
+pub mod vcpu;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::time::Instant;
+
+use kvm_bindings::{
+    KVM_CLOCK_REALTIME, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY,
+    kvm_irqchip, kvm_pit_config,
+};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use vmm_sys_util::eventfd::EventFd;
+
+use self::boot::{BootConfig, BootError};
+use self::devices::{PortIoBus, SerialConsole};
+use self::event::VmmEvent;
+use self::memory::{GuestMemory, MemoryError};
+use self::regs::RegsError;
+pub use self::state::{MachineConfig, VmState};
+use self::state::{IrqchipState, STATE_FORMAT};
+use self::vcpu::{VcpuContext, VcpuError, VcpuHandle};
+
+/// The KVM device node.
+pub const KVM_DEVICE: &str = "/dev/kvm";
+/// Most vCPUs one VM may have (8-bit xAPIC IDs, one kept for the IOAPIC).
+pub const MAX_VCPUS: u8 = boot::mptable::MAX_CPUS;
+
+#[derive(Debug, Error)]
+pub enum VmError {
+    #[error(
+        "cannot open {KVM_DEVICE}: {source}; load the kvm module (modprobe kvm_intel or kvm_amd) \
+         and run as a user who can read and write {KVM_DEVICE} (e.g. in the kvm group)"
+    )]
+    KvmUnavailable {
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("{KVM_DEVICE} lacks required capability {0}")]
+    MissingCapability(&'static str),
+    #[error("KVM refused to {what}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("{vcpus} vCPUs requested; between 1 and {max} are supported here")]
+    VcpuCount { vcpus: u16, max: u16 },
+    #[error("guest memory")]
+    Memory(#[from] MemoryError),
+    #[error("boot")]
+    Boot(#[from] BootError),
+    #[error("vCPU setup")]
+    Regs(#[from] RegsError),
+    #[error("vCPU")]
+    Vcpu(#[from] VcpuError),
+    #[error("CPUID")]
+    Cpuid(#[from] cpuid::CpuidError),
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+    #[error("restored device state is invalid")]
+    DeviceState(#[from] devices::serial::SerialStateError),
+    #[error("the VM is {0}, which does not allow this")]
+    WrongState(RunState),
+    #[error(
+        "saved machine does not match: it has {saved_memory} bytes and {saved_vcpus} vCPUs, \
+         this VM {memory} bytes and {vcpus} vCPUs"
+    )]
+    ConfigMismatch {
+        saved_memory: u64,
+        saved_vcpus: u8,
+        memory: u64,
+        vcpus: u8,
+    },
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// Where a VM is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Built, vCPUs not yet started.
+    Created,
+    Running,
+    Paused,
+    /// The guest ended (power off, reset, crash); only its state can be read.
+    Stopped,
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RunState::Created => "created",
+            RunState::Running => "running",
+            RunState::Paused => "paused",
+            RunState::Stopped => "stopped",
+        })
+    }
+}
+
+/// How a new VM gets its first state.
+#[derive(Debug)]
+pub enum Start {
+    /// Load a kernel and boot it.
+    Boot(BootConfig),
+    /// Continue a saved machine: its state and an image of its memory.
+    Restore {
+        state: Box<VmState>,
+        memory_image: std::fs::File,
+    },
+}
+
+/// Counters for `stats`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmStats {
+    pub state: RunState,
+    pub uptime_ms: u64,
+    pub vcpus: u8,
+    pub memory_bytes: u64,
+    /// Guest memory the host actually holds (pages touched so far).
+    pub memory_resident_bytes: u64,
+    pub exits: u64,
+    pub io_exits: u64,
+    pub mmio_exits: u64,
+    pub console_bytes: u64,
+}
+
+/// One virtual machine.
+#[derive(Debug)]
+pub struct Vm {
+    // Field order is drop order: vCPU threads end before the VM fd and memory go.
+    vcpus: Vec<VcpuHandle>,
+    bus: Arc<PortIoBus>,
+    fd: VmFd,
+    memory: GuestMemory,
+    machine: MachineConfig,
+    state: RunState,
+    created: Instant,
+    _kvm: Kvm,
+}
+
+/// Opens `/dev/kvm` with a message that tells the operator what to do.
+pub fn open_kvm() -> Result<Kvm, VmError> {
+    Kvm::new().map_err(|source| VmError::KvmUnavailable { source })
+}
+
+impl Vm {
+    /// Builds a VM and gives it its first state; vCPUs stay paused until
+    /// [`Vm::resume`].
+    pub fn create(
+        machine: MachineConfig,
+        console: Box<dyn Write + Send>,
+        events: Sender<VmmEvent>,
+        start: Start,
+    ) -> Result<Self, VmError> {
+        memory::validate_size(machine.memory_bytes)?;
+        let kvm = open_kvm()?;
+        let max_vcpus = kvm.get_max_vcpus().min(usize::from(MAX_VCPUS)) as u16;
+        if machine.vcpus == 0 || u16::from(machine.vcpus) > max_vcpus {
+            return Err(VmError::VcpuCount {
+                vcpus: u16::from(machine.vcpus),
+                max: max_vcpus,
+            });
+        }
+        for (cap, name) in [
+            (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+            (Cap::Pit2, "KVM_CAP_PIT2"),
+            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+            (Cap::Xcrs, "KVM_CAP_XCRS"),
+            (Cap::Irqfd, "KVM_CAP_IRQFD"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(VmError::MissingCapability(name));
+            }
+        }
+        let fd = kvm.create_vm().map_err(kvm_err("create a VM"))?;
+        fd.set_tss_address(layout::KVM_TSS_ADDRESS)
+            .map_err(kvm_err("set the TSS address"))?;
+        fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(kvm_err("set the identity map address"))?;
+        fd.create_irq_chip().map_err(kvm_err("create the irqchip"))?;
+        fd.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .map_err(kvm_err("create the PIT"))?;
+
+        let memory = memory::create(machine.memory_bytes)?;
+        memory::register_slots(&fd, &memory, false)?;
+
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
+        fd.register_irqfd(&serial_irq, devices::SERIAL_IRQ)
+            .map_err(kvm_err("register the serial interrupt"))?;
+        let bus = Arc::new(PortIoBus::new(SerialConsole::new(serial_irq, console), events.clone()));
+
+        let supported = cpuid::supported(&kvm)?;
+        let mut vcpu_fds: Vec<VcpuFd> = Vec::with_capacity(usize::from(machine.vcpus));
+        for id in 0..machine.vcpus {
+            let vcpu = fd.create_vcpu(u64::from(id)).map_err(kvm_err("create a vCPU"))?;
+            let table = cpuid::for_vcpu(&supported, id, machine.vcpus, &machine.cpuid_masks)?;
+            vcpu.set_cpuid2(&table).map_err(kvm_err("set CPUID"))?;
+            regs::setup_vcpu_common(&vcpu)?;
+            vcpu_fds.push(vcpu);
+        }
+
+        let mut restore = None;
+        match start {
+            Start::Boot(config) => {
+                let entry = boot::load(&memory, &config, machine.vcpus)?;
+                regs::setup_boot_vcpu(&vcpu_fds[0], &memory, entry)?;
+            }
+            Start::Restore {
+                state,
+                mut memory_image,
+            } => {
+                if state.machine.memory_bytes != machine.memory_bytes || state.machine.vcpus != machine.vcpus {
+                    return Err(VmError::ConfigMismatch {
+                        saved_memory: state.machine.memory_bytes,
+                        saved_vcpus: state.machine.vcpus,
+                        memory: machine.memory_bytes,
+                        vcpus: machine.vcpus,
+                    });
+                }
+                memory::load_image(&memory, &mut memory_image)?;
+                restore = Some(state);
+            }
+        }
+
+        let context = VcpuContext {
+            bus: Arc::clone(&bus),
+            events,
+            msr_indices: Arc::new(kvm.get_msr_index_list().map_err(kvm_err("list MSRs"))?.as_slice().to_vec()),
+            xsave_size: usize::try_from(fd.check_extension_int(Cap::Xsave2)).unwrap_or(0),
+        };
+        let mut vcpus = Vec::with_capacity(vcpu_fds.len());
+        for (id, vcpu) in vcpu_fds.into_iter().enumerate() {
+            vcpus.push(VcpuHandle::spawn(id as u8, vcpu, context.clone())?);
+        }
+
+        let mut vm = Vm {
+            vcpus,
+            bus,
+            fd,
+            memory,
+            machine,
+            state: RunState::Created,
+            created: Instant::now(),
+            _kvm: kvm,
+        };
+        if let Some(state) = restore {
+            vm.restore_state(*state)?;
+        }
+        Ok(vm)
+    }
+
+    pub fn machine(&self) -> &MachineConfig {
+        &self.machine
+    }
+
+    pub fn state(&self) -> RunState {
+        self.state
+    }
+
+    pub fn memory(&self) -> &GuestMemory {
+        &self.memory
+    }
+
+    /// Starts or continues the vCPUs.
+    pub fn resume(&mut self) -> Result<(), VmError> {
+        match self.state {
+            RunState::Created | RunState::Paused => {}
+            other => return Err(VmError::WrongState(other)),
+        }
+        for vcpu in &self.vcpus {
+            vcpu.request_resume()?;
+        }
+        for vcpu in &self.vcpus {
+            vcpu.wait_done()?;
+        }
+        self.state = RunState::Running;
+        Ok(())
+    }
+
+    /// Stops every vCPU at an instruction boundary.
+    pub fn pause(&mut self) -> Result<(), VmError> {
+        match self.state {
+            RunState::Running => {}
+            RunState::Paused => return Ok(()),
+            other => return Err(VmError::WrongState(other)),
+        }
+        self.stop_vcpus()?;
+        self.state = RunState::Paused;
+        Ok(())
+    }
+
+    fn stop_vcpus(&mut self) -> Result<(), VmError> {
+        for vcpu in &self.vcpus {
+            vcpu.request_pause()?;
+        }
+        for vcpu in &self.vcpus {
+            vcpu.wait_done()?;
+        }
+        Ok(())
+    }
+
+    /// Marks the VM as ended by its guest; vCPUs are parked.
+    pub fn mark_stopped(&mut self) {
+        if self.state == RunState::Running {
+            let _ = self.stop_vcpus();
+        }
+        self.state = RunState::Stopped;
+    }
+
+    /// Saves the machine state; the VM must be paused (or stopped).
+    pub fn save_state(&self) -> Result<VmState, VmError> {
+        if matches!(self.state, RunState::Running | RunState::Created) {
+            return Err(VmError::WrongState(self.state));
+        }
+        let mut vcpus = Vec::with_capacity(self.vcpus.len());
+        for vcpu in &self.vcpus {
+            vcpus.push(vcpu.save()?);
+        }
+        let irqchip = IrqchipState {
+            pic_master: self.irqchip(KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: self.irqchip(KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: self.irqchip(KVM_IRQCHIP_IOAPIC)?,
+            pit: self.fd.get_pit2().map_err(kvm_err("read the PIT"))?,
+        };
+        let clock = self.fd.get_clock().map_err(kvm_err("read the KVM clock"))?;
+        Ok(VmState {
+            format: STATE_FORMAT,
+            machine: self.machine.clone(),
+            vcpus,
+            irqchip,
+            clock,
+            devices: self.bus.save(),
+        })
+    }
+
+    fn irqchip(&self, chip_id: u32) -> Result<kvm_irqchip, VmError> {
+        let mut chip = kvm_irqchip {
+            chip_id,
+            ..Default::default()
+        };
+        self.fd.get_irqchip(&mut chip).map_err(kvm_err("read the irqchip"))?;
+        Ok(chip)
+    }
+
+    fn restore_state(&mut self, state: VmState) -> Result<(), VmError> {
+        let VmState {
+            vcpus,
+            irqchip,
+            mut clock,
+            devices,
+            ..
+        } = state;
+        self.fd.set_pit2(&irqchip.pit).map_err(kvm_err("restore the PIT"))?;
+        for chip in [&irqchip.pic_master, &irqchip.pic_slave, &irqchip.ioapic] {
+            self.fd.set_irqchip(chip).map_err(kvm_err("restore the irqchip"))?;
+        }
+        // Only KVM_CLOCK_REALTIME may be passed back; with it, KVM advances the
+        // guest clock by the wall time that passed while the VM was saved.
+        clock.flags &= KVM_CLOCK_REALTIME;
+        self.fd.set_clock(&clock).map_err(kvm_err("restore the KVM clock"))?;
+        self.bus.restore(&devices)?;
+        for (vcpu, saved) in self.vcpus.iter().zip(vcpus) {
+            vcpu.restore(saved)?;
+        }
+        self.state = RunState::Paused;
+        Ok(())
+    }
+
+    pub fn stats(&self) -> VmStats {
+        let sum = |f: fn(&vcpu::VcpuCounters) -> u64| self.vcpus.iter().map(|v| f(&v.counters)).sum::<u64>();
+        use std::sync::atomic::Ordering::Relaxed;
+        VmStats {
+            state: self.state,
+            uptime_ms: self.created.elapsed().as_millis() as u64,
+            vcpus: self.machine.vcpus,
+            memory_bytes: self.machine.memory_bytes,
+            memory_resident_bytes: memory::resident_bytes(&self.memory),
+            exits: sum(|c| c.exits.load(Relaxed)),
+            io_exits: sum(|c| c.io_exits.load(Relaxed)),
+            mmio_exits: sum(|c| c.mmio_exits.load(Relaxed)),
+            console_bytes: self.bus.console_bytes(),
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        for vcpu in &mut self.vcpus {
+            vcpu.finish();
+        }
+    }
+}

@@ -1,0 +1,637 @@
+//! vCPUs as threads that take messages.
+//!
+//! Each vCPU thread owns its `VcpuFd` and loops on `KVM_RUN` while running. The
+//! VMM talks to it only through [`VcpuHandle`]: a request is queued, then the
+//! thread is kicked out of `KVM_RUN` with a real-time signal whose handler sets
+//! `immediate_exit`, so a request that races with entry into the guest is never
+//! missed. Requests are answered on a channel. State is read and written only
+//! while the vCPU is paused, after any pending port I/O has completed.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_bindings::{
+    CpuId, KVM_MAX_MSR_ENTRIES, Msrs, Xsave, kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_lapic_state,
+    kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_run, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
+
+use super::devices::PortIoBus;
+use super::event::{StopReason, VmmEvent};
+
+#[derive(Debug, Error)]
+pub enum VcpuError {
+    #[error("cannot {what} of vCPU {vcpu}")]
+    Kvm {
+        vcpu: u8,
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("vCPU {vcpu}: KVM rejected MSR {index:#x} on restore")]
+    MsrRejected { vcpu: u8, index: u32 },
+    #[error("vCPU {vcpu}: cannot build a {what} list")]
+    Fam {
+        vcpu: u8,
+        what: &'static str,
+        #[source]
+        source: vmm_sys_util::fam::Error,
+    },
+    #[error("vCPU {vcpu}: saved XSAVE area has {words} words, this host uses {expected}")]
+    XsaveSize { vcpu: u8, words: usize, expected: usize },
+    #[error("vCPU {vcpu} must be paused for {what}")]
+    NotPaused { vcpu: u8, what: &'static str },
+    #[error("vCPU {vcpu} thread is gone")]
+    Gone { vcpu: u8 },
+    #[error("vCPU {vcpu} did not answer within {secs} s")]
+    Timeout { vcpu: u8, secs: u64 },
+    #[error("cannot start the vCPU {vcpu} thread")]
+    Spawn {
+        vcpu: u8,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install the vCPU kick signal handler")]
+    Signal(#[source] vmm_sys_util::errno::Error),
+}
+
+/// The x87/SSE state KVM reports through `KVM_GET_FPU` (kvm-bindings has no serde for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FpuState {
+    pub fpr: [[u8; 16]; 8],
+    pub fcw: u16,
+    pub fsw: u16,
+    pub ftwx: u8,
+    pub last_opcode: u16,
+    pub last_ip: u64,
+    pub last_dp: u64,
+    pub xmm: [[u8; 16]; 16],
+    pub mxcsr: u32,
+}
+
+impl From<&kvm_fpu> for FpuState {
+    fn from(f: &kvm_fpu) -> Self {
+        Self {
+            fpr: f.fpr,
+            fcw: f.fcw,
+            fsw: f.fsw,
+            ftwx: f.ftwx,
+            last_opcode: f.last_opcode,
+            last_ip: f.last_ip,
+            last_dp: f.last_dp,
+            xmm: f.xmm,
+            mxcsr: f.mxcsr,
+        }
+    }
+}
+
+impl From<&FpuState> for kvm_fpu {
+    fn from(f: &FpuState) -> Self {
+        kvm_fpu {
+            fpr: f.fpr,
+            fcw: f.fcw,
+            fsw: f.fsw,
+            ftwx: f.ftwx,
+            last_opcode: f.last_opcode,
+            last_ip: f.last_ip,
+            last_dp: f.last_dp,
+            xmm: f.xmm,
+            mxcsr: f.mxcsr,
+            ..Default::default()
+        }
+    }
+}
+
+/// Everything KVM holds for one vCPU, as plain data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VcpuState {
+    pub id: u8,
+    pub cpuid: Vec<kvm_cpuid_entry2>,
+    pub mp_state: kvm_mp_state,
+    pub regs: kvm_regs,
+    pub sregs: kvm_sregs,
+    pub fpu: FpuState,
+    /// The XSAVE area as 32-bit words (4 KiB, or more with `KVM_CAP_XSAVE2`).
+    pub xsave: Vec<u32>,
+    pub xcrs: kvm_xcrs,
+    pub lapic: kvm_lapic_state,
+    pub msrs: Vec<kvm_msr_entry>,
+    pub vcpu_events: kvm_vcpu_events,
+    pub debug_regs: kvm_debugregs,
+    pub tsc_khz: Option<u32>,
+}
+
+/// Exit counters of one vCPU, readable while it runs.
+#[derive(Debug, Default)]
+pub struct VcpuCounters {
+    pub exits: AtomicU64,
+    pub io_exits: AtomicU64,
+    pub mmio_exits: AtomicU64,
+}
+
+/// What a vCPU thread needs besides its fd.
+#[derive(Debug, Clone)]
+pub struct VcpuContext {
+    pub bus: Arc<PortIoBus>,
+    pub events: Sender<VmmEvent>,
+    /// MSRs to save, from `KVM_GET_MSR_INDEX_LIST`.
+    pub msr_indices: Arc<Vec<u32>>,
+    /// Size in bytes of the XSAVE area (`KVM_CAP_XSAVE2`, at least 4096).
+    pub xsave_size: usize,
+}
+
+enum Request {
+    Pause,
+    Resume,
+    Save,
+    Restore(Box<VcpuState>),
+    Finish,
+}
+
+enum Reply {
+    Done,
+    State(Box<VcpuState>),
+    Failed(VcpuError),
+}
+
+/// The VMM's side of one vCPU thread.
+#[derive(Debug)]
+pub struct VcpuHandle {
+    pub id: u8,
+    requests: Sender<Request>,
+    replies: Receiver<Reply>,
+    thread: Option<JoinHandle<()>>,
+    pub counters: Arc<VcpuCounters>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Request::Pause => "Pause",
+            Request::Resume => "Resume",
+            Request::Save => "Save",
+            Request::Restore(_) => "Restore",
+            Request::Finish => "Finish",
+        })
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reply::Done => "Done",
+            Reply::State(_) => "State",
+            Reply::Failed(_) => "Failed",
+        })
+    }
+}
+
+/// How long a vCPU may take to answer: generous, because a vCPU in the middle
+/// of emulating ring-0 code on a nested host can take a while to exit.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
+
+thread_local! {
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    KVM_RUN.with(|run| {
+        let run = run.get();
+        if !run.is_null() {
+            // SAFETY: the pointer is this thread's mapped `kvm_run`, set while the
+            // thread's `VcpuFd` lives; a volatile byte store is async-signal-safe.
+            unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+        }
+    });
+}
+
+fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+fn install_kick_handler() -> Result<(), VcpuError> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = register_signal_handler(kick_signal(), kick_handler).map_err(VcpuError::Signal);
+    });
+    result
+}
+
+impl VcpuHandle {
+    /// Starts the thread for `fd`, paused.
+    pub fn spawn(id: u8, fd: VcpuFd, context: VcpuContext) -> Result<Self, VcpuError> {
+        install_kick_handler()?;
+        let (requests, inbox) = channel();
+        let (outbox, replies) = channel();
+        let counters = Arc::new(VcpuCounters::default());
+        let thread_counters = Arc::clone(&counters);
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || {
+                let mut vcpu = Vcpu {
+                    id,
+                    fd,
+                    context,
+                    counters: thread_counters,
+                    running: false,
+                    stopped: false,
+                };
+                vcpu.main_loop(&inbox, &outbox);
+            })
+            .map_err(|source| VcpuError::Spawn { vcpu: id, source })?;
+        Ok(Self {
+            id,
+            requests,
+            replies,
+            thread: Some(thread),
+            counters,
+        })
+    }
+
+    fn send(&self, request: Request) -> Result<(), VcpuError> {
+        self.requests.send(request).map_err(|_| VcpuError::Gone { vcpu: self.id })?;
+        if let Some(thread) = &self.thread {
+            // A failed kick only means the thread already left KVM_RUN or ended.
+            let _ = thread.kill(kick_signal());
+        }
+        Ok(())
+    }
+
+    fn wait(&self) -> Result<Reply, VcpuError> {
+        match self.replies.recv_timeout(REPLY_TIMEOUT) {
+            Ok(Reply::Failed(e)) => Err(e),
+            Ok(reply) => Ok(reply),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(VcpuError::Timeout {
+                vcpu: self.id,
+                secs: REPLY_TIMEOUT.as_secs(),
+            }),
+            Err(_) => Err(VcpuError::Gone { vcpu: self.id }),
+        }
+    }
+
+    /// Asks the vCPU to pause; pair with [`VcpuHandle::wait_done`]. Split so a
+    /// whole VM's vCPUs are kicked at once and then awaited.
+    pub fn request_pause(&self) -> Result<(), VcpuError> {
+        self.send(Request::Pause)
+    }
+
+    pub fn request_resume(&self) -> Result<(), VcpuError> {
+        self.send(Request::Resume)
+    }
+
+    pub fn wait_done(&self) -> Result<(), VcpuError> {
+        self.wait().map(|_| ())
+    }
+
+    pub fn save(&self) -> Result<VcpuState, VcpuError> {
+        self.send(Request::Save)?;
+        match self.wait()? {
+            Reply::State(state) => Ok(*state),
+            _ => Err(VcpuError::Gone { vcpu: self.id }),
+        }
+    }
+
+    pub fn restore(&self, state: VcpuState) -> Result<(), VcpuError> {
+        self.send(Request::Restore(Box::new(state)))?;
+        self.wait_done()
+    }
+
+    /// Ends the thread (the vCPU fd is closed with it).
+    pub fn finish(&mut self) {
+        if self.send(Request::Finish).is_ok() {
+            let _ = self.wait();
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for VcpuHandle {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+struct Vcpu {
+    id: u8,
+    fd: VcpuFd,
+    context: VcpuContext,
+    counters: Arc<VcpuCounters>,
+    running: bool,
+    /// Set after a fatal exit: the guest cannot continue, requests still answer.
+    stopped: bool,
+}
+
+impl Vcpu {
+    fn main_loop(&mut self, inbox: &Receiver<Request>, outbox: &Sender<Reply>) {
+        KVM_RUN.with(|run| run.set(std::ptr::from_mut(self.fd.get_kvm_run())));
+        loop {
+            let request = if self.running && !self.stopped {
+                match inbox.try_recv() {
+                    Ok(request) => Some(request),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match inbox.recv() {
+                    Ok(request) => Some(request),
+                    Err(_) => break,
+                }
+            };
+            match request {
+                Some(Request::Finish) => {
+                    let _ = outbox.send(Reply::Done);
+                    break;
+                }
+                Some(request) => {
+                    let reply = self.handle(request);
+                    if outbox.send(reply).is_err() {
+                        break;
+                    }
+                }
+                None => self.run_once(),
+            }
+        }
+        KVM_RUN.with(|run| run.set(std::ptr::null_mut()));
+    }
+
+    fn handle(&mut self, request: Request) -> Reply {
+        let result = match request {
+            Request::Pause => {
+                if self.running {
+                    self.complete_pending_io();
+                }
+                self.running = false;
+                Ok(Reply::Done)
+            }
+            Request::Resume => {
+                self.running = true;
+                Ok(Reply::Done)
+            }
+            Request::Save if self.running => Err(VcpuError::NotPaused {
+                vcpu: self.id,
+                what: "saving state",
+            }),
+            Request::Save => self.save().map(|s| Reply::State(Box::new(s))),
+            Request::Restore(_) if self.running => Err(VcpuError::NotPaused {
+                vcpu: self.id,
+                what: "restoring state",
+            }),
+            Request::Restore(state) => self.restore(&state).map(|()| Reply::Done),
+            Request::Finish => Ok(Reply::Done),
+        };
+        result.unwrap_or_else(Reply::Failed)
+    }
+
+    /// Lets KVM finish an in-flight port or MMIO read without entering the
+    /// guest, so the saved registers reflect the completed instruction.
+    fn complete_pending_io(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        let _ = self.fd.run();
+        self.fd.set_kvm_immediate_exit(0);
+    }
+
+    fn run_once(&mut self) {
+        let result = self.fd.run();
+        self.counters.exits.fetch_add(1, Ordering::Relaxed);
+        let stop = match result {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                self.counters.io_exits.fetch_add(1, Ordering::Relaxed);
+                self.context.bus.write(port, data);
+                None
+            }
+            Ok(VcpuExit::IoIn(port, data)) => {
+                self.counters.io_exits.fetch_add(1, Ordering::Relaxed);
+                self.context.bus.read(port, data);
+                None
+            }
+            Ok(VcpuExit::MmioRead(_, data)) => {
+                self.counters.mmio_exits.fetch_add(1, Ordering::Relaxed);
+                data.fill(0xff);
+                None
+            }
+            Ok(VcpuExit::MmioWrite(..)) => {
+                self.counters.mmio_exits.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Ok(VcpuExit::Hlt) => None,
+            Ok(VcpuExit::Shutdown) => Some(StopReason::TripleFault { vcpu: self.id }),
+            Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
+                kvm_bindings::KVM_SYSTEM_EVENT_RESET => StopReason::Reset,
+                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => StopReason::PowerOff { code: 0 },
+                other => StopReason::GuestError {
+                    vcpu: self.id,
+                    detail: format!("system event {other}"),
+                },
+            }),
+            Ok(VcpuExit::InternalError) => {
+                let suberror = self.fd.get_kvm_run();
+                // SAFETY: KVM_EXIT_INTERNAL_ERROR fills the `internal` member of the union.
+                let code = unsafe { suberror.__bindgen_anon_1.internal.suberror };
+                let what = match code {
+                    1 => "emulation failure",
+                    2 => "simultaneous exception",
+                    3 => "delivery event",
+                    _ => "internal error",
+                };
+                Some(StopReason::GuestError {
+                    vcpu: self.id,
+                    detail: format!("KVM {what} (suberror {code}) at {}", self.describe_rip()),
+                })
+            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Some(StopReason::GuestError {
+                vcpu: self.id,
+                detail: format!("KVM entry failed (reason {reason:#x}, cpu {cpu})"),
+            }),
+            Ok(other) => Some(StopReason::GuestError {
+                vcpu: self.id,
+                detail: format!("unexpected exit {other:?}"),
+            }),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.fd.set_kvm_immediate_exit(0);
+                None
+            }
+            Err(e) => Some(StopReason::GuestError {
+                vcpu: self.id,
+                detail: format!("KVM_RUN failed: {e}"),
+            }),
+        };
+        if let Some(reason) = stop {
+            self.stopped = true;
+            let _ = self.context.events.send(VmmEvent::Stopped(reason));
+        }
+    }
+
+    fn describe_rip(&self) -> String {
+        match self.fd.get_regs() {
+            Ok(regs) => format!("rip {:#x}", regs.rip),
+            Err(_) => "an unknown rip".to_string(),
+        }
+    }
+
+    fn kvm(&self, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError + use<> {
+        let vcpu = self.id;
+        move |source| VcpuError::Kvm { vcpu, what, source }
+    }
+
+    fn save(&self) -> Result<VcpuState, VcpuError> {
+        let fd = &self.fd;
+        // Order as KVM documents it: mp_state first, vcpu_events last.
+        let mp_state = fd.get_mp_state().map_err(self.kvm("read MP state"))?;
+        let regs = fd.get_regs().map_err(self.kvm("read registers"))?;
+        let sregs = fd.get_sregs().map_err(self.kvm("read special registers"))?;
+        let fpu = fd.get_fpu().map_err(self.kvm("read FPU"))?;
+        let xsave = self.save_xsave()?;
+        let xcrs = fd.get_xcrs().map_err(self.kvm("read XCRs"))?;
+        let lapic = fd.get_lapic().map_err(self.kvm("read LAPIC"))?;
+        let msrs = self.save_msrs()?;
+        let debug_regs = fd.get_debug_regs().map_err(self.kvm("read debug registers"))?;
+        let tsc_khz = fd.get_tsc_khz().ok();
+        let cpuid = fd
+            .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(self.kvm("read CPUID"))?
+            .as_slice()
+            .to_vec();
+        let vcpu_events = fd.get_vcpu_events().map_err(self.kvm("read events"))?;
+        Ok(VcpuState {
+            id: self.id,
+            cpuid,
+            mp_state,
+            regs,
+            sregs,
+            fpu: FpuState::from(&fpu),
+            xsave,
+            xcrs,
+            lapic,
+            msrs,
+            vcpu_events,
+            debug_regs,
+            tsc_khz,
+        })
+    }
+
+    fn save_xsave(&self) -> Result<Vec<u32>, VcpuError> {
+        let base_words = size_of::<kvm_xsave>() / 4;
+        if self.context.xsave_size <= size_of::<kvm_xsave>() {
+            let xsave = self.fd.get_xsave().map_err(self.kvm("read XSAVE"))?;
+            return Ok(xsave.region.to_vec());
+        }
+        let extra = (self.context.xsave_size - size_of::<kvm_xsave>()).div_ceil(4);
+        let mut xsave = Xsave::new(extra).map_err(|source| VcpuError::Fam {
+            vcpu: self.id,
+            what: "XSAVE",
+            source,
+        })?;
+        // SAFETY: `xsave` was allocated with room for `xsave_size` bytes, the size
+        // KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) reported for this VM.
+        unsafe { self.fd.get_xsave2(&mut xsave) }.map_err(self.kvm("read XSAVE2"))?;
+        let mut words = Vec::with_capacity(base_words + extra);
+        words.extend_from_slice(&xsave.as_fam_struct_ref().xsave.region);
+        words.extend_from_slice(xsave.as_slice());
+        Ok(words)
+    }
+
+    fn restore_xsave(&self, words: &[u32]) -> Result<(), VcpuError> {
+        let base_words = size_of::<kvm_xsave>() / 4;
+        let expected = self.context.xsave_size.max(size_of::<kvm_xsave>()).div_ceil(4);
+        if words.len() != expected {
+            return Err(VcpuError::XsaveSize {
+                vcpu: self.id,
+                words: words.len(),
+                expected,
+            });
+        }
+        if words.len() == base_words {
+            let mut xsave = kvm_xsave::default();
+            xsave.region.copy_from_slice(words);
+            // SAFETY: a full `kvm_xsave` is passed; KVM reads no more than it.
+            return unsafe { self.fd.set_xsave(&xsave) }.map_err(self.kvm("set XSAVE"));
+        }
+        let mut xsave = Xsave::from_entries(&words[base_words..]).map_err(|source| VcpuError::Fam {
+            vcpu: self.id,
+            what: "XSAVE",
+            source,
+        })?;
+        // SAFETY: the wrapper's buffer holds the header and `words.len() - base_words`
+        // trailing words, exactly the KVM_CAP_XSAVE2 size of this VM.
+        unsafe { xsave.as_mut_fam_struct().xsave.region.copy_from_slice(&words[..base_words]) };
+        // SAFETY: the buffer is `xsave_size` bytes long, what KVM_SET_XSAVE reads.
+        unsafe { self.fd.set_xsave2(&xsave) }.map_err(self.kvm("set XSAVE2"))
+    }
+
+    /// Reads every MSR KVM lists, skipping ones this host refuses to read.
+    fn save_msrs(&self) -> Result<Vec<kvm_msr_entry>, VcpuError> {
+        let mut saved = Vec::with_capacity(self.context.msr_indices.len());
+        let mut pending: &[u32] = &self.context.msr_indices;
+        while !pending.is_empty() {
+            let chunk = &pending[..pending.len().min(KVM_MAX_MSR_ENTRIES)];
+            let entries: Vec<kvm_msr_entry> = chunk
+                .iter()
+                .map(|&index| kvm_msr_entry {
+                    index,
+                    ..Default::default()
+                })
+                .collect();
+            let mut msrs = Msrs::from_entries(&entries).map_err(|source| VcpuError::Fam {
+                vcpu: self.id,
+                what: "MSR",
+                source,
+            })?;
+            let read = self.fd.get_msrs(&mut msrs).map_err(self.kvm("read MSRs"))?;
+            saved.extend_from_slice(&msrs.as_slice()[..read]);
+            // KVM stops at the first MSR it cannot read: skip that one.
+            let consumed = if read < chunk.len() { read + 1 } else { read };
+            pending = &pending[consumed..];
+        }
+        Ok(saved)
+    }
+
+    fn restore(&self, state: &VcpuState) -> Result<(), VcpuError> {
+        let fd = &self.fd;
+        let cpuid = CpuId::from_entries(&state.cpuid).map_err(|source| VcpuError::Fam {
+            vcpu: self.id,
+            what: "CPUID",
+            source,
+        })?;
+        fd.set_cpuid2(&cpuid).map_err(self.kvm("set CPUID"))?;
+        if let Some(khz) = state.tsc_khz
+            && fd.get_tsc_khz().ok() != Some(khz)
+        {
+            fd.set_tsc_khz(khz).map_err(self.kvm("set TSC frequency"))?;
+        }
+        fd.set_mp_state(state.mp_state).map_err(self.kvm("set MP state"))?;
+        fd.set_regs(&state.regs).map_err(self.kvm("set registers"))?;
+        fd.set_sregs(&state.sregs).map_err(self.kvm("set special registers"))?;
+        fd.set_fpu(&kvm_fpu::from(&state.fpu)).map_err(self.kvm("set FPU"))?;
+        self.restore_xsave(&state.xsave)?;
+        fd.set_xcrs(&state.xcrs).map_err(self.kvm("set XCRs"))?;
+        // The LAPIC goes before the MSRs: the TSC-deadline MSR needs it.
+        fd.set_lapic(&state.lapic).map_err(self.kvm("set LAPIC"))?;
+        for chunk in state.msrs.chunks(KVM_MAX_MSR_ENTRIES) {
+            let msrs = Msrs::from_entries(chunk).map_err(|source| VcpuError::Fam {
+                vcpu: self.id,
+                what: "MSR",
+                source,
+            })?;
+            let set = fd.set_msrs(&msrs).map_err(self.kvm("set MSRs"))?;
+            if set < chunk.len() {
+                return Err(VcpuError::MsrRejected {
+                    vcpu: self.id,
+                    index: chunk[set].index,
+                });
+            }
+        }
+        fd.set_debug_regs(&state.debug_regs).map_err(self.kvm("set debug registers"))?;
+        fd.set_vcpu_events(&state.vcpu_events).map_err(self.kvm("set events"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,91 @@
+//! `vmig vm status|stats|pause|resume|save|shutdown`: requests to a running
+//! VMM over its control socket.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use vmig_backend::size::format_size;
+use vmig_backend::vmm::control::{ControlClient, Reply, Request};
+
+use crate::exit::Exit;
+
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// The VMM's control socket (as given to `vmig vm run --control`).
+    #[arg(long, value_name = "SOCKET")]
+    control: PathBuf,
+    /// Print the reply as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Seconds to wait for the reply.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    #[command(flatten)]
+    control: ControlArgs,
+    /// Directory to write `state.bin` and `memory.img` into (created if needed).
+    dir: PathBuf,
+}
+
+pub fn exec(args: &ControlArgs, request: &Request) -> Result<Exit> {
+    let mut client = ControlClient::connect(&args.control)?;
+    client.set_timeout(Some(Duration::from_secs(args.timeout.max(1))))?;
+    let reply = client
+        .request(request)
+        .with_context(|| format!("VMM at {} refused the request", args.control.display()))?;
+    print_reply(&reply, args.json)?;
+    Ok(Exit::Ok)
+}
+
+pub fn exec_save(args: SaveArgs) -> Result<Exit> {
+    // The VMM resolves the path in its own working directory: make it absolute.
+    let dir = std::path::absolute(&args.dir).with_context(|| format!("invalid path {}", args.dir.display()))?;
+    exec(&args.control, &Request::Save { dir })
+}
+
+fn print_reply(reply: &Reply, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(reply)?);
+        return Ok(());
+    }
+    match reply {
+        Reply::Done => println!("ok"),
+        Reply::Status(status) => {
+            println!("state:   {}", status.state);
+            println!("pid:     {}", status.pid);
+            println!("vcpus:   {}", status.vcpus);
+            println!("memory:  {}", format_size(status.memory_bytes));
+            if let Some(reason) = &status.stop_reason {
+                println!("stopped: {reason}");
+            }
+        }
+        Reply::Stats(stats) => {
+            println!("state:           {}", stats.state);
+            println!("uptime:          {:.1} s", stats.uptime_ms as f64 / 1000.0);
+            println!("vcpus:           {}", stats.vcpus);
+            println!(
+                "memory:          {} ({} resident)",
+                format_size(stats.memory_bytes),
+                format_size(stats.memory_resident_bytes)
+            );
+            println!(
+                "exits:           {} ({} port I/O, {} MMIO)",
+                stats.exits, stats.io_exits, stats.mmio_exits
+            );
+            println!("console bytes:   {}", stats.console_bytes);
+        }
+        Reply::Saved(info) => println!(
+            "saved to {} (state {} bytes, memory {} written)",
+            info.dir.display(),
+            info.state_bytes,
+            format_size(info.memory_bytes_written)
+        ),
+        Reply::Memory { hex } => println!("{hex}"),
+    }
+    Ok(())
+}

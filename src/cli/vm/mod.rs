@@ -1,0 +1,40 @@
+//! `vmig vm`: one VM on this host, in its own VMM process.
+
+mod control;
+mod run;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use crate::exit::Exit;
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Run a VM in the foreground: this process is its VMM.
+    Run(run::RunArgs),
+    /// Show a running VMM's state.
+    Status(control::ControlArgs),
+    /// Show a running VMM's counters (exits, resident memory, console bytes).
+    Stats(control::ControlArgs),
+    /// Pause a running VM's vCPUs.
+    Pause(control::ControlArgs),
+    /// Resume a paused VM.
+    Resume(control::ControlArgs),
+    /// Save a paused VM's complete state and memory into a directory.
+    Save(control::SaveArgs),
+    /// Stop a VM and end its VMM process.
+    Shutdown(control::ControlArgs),
+}
+
+pub fn exec(command: VmCommand) -> Result<Exit> {
+    use vmig_backend::vmm::control::Request;
+    match command {
+        VmCommand::Run(args) => run::exec(args),
+        VmCommand::Status(args) => control::exec(&args, &Request::Status),
+        VmCommand::Stats(args) => control::exec(&args, &Request::Stats),
+        VmCommand::Pause(args) => control::exec(&args, &Request::Pause),
+        VmCommand::Resume(args) => control::exec(&args, &Request::Resume),
+        VmCommand::Shutdown(args) => control::exec(&args, &Request::Shutdown),
+        VmCommand::Save(args) => control::exec_save(args),
+    }
+}

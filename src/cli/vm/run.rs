@@ -1,0 +1,98 @@
+//! `vmig vm run`: boot (or restore) one VM with this process as its VMM.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use vmig_backend::size::parse_size;
+use vmig_backend::vmm::boot::{BootConfig, KernelSource};
+use vmig_backend::vmm::process::{self, Console, VmmOptions};
+use vmig_backend::vmm::{MachineConfig, MAX_VCPUS, Start, memory};
+
+use super::super::UsageError;
+use crate::exit::Exit;
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    vmig vm run --kernel builtin:testguest --cmdline 'fill=256M dirty=64M rate=100'\n  \
+    vmig vm run --kernel bzImage --initrd initrd.img --cmdline 'console=ttyS0' --memory 2G --vcpus 2\n  \
+    vmig vm run --restore /var/lib/vmig/snap1 --control /run/vm1.sock")]
+pub struct RunArgs {
+    /// Kernel to boot: a PVH ELF, a Linux bzImage or vmlinux, or `builtin:testguest`.
+    #[arg(long, value_name = "PATH", required_unless_present = "restore")]
+    kernel: Option<String>,
+    /// Initial ramdisk (Linux) or PVH module.
+    #[arg(long, value_name = "PATH", conflicts_with = "restore")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR", default_value = "", conflicts_with = "restore")]
+    cmdline: String,
+    /// Guest memory (64M to 1T, a multiple of 2M).
+    #[arg(long, value_name = "SIZE", default_value = "512M", conflicts_with = "restore")]
+    memory: String,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "restore")]
+    vcpus: u16,
+    /// Write the serial console to FILE instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    console: Option<PathBuf>,
+    /// Serve the control socket (status, pause, resume, save, stats, shutdown) at SOCKET.
+    #[arg(long, value_name = "SOCKET")]
+    control: Option<PathBuf>,
+    /// Continue a VM saved with `vmig vm save` instead of booting one.
+    #[arg(long, value_name = "DIR")]
+    restore: Option<PathBuf>,
+}
+
+fn usage(message: String) -> anyhow::Error {
+    UsageError(message).into()
+}
+
+pub fn exec(args: RunArgs) -> Result<Exit> {
+    let (machine, start) = if let Some(dir) = &args.restore {
+        process::restore_from(dir).with_context(|| format!("cannot restore from {}", dir.display()))?
+    } else {
+        let memory_bytes = parse_size(&args.memory).map_err(|e| usage(format!("--memory: {e}")))?;
+        memory::validate_size(memory_bytes).map_err(|e| usage(format!("--memory: {e}")))?;
+        if args.vcpus == 0 || args.vcpus > u16::from(MAX_VCPUS) {
+            return Err(usage(format!("--vcpus: {} is not between 1 and {MAX_VCPUS}", args.vcpus)));
+        }
+        let spec = args.kernel.as_deref().unwrap_or_default();
+        let kernel = KernelSource::from_spec(spec).map_err(|e| usage(format!("--kernel: {e}")))?;
+        if let KernelSource::Path(path) = &kernel
+            && !path.is_file()
+        {
+            return Err(usage(format!("--kernel: {} is not a file", path.display())));
+        }
+        if let Some(initrd) = &args.initrd
+            && !initrd.is_file()
+        {
+            return Err(usage(format!("--initrd: {} is not a file", initrd.display())));
+        }
+        let machine = MachineConfig {
+            memory_bytes,
+            vcpus: args.vcpus as u8,
+            cpuid_masks: Vec::new(),
+        };
+        let boot = BootConfig {
+            kernel,
+            initrd: args.initrd.clone(),
+            cmdline: args.cmdline.clone(),
+        };
+        (machine, Start::Boot(boot))
+    };
+    let options = VmmOptions {
+        machine,
+        start,
+        console: args.console.clone().map_or(Console::Stdout, Console::File),
+        control: args.control.clone(),
+    };
+    let reason = process::run(options, |_| {})?;
+    if reason.is_clean() {
+        eprintln!("vmig: VM stopped: {reason}");
+        Ok(Exit::Ok)
+    } else {
+        eprintln!("vmig: VM failed: {reason}");
+        Ok(Exit::GuestFailed)
+    }
+}

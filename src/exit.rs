@@ -1,0 +1,40 @@
+//! vmig's exit codes. They are part of its interface: scripts and cron jobs
+//! branch on them, so a code never changes meaning.
+
+use std::process::ExitCode;
+
+/// Every exit code vmig uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Success.
+    Ok = 0,
+    /// The operation failed (the message says why).
+    Failure = 1,
+    /// The command line or an input file is invalid; nothing was done.
+    Usage = 2,
+    /// KVM is not available: `/dev/kvm` is missing or not accessible.
+    KvmUnavailable = 3,
+    /// The guest failed: it powered off with a non-zero code, reset, crashed
+    /// or could not be run by KVM.
+    GuestFailed = 4,
+    /// A VMM's control socket could not be reached.
+    Unreachable = 5,
+}
+
+impl Exit {
+    /// The table printed in `--help` and the README.
+    pub const TABLE: &'static str = "\
+Exit codes:
+  0  success
+  1  the operation failed
+  2  invalid command line or input; nothing was done
+  3  KVM unavailable (/dev/kvm missing or not accessible)
+  4  the guest failed (non-zero power-off code, reset, crash)
+  5  a VMM control socket could not be reached";
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> Self {
+        ExitCode::from(exit as u8)
+    }
+}
