@@ -20,16 +20,12 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
     if trimmed.is_empty() {
         return Err(SizeError::Empty);
     }
-    let digits_end = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
+    let digits_end = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
     let (digits, suffix) = trimmed.split_at(digits_end);
     if digits.is_empty() {
         return Err(SizeError::Invalid(text.to_string()));
     }
-    let number: u64 = digits
-        .parse()
-        .map_err(|_| SizeError::Overflow(text.to_string()))?;
+    let number: u64 = digits.parse().map_err(|_| SizeError::Overflow(text.to_string()))?;
     let shift = match suffix.to_ascii_uppercase().as_str() {
         "" | "B" => 0,
         "K" | "KB" | "KIB" => 10,

@@ -27,7 +27,11 @@ pub fn write_all(out: &Path) -> Result<()> {
     fs::create_dir_all(&completions_dir).with_context(|| format!("cannot create {}", completions_dir.display()))?;
     let command = super::command();
     write_man(&command, "vmig", &man_dir)?;
-    for (shell, file) in [(Shell::Bash, "vmig.bash"), (Shell::Zsh, "_vmig"), (Shell::Fish, "vmig.fish")] {
+    for (shell, file) in [
+        (Shell::Bash, "vmig.bash"),
+        (Shell::Zsh, "_vmig"),
+        (Shell::Fish, "vmig.fish"),
+    ] {
         let mut buffer = Vec::new();
         clap_complete::generate(shell, &mut super::command(), "vmig", &mut buffer);
         let path = completions_dir.join(file);

@@ -125,8 +125,7 @@ pub fn register_slots(vm: &VmFd, memory: &GuestMemory, log_dirty: bool) -> Resul
         // SAFETY: the host range [userspace_addr, +memory_size) is a live mapping
         // owned by `memory`, which outlives the VM's use of it (the VMM drops the
         // VM file descriptor before the memory).
-        unsafe { vm.set_user_memory_region(descriptor) }
-            .map_err(|source| MemoryError::SetSlot { slot, source })?;
+        unsafe { vm.set_user_memory_region(descriptor) }.map_err(|source| MemoryError::SetSlot { slot, source })?;
     }
     Ok(())
 }
@@ -210,10 +209,7 @@ pub fn load_image(memory: &GuestMemory, file: &mut File) -> Result<(), MemoryErr
     let total: u64 = memory.iter().map(|r| r.len()).sum();
     let found = file.metadata().map_err(MemoryError::Io)?.len();
     if found != total {
-        return Err(MemoryError::ImageSize {
-            found,
-            expected: total,
-        });
+        return Err(MemoryError::ImageSize { found, expected: total });
     }
     let mut offset = 0u64;
     for region in memory.iter() {
@@ -298,9 +294,18 @@ mod tests {
     #[test]
     fn sizes_are_validated() {
         assert!(validate_size(64 << 20).is_ok());
-        assert!(matches!(validate_size(1 << 20), Err(MemoryError::SizeOutOfRange { .. })));
-        assert!(matches!(validate_size((64 << 20) + 4096), Err(MemoryError::SizeUnaligned { .. })));
-        assert!(matches!(validate_size(2 << 40), Err(MemoryError::SizeOutOfRange { .. })));
+        assert!(matches!(
+            validate_size(1 << 20),
+            Err(MemoryError::SizeOutOfRange { .. })
+        ));
+        assert!(matches!(
+            validate_size((64 << 20) + 4096),
+            Err(MemoryError::SizeUnaligned { .. })
+        ));
+        assert!(matches!(
+            validate_size(2 << 40),
+            Err(MemoryError::SizeOutOfRange { .. })
+        ));
     }
 
     #[test]
@@ -308,7 +313,9 @@ mod tests {
         let memory = create(5 << 30).unwrap();
         assert_eq!(resident_bytes(&memory), 0);
         memory.write_obj(0xdead_beef_u64, GuestAddress(0x1000)).unwrap();
-        memory.write_obj(0x1234_u64, GuestAddress(MMIO_GAP_END + 0x20_0008)).unwrap();
+        memory
+            .write_obj(0x1234_u64, GuestAddress(MMIO_GAP_END + 0x20_0008))
+            .unwrap();
         assert!(resident_bytes(&memory) >= 2 * 4096);
 
         let mut file = tempfile::tempfile().unwrap();
@@ -319,7 +326,9 @@ mod tests {
         load_image(&restored, &mut file).unwrap();
         assert_eq!(restored.read_obj::<u64>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
         assert_eq!(
-            restored.read_obj::<u64>(GuestAddress(MMIO_GAP_END + 0x20_0008)).unwrap(),
+            restored
+                .read_obj::<u64>(GuestAddress(MMIO_GAP_END + 0x20_0008))
+                .unwrap(),
             0x1234
         );
         assert!(resident_bytes(&restored) <= 4 * 4096);

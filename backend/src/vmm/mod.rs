@@ -33,8 +33,8 @@ use self::devices::{PortIoBus, SerialConsole};
 use self::event::VmmEvent;
 use self::memory::{GuestMemory, MemoryError};
 use self::regs::RegsError;
-pub use self::state::{MachineConfig, VmState};
 use self::state::{IrqchipState, STATE_FORMAT};
+pub use self::state::{MachineConfig, VmState};
 use self::vcpu::{VcpuContext, VcpuError, VcpuHandle};
 
 /// The KVM device node.
@@ -45,8 +45,8 @@ pub const MAX_VCPUS: u8 = boot::mptable::MAX_CPUS;
 #[derive(Debug, Error)]
 pub enum VmError {
     #[error(
-        "cannot open {KVM_DEVICE}: {source}; load the kvm module (modprobe kvm_intel or kvm_amd) \
-         and run as a user who can read and write {KVM_DEVICE} (e.g. in the kvm group)"
+        "cannot open {KVM_DEVICE} (load the kvm module with modprobe kvm_intel or kvm_amd, \
+         and run as a user who may read and write {KVM_DEVICE}, e.g. one in the kvm group)"
     )]
     KvmUnavailable {
         #[source]
@@ -248,7 +248,12 @@ impl Vm {
         let context = VcpuContext {
             bus: Arc::clone(&bus),
             events,
-            msr_indices: Arc::new(kvm.get_msr_index_list().map_err(kvm_err("list MSRs"))?.as_slice().to_vec()),
+            msr_indices: Arc::new(
+                kvm.get_msr_index_list()
+                    .map_err(kvm_err("list MSRs"))?
+                    .as_slice()
+                    .to_vec(),
+            ),
             xsave_size: usize::try_from(fd.check_extension_int(Cap::Xsave2)).unwrap_or(0),
         };
         let mut vcpus = Vec::with_capacity(vcpu_fds.len());

@@ -43,7 +43,7 @@ pub enum ProcessError {
     Control(#[from] ControlError),
     #[error("cannot set up signal handling")]
     Signals(#[source] std::io::Error),
-    #[error(transparent)]
+    #[error("cannot run the VM")]
     Vm(#[from] VmError),
 }
 

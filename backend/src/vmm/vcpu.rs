@@ -15,8 +15,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use kvm_bindings::{
-    CpuId, KVM_MAX_MSR_ENTRIES, Msrs, Xsave, kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_lapic_state,
-    kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_run, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    CpuId, KVM_MAX_MSR_ENTRIES, Msrs, Xsave, kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_lapic_state, kvm_mp_state,
+    kvm_msr_entry, kvm_regs, kvm_run, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use serde::{Deserialize, Serialize};
@@ -257,7 +257,9 @@ impl VcpuHandle {
     }
 
     fn send(&self, request: Request) -> Result<(), VcpuError> {
-        self.requests.send(request).map_err(|_| VcpuError::Gone { vcpu: self.id })?;
+        self.requests
+            .send(request)
+            .map_err(|_| VcpuError::Gone { vcpu: self.id })?;
         if let Some(thread) = &self.thread {
             // A failed kick only means the thread already left KVM_RUN or ended.
             let _ = thread.kill(kick_signal());
@@ -563,7 +565,13 @@ impl Vcpu {
         })?;
         // SAFETY: the wrapper's buffer holds the header and `words.len() - base_words`
         // trailing words, exactly the KVM_CAP_XSAVE2 size of this VM.
-        unsafe { xsave.as_mut_fam_struct().xsave.region.copy_from_slice(&words[..base_words]) };
+        unsafe {
+            xsave
+                .as_mut_fam_struct()
+                .xsave
+                .region
+                .copy_from_slice(&words[..base_words])
+        };
         // SAFETY: the buffer is `xsave_size` bytes long, what KVM_SET_XSAVE reads.
         unsafe { self.fd.set_xsave2(&xsave) }.map_err(self.kvm("set XSAVE2"))
     }
@@ -630,7 +638,8 @@ impl Vcpu {
                 });
             }
         }
-        fd.set_debug_regs(&state.debug_regs).map_err(self.kvm("set debug registers"))?;
+        fd.set_debug_regs(&state.debug_regs)
+            .map_err(self.kvm("set debug registers"))?;
         fd.set_vcpu_events(&state.vcpu_events).map_err(self.kvm("set events"))?;
         Ok(())
     }

@@ -7,7 +7,7 @@ use clap::Args;
 use vmig_backend::size::parse_size;
 use vmig_backend::vmm::boot::{BootConfig, KernelSource};
 use vmig_backend::vmm::process::{self, Console, VmmOptions};
-use vmig_backend::vmm::{MachineConfig, MAX_VCPUS, Start, memory};
+use vmig_backend::vmm::{MAX_VCPUS, MachineConfig, Start, memory};
 
 use super::super::UsageError;
 use crate::exit::Exit;
@@ -55,7 +55,10 @@ pub fn exec(args: RunArgs) -> Result<Exit> {
         let memory_bytes = parse_size(&args.memory).map_err(|e| usage(format!("--memory: {e}")))?;
         memory::validate_size(memory_bytes).map_err(|e| usage(format!("--memory: {e}")))?;
         if args.vcpus == 0 || args.vcpus > u16::from(MAX_VCPUS) {
-            return Err(usage(format!("--vcpus: {} is not between 1 and {MAX_VCPUS}", args.vcpus)));
+            return Err(usage(format!(
+                "--vcpus: {} is not between 1 and {MAX_VCPUS}",
+                args.vcpus
+            )));
         }
         let spec = args.kernel.as_deref().unwrap_or_default();
         let kernel = KernelSource::from_spec(spec).map_err(|e| usage(format!("--kernel: {e}")))?;

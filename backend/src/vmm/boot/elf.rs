@@ -91,7 +91,12 @@ pub fn load(memory: &GuestMemory, file: &mut File) -> Result<LoadedElf, BootErro
         return Err(invalid(format!("ELF machine {machine} is not x86")));
     }
     let (entry, phoff, phentsize, phnum) = if is_64bit {
-        (u64_at(&ident, 24), u64_at(&ident, 32), u16_at(&ident, 54), u16_at(&ident, 56))
+        (
+            u64_at(&ident, 24),
+            u64_at(&ident, 32),
+            u16_at(&ident, 54),
+            u16_at(&ident, 56),
+        )
     } else {
         (
             u64::from(u32_at(&ident, 24)),
@@ -143,11 +148,7 @@ pub fn load(memory: &GuestMemory, file: &mut File) -> Result<LoadedElf, BootErro
     let mut loaded_any = false;
     let mut pvh_entry = None;
     for segment in &segments {
-        if segment
-            .offset
-            .checked_add(segment.filesz)
-            .is_none_or(|e| e > file_len)
-        {
+        if segment.offset.checked_add(segment.filesz).is_none_or(|e| e > file_len) {
             return Err(invalid(format!(
                 "segment at file offset {:#x} runs past the end of the file",
                 segment.offset

@@ -81,9 +81,7 @@ impl KernelSource {
                 name: name.to_string(),
                 image: crate::testguest::IMAGE,
             }),
-            Some(name) => Err(BootError::UnknownBuiltin {
-                name: name.to_string(),
-            }),
+            Some(name) => Err(BootError::UnknownBuiltin { name: name.to_string() }),
             None => Ok(KernelSource::Path(PathBuf::from(spec))),
         }
     }
@@ -120,7 +118,11 @@ const PAGE: u64 = 4096;
 pub fn memory_map(memory: &GuestMemory) -> Vec<(u64, u64, u32)> {
     let mut map = vec![
         (0, mptable::MPTABLE_START, E820_RAM),
-        (mptable::MPTABLE_START, HIMEM_START - mptable::MPTABLE_START, E820_RESERVED),
+        (
+            mptable::MPTABLE_START,
+            HIMEM_START - mptable::MPTABLE_START,
+            E820_RESERVED,
+        ),
     ];
     for region in memory.iter() {
         let start = region.start_addr().0.max(HIMEM_START);
@@ -134,12 +136,14 @@ pub fn memory_map(memory: &GuestMemory) -> Vec<(u64, u64, u32)> {
 
 fn open_kernel(source: &KernelSource) -> Result<(File, PathBuf), BootError> {
     match source {
-        KernelSource::Path(path) => File::open(path)
-            .map(|f| (f, path.clone()))
-            .map_err(|source| BootError::OpenKernel {
-                path: path.clone(),
-                source,
-            }),
+        KernelSource::Path(path) => {
+            File::open(path)
+                .map(|f| (f, path.clone()))
+                .map_err(|source| BootError::OpenKernel {
+                    path: path.clone(),
+                    source,
+                })
+        }
         KernelSource::Builtin { name, image } => {
             let path = PathBuf::from(format!("builtin:{name}"));
             let file = memfd_with(name, image).map_err(|source| BootError::OpenKernel {
@@ -259,8 +263,8 @@ pub fn load(memory: &GuestMemory, config: &BootConfig, cpus: u8) -> Result<Entry
             }
         }
         Format::BzImage => {
-            let result = BzImage::load(memory, None, &mut file, Some(GuestAddress(HIMEM_START)))
-                .map_err(BootError::BzImage)?;
+            let result =
+                BzImage::load(memory, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(BootError::BzImage)?;
             let header = result.setup_header.ok_or(BootError::BzImageNot64Bit)?;
             if header.xloadflags & XLF_KERNEL_64 == 0 {
                 return Err(BootError::BzImageNot64Bit);

@@ -66,7 +66,9 @@ impl PortIoBus {
                 self.serial().write((port - SERIAL_PORT_BASE) as u8, data[0]);
             }
             DEBUG_EXIT_PORT if !data.is_empty() => {
-                let _ = self.events.send(VmmEvent::Stopped(StopReason::PowerOff { code: data[0] }));
+                let _ = self
+                    .events
+                    .send(VmmEvent::Stopped(StopReason::PowerOff { code: data[0] }));
             }
             I8042_COMMAND if data.first() == Some(&I8042_RESET) => {
                 let _ = self.events.send(VmmEvent::Stopped(StopReason::Reset));

@@ -168,7 +168,12 @@ impl SerialConsole {
         if state.in_buffer.len() > FIFO_SIZE {
             return Err(SerialStateError::FifoOverflow(state.in_buffer.len()));
         }
-        let interrupt = self.uart().interrupt_evt().0.try_clone().map_err(SerialStateError::Interrupt)?;
+        let interrupt = self
+            .uart()
+            .interrupt_evt()
+            .0
+            .try_clone()
+            .map_err(SerialStateError::Interrupt)?;
         let old = self.uart.take().expect("the UART is only taken inside restore()");
         let uart = Serial::from_state(&state.into(), IrqTrigger(interrupt), NoEvents, old.into_writer())
             .map_err(|_| SerialStateError::FifoOverflow(state.in_buffer.len()))?;

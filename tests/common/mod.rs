@@ -1,0 +1,197 @@
+//! Helpers for end-to-end tests: a `vmig vm run` process with its console file
+//! and control socket, and the test guest's heartbeat lines.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use vmig_backend::vmm::control::{ControlClient, Reply, Request};
+
+pub const VMIG: &str = env!("CARGO_BIN_EXE_vmig");
+
+/// Generous, because the guest's ring-0 set-up is emulated on nested hosts.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One `HB ...` line of the test guest.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    pub fields: HashMap<String, String>,
+}
+
+impl Heartbeat {
+    pub fn parse(line: &str) -> Option<Self> {
+        let rest = line.trim().strip_prefix("HB ")?;
+        let fields = rest
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Some(Self { fields })
+    }
+
+    pub fn get(&self, key: &str) -> u64 {
+        self.fields
+            .get(key)
+            .unwrap_or_else(|| panic!("heartbeat lacks {key}: {:?}", self.fields))
+            .parse()
+            .unwrap_or_else(|_| panic!("heartbeat field {key} is not a number: {:?}", self.fields))
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.get("seq")
+    }
+}
+
+/// A VMM process under test; killed when dropped.
+pub struct Vmm {
+    pub child: Child,
+    pub console: PathBuf,
+    pub control: PathBuf,
+    pub stderr: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl Vmm {
+    /// Starts `vmig vm run ARGS --console <tmp> --control <tmp>`.
+    pub fn start(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, args)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Self {
+        let console = dir.path().join(format!("console-{}.log", unique()));
+        let control = dir.path().join(format!("control-{}.sock", unique()));
+        let stderr = dir.path().join(format!("stderr-{}.log", unique()));
+        let child = Command::new(VMIG)
+            .args(["vm", "run"])
+            .args(args)
+            .arg("--console")
+            .arg(&console)
+            .arg("--control")
+            .arg(&control)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("cannot start vmig");
+        let vmm = Self {
+            child,
+            console,
+            control,
+            stderr,
+            dir,
+        };
+        vmm.wait_for_socket();
+        vmm
+    }
+
+    fn wait_for_socket(&self) {
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        while ControlClient::connect(&self.control).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "control socket never came up: {}",
+                self.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn console_text(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+
+    pub fn request(&self, request: Request) -> Reply {
+        let mut client = ControlClient::connect(&self.control).expect("connect to control socket");
+        client.set_timeout(Some(Duration::from_secs(30))).unwrap();
+        client
+            .request(&request)
+            .unwrap_or_else(|e| panic!("{request:?} failed: {e}"))
+    }
+
+    pub fn heartbeats(&self) -> Vec<Heartbeat> {
+        self.console_text().lines().filter_map(Heartbeat::parse).collect()
+    }
+
+    /// Waits until a console line satisfies `pred`; returns it.
+    pub fn wait_for_line(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.console_text().lines().find(|l| pred(l)) {
+                return line.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; console:\n{}\nstderr:\n{}",
+                tail(&self.console_text()),
+                self.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits for a heartbeat satisfying `pred`.
+    pub fn wait_for_heartbeat(&self, timeout: Duration, pred: impl Fn(&Heartbeat) -> bool) -> Heartbeat {
+        let line = self.wait_for_line("a heartbeat", timeout, |l| {
+            Heartbeat::parse(l).is_some_and(|h| pred(&h))
+        });
+        Heartbeat::parse(&line).unwrap()
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vmig did not exit; console:\n{}",
+                tail(&self.console_text())
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Runs `vmig ARGS` to completion.
+pub fn vmig(args: &[&str]) -> std::process::Output {
+    Command::new(VMIG)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run vmig")
+}
+
+/// Where `scripts/test-deps` puts downloaded test assets.
+pub fn assets() -> PathBuf {
+    std::env::var_os("VMIG_TEST_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-assets"))
+}
