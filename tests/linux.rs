@@ -79,7 +79,7 @@ fn debian_bzimage_reads_the_command_line_from_vmigs_zero_page() {
     ]);
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
-        let Reply::Stats(stats) = vmm.request(Request::Stats) else {
+        let Reply::Stats(stats) = vmm.request(&Request::Stats) else {
             panic!("stats failed")
         };
         // The UART set-up is 8 port writes (LCR, IER, FCR, MCR, DLAB, DLL, DLH, LCR).
@@ -92,9 +92,9 @@ fn debian_bzimage_reads_the_command_line_from_vmigs_zero_page() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(matches!(vmm.request(Request::Pause), Reply::Done));
+    assert!(matches!(vmm.request(&Request::Pause), Reply::Done));
     let snapshot = vmm.dir.path().join("snap");
-    vmm.request(Request::Save { dir: snapshot.clone() });
+    vmm.request(&Request::Save { dir: snapshot.clone() });
     let state = VmState::decode(&std::fs::read(snapshot.join("state.bin")).unwrap()).unwrap();
     let serial = &state.devices.serial;
     assert_eq!(

@@ -11,7 +11,7 @@ use vmig_backend::vmm::RunState;
 use vmig_backend::vmm::control::{Reply, Request};
 
 fn status(vmm: &Vmm) -> RunState {
-    match vmm.request(Request::Status) {
+    match vmm.request(&Request::Status) {
         Reply::Status(status) => status.state,
         other => panic!("unexpected reply {other:?}"),
     }
@@ -98,7 +98,7 @@ fn pause_stops_the_guest_and_resume_continues_it() {
         "hb=20",
     ]);
     vmm.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() >= 2);
-    assert!(matches!(vmm.request(Request::Pause), Reply::Done));
+    assert!(matches!(vmm.request(&Request::Pause), Reply::Done));
     let paused_at = Instant::now();
     assert_eq!(status(&vmm), RunState::Paused);
     let seen = vmm.heartbeats().len() as u64;
@@ -107,7 +107,7 @@ fn pause_stops_the_guest_and_resume_continues_it() {
     while paused_at.elapsed() < Duration::from_millis(300) {
         std::thread::yield_now();
     }
-    assert!(matches!(vmm.request(Request::Resume), Reply::Done));
+    assert!(matches!(vmm.request(&Request::Resume), Reply::Done));
     let pause_us = paused_at.elapsed().as_micros() as u64;
     assert_eq!(status(&vmm), RunState::Running);
     let after = vmm.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() > seen);
@@ -140,16 +140,16 @@ fn saved_state_continues_in_a_fresh_process() {
         "hb=20 fill=64M dirty=32M rate=100",
     ]);
     source.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() >= 3 && h.get("written") > 0);
-    assert!(matches!(source.request(Request::Pause), Reply::Done));
+    assert!(matches!(source.request(&Request::Pause), Reply::Done));
     let last = source.heartbeats().last().unwrap().clone();
-    let Reply::Saved(info) = source.request(Request::Save { dir: snapshot.clone() }) else {
+    let Reply::Saved(info) = source.request(&Request::Save { dir: snapshot.clone() }) else {
         panic!("save did not report what it wrote");
     };
     assert!(
         info.memory_bytes_written >= 64 << 20,
         "the filled memory must be in the image"
     );
-    assert!(matches!(source.request(Request::Shutdown), Reply::Done));
+    assert!(matches!(source.request(&Request::Shutdown), Reply::Done));
 
     let restored = Vmm::start(&["--restore", snapshot.to_str().unwrap()]);
     let next = restored.wait_for_heartbeat(BOOT_TIMEOUT, |_| true);
@@ -182,18 +182,18 @@ fn guest_reports_a_byte_the_host_changed_while_paused() {
     ]);
     vmm.wait_for_line("the fill", BOOT_TIMEOUT, |l| l.starts_with("FILLED"));
     vmm.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.get("verified") > 0);
-    assert!(matches!(vmm.request(Request::Pause), Reply::Done));
+    assert!(matches!(vmm.request(&Request::Pause), Reply::Done));
     // 8 MiB is inside the filled area whatever the image size (it starts above the image).
     let gpa = 8u64 << 20;
-    let Reply::Memory { hex } = vmm.request(Request::ReadMemory { gpa, len: 1 }) else {
+    let Reply::Memory { hex } = vmm.request(&Request::ReadMemory { gpa, len: 1 }) else {
         panic!("read_memory failed");
     };
     let flipped = u8::from_str_radix(&hex, 16).unwrap() ^ 0x5a;
-    vmm.request(Request::WriteMemory {
+    vmm.request(&Request::WriteMemory {
         gpa,
         hex: format!("{flipped:02x}"),
     });
-    assert!(matches!(vmm.request(Request::Resume), Reply::Done));
+    assert!(matches!(vmm.request(&Request::Resume), Reply::Done));
     let report = vmm.wait_for_line("the guest's integrity report", BOOT_TIMEOUT, |l| {
         l.starts_with("ERR integrity")
     });
@@ -216,4 +216,49 @@ fn writing_memory_of_a_running_vm_is_refused() {
         len: 16,
     });
     assert!(malformed.is_err(), "reads outside guest memory are refused");
+}
+
+#[test]
+fn a_16_gib_guest_costs_the_host_only_what_it_touches() {
+    let vmm = Vmm::start(&[
+        "--kernel",
+        "builtin:testguest",
+        "--memory",
+        "16G",
+        "--cmdline",
+        "hb=20 fill=8M",
+    ]);
+    let banner = vmm.wait_for_line("the guest's banner", BOOT_TIMEOUT, |l| l.starts_with("VMIG-TESTGUEST"));
+    let mib: u64 = banner
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("mem_mib="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no mem_mib in {banner}"));
+    assert!((16_000..=16_384).contains(&mib), "guest sees {mib} MiB: {banner}");
+    vmm.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() >= 1);
+    let Reply::Stats(stats) = vmm.request(&Request::Stats) else {
+        panic!("stats failed")
+    };
+    assert_eq!(stats.memory_bytes, 16 << 30);
+    assert!(
+        stats.memory_resident_bytes < 64 << 20,
+        "only touched pages are resident: {} bytes",
+        stats.memory_resident_bytes
+    );
+}
+
+#[test]
+fn sigterm_stops_the_vm_cleanly() {
+    let mut vmm = Vmm::start(&["--kernel", "builtin:testguest", "--memory", "64M", "--cmdline", "hb=20"]);
+    vmm.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() >= 1);
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(vmm.child.id() as i32, libc::SIGTERM) }, 0);
+    let status = vmm.wait_exit(BOOT_TIMEOUT);
+    assert!(status.success(), "{}", vmm.stderr_text());
+    assert!(
+        vmm.stderr_text().contains("stopped on request"),
+        "{}",
+        vmm.stderr_text()
+    );
+    assert!(!vmm.control.exists(), "the control socket is removed on exit");
 }

@@ -108,11 +108,11 @@ impl Vmm {
         std::fs::read_to_string(&self.console).unwrap_or_default()
     }
 
-    pub fn request(&self, request: Request) -> Reply {
+    pub fn request(&self, request: &Request) -> Reply {
         let mut client = ControlClient::connect(&self.control).expect("connect to control socket");
         client.set_timeout(Some(Duration::from_secs(30))).unwrap();
         client
-            .request(&request)
+            .request(request)
             .unwrap_or_else(|e| panic!("{request:?} failed: {e}"))
     }
 

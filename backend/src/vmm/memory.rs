@@ -81,7 +81,7 @@ pub fn validate_size(size: u64) -> Result<(), MemoryError> {
     if !(MIN_MEMORY..=MAX_MEMORY).contains(&size) {
         return Err(MemoryError::SizeOutOfRange { size });
     }
-    if size % MEMORY_ALIGN != 0 {
+    if !size.is_multiple_of(MEMORY_ALIGN) {
         return Err(MemoryError::SizeUnaligned { size });
     }
     Ok(())

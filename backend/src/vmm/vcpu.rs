@@ -206,8 +206,11 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
         let run = run.get();
         if !run.is_null() {
             // SAFETY: the pointer is this thread's mapped `kvm_run`, set while the
-            // thread's `VcpuFd` lives; a volatile byte store is async-signal-safe.
-            unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+            // thread's `VcpuFd` lives; taking a field's address reads nothing.
+            let flag = unsafe { &raw mut (*run).immediate_exit };
+            // SAFETY: `flag` points into that live mapping; a volatile byte store
+            // is async-signal-safe.
+            unsafe { flag.write_volatile(1) };
         }
     });
 }
@@ -570,7 +573,7 @@ impl Vcpu {
                 .as_mut_fam_struct()
                 .xsave
                 .region
-                .copy_from_slice(&words[..base_words])
+                .copy_from_slice(&words[..base_words]);
         };
         // SAFETY: the buffer is `xsave_size` bytes long, what KVM_SET_XSAVE reads.
         unsafe { self.fd.set_xsave2(&xsave) }.map_err(self.kvm("set XSAVE2"))

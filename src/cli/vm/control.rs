@@ -42,7 +42,7 @@ pub fn exec(args: &ControlArgs, request: &Request) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
-pub fn exec_save(args: SaveArgs) -> Result<Exit> {
+pub fn exec_save(args: &SaveArgs) -> Result<Exit> {
     // The VMM resolves the path in its own working directory: make it absolute.
     let dir = std::path::absolute(&args.dir).with_context(|| format!("invalid path {}", args.dir.display()))?;
     exec(&args.control, &Request::Save { dir })

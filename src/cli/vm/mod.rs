@@ -29,12 +29,12 @@ pub enum VmCommand {
 pub fn exec(command: VmCommand) -> Result<Exit> {
     use vmig_backend::vmm::control::Request;
     match command {
-        VmCommand::Run(args) => run::exec(args),
+        VmCommand::Run(args) => run::exec(&args),
         VmCommand::Status(args) => control::exec(&args, &Request::Status),
         VmCommand::Stats(args) => control::exec(&args, &Request::Stats),
         VmCommand::Pause(args) => control::exec(&args, &Request::Pause),
         VmCommand::Resume(args) => control::exec(&args, &Request::Resume),
         VmCommand::Shutdown(args) => control::exec(&args, &Request::Shutdown),
-        VmCommand::Save(args) => control::exec_save(args),
+        VmCommand::Save(args) => control::exec_save(&args),
     }
 }

@@ -48,7 +48,7 @@ fn usage(message: String) -> anyhow::Error {
     UsageError(message).into()
 }
 
-pub fn exec(args: RunArgs) -> Result<Exit> {
+pub fn exec(args: &RunArgs) -> Result<Exit> {
     let (machine, start) = if let Some(dir) = &args.restore {
         process::restore_from(dir).with_context(|| format!("cannot restore from {}", dir.display()))?
     } else {

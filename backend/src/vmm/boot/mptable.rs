@@ -13,6 +13,9 @@ pub const MPTABLE_START: u64 = 0x9e000;
 /// The most vCPUs the table (and 8-bit xAPIC IDs) can describe.
 pub const MAX_CPUS: u8 = 254;
 
+/// BIOS data area fields: the EBDA's segment, and base memory in KiB.
+const BDA_EBDA_SEGMENT: u64 = 0x40e;
+const BDA_BASE_MEMORY_KIB: u64 = 0x413;
 const APIC_VERSION: u8 = 0x14;
 const IOAPIC_VERSION: u8 = 0x11;
 const CPU_ENABLED: u8 = 1;
@@ -94,9 +97,15 @@ pub fn write(memory: &GuestMemory, cpus: u8) -> Result<(), BootError> {
     pointer.push(0); // checksum, below
     pointer.extend_from_slice(&[0u8; 5]); // features: a configuration table is present
     pointer[10] = checksum(&pointer);
+    // The BIOS data area says where the EBDA is and how much base memory there
+    // is, as a PC BIOS leaves them; MP-table scanners start from these.
+    let ebda_segment = (EBDA_START >> 4) as u16;
+    let base_kib = (EBDA_START >> 10) as u16;
     memory
         .write_slice(&table, GuestAddress(MPTABLE_START))
         .and_then(|()| memory.write_slice(&pointer, GuestAddress(EBDA_START)))
+        .and_then(|()| memory.write_obj(ebda_segment, GuestAddress(BDA_EBDA_SEGMENT)))
+        .and_then(|()| memory.write_obj(base_kib, GuestAddress(BDA_BASE_MEMORY_KIB)))
         .map_err(|_| BootError::WriteBootData("MP table"))
 }
 

@@ -1,0 +1,127 @@
+//! The workload parameters, from `key=value` tokens on the kernel command line.
+//!
+//! `fill=SIZE|all` `dirty=SIZE` `rate=MBPS|max` `idle` `hb=MS` `exit=N` `verify=0|1`;
+//! SIZE is bytes with an optional K/M/G/T suffix (powers of 1024), MBPS is 10^6 bytes
+//! per second and may have a fraction (`rate=2.5`).
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fill {
+    Bytes(u64),
+    All,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rate {
+    /// Bytes per second, over all CPUs.
+    BytesPerSec(u64),
+    Max,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    pub fill: Fill,
+    pub dirty_bytes: u64,
+    pub rate: Rate,
+    pub hb_ms: u64,
+    pub exit_after: Option<u64>,
+    pub verify: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            fill: Fill::Bytes(0),
+            dirty_bytes: 0,
+            rate: Rate::Max,
+            hb_ms: 100,
+            exit_after: None,
+            verify: true,
+        }
+    }
+}
+
+/// Parse the command line; `Err` carries the offending token.
+pub fn parse(cmdline: &[u8]) -> Result<Config, &[u8]> {
+    let mut config = Config::default();
+    for token in cmdline
+        .split(|&b| b == b' ' || b == b'\t' || b == b'\n')
+        .filter(|t| !t.is_empty())
+    {
+        let (key, value) = match token.iter().position(|&b| b == b'=') {
+            Some(eq) => (&token[..eq], Some(&token[eq + 1..])),
+            None => (token, None),
+        };
+        let ok = match (key, value) {
+            (b"idle", None) => {
+                config.dirty_bytes = 0;
+                true
+            }
+            (b"fill", Some(b"all")) => {
+                config.fill = Fill::All;
+                true
+            }
+            (b"fill", Some(v)) => parse_size(v).map(|n| config.fill = Fill::Bytes(n)).is_some(),
+            (b"dirty", Some(v)) => parse_size(v).map(|n| config.dirty_bytes = n).is_some(),
+            (b"rate", Some(b"max")) => {
+                config.rate = Rate::Max;
+                true
+            }
+            (b"rate", Some(v)) => parse_mbps(v).map(|r| config.rate = Rate::BytesPerSec(r)).is_some(),
+            (b"hb", Some(v)) => parse_u64(v)
+                .filter(|&ms| (1..=3_600_000).contains(&ms))
+                .map(|ms| config.hb_ms = ms)
+                .is_some(),
+            (b"exit", Some(v)) => parse_u64(v).map(|n| config.exit_after = Some(n)).is_some(),
+            (b"verify", Some(b"0")) => {
+                config.verify = false;
+                true
+            }
+            (b"verify", Some(b"1")) => {
+                config.verify = true;
+                true
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(token);
+        }
+    }
+    Ok(config)
+}
+
+fn parse_u64(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(s.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
+}
+
+fn parse_size(s: &[u8]) -> Option<u64> {
+    let (digits, shift) = match s.last()?.to_ascii_uppercase() {
+        b'K' => (&s[..s.len() - 1], 10),
+        b'M' => (&s[..s.len() - 1], 20),
+        b'G' => (&s[..s.len() - 1], 30),
+        b'T' => (&s[..s.len() - 1], 40),
+        _ => (s, 0),
+    };
+    let n = parse_u64(digits)?;
+    n.checked_mul(1 << shift)
+}
+
+/// "12" or "12.5" MB/s → bytes per second.
+fn parse_mbps(s: &[u8]) -> Option<u64> {
+    let (whole, frac) = match s.iter().position(|&b| b == b'.') {
+        Some(dot) => (&s[..dot], &s[dot + 1..]),
+        None => (s, &b""[..]),
+    };
+    if frac.len() > 6 || (!frac.is_empty() && parse_u64(frac).is_none()) {
+        return None;
+    }
+    let mut bytes = parse_u64(whole)?.checked_mul(1_000_000)?;
+    let mut scale = 100_000;
+    for &d in frac {
+        bytes += u64::from(d - b'0') * scale;
+        scale /= 10;
+    }
+    Some(bytes)
+}

@@ -1,0 +1,95 @@
+//! The BSP's periodic status line and the `exit=N` countdown.
+//!
+//! `HB seq=<n> t_ms=<ms> cpus=<online> written=<pages> verified=<pages> errors=<words>
+//!  rate_mbps=<MB/s, one decimal> maxgap_us=<µs>`
+
+use crate::cpu;
+use crate::serial::Line;
+use crate::stats;
+
+#[derive(Debug)]
+pub struct Heartbeat {
+    interval_ns: u64,
+    next_ns: u64,
+    seq: u64,
+    exit_after: Option<u64>,
+    last_written: u64,
+    last_ns: u64,
+}
+
+impl Heartbeat {
+    /// The first heartbeat is due at once.
+    pub fn new(interval_ms: u64, exit_after: Option<u64>, now: u64) -> Heartbeat {
+        if exit_after == Some(0) {
+            exit();
+        }
+        Heartbeat {
+            interval_ns: interval_ms * 1_000_000,
+            next_ns: now,
+            seq: 0,
+            exit_after,
+            last_written: 0,
+            last_ns: now,
+        }
+    }
+
+    /// Print a heartbeat if one is due; true if it printed (the caller then resyncs
+    /// its gap measurement).
+    #[inline]
+    pub fn poll(&mut self, now: u64) -> bool {
+        if now < self.next_ns {
+            return false;
+        }
+        self.print(now);
+        true
+    }
+
+    #[inline(never)]
+    fn print(&mut self, now: u64) {
+        let totals = stats::totals();
+        let elapsed = now.saturating_sub(self.last_ns).max(1);
+        let dirtied = totals.written - self.last_written;
+        // bytes per µs = MB/s; in tenths, rounded.
+        let rate_tenths =
+            ((u128::from(dirtied) * 4096 * 10_000 + u128::from(elapsed / 2)) / u128::from(elapsed)) as u64;
+        Line::new()
+            .str("HB seq=")
+            .dec(self.seq)
+            .str(" t_ms=")
+            .dec(now / 1_000_000)
+            .str(" cpus=")
+            .dec(stats::online_count())
+            .str(" written=")
+            .dec(totals.written)
+            .str(" verified=")
+            .dec(totals.verified)
+            .str(" errors=")
+            .dec(totals.errors)
+            .str(" rate_mbps=")
+            .dec1(rate_tenths)
+            .str(" maxgap_us=")
+            .dec(stats::take_max_gap_ns() / 1000)
+            .emit();
+        self.seq += 1;
+        self.last_written = totals.written;
+        self.last_ns = now;
+        self.next_ns += self.interval_ns;
+        if self.next_ns <= now {
+            self.next_ns = now + self.interval_ns;
+        }
+        if self.exit_after == Some(self.seq) {
+            exit();
+        }
+    }
+}
+
+/// `EXIT code=<c>` and power off: 1 if any integrity error was seen, else 0.
+pub fn exit() -> ! {
+    let code = if stats::totals().errors > 0 {
+        cpu::exit::INTEGRITY
+    } else {
+        cpu::exit::OK
+    };
+    Line::new().str("EXIT code=").dec(u64::from(code)).emit();
+    cpu::power_off(code)
+}
