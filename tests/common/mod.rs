@@ -104,8 +104,12 @@ impl Vmm {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// The console's complete lines (a line still being written is left out).
     pub fn console_text(&self) -> String {
-        std::fs::read_to_string(&self.console).unwrap_or_default()
+        let mut text = std::fs::read_to_string(&self.console).unwrap_or_default();
+        let complete = text.rfind('\n').map_or(0, |i| i + 1);
+        text.truncate(complete);
+        text
     }
 
     pub fn request(&self, request: &Request) -> Reply {
