@@ -418,3 +418,122 @@ impl Drop for Vm {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::channel;
+
+    use super::*;
+    use crate::vmm::boot::KernelSource;
+
+    fn boot_testguest(cmdline: &str, vcpus: u8) -> (Vm, std::sync::mpsc::Receiver<VmmEvent>) {
+        let (events, inbox) = channel();
+        let machine = MachineConfig {
+            memory_bytes: 128 << 20,
+            vcpus,
+            cpuid_masks: Vec::new(),
+        };
+        let boot = BootConfig {
+            kernel: KernelSource::from_spec("builtin:testguest").unwrap(),
+            initrd: None,
+            cmdline: cmdline.to_string(),
+        };
+        let vm = Vm::create(machine, Box::new(std::io::sink()), events, Start::Boot(boot)).unwrap();
+        (vm, inbox)
+    }
+
+    /// Runs the guest until its console has printed `bytes` bytes.
+    fn run_until_console(vm: &mut Vm, bytes: u64) {
+        vm.resume().unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        while vm.stats().console_bytes < bytes {
+            assert!(Instant::now() < deadline, "the guest printed nothing");
+            std::thread::yield_now();
+        }
+        vm.pause().unwrap();
+    }
+
+    #[test]
+    fn machine_state_round_trips_through_encoding_and_a_fresh_vm() {
+        let (mut vm, _events) = boot_testguest("hb=5 fill=8M", 2);
+        assert_eq!(vm.state(), RunState::Created);
+        assert!(matches!(vm.save_state(), Err(VmError::WrongState(RunState::Created))));
+        run_until_console(&mut vm, 400);
+        let state = vm.save_state().unwrap();
+        assert_eq!(state.vcpus.len(), 2);
+        assert!(!state.vcpus[0].msrs.is_empty());
+
+        let encoded = state.encode().unwrap();
+        let decoded = VmState::decode(&encoded).unwrap();
+        assert_eq!(decoded.encode().unwrap(), encoded, "encoding is stable");
+
+        let mut image = tempfile::tempfile().unwrap();
+        memory::save_image(vm.memory(), &mut image).unwrap();
+        let (events, _inbox) = channel();
+        let restored = Vm::create(
+            state.machine.clone(),
+            Box::new(std::io::sink()),
+            events,
+            Start::Restore {
+                state: Box::new(decoded),
+                memory_image: image,
+            },
+        )
+        .unwrap();
+        assert_eq!(restored.state(), RunState::Paused);
+        let again = restored.save_state().unwrap();
+        for (before, after) in state.vcpus.iter().zip(&again.vcpus) {
+            assert_eq!(before.regs, after.regs);
+            assert_eq!(before.sregs, after.sregs);
+            assert_eq!(before.xcrs, after.xcrs);
+            assert_eq!(before.mp_state, after.mp_state);
+            assert_eq!(before.fpu, after.fpu);
+            assert_eq!(before.xsave, after.xsave);
+        }
+        assert_eq!(state.devices, again.devices);
+        assert_eq!(
+            bincode::serialize(&state.irqchip.ioapic).unwrap(),
+            bincode::serialize(&again.irqchip.ioapic).unwrap()
+        );
+    }
+
+    #[test]
+    fn corrupt_or_foreign_state_is_refused() {
+        let (mut vm, _events) = boot_testguest("hb=5", 1);
+        run_until_console(&mut vm, 200);
+        let mut state = vm.save_state().unwrap();
+        let encoded = state.encode().unwrap();
+        for cut in [0, 10, encoded.len() / 2, encoded.len() - 1] {
+            assert!(VmState::decode(&encoded[..cut]).is_err(), "truncated at {cut}");
+        }
+        state.format = STATE_FORMAT + 1;
+        assert!(matches!(
+            VmState::decode(&state.encode().unwrap()),
+            Err(state::StateError::Format { .. })
+        ));
+        state.format = STATE_FORMAT;
+        state.machine.vcpus = 3;
+        assert!(matches!(
+            VmState::decode(&state.encode().unwrap()),
+            Err(state::StateError::VcpuCount { .. })
+        ));
+        // A machine of another size cannot take this state.
+        state.machine.vcpus = 1;
+        let (events, _inbox) = channel();
+        let other = MachineConfig {
+            memory_bytes: 256 << 20,
+            vcpus: 1,
+            cpuid_masks: Vec::new(),
+        };
+        let result = Vm::create(
+            other,
+            Box::new(std::io::sink()),
+            events,
+            Start::Restore {
+                state: Box::new(state),
+                memory_image: tempfile::tempfile().unwrap(),
+            },
+        );
+        assert!(matches!(result, Err(VmError::ConfigMismatch { .. })));
+    }
+}
