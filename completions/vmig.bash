@@ -55,6 +55,9 @@ _vmig() {
             vmig__subcmd__help__subcmd__vm,save)
                 cmd="vmig__subcmd__help__subcmd__vm__subcmd__save"
                 ;;
+            vmig__subcmd__help__subcmd__vm,send)
+                cmd="vmig__subcmd__help__subcmd__vm__subcmd__send"
+                ;;
             vmig__subcmd__help__subcmd__vm,shutdown)
                 cmd="vmig__subcmd__help__subcmd__vm__subcmd__shutdown"
                 ;;
@@ -91,6 +94,9 @@ _vmig() {
             vmig__subcmd__vm,save)
                 cmd="vmig__subcmd__vm__subcmd__save"
                 ;;
+            vmig__subcmd__vm,send)
+                cmd="vmig__subcmd__vm__subcmd__send"
+                ;;
             vmig__subcmd__vm,shutdown)
                 cmd="vmig__subcmd__vm__subcmd__shutdown"
                 ;;
@@ -114,6 +120,9 @@ _vmig() {
                 ;;
             vmig__subcmd__vm__subcmd__help,save)
                 cmd="vmig__subcmd__vm__subcmd__help__subcmd__save"
+                ;;
+            vmig__subcmd__vm__subcmd__help,send)
+                cmd="vmig__subcmd__vm__subcmd__help__subcmd__send"
                 ;;
             vmig__subcmd__vm__subcmd__help,shutdown)
                 cmd="vmig__subcmd__vm__subcmd__help__subcmd__shutdown"
@@ -233,7 +242,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__help__subcmd__vm)
-            opts="run status stats pause resume save shutdown"
+            opts="run status stats pause resume save shutdown send"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -289,6 +298,20 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__help__subcmd__vm__subcmd__save)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__vm__subcmd__send)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -415,7 +438,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm)
-            opts="-h -V --help --version run status stats pause resume save shutdown help"
+            opts="-h -V --help --version run status stats pause resume save shutdown send help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -429,7 +452,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm__subcmd__help)
-            opts="run status stats pause resume save shutdown help"
+            opts="run status stats pause resume save shutdown send help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -499,6 +522,20 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm__subcmd__help__subcmd__save)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__vm__subcmd__help__subcmd__send)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -599,7 +636,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm__subcmd__run)
-            opts="-h -V --kernel --initrd --cmdline --memory --vcpus --console --control --restore --help --version"
+            opts="-h -V --kernel --initrd --cmdline --memory --vcpus --console --control --restore --incoming --name --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -637,6 +674,14 @@ _vmig() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --incoming)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -657,6 +702,44 @@ _vmig() {
                     ;;
                 --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__vm__subcmd__send)
+            opts="-h -V --control --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --json --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --control)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --downtime-ms)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --streams)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bandwidth)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout-action)
+                    COMPREPLY=($(compgen -W "cancel force" -- "${cur}"))
                     return 0
                     ;;
                 *)

@@ -30,16 +30,17 @@ complete -c vmig -n "__fish_vmig_needs_command" -f -a "vm" -d 'Run and control s
 complete -c vmig -n "__fish_vmig_needs_command" -f -a "testguest" -d 'Work with the built-in test guest'
 complete -c vmig -n "__fish_vmig_needs_command" -f -a "generate" -d 'Write man pages and shell completions (for packagers and the repo)'
 complete -c vmig -n "__fish_vmig_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown help" -s h -l help -d 'Print help'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown help" -s V -l version -d 'Print version'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown help" -f -a "run" -d 'Run a VM in the foreground: this process is its VMM'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown help" -f -a "status" -d 'Show a running VMM\'s state'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown help" -f -a "stats" -d 'Show a running VMM\'s counters (exits, resident memory, console bytes)'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown help" -f -a "pause" -d 'Pause a running VM\'s vCPUs'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown help" -f -a "resume" -d 'Resume a paused VM'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown help" -f -a "save" -d 'Save a paused VM\'s complete state and memory into a directory'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown help" -f -a "shutdown" -d 'Stop a VM and end its VMM process'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown send help" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown send help" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown send help" -f -a "run" -d 'Run a VM in the foreground: this process is its VMM'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown send help" -f -a "status" -d 'Show a running VMM\'s state'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown send help" -f -a "stats" -d 'Show a running VMM\'s counters (exits, resident memory, console bytes)'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown send help" -f -a "pause" -d 'Pause a running VM\'s vCPUs'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown send help" -f -a "resume" -d 'Resume a paused VM'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown send help" -f -a "save" -d 'Save a paused VM\'s complete state and memory into a directory'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown send help" -f -a "shutdown" -d 'Stop a VM and end its VMM process'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown send help" -f -a "send" -d 'Live-migrate a running VM to a VMM waiting with `vm run --incoming`'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown send help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l kernel -d 'Kernel to boot: a PVH ELF, a Linux bzImage or vmlinux, or `builtin:testguest`' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l initrd -d 'Initial ramdisk (Linux) or PVH module' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l cmdline -d 'Kernel command line' -r
@@ -48,6 +49,8 @@ complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l console -d 'Write the serial console to FILE instead of standard output' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l control -d 'Serve the control socket (status, pause, resume, save, stats, shutdown) at SOCKET' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l restore -d 'Continue a VM saved with `vmig vm save` instead of booting one' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l incoming -d 'Receive the VM by live migration: listen on tcp:HOST:PORT for `vmig vm send`' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l name -d 'The VM\'s name, shown to migration peers' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -s V -l version -d 'Print version'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from status" -l control -d 'The VMM\'s control socket (as given to `vmig vm run --control`)' -r -F
@@ -80,6 +83,17 @@ complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from shutdown" -l json -d 'Print the reply as JSON'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from shutdown" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from shutdown" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l control -d 'The source VMM\'s control socket' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l downtime-ms -d 'Switch over once the expected downtime is below this many milliseconds' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l streams -d 'Parallel TCP streams' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l bandwidth -d 'Bandwidth cap in bytes per second (K/M/G suffixes), e.g. 100M' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l timeout -d 'Time limit in seconds for the whole migration' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l timeout-action -d 'What the time limit does: `cancel` (the VM stays on the source) or `force` (switch over now)' -r -f -a "cancel\t''
+force\t''"
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l no-auto-converge -d 'Do not throttle the vCPUs of a guest that dirties memory faster than the link sends'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l json -d 'Print progress and the final report as JSON lines (the default without a terminal)'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -s V -l version -d 'Print version'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "run" -d 'Run a VM in the foreground: this process is its VMM'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "status" -d 'Show a running VMM\'s state'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "stats" -d 'Show a running VMM\'s counters (exits, resident memory, console bytes)'
@@ -87,6 +101,7 @@ complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "resume" -d 'Resume a paused VM'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "save" -d 'Save a paused VM\'s complete state and memory into a directory'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "shutdown" -d 'Stop a VM and end its VMM process'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "send" -d 'Live-migrate a running VM to a VMM waiting with `vm run --incoming`'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c vmig -n "__fish_vmig_using_subcommand testguest; and not __fish_seen_subcommand_from export help" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand testguest; and not __fish_seen_subcommand_from export help" -s V -l version -d 'Print version'
@@ -110,4 +125,5 @@ complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcomma
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "resume" -d 'Resume a paused VM'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "save" -d 'Save a paused VM\'s complete state and memory into a directory'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "shutdown" -d 'Stop a VM and end its VMM process'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "send" -d 'Live-migrate a running VM to a VMM waiting with `vm run --incoming`'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from testguest" -f -a "export" -d 'Write the test guest\'s PVH ELF image to a file (e.g. for `qemu-system-x86_64 -kernel`)'

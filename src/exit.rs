@@ -19,6 +19,9 @@ pub enum Exit {
     GuestFailed = 4,
     /// A VMM's control socket could not be reached.
     Unreachable = 5,
+    /// A migration's outcome is in doubt: the source stays paused and the
+    /// message says how to resolve it.
+    InDoubt = 6,
 }
 
 impl Exit {
@@ -30,7 +33,8 @@ Exit codes:
   2  invalid command line or input; nothing was done
   3  KVM unavailable (/dev/kvm missing or not accessible)
   4  the guest failed (non-zero power-off code, reset, crash)
-  5  a VMM control socket could not be reached";
+  5  a VMM control socket could not be reached
+  6  a migration's outcome is in doubt (the source stays paused; see the message)";
 }
 
 impl From<Exit> for ExitCode {

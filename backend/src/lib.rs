@@ -4,6 +4,7 @@
 //! Nothing here knows about the command line, Lua or progress bars: the operator
 //! side in the `vmig` crate is a thin adapter over these calls.
 
+pub mod migration;
 pub mod size;
 pub mod testguest;
 pub mod vmm;

@@ -2,10 +2,12 @@
 //!
 //! Requests (`{"op": ...}`): `status`, `stats`, `pause`, `resume`,
 //! `save {"dir"}` (the VM must be paused; it stays paused), `shutdown`,
+//! `migrate {"url", "options"}`, `cancel_migration`,
 //! `read_memory {"gpa","len"}` and `write_memory {"gpa","hex"}` (paused only;
-//! for diagnosis and tests). Every request gets exactly one response line:
-//! `{"ok": <reply>}` or `{"error": "<message>"}`. A malformed line gets an
-//! error and changes nothing.
+//! for diagnosis and tests). Every request gets exactly one final response
+//! line: `{"ok": <reply>}` or `{"error": "<message>"}`; `migrate` sends
+//! `{"progress": {...}}` lines before it. A malformed line gets an error and
+//! changes nothing.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -19,6 +21,7 @@ use thiserror::Error;
 use super::event::{StopReason, VmmEvent};
 use super::snapshot::SnapshotInfo;
 use super::{RunState, VmStats};
+use crate::migration::{MigrationOptions, Progress, Report};
 
 /// Longest request line accepted.
 const MAX_LINE: usize = 1 << 20;
@@ -32,16 +35,37 @@ pub enum Request {
     Stats,
     Pause,
     Resume,
-    Save { dir: PathBuf },
+    Save {
+        dir: PathBuf,
+    },
     Shutdown,
-    ReadMemory { gpa: u64, len: u32 },
-    WriteMemory { gpa: u64, hex: String },
+    ReadMemory {
+        gpa: u64,
+        len: u32,
+    },
+    WriteMemory {
+        gpa: u64,
+        hex: String,
+    },
+    /// Live-migrate the VM to the VMM listening at `url` (`tcp:HOST:PORT`).
+    Migrate {
+        url: String,
+        options: MigrationOptions,
+    },
+    /// Stop a running migration; the VM keeps running here.
+    CancelMigration,
 }
 
 /// What `status` reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmStatus {
-    pub state: RunState,
+    /// `None` while the VMM waits for an incoming migration.
+    pub state: Option<RunState>,
+    /// Where the VM is being migrated to, if it is.
+    pub migrating_to: Option<String>,
+    /// Set when a migration's handoff failed and the target may be running the
+    /// VM: the source stays paused until an operator resolves it.
+    pub in_doubt: Option<String>,
     pub pid: u32,
     pub vcpus: u8,
     pub memory_bytes: u64,
@@ -56,6 +80,7 @@ pub enum Reply {
     Stats(VmStats),
     Saved(SnapshotInfo),
     Memory { hex: String },
+    Migrated(Report),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,6 +88,8 @@ pub enum Reply {
 pub enum Response {
     Ok(Reply),
     Error(String),
+    /// An intermediate update; a final `Ok` or `Error` follows.
+    Progress(Progress),
 }
 
 #[derive(Debug, Error)]
@@ -141,18 +168,29 @@ fn serve_connection(stream: UnixStream, events: &Sender<VmmEvent>) {
                 if events.send(VmmEvent::Control(request, reply_to)).is_err() {
                     return;
                 }
-                match reply.recv() {
-                    Ok(response) => response,
-                    Err(_) => return,
+                loop {
+                    match reply.recv() {
+                        Ok(Response::Progress(progress)) => {
+                            if write_line(&mut writer, &Response::Progress(progress)).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(response) => break response,
+                        Err(_) => return,
+                    }
                 }
             }
         };
-        let mut out = serde_json::to_vec(&response).unwrap_or_else(|_| b"{\"error\":\"internal\"}".to_vec());
-        out.push(b'\n');
-        if writer.write_all(&out).is_err() {
+        if write_line(&mut writer, &response).is_err() {
             return;
         }
     }
+}
+
+fn write_line(writer: &mut UnixStream, response: &Response) -> std::io::Result<()> {
+    let mut out = serde_json::to_vec(response).unwrap_or_else(|_| b"{\"error\":\"internal\"}".to_vec());
+    out.push(b'\n');
+    writer.write_all(&out)
 }
 
 /// A connection to a VMM's control socket.
@@ -181,17 +219,30 @@ impl ControlClient {
     }
 
     pub fn request(&mut self, request: &Request) -> Result<Reply, ControlError> {
+        self.request_with_progress(request, &mut |_| {})
+    }
+
+    /// Sends `request`, passing progress updates to `on_progress` until the
+    /// final answer arrives.
+    pub fn request_with_progress(
+        &mut self,
+        request: &Request,
+        on_progress: &mut dyn FnMut(&Progress),
+    ) -> Result<Reply, ControlError> {
         let mut line = serde_json::to_vec(request).map_err(ControlError::Malformed)?;
         line.push(b'\n');
         self.writer.write_all(&line).map_err(ControlError::Io)?;
-        let mut answer = String::new();
-        let read = self.reader.read_line(&mut answer).map_err(ControlError::Io)?;
-        if read == 0 {
-            return Err(ControlError::Closed);
-        }
-        match serde_json::from_str(&answer).map_err(ControlError::Malformed)? {
-            Response::Ok(reply) => Ok(reply),
-            Response::Error(message) => Err(ControlError::Refused(message)),
+        loop {
+            let mut answer = String::new();
+            let read = self.reader.read_line(&mut answer).map_err(ControlError::Io)?;
+            if read == 0 {
+                return Err(ControlError::Closed);
+            }
+            match serde_json::from_str(&answer).map_err(ControlError::Malformed)? {
+                Response::Ok(reply) => return Ok(reply),
+                Response::Error(message) => return Err(ControlError::Refused(message)),
+                Response::Progress(progress) => on_progress(&progress),
+            }
         }
     }
 }

@@ -16,12 +16,17 @@ pub enum StopReason {
     GuestError { vcpu: u8, detail: String },
     /// The operator stopped it (control socket or signal).
     Requested,
+    /// It was live-migrated and now runs at `target`.
+    Migrated { target: String },
 }
 
 impl StopReason {
     /// True when the guest ended the way it meant to, with success.
     pub fn is_clean(&self) -> bool {
-        matches!(self, StopReason::PowerOff { code: 0 } | StopReason::Requested)
+        matches!(
+            self,
+            StopReason::PowerOff { code: 0 } | StopReason::Requested | StopReason::Migrated { .. }
+        )
     }
 }
 
@@ -33,6 +38,7 @@ impl std::fmt::Display for StopReason {
             StopReason::TripleFault { vcpu } => write!(f, "vCPU {vcpu} triple-faulted"),
             StopReason::GuestError { vcpu, detail } => write!(f, "vCPU {vcpu} stopped: {detail}"),
             StopReason::Requested => write!(f, "stopped on request"),
+            StopReason::Migrated { target } => write!(f, "migrated to {target}; it runs there now"),
         }
     }
 }
@@ -49,4 +55,24 @@ pub enum VmmEvent {
     ),
     /// SIGINT or SIGTERM.
     Signal(i32),
+    /// The migration engine needs the source VM paused, resumed or saved.
+    Source(SourceRequest, std::sync::mpsc::Sender<Result<SourceReply, String>>),
+    /// An outgoing migration ended.
+    MigrationEnded(Result<crate::migration::Report, crate::migration::sender::MigrationError>),
+    /// An incoming migration ended: the VM runs here, or the attempt failed.
+    Received(Result<super::Vm, String>),
+}
+
+/// What the migration engine asks of the source VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceRequest {
+    Pause,
+    Resume,
+    SaveState,
+}
+
+#[derive(Debug)]
+pub enum SourceReply {
+    Done,
+    State(Box<super::VmState>),
 }

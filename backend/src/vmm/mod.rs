@@ -127,6 +127,8 @@ pub enum Start {
         state: Box<VmState>,
         memory_image: std::fs::File,
     },
+    /// Nothing yet: memory and state arrive by live migration ([`Vm::restore`]).
+    Incoming,
 }
 
 /// Counters for `stats`.
@@ -150,9 +152,12 @@ pub struct Vm {
     // Field order is drop order: vCPU threads end before the VM fd and memory go.
     vcpus: Vec<VcpuHandle>,
     bus: Arc<PortIoBus>,
-    fd: VmFd,
+    fd: Arc<VmFd>,
     memory: GuestMemory,
     machine: MachineConfig,
+    /// The CPUID the guest sees on vCPU 0 (what a migration target must offer).
+    guest_cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
+    xsave_size: usize,
     state: RunState,
     created: Instant,
     _kvm: Kvm,
@@ -214,9 +219,13 @@ impl Vm {
 
         let supported = cpuid::supported(&kvm)?;
         let mut vcpu_fds: Vec<VcpuFd> = Vec::with_capacity(usize::from(machine.vcpus));
+        let mut guest_cpuid = Vec::new();
         for id in 0..machine.vcpus {
             let vcpu = fd.create_vcpu(u64::from(id)).map_err(kvm_err("create a vCPU"))?;
             let table = cpuid::for_vcpu(&supported, id, machine.vcpus, &machine.cpuid_masks)?;
+            if id == 0 {
+                guest_cpuid = table.as_slice().to_vec();
+            }
             vcpu.set_cpuid2(&table).map_err(kvm_err("set CPUID"))?;
             regs::setup_vcpu_common(&vcpu)?;
             vcpu_fds.push(vcpu);
@@ -243,8 +252,10 @@ impl Vm {
                 memory::load_image(&memory, &mut memory_image)?;
                 restore = Some(state);
             }
+            Start::Incoming => {}
         }
 
+        let xsave_size = usize::try_from(fd.check_extension_int(Cap::Xsave2)).unwrap_or(0);
         let context = VcpuContext {
             bus: Arc::clone(&bus),
             events,
@@ -254,7 +265,7 @@ impl Vm {
                     .as_slice()
                     .to_vec(),
             ),
-            xsave_size: usize::try_from(fd.check_extension_int(Cap::Xsave2)).unwrap_or(0),
+            xsave_size,
         };
         let mut vcpus = Vec::with_capacity(vcpu_fds.len());
         for (id, vcpu) in vcpu_fds.into_iter().enumerate() {
@@ -264,17 +275,34 @@ impl Vm {
         let mut vm = Vm {
             vcpus,
             bus,
-            fd,
+            fd: Arc::new(fd),
             memory,
             machine,
+            guest_cpuid,
+            xsave_size,
             state: RunState::Created,
             created: Instant::now(),
             _kvm: kvm,
         };
         if let Some(state) = restore {
-            vm.restore_state(*state)?;
+            vm.restore(*state)?;
         }
         Ok(vm)
+    }
+
+    /// The VM's file descriptor, shared with the migration engine (dirty log).
+    pub fn fd(&self) -> &Arc<VmFd> {
+        &self.fd
+    }
+
+    /// CPUID of vCPU 0 as the guest sees it.
+    pub fn guest_cpuid(&self) -> &[kvm_bindings::kvm_cpuid_entry2] {
+        &self.guest_cpuid
+    }
+
+    /// Size of this host's XSAVE area for the VM (0 when KVM does not say).
+    pub fn xsave_size(&self) -> usize {
+        self.xsave_size
     }
 
     pub fn machine(&self) -> &MachineConfig {
@@ -370,7 +398,20 @@ impl Vm {
         Ok(chip)
     }
 
-    fn restore_state(&mut self, state: VmState) -> Result<(), VmError> {
+    /// Gives a VM that has never run (booted nothing, or [`Start::Incoming`])
+    /// a saved machine state; it is left paused.
+    pub fn restore(&mut self, state: VmState) -> Result<(), VmError> {
+        if self.state != RunState::Created {
+            return Err(VmError::WrongState(self.state));
+        }
+        if state.machine.memory_bytes != self.machine.memory_bytes || state.machine.vcpus != self.machine.vcpus {
+            return Err(VmError::ConfigMismatch {
+                saved_memory: state.machine.memory_bytes,
+                saved_vcpus: state.machine.vcpus,
+                memory: self.machine.memory_bytes,
+                vcpus: self.machine.vcpus,
+            });
+        }
         let VmState {
             vcpus,
             irqchip,
@@ -387,6 +428,9 @@ impl Vm {
         clock.flags &= KVM_CLOCK_REALTIME;
         self.fd.set_clock(&clock).map_err(kvm_err("restore the KVM clock"))?;
         self.bus.restore(&devices)?;
+        if let Some(first) = vcpus.first() {
+            self.guest_cpuid.clone_from(&first.cpuid);
+        }
         for (vcpu, saved) in self.vcpus.iter().zip(vcpus) {
             vcpu.restore(saved)?;
         }
@@ -408,6 +452,20 @@ impl Vm {
             mmio_exits: sum(|c| c.mmio_exits.load(Relaxed)),
             console_bytes: self.bus.console_bytes(),
         }
+    }
+}
+
+impl crate::migration::receiver::TargetVm for Vm {
+    fn memory(&self) -> &GuestMemory {
+        &self.memory
+    }
+
+    fn restore(&mut self, state: VmState) -> Result<(), String> {
+        Vm::restore(self, state).map_err(|e| process::chain(&e))
+    }
+
+    fn resume(&mut self) -> Result<(), String> {
+        Vm::resume(self).map_err(|e| process::chain(&e))
     }
 }
 

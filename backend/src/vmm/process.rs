@@ -1,18 +1,24 @@
 //! The VMM process: one VM, its control socket, its console, and a loop that
-//! reacts to the guest, the operator and signals until the VM ends.
+//! reacts to the guest, the operator, signals and migrations until the VM ends.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Sender, channel};
 
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::control::{self, ControlError, MAX_MEMORY_READ, Reply, Request, Response, VmStatus};
-use super::event::{StopReason, VmmEvent};
+use super::event::{SourceReply, SourceRequest, StopReason, VmmEvent};
 use super::snapshot::{self, SnapshotError};
-use super::{MachineConfig, RunState, Start, Vm, VmError};
+use super::{MachineConfig, RunState, Start, Vm, VmError, VmState};
+use crate::migration::protocol::CpuidLeaf;
+use crate::migration::sender::{self, MigrationError, SourceContext, SourceVm};
+use crate::migration::transport::{self, TransportError};
+use crate::migration::{MigrationOptions, Report, receiver};
 
 /// Where the guest's serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,11 +28,21 @@ pub enum Console {
     Discard,
 }
 
+/// How the VMM process gets its VM.
+#[derive(Debug)]
+pub enum Launch {
+    /// Build it here: boot a kernel or restore a snapshot.
+    New { machine: MachineConfig, start: Start },
+    /// Wait on `url` (`tcp:HOST:PORT`) for a live migration to bring it.
+    Incoming { url: String },
+}
+
 /// Everything the VMM process needs to run one VM.
 #[derive(Debug)]
 pub struct VmmOptions {
-    pub machine: MachineConfig,
-    pub start: Start,
+    /// The VM's name (logs, migration peers).
+    pub name: String,
+    pub launch: Launch,
     pub console: Console,
     pub control: Option<PathBuf>,
 }
@@ -41,10 +57,351 @@ pub enum ProcessError {
     },
     #[error("control socket")]
     Control(#[from] ControlError),
+    #[error("cannot start a thread")]
+    Thread(#[source] std::io::Error),
     #[error("cannot set up signal handling")]
     Signals(#[source] std::io::Error),
     #[error("cannot run the VM")]
     Vm(#[from] VmError),
+    #[error("cannot listen for an incoming migration")]
+    Listen(#[from] TransportError),
+    #[error("incoming migration failed, nothing runs here: {0}")]
+    Incoming(String),
+}
+
+/// Runs a VM until it stops, is migrated away, or the operator ends it;
+/// returns why. `on_ready` is called once the control socket answers.
+pub fn run(options: VmmOptions, on_ready: impl FnOnce()) -> Result<StopReason, ProcessError> {
+    let (events, inbox) = channel();
+    forward_signals(events.clone())?;
+    let listener = options.control.as_deref().map(control::bind).transpose()?;
+    let sink = console_sink(&options.console)?;
+    let mut vmm = Vmm {
+        vm: None,
+        name: options.name.clone(),
+        control_path: options.control.clone(),
+        events: events.clone(),
+        migration: None,
+        in_doubt: None,
+    };
+    match options.launch {
+        Launch::New { machine, start } => {
+            let mut vm = Vm::create(machine, sink, events.clone(), start)?;
+            vm.resume()?;
+            vmm.vm = Some(vm);
+        }
+        Launch::Incoming { url } => {
+            let migration_listener = transport::listen(&url)?;
+            let events = events.clone();
+            std::thread::Builder::new()
+                .name("migrate-in".into())
+                .spawn(move || {
+                    let received = receive_incoming(migration_listener, sink, &events);
+                    let _ = events.send(VmmEvent::Received(received));
+                })
+                .map_err(ProcessError::Thread)?;
+        }
+    }
+    if let Some(listener) = listener {
+        control::serve(listener, events);
+    }
+    on_ready();
+
+    let stop_reason = loop {
+        let Ok(event) = inbox.recv() else {
+            break StopReason::Requested;
+        };
+        match event {
+            VmmEvent::Stopped(reason) => {
+                if let Some(vm) = &mut vmm.vm {
+                    vm.mark_stopped();
+                }
+                break reason;
+            }
+            VmmEvent::Signal(_) => break StopReason::Requested,
+            VmmEvent::Received(Ok(vm)) => vmm.vm = Some(vm),
+            VmmEvent::Received(Err(detail)) => {
+                if let Some(path) = &options.control {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(ProcessError::Incoming(detail));
+            }
+            VmmEvent::Control(Request::Shutdown, reply) => {
+                if let Some(vm) = &mut vmm.vm {
+                    let _ = vm.pause();
+                }
+                let _ = reply.send(Response::Ok(Reply::Done));
+                break StopReason::Requested;
+            }
+            VmmEvent::Control(request, reply) => vmm.handle(request, &reply),
+            VmmEvent::Source(request, reply) => {
+                let _ = reply.send(vmm.handle_source(request));
+            }
+            VmmEvent::MigrationEnded(result) => {
+                if let Some(reason) = vmm.migration_ended(result) {
+                    break reason;
+                }
+            }
+        }
+    };
+    if let Some(path) = &options.control {
+        let _ = std::fs::remove_file(path);
+    }
+    drop(vmm);
+    Ok(stop_reason)
+}
+
+/// Waits for a sender, checks it, builds the VM it announces and receives it.
+fn receive_incoming(
+    listener: std::net::TcpListener,
+    console: Box<dyn Write + Send>,
+    events: &Sender<VmmEvent>,
+) -> Result<Vm, String> {
+    let incoming = receiver::accept(listener, receiver::Outcomes::default()).map_err(|e| chain(&e))?;
+    let checked = super::open_kvm().map_err(|e| chain(&e)).and_then(|kvm| {
+        let local = super::cpuid::supported(&kvm).map_err(|e| chain(&e))?;
+        let xsave = u32::try_from(kvm.check_extension_int(kvm_ioctls::Cap::Xsave2)).unwrap_or(0);
+        incoming.check(&local, xsave)
+    });
+    let machine = match checked {
+        Ok(machine) => machine,
+        Err(reason) => {
+            incoming.refuse(&reason);
+            return Err(format!("refused the VM: {reason}"));
+        }
+    };
+    let mut vm = match Vm::create(machine, console, events.clone(), Start::Incoming) {
+        Ok(vm) => vm,
+        Err(e) => {
+            let reason = chain(&e);
+            incoming.refuse(&reason);
+            return Err(reason);
+        }
+    };
+    incoming.receive(&mut vm).map_err(|e| chain(&e))?;
+    Ok(vm)
+}
+
+/// An outgoing migration in progress.
+struct Outgoing {
+    url: String,
+    reply: Sender<Response>,
+    cancel: Arc<AtomicBool>,
+}
+
+/// The VMM process's state, owned by its main loop.
+struct Vmm {
+    vm: Option<Vm>,
+    name: String,
+    control_path: Option<PathBuf>,
+    events: Sender<VmmEvent>,
+    migration: Option<Outgoing>,
+    in_doubt: Option<String>,
+}
+
+/// The migration engine's view of the source VM: requests to the main loop.
+struct ProcessSource {
+    events: Sender<VmmEvent>,
+}
+
+impl ProcessSource {
+    fn ask(&self, request: SourceRequest) -> Result<SourceReply, String> {
+        let (reply_to, reply) = channel();
+        self.events
+            .send(VmmEvent::Source(request, reply_to))
+            .map_err(|_| "the VMM is shutting down".to_string())?;
+        reply.recv().map_err(|_| "the VMM is shutting down".to_string())?
+    }
+}
+
+impl SourceVm for ProcessSource {
+    fn pause(&self) -> Result<(), String> {
+        self.ask(SourceRequest::Pause).map(drop)
+    }
+
+    fn resume(&self) -> Result<(), String> {
+        self.ask(SourceRequest::Resume).map(drop)
+    }
+
+    fn save_state(&self) -> Result<VmState, String> {
+        match self.ask(SourceRequest::SaveState)? {
+            SourceReply::State(state) => Ok(*state),
+            SourceReply::Done => Err("no state returned".into()),
+        }
+    }
+}
+
+impl Vmm {
+    fn handle(&mut self, request: Request, reply: &Sender<Response>) {
+        if let Request::Migrate { url, options } = request {
+            if let Err(message) = self.start_migration(url, &options, reply.clone()) {
+                let _ = reply.send(Response::Error(message));
+            }
+            return;
+        }
+        let response = match self.answer(request) {
+            Ok(answer) => Response::Ok(answer),
+            Err(message) => Response::Error(message),
+        };
+        let _ = reply.send(response);
+    }
+
+    fn answer(&mut self, request: Request) -> Result<Reply, String> {
+        let migrating = self.migration.is_some();
+        match request {
+            Request::Status => {
+                return Ok(Reply::Status(VmStatus {
+                    state: self.vm.as_ref().map(Vm::state),
+                    migrating_to: self.migration.as_ref().map(|m| m.url.clone()),
+                    in_doubt: self.in_doubt.clone(),
+                    pid: std::process::id(),
+                    vcpus: self.vm.as_ref().map_or(0, |vm| vm.machine().vcpus),
+                    memory_bytes: self.vm.as_ref().map_or(0, |vm| vm.machine().memory_bytes),
+                    stop_reason: None,
+                }));
+            }
+            Request::CancelMigration => {
+                let migration = self.migration.as_ref().ok_or("no migration is running")?;
+                migration.cancel.store(true, Ordering::SeqCst);
+                return Ok(Reply::Done);
+            }
+            Request::Pause | Request::Resume | Request::Save { .. } | Request::WriteMemory { .. } if migrating => {
+                return Err("refused: a migration is in progress (cancel it first)".into());
+            }
+            _ => {}
+        }
+        let Some(vm) = self.vm.as_mut() else {
+            return Err("no VM here yet: waiting for an incoming migration".into());
+        };
+        match request {
+            Request::Stats => Ok(Reply::Stats(vm.stats())),
+            Request::Pause => vm.pause().map(|()| Reply::Done).map_err(|e| chain(&e)),
+            Request::Resume => {
+                // Resuming an in-doubt source is the operator's decision that
+                // the target does not run the VM.
+                vm.resume().map_err(|e| chain(&e))?;
+                self.in_doubt = None;
+                Ok(Reply::Done)
+            }
+            Request::Save { dir } => snapshot::save(vm, &dir)
+                .map(Reply::Saved)
+                .map_err(|e: SnapshotError| chain(&e)),
+            Request::ReadMemory { gpa, len } => {
+                if len > MAX_MEMORY_READ {
+                    return Err(format!("at most {MAX_MEMORY_READ} bytes can be read at once"));
+                }
+                let mut bytes = vec![0u8; len as usize];
+                vm.memory()
+                    .read_slice(&mut bytes, GuestAddress(gpa))
+                    .map(|()| Reply::Memory { hex: to_hex(&bytes) })
+                    .map_err(|_| format!("{len} bytes at {gpa:#x} are not all guest memory"))
+            }
+            Request::WriteMemory { gpa, hex } => {
+                if vm.state() != RunState::Paused {
+                    return Err(format!("the VM is {}; pause it before writing its memory", vm.state()));
+                }
+                let bytes = from_hex(&hex).ok_or("hex must be an even number of hex digits")?;
+                vm.memory()
+                    .write_slice(&bytes, GuestAddress(gpa))
+                    .map(|()| Reply::Done)
+                    .map_err(|_| format!("{} bytes at {gpa:#x} are not all guest memory", bytes.len()))
+            }
+            Request::Status | Request::CancelMigration | Request::Shutdown | Request::Migrate { .. } => {
+                Err("internal: request handled elsewhere".into())
+            }
+        }
+    }
+
+    fn start_migration(
+        &mut self,
+        url: String,
+        options: &MigrationOptions,
+        reply: Sender<Response>,
+    ) -> Result<(), String> {
+        if self.migration.is_some() {
+            return Err("refused: this VM is already migrating".into());
+        }
+        if let Some(doubt) = &self.in_doubt {
+            return Err(format!("refused: an earlier migration is in doubt: {doubt}"));
+        }
+        let vm = self.vm.as_ref().ok_or("no VM here to migrate")?;
+        if vm.state() != RunState::Running {
+            return Err(format!("only a running VM migrates live; this one is {}", vm.state()));
+        }
+        transport::parse_url(&url).map_err(|e| chain(&e))?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let context = SourceContext {
+            vm_name: self.name.clone(),
+            memory: vm.memory().clone(),
+            vm_fd: Arc::clone(vm.fd()),
+            machine: vm.machine().clone(),
+            cpuid: vm.guest_cpuid().iter().map(CpuidLeaf::from).collect(),
+            xsave_size: vm.xsave_size() as u32,
+            cancel: Arc::clone(&cancel),
+        };
+        let source = ProcessSource {
+            events: self.events.clone(),
+        };
+        let events = self.events.clone();
+        let progress_to = reply.clone();
+        let target = url.clone();
+        let options = options.clone();
+        std::thread::Builder::new()
+            .name("migrate-out".into())
+            .spawn(move || {
+                let result = sender::migrate(&context, &source, &target, &options, &mut |progress| {
+                    let _ = progress_to.send(Response::Progress(progress.clone()));
+                });
+                let _ = events.send(VmmEvent::MigrationEnded(result));
+            })
+            .map_err(|e| format!("cannot start the migration: {e}"))?;
+        self.migration = Some(Outgoing { url, reply, cancel });
+        Ok(())
+    }
+
+    fn handle_source(&mut self, request: SourceRequest) -> Result<SourceReply, String> {
+        let vm = self.vm.as_mut().ok_or("the VM is gone")?;
+        match request {
+            SourceRequest::Pause => vm.pause().map(|()| SourceReply::Done).map_err(|e| chain(&e)),
+            SourceRequest::Resume => vm.resume().map(|()| SourceReply::Done).map_err(|e| chain(&e)),
+            SourceRequest::SaveState => vm
+                .save_state()
+                .map(|state| SourceReply::State(Box::new(state)))
+                .map_err(|e| chain(&e)),
+        }
+    }
+
+    /// Reports a finished migration; returns a stop reason when the VM left.
+    fn migration_ended(&mut self, result: Result<Report, MigrationError>) -> Option<StopReason> {
+        let migration = self.migration.take()?;
+        match result {
+            Ok(report) => {
+                let _ = migration.reply.send(Response::Ok(Reply::Migrated(report)));
+                // The target runs the VM: this copy must never run again.
+                if let Some(vm) = &mut self.vm {
+                    vm.mark_stopped();
+                }
+                Some(StopReason::Migrated { target: migration.url })
+            }
+            Err(error) => {
+                let mut message = chain(&error);
+                if error.is_in_doubt() {
+                    let control = self
+                        .control_path
+                        .as_ref()
+                        .map_or_else(|| "SOCKET".to_string(), |p| p.display().to_string());
+                    message.push_str(&format!(
+                        ". Check the target: if it runs the VM, end this copy with \
+                         `vmig vm shutdown --control {control}`; if it does not, resume this one with \
+                         `vmig vm resume --control {control}`"
+                    ));
+                    self.in_doubt = Some(message.clone());
+                }
+                let _ = migration.reply.send(Response::Error(message));
+                None
+            }
+        }
+    }
 }
 
 fn console_sink(console: &Console) -> Result<Box<dyn Write + Send>, ProcessError> {
@@ -90,99 +447,6 @@ fn forward_signals(events: Sender<VmmEvent>) -> Result<(), ProcessError> {
         })
         .map_err(ProcessError::Signals)?;
     Ok(())
-}
-
-/// Runs a VM until it stops; returns why it stopped.
-///
-/// `on_ready` is called once the VM runs and its control socket answers.
-pub fn run(options: VmmOptions, on_ready: impl FnOnce(&Vm)) -> Result<StopReason, ProcessError> {
-    let (events, inbox) = channel();
-    forward_signals(events.clone())?;
-    let listener = options.control.as_deref().map(control::bind).transpose()?;
-    let sink = console_sink(&options.console)?;
-    let mut vm = Vm::create(options.machine, sink, events.clone(), options.start)?;
-    if let Some(listener) = listener {
-        control::serve(listener, events);
-    }
-    vm.resume()?;
-    on_ready(&vm);
-
-    let mut stop_reason = None;
-    while let Ok(event) = inbox.recv() {
-        match event {
-            VmmEvent::Stopped(reason) => {
-                vm.mark_stopped();
-                stop_reason = Some(reason);
-                break;
-            }
-            VmmEvent::Signal(_) => {
-                stop_reason = Some(StopReason::Requested);
-                break;
-            }
-            VmmEvent::Control(Request::Shutdown, reply) => {
-                let _ = vm.pause();
-                let _ = reply.send(Response::Ok(Reply::Done));
-                stop_reason = Some(StopReason::Requested);
-                break;
-            }
-            VmmEvent::Control(request, reply) => {
-                let _ = reply.send(handle(&mut vm, request, stop_reason.as_ref()));
-            }
-        }
-    }
-    if let Some(path) = &options.control {
-        let _ = std::fs::remove_file(path);
-    }
-    drop(vm);
-    Ok(stop_reason.unwrap_or(StopReason::Requested))
-}
-
-fn handle(vm: &mut Vm, request: Request, stop_reason: Option<&StopReason>) -> Response {
-    let result: Result<Reply, String> = match request {
-        Request::Status => Ok(Reply::Status(VmStatus {
-            state: vm.state(),
-            pid: std::process::id(),
-            vcpus: vm.machine().vcpus,
-            memory_bytes: vm.machine().memory_bytes,
-            stop_reason: stop_reason.cloned(),
-        })),
-        Request::Stats => Ok(Reply::Stats(vm.stats())),
-        Request::Pause => vm.pause().map(|()| Reply::Done).map_err(|e| chain(&e)),
-        Request::Resume => vm.resume().map(|()| Reply::Done).map_err(|e| chain(&e)),
-        Request::Save { dir } => snapshot::save(vm, &dir)
-            .map(Reply::Saved)
-            .map_err(|e: SnapshotError| chain(&e)),
-        Request::ReadMemory { gpa, len } => {
-            if len > MAX_MEMORY_READ {
-                Err(format!("at most {MAX_MEMORY_READ} bytes can be read at once"))
-            } else {
-                let mut bytes = vec![0u8; len as usize];
-                vm.memory()
-                    .read_slice(&mut bytes, GuestAddress(gpa))
-                    .map(|()| Reply::Memory { hex: to_hex(&bytes) })
-                    .map_err(|_| format!("{len} bytes at {gpa:#x} are not all guest memory"))
-            }
-        }
-        Request::WriteMemory { gpa, hex } => {
-            if vm.state() != RunState::Paused {
-                Err(format!("the VM is {}; pause it before writing its memory", vm.state()))
-            } else {
-                match from_hex(&hex) {
-                    None => Err("hex must be an even number of hex digits".to_string()),
-                    Some(bytes) => vm
-                        .memory()
-                        .write_slice(&bytes, GuestAddress(gpa))
-                        .map(|()| Reply::Done)
-                        .map_err(|_| format!("{} bytes at {gpa:#x} are not all guest memory", bytes.len())),
-                }
-            }
-        }
-        Request::Shutdown => Ok(Reply::Done),
-    };
-    match result {
-        Ok(reply) => Response::Ok(reply),
-        Err(message) => Response::Error(message),
-    }
 }
 
 /// An error and its sources on one line, as the operator should see it.

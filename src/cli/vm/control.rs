@@ -56,7 +56,16 @@ fn print_reply(reply: &Reply, json: bool) -> Result<()> {
     match reply {
         Reply::Done => println!("ok"),
         Reply::Status(status) => {
-            println!("state:   {}", status.state);
+            match status.state {
+                Some(state) => println!("state:   {state}"),
+                None => println!("state:   waiting for an incoming migration"),
+            }
+            if let Some(target) = &status.migrating_to {
+                println!("migrating to: {target}");
+            }
+            if let Some(doubt) = &status.in_doubt {
+                println!("IN DOUBT: {doubt}");
+            }
             println!("pid:     {}", status.pid);
             println!("vcpus:   {}", status.vcpus);
             println!("memory:  {}", format_size(status.memory_bytes));
@@ -86,6 +95,7 @@ fn print_reply(reply: &Reply, json: bool) -> Result<()> {
             format_size(info.memory_bytes_written)
         ),
         Reply::Memory { hex } => println!("{hex}"),
+        Reply::Migrated(report) => println!("{}", serde_json::to_string(report)?),
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod control;
 mod run;
+mod send;
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -24,6 +25,8 @@ pub enum VmCommand {
     Save(control::SaveArgs),
     /// Stop a VM and end its VMM process.
     Shutdown(control::ControlArgs),
+    /// Live-migrate a running VM to a VMM waiting with `vm run --incoming`.
+    Send(send::SendArgs),
 }
 
 pub fn exec(command: VmCommand) -> Result<Exit> {
@@ -36,5 +39,6 @@ pub fn exec(command: VmCommand) -> Result<Exit> {
         VmCommand::Resume(args) => control::exec(&args, &Request::Resume),
         VmCommand::Shutdown(args) => control::exec(&args, &Request::Shutdown),
         VmCommand::Save(args) => control::exec_save(&args),
+        VmCommand::Send(args) => send::exec(&args),
     }
 }

@@ -4,9 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use vmig_backend::migration::transport::parse_url;
 use vmig_backend::size::parse_size;
 use vmig_backend::vmm::boot::{BootConfig, KernelSource};
-use vmig_backend::vmm::process::{self, Console, VmmOptions};
+use vmig_backend::vmm::process::{self, Console, Launch, VmmOptions};
 use vmig_backend::vmm::{MAX_VCPUS, MachineConfig, Start, memory};
 
 use super::super::UsageError;
@@ -16,10 +17,11 @@ use crate::exit::Exit;
 #[command(after_help = "Examples:\n  \
     vmig vm run --kernel builtin:testguest --cmdline 'fill=256M dirty=64M rate=100'\n  \
     vmig vm run --kernel bzImage --initrd initrd.img --cmdline 'console=ttyS0' --memory 2G --vcpus 2\n  \
-    vmig vm run --restore /var/lib/vmig/snap1 --control /run/vm1.sock")]
+    vmig vm run --restore /var/lib/vmig/snap1 --control /run/vm1.sock\n  \
+    vmig vm run --incoming tcp:0.0.0.0:7000 --control /run/vm1.sock   # then `vmig vm send` on the source")]
 pub struct RunArgs {
     /// Kernel to boot: a PVH ELF, a Linux bzImage or vmlinux, or `builtin:testguest`.
-    #[arg(long, value_name = "PATH", required_unless_present = "restore")]
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["restore", "incoming"])]
     kernel: Option<String>,
     /// Initial ramdisk (Linux) or PVH module.
     #[arg(long, value_name = "PATH", conflicts_with = "restore")]
@@ -40,8 +42,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "SOCKET")]
     control: Option<PathBuf>,
     /// Continue a VM saved with `vmig vm save` instead of booting one.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "incoming"])]
     restore: Option<PathBuf>,
+    /// Receive the VM by live migration: listen on tcp:HOST:PORT for `vmig vm send`.
+    #[arg(long, value_name = "tcp:HOST:PORT", conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "vcpus"])]
+    incoming: Option<String>,
+    /// The VM's name, shown to migration peers.
+    #[arg(long, default_value = "vm")]
+    name: String,
 }
 
 fn usage(message: String) -> anyhow::Error {
@@ -49,7 +57,32 @@ fn usage(message: String) -> anyhow::Error {
 }
 
 pub fn exec(args: &RunArgs) -> Result<Exit> {
-    let (machine, start) = if let Some(dir) = &args.restore {
+    let launch = if let Some(url) = &args.incoming {
+        parse_url(url).map_err(|e| usage(format!("--incoming: {e}")))?;
+        Launch::Incoming { url: url.clone() }
+    } else {
+        let (machine, start) = new_machine(args)?;
+        Launch::New { machine, start }
+    };
+    let options = VmmOptions {
+        name: args.name.clone(),
+        launch,
+        console: args.console.clone().map_or(Console::Stdout, Console::File),
+        control: args.control.clone(),
+    };
+    let reason = process::run(options, || {})?;
+    if reason.is_clean() {
+        eprintln!("vmig: VM stopped: {reason}");
+        Ok(Exit::Ok)
+    } else {
+        eprintln!("vmig: VM failed: {reason}");
+        Ok(Exit::GuestFailed)
+    }
+}
+
+/// The machine and first state of a VM built here (boot or restore).
+fn new_machine(args: &RunArgs) -> Result<(MachineConfig, Start)> {
+    Ok(if let Some(dir) = &args.restore {
         process::restore_from(dir).with_context(|| format!("cannot restore from {}", dir.display()))?
     } else {
         let memory_bytes = parse_size(&args.memory).map_err(|e| usage(format!("--memory: {e}")))?;
@@ -83,19 +116,5 @@ pub fn exec(args: &RunArgs) -> Result<Exit> {
             cmdline: args.cmdline.clone(),
         };
         (machine, Start::Boot(boot))
-    };
-    let options = VmmOptions {
-        machine,
-        start,
-        console: args.console.clone().map_or(Console::Stdout, Console::File),
-        control: args.control.clone(),
-    };
-    let reason = process::run(options, |_| {})?;
-    if reason.is_clean() {
-        eprintln!("vmig: VM stopped: {reason}");
-        Ok(Exit::Ok)
-    } else {
-        eprintln!("vmig: VM failed: {reason}");
-        Ok(Exit::GuestFailed)
-    }
+    })
 }

@@ -1,0 +1,105 @@
+//! Live migration: move a running VM from one VMM process to another over TCP
+//! so that the guest notices a few milliseconds at most, nothing is lost, and
+//! exactly one copy runs whatever happens.
+//!
+//! # Protocol (version 1)
+//!
+//! Frames and their parsing are in [`protocol`]. A migration uses `N` TCP
+//! streams; stream 0 is the control stream, and every stream carries pages.
+//!
+//! ```text
+//! sender (source VMM)                         receiver (target VMM)
+//! ── stream 0: Hello{version, session, VM config, CPUID, streams} ──►
+//!                                             checks version, config and CPU
+//!                                             compatibility; creates the VM
+//! ◄─────────── Accept  (or Abort{reason}: nothing was sent, nothing changes)
+//! ── streams 1..N: Join{session, index} ─────►
+//! ── round 0: Memory batches (resident, non-zero pages) on all streams ─►
+//! ── RoundEnd{0} on every stream ────────────►
+//! ◄─────────── RoundDone{0}                    (all streams drained: a later
+//!                                              round can never be overtaken)
+//! ── rounds 1..k: dirty pages, RoundEnd, ◄ RoundDone ...
+//!    (switch over once the expected downtime is under the limit)
+//! [source pauses its vCPUs]
+//! ── final round: last dirty pages, RoundEnd ─► ◄ RoundDone
+//! ── State{vCPUs, irqchip, PIT, clock, devices} ─►
+//!                                             restores it, VM still paused
+//! ◄─────────── Ready
+//! ── Go ──────────────────────────────────────►  resumes the VM
+//! ◄─────────── Running
+//! [source destroys its copy]
+//! ```
+//!
+//! # Exactly one copy runs
+//!
+//! The receiver resumes only on `Go`, and only after it holds the complete
+//! state; it records each session's [`protocol::Outcome`] and never changes a
+//! decision once taken. The source sends `Go` only after `Ready`, and:
+//! - any failure before `Go` is sent proves the target did not resume: the source
+//!   resumes its vCPUs (automatic rollback) and the target discards its copy;
+//! - after `Go`, only `Running` or the receiver's recorded outcome decides. If
+//!   the link fails there, the source asks the receiver on a new connection
+//!   (`Query{session}` → `Outcome`): `Running` means the source is done,
+//!   `Discarded` means it resumes. If the receiver cannot be reached, the source
+//!   stays paused and reports the migration *in doubt*, with the commands that
+//!   resolve it; it never guesses.
+//! - a receiver waiting for `Go` gives up after [`GO_TIMEOUT`] and records
+//!   `Discarded`, so a late `Go` can no longer start a second copy.
+
+pub mod dirty;
+pub mod protocol;
+pub mod receiver;
+pub mod sender;
+pub mod stats;
+pub mod transport;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use stats::{Phase, Progress, Report};
+
+/// How long a receiver holding the complete state waits for `Go`.
+pub const GO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What to do when the migration's time limit expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeoutAction {
+    /// Give up: the VM keeps running on the source.
+    Cancel,
+    /// Switch over now, whatever the downtime.
+    Force,
+}
+
+/// How a migration is run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationOptions {
+    /// Switch over once the expected downtime is below this.
+    pub downtime_limit_ms: u64,
+    /// Cap on the bytes per second sent over all streams (None: no cap).
+    pub bandwidth_limit: Option<u64>,
+    /// Time limit for the whole migration.
+    pub timeout_s: u64,
+    pub timeout_action: TimeoutAction,
+    /// TCP streams (the control stream included).
+    pub streams: u32,
+    /// Throttle the vCPUs when the guest dirties memory faster than it is sent.
+    pub auto_converge: bool,
+}
+
+impl Default for MigrationOptions {
+    fn default() -> Self {
+        Self {
+            downtime_limit_ms: 50,
+            bandwidth_limit: None,
+            timeout_s: 600,
+            timeout_action: TimeoutAction::Cancel,
+            streams: 2,
+            auto_converge: true,
+        }
+    }
+}
+
+/// Most streams one migration may open.
+pub const MAX_STREAMS: u32 = 16;

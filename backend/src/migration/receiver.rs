@@ -1,0 +1,547 @@
+//! The target side: accept a VM, treat every byte as hostile, resume only with
+//! the complete state and the sender's Go.
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::CpuId;
+use thiserror::Error;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use super::GO_TIMEOUT;
+use super::protocol::{
+    self, CpuidLeaf, Header, Hello, Kind, MAX_BATCH_RANGES, Outcome, PROTOCOL_VERSION, ProtocolError, RANGE_ENTRY_LEN,
+    RANGE_ZERO,
+};
+use super::transport;
+use crate::vmm::memory::GuestMemory;
+use crate::vmm::{MachineConfig, VmState, memory};
+
+/// How long the extra streams have to join after Accept.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a sender may stay silent before the receiver gives up.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a receiver that discarded a VM after Ready keeps answering queries.
+const LINGER: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Error)]
+pub enum ReceiveError {
+    #[error("migration stream")]
+    Protocol(#[from] ProtocolError),
+    #[error("refused the incoming VM: {0}")]
+    Refused(String),
+    #[error("the machine state is invalid")]
+    State(#[source] crate::vmm::state::StateError),
+    #[error("the VM could not {action}: {detail}")]
+    Vm { action: &'static str, detail: String },
+    #[error("stream {index}: {detail}")]
+    Stream { index: u32, detail: String },
+    #[error("no Go from the sender within {} s; the VM was discarded", GO_TIMEOUT.as_secs())]
+    NoGo,
+}
+
+/// What the engine needs from the VMM that will run the VM.
+pub trait TargetVm {
+    fn memory(&self) -> &GuestMemory;
+    fn restore(&mut self, state: VmState) -> Result<(), String>;
+    fn resume(&mut self) -> Result<(), String>;
+}
+
+/// Outcomes of the sessions this receiver has seen, for `Query`.
+#[derive(Debug, Clone, Default)]
+pub struct Outcomes(Arc<Mutex<Vec<(u64, Outcome)>>>);
+
+impl Outcomes {
+    fn set(&self, session: u64, outcome: Outcome) {
+        let mut all = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match all.iter_mut().find(|(s, _)| *s == session) {
+            Some(entry) => entry.1 = outcome,
+            None => all.push((session, outcome)),
+        }
+    }
+
+    pub fn get(&self, session: u64) -> Outcome {
+        let all = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.iter()
+            .find(|(s, _)| *s == session)
+            .map_or(Outcome::Discarded, |(_, o)| *o)
+    }
+}
+
+/// A sender that said Hello and waits for Accept.
+#[derive(Debug)]
+pub struct Incoming {
+    listener: TcpListener,
+    control: TcpStream,
+    pub hello: Hello,
+    outcomes: Outcomes,
+}
+
+fn answer_query(mut stream: TcpStream, header: &Header, outcomes: &Outcomes) {
+    let outcome = outcomes.get(header.arg);
+    let _ = protocol::write_frame(&mut stream, Kind::Outcome, outcome as u64, &[]);
+}
+
+/// Waits on `listener` for a sender's Hello (answering queries meanwhile).
+pub fn accept(listener: TcpListener, outcomes: Outcomes) -> Result<Incoming, ReceiveError> {
+    loop {
+        let (mut stream, _) = listener.accept().map_err(ProtocolError::Io)?;
+        transport::tune(&stream);
+        let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
+        let Ok(header) = protocol::read_header(&mut stream) else {
+            continue;
+        };
+        match header.kind {
+            Kind::Query => answer_query(stream, &header, &outcomes),
+            Kind::Hello => {
+                // A malformed Hello ends that connection, not the wait.
+                let hello = protocol::read_payload(&mut stream, &header)
+                    .and_then(|payload| protocol::decode::<Hello>(Kind::Hello, &payload));
+                match hello {
+                    Ok(hello) => {
+                        return Ok(Incoming {
+                            listener,
+                            control: stream,
+                            hello,
+                            outcomes,
+                        });
+                    }
+                    Err(e) => {
+                        let _ = protocol::write_frame(&mut stream, Kind::Abort, 0, e.to_string().as_bytes());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Feature registers a guest may rely on: (leaf, subleaf, register index, bits
+/// that the VMM itself sets or that mirror guest control registers).
+const FEATURE_REGISTERS: [(u32, u32, usize, u32); 10] = [
+    (0x1, 0, 2, (1 << 27) | (1 << 31)), // ecx, minus OSXSAVE and hypervisor
+    (0x1, 0, 3, (1 << 9) | (1 << 28)),  // edx, minus APIC (per-vCPU state) and HTT
+    (0x7, 0, 1, 0),                     // ebx
+    (0x7, 0, 2, 1 << 4),                // ecx, minus OSPKE
+    (0x7, 0, 3, 0),                     // edx
+    (0x7, 1, 0, 0),                     // eax
+    (0xd, 1, 0, 0),                     // eax: XSAVE variants
+    (0x8000_0001, 0, 2, 0),             // ecx
+    (0x8000_0001, 0, 3, 0),             // edx
+    (0x8000_0008, 0, 1, 0),             // ebx
+];
+
+fn register(leaf: &CpuidLeaf, index: usize) -> u32 {
+    [leaf.eax, leaf.ebx, leaf.ecx, leaf.edx][index]
+}
+
+/// Checks that this host can give the guest every CPU feature it has now.
+pub fn check_cpu(source: &[CpuidLeaf], local: &CpuId) -> Result<(), String> {
+    let local: Vec<CpuidLeaf> = local.as_slice().iter().map(CpuidLeaf::from).collect();
+    let find = |leaves: &[CpuidLeaf], function: u32, index: u32| {
+        leaves
+            .iter()
+            .find(|l| l.function == function && l.index == index)
+            .copied()
+    };
+    let vendor = |leaves: &[CpuidLeaf]| find(leaves, 0, 0).map(|l| (l.ebx, l.edx, l.ecx));
+    if vendor(source) != vendor(&local) {
+        return Err("the CPU vendor differs between the hosts".into());
+    }
+    let names = ["eax", "ebx", "ecx", "edx"];
+    let mut missing = Vec::new();
+    for (function, index, reg, ignore) in FEATURE_REGISTERS {
+        let Some(wanted) = find(source, function, index) else {
+            continue;
+        };
+        let have = find(&local, function, index).map_or(0, |l| register(&l, reg));
+        let lacking = register(&wanted, reg) & !have & !ignore;
+        if lacking != 0 {
+            let bits: Vec<String> = (0..32)
+                .filter(|b| lacking & (1 << b) != 0)
+                .map(|b| b.to_string())
+                .collect();
+            missing.push(format!(
+                "leaf {function:#x}.{index} {} bits {}",
+                names[reg],
+                bits.join(",")
+            ));
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "this host lacks CPU features the guest uses: {}",
+            missing.join("; ")
+        ))
+    }
+}
+
+impl From<&kvm_bindings::kvm_cpuid_entry2> for CpuidLeaf {
+    fn from(e: &kvm_bindings::kvm_cpuid_entry2) -> Self {
+        CpuidLeaf {
+            function: e.function,
+            index: e.index,
+            eax: e.eax,
+            ebx: e.ebx,
+            ecx: e.ecx,
+            edx: e.edx,
+        }
+    }
+}
+
+impl Incoming {
+    /// Checks the Hello against this host; the reason is sent to the sender.
+    pub fn check(&self, local_cpuid: &CpuId, local_xsave: u32) -> Result<MachineConfig, String> {
+        let hello = &self.hello;
+        if hello.version != PROTOCOL_VERSION {
+            return Err(format!(
+                "protocol version {} is not supported (this host speaks {PROTOCOL_VERSION})",
+                hello.version
+            ));
+        }
+        memory::validate_size(hello.machine.memory_bytes).map_err(|e| e.to_string())?;
+        if hello.machine.vcpus == 0 || hello.machine.vcpus > crate::vmm::MAX_VCPUS {
+            return Err(format!("{} vCPUs cannot run here", hello.machine.vcpus));
+        }
+        if hello.streams == 0 || hello.streams > super::MAX_STREAMS {
+            return Err(format!("{} streams requested", hello.streams));
+        }
+        if hello.xsave_size > local_xsave.max(4096) {
+            return Err(format!(
+                "the guest's XSAVE area is {} bytes; this host's is {}",
+                hello.xsave_size,
+                local_xsave.max(4096)
+            ));
+        }
+        check_cpu(&hello.cpuid, local_cpuid)?;
+        Ok(hello.machine.clone())
+    }
+
+    /// Turns the sender away; nothing was sent, nothing changes on either side.
+    pub fn refuse(mut self, reason: &str) {
+        let _ = protocol::write_frame(&mut self.control, Kind::Abort, 0, reason.as_bytes());
+    }
+
+    /// Receives the VM into `vm` (created for the Hello's machine, not yet
+    /// running) and resumes it on Go. On success the VM runs and a thread keeps
+    /// answering queries on the listener for the rest of the process's life.
+    pub fn receive(mut self, vm: &mut dyn TargetVm) -> Result<(), ReceiveError> {
+        let session = self.hello.session;
+        self.outcomes.set(session, Outcome::Discarded);
+        let result = self.run(vm);
+        let Incoming { listener, outcomes, .. } = self;
+        match &result {
+            Ok(()) => outcomes.set(session, Outcome::Running),
+            Err(_) => outcomes.set(session, Outcome::Discarded),
+        }
+        let linger = if result.is_ok() {
+            None
+        } else {
+            Some(Instant::now() + LINGER)
+        };
+        serve_queries(listener, outcomes, linger);
+        result
+    }
+
+    fn run(&mut self, vm: &mut dyn TargetVm) -> Result<(), ReceiveError> {
+        let streams = self.hello.streams;
+        protocol::write_frame(&mut self.control, Kind::Accept, u64::from(streams), &[])?;
+        let (done_tx, done_rx) = channel::<(u32, Result<u64, String>)>();
+        let memory = vm.memory().clone();
+        let mut workers = Vec::new();
+        let deadline = Instant::now() + JOIN_TIMEOUT;
+        let mut joined = vec![false; streams as usize];
+        joined[0] = true;
+        self.listener.set_nonblocking(true).map_err(ProtocolError::Io)?;
+        while joined.iter().any(|j| !j) {
+            match self.listener.accept() {
+                Ok((mut stream, _)) => {
+                    stream.set_nonblocking(false).map_err(ProtocolError::Io)?;
+                    transport::tune(&stream);
+                    let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
+                    let Ok(header) = protocol::read_header(&mut stream) else {
+                        continue;
+                    };
+                    match header.kind {
+                        Kind::Query => answer_query(stream, &header, &self.outcomes),
+                        Kind::Join if header.arg == self.hello.session => {
+                            let payload = protocol::read_payload(&mut stream, &header)?;
+                            let index = u32::from_le_bytes(payload.try_into().map_err(|_| ProtocolError::BadHeader)?);
+                            if index == 0 || index >= streams || joined[index as usize] {
+                                return Err(ReceiveError::Stream {
+                                    index,
+                                    detail: "joined twice or out of range".into(),
+                                });
+                            }
+                            joined[index as usize] = true;
+                            let memory = memory.clone();
+                            let done = done_tx.clone();
+                            workers.push(
+                                std::thread::Builder::new()
+                                    .name(format!("migrate-rx{index}"))
+                                    .spawn(move || stream_loop(index, stream, &memory, &done))
+                                    .map_err(ProtocolError::Io)?,
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() > deadline {
+                        return Err(ReceiveError::Stream {
+                            index: 0,
+                            detail: "not every stream joined in time".into(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => return Err(ProtocolError::Io(e).into()),
+            }
+        }
+        self.listener.set_nonblocking(false).map_err(ProtocolError::Io)?;
+        drop(done_tx);
+
+        let _ = self.control.set_read_timeout(Some(IDLE_TIMEOUT));
+        let mut ended: Vec<u64> = vec![u64::MAX; streams as usize];
+        loop {
+            let header = protocol::read_header(&mut self.control)?;
+            match header.kind {
+                Kind::Memory => apply_memory(&mut self.control, &memory, &header)
+                    .map_err(|detail| ReceiveError::Stream { index: 0, detail })?,
+                Kind::RoundEnd => {
+                    let round = header.arg;
+                    ended[0] = round;
+                    while ended.iter().any(|r| *r != round) {
+                        let (index, result) = done_rx.recv_timeout(IDLE_TIMEOUT).map_err(|_| ReceiveError::Stream {
+                            index: 0,
+                            detail: "a stream stalled".into(),
+                        })?;
+                        match result {
+                            Ok(r) if r == round => ended[index as usize] = r,
+                            Ok(r) => {
+                                return Err(ReceiveError::Stream {
+                                    index,
+                                    detail: format!("ended round {r} during round {round}"),
+                                });
+                            }
+                            Err(detail) => return Err(ReceiveError::Stream { index, detail }),
+                        }
+                    }
+                    protocol::write_frame(&mut self.control, Kind::RoundDone, round, &[])?;
+                }
+                Kind::State => {
+                    let payload = protocol::read_payload(&mut self.control, &header)?;
+                    let state = VmState::decode(&payload).map_err(ReceiveError::State)?;
+                    if state.machine != self.hello.machine {
+                        return Err(ReceiveError::Refused(
+                            "the state is for another machine than announced".into(),
+                        ));
+                    }
+                    vm.restore(state).map_err(|detail| ReceiveError::Vm {
+                        action: "restore the state",
+                        detail,
+                    })?;
+                    self.outcomes.set(self.hello.session, Outcome::Pending);
+                    protocol::write_frame(&mut self.control, Kind::Ready, 0, &[])?;
+                    return self.await_go(vm);
+                }
+                Kind::Abort => {
+                    let payload = protocol::read_payload(&mut self.control, &header)?;
+                    return Err(ProtocolError::PeerAborted(String::from_utf8_lossy(&payload).into_owned()).into());
+                }
+                other => {
+                    return Err(ProtocolError::Unexpected {
+                        expected: Kind::Memory,
+                        got: other,
+                    }
+                    .into());
+                }
+            }
+        }
+    }
+
+    /// The one place the VM may start: on Go, and never after giving up.
+    fn await_go(&mut self, vm: &mut dyn TargetVm) -> Result<(), ReceiveError> {
+        let _ = self.control.set_read_timeout(Some(GO_TIMEOUT));
+        match protocol::expect(&mut self.control, Kind::Go) {
+            Ok(_) => {}
+            Err(ProtocolError::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+            {
+                return Err(ReceiveError::NoGo);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        vm.resume().map_err(|detail| ReceiveError::Vm {
+            action: "resume",
+            detail,
+        })?;
+        // Record the decision before telling anyone.
+        self.outcomes.set(self.hello.session, Outcome::Running);
+        let _ = protocol::write_frame(&mut self.control, Kind::Running, 0, &[]);
+        Ok(())
+    }
+}
+
+/// Reads pages and round markers from one extra stream.
+fn stream_loop(index: u32, mut stream: TcpStream, memory: &GuestMemory, done: &Sender<(u32, Result<u64, String>)>) {
+    loop {
+        let header = match protocol::read_header(&mut stream) {
+            Ok(header) => header,
+            Err(e) => {
+                let _ = done.send((index, Err(e.to_string())));
+                return;
+            }
+        };
+        let result = match header.kind {
+            Kind::Memory => apply_memory(&mut stream, memory, &header),
+            Kind::RoundEnd => {
+                if done.send((index, Ok(header.arg))).is_err() {
+                    return;
+                }
+                Ok(())
+            }
+            other => Err(format!("unexpected {other:?} frame")),
+        };
+        if let Err(detail) = result {
+            let _ = done.send((index, Err(detail)));
+            return;
+        }
+    }
+}
+
+/// True when `[gpa, gpa + len)` lies inside one guest memory region.
+fn in_one_region(memory: &GuestMemory, gpa: u64, len: u64) -> bool {
+    memory.find_region(GuestAddress(gpa)).is_some_and(|region| {
+        gpa.checked_add(len)
+            .is_some_and(|end| end <= region.start_addr().0 + region.len())
+    })
+}
+
+/// Reads one memory batch straight into guest memory, after checking its
+/// whole range table.
+fn apply_memory(stream: &mut TcpStream, memory: &GuestMemory, header: &Header) -> Result<(), String> {
+    let mut count = [0u8; 4];
+    stream.read_exact(&mut count).map_err(|e| e.to_string())?;
+    let ranges = u32::from_le_bytes(count);
+    if ranges == 0 || ranges > MAX_BATCH_RANGES {
+        return Err(format!("memory batch with {ranges} ranges"));
+    }
+    let table_len = 4 + ranges as usize * RANGE_ENTRY_LEN;
+    if table_len as u64 > u64::from(header.len) {
+        return Err("range table longer than its frame".into());
+    }
+    let mut table = vec![0u8; table_len];
+    table[..4].copy_from_slice(&count);
+    stream.read_exact(&mut table[4..]).map_err(|e| e.to_string())?;
+    let (ranges, _) = protocol::decode_ranges(&table, u64::from(header.len), |gpa, len| {
+        in_one_region(memory, gpa, len)
+    })
+    .map_err(|e| e.to_string())?;
+    for range in ranges {
+        let host = memory
+            .get_host_address(GuestAddress(range.gpa))
+            .map_err(|_| format!("{:#x} is not guest memory", range.gpa))?;
+        if range.flags & RANGE_ZERO != 0 {
+            // SAFETY: the range was checked to lie inside one mapped region, and
+            // the target VM does not run while it receives.
+            unsafe { host.write_bytes(0, range.bytes() as usize) };
+            continue;
+        }
+        // SAFETY: as above; the socket writes exactly `range.bytes()` bytes there.
+        unsafe { transport::read_into(stream, host, range.bytes() as usize) }.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Answers `Query` frames on `listener` until `until` (forever if None).
+fn serve_queries(listener: TcpListener, outcomes: Outcomes, until: Option<Instant>) {
+    let serve = move || {
+        let _ = listener.set_nonblocking(until.is_some());
+        loop {
+            if until.is_some_and(|t| Instant::now() > t) {
+                return;
+            }
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    let _ = stream.set_nonblocking(false);
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                    if let Ok(header) = protocol::read_header(&mut stream)
+                        && header.kind == Kind::Query
+                    {
+                        answer_query(stream, &header, &outcomes);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    };
+    match until {
+        // A discarded receiver lingers in the foreground, then ends.
+        Some(_) => serve(),
+        None => {
+            let _ = std::thread::Builder::new().name("migrate-query".into()).spawn(serve);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(function: u32, index: u32, ebx: u32, ecx: u32, edx: u32) -> CpuidLeaf {
+        CpuidLeaf {
+            function,
+            index,
+            eax: 0,
+            ebx,
+            ecx,
+            edx,
+        }
+    }
+
+    fn local(leaves: &[CpuidLeaf]) -> CpuId {
+        let entries: Vec<kvm_bindings::kvm_cpuid_entry2> = leaves
+            .iter()
+            .map(|l| kvm_bindings::kvm_cpuid_entry2 {
+                function: l.function,
+                index: l.index,
+                eax: l.eax,
+                ebx: l.ebx,
+                ecx: l.ecx,
+                edx: l.edx,
+                ..Default::default()
+            })
+            .collect();
+        CpuId::from_entries(&entries).unwrap()
+    }
+
+    #[test]
+    fn cpu_features_must_be_a_subset() {
+        let vendor = leaf(0, 0, 0x6874_7541, 0x444d_4163, 0x6974_6e65);
+        let host = local(&[vendor, leaf(7, 0, 0b1011, 0, 0), leaf(1, 0, 0, 0, 0)]);
+        assert!(check_cpu(&[vendor, leaf(7, 0, 0b0011, 0, 0)], &host).is_ok());
+        let err = check_cpu(&[vendor, leaf(7, 0, 0b0111, 0, 0)], &host).unwrap_err();
+        assert!(err.contains("leaf 0x7.0 ebx bits 2"), "{err}");
+        // Bits the VMM sets itself do not count.
+        assert!(check_cpu(&[vendor, leaf(1, 0, 0, 1 << 31, 1 << 28)], &host).is_ok());
+        let intel = leaf(0, 0, 0x756e_6547, 0x6c65_746e, 0x4965_6e69);
+        assert!(check_cpu(&[intel], &host).unwrap_err().contains("vendor"));
+    }
+
+    #[test]
+    fn outcomes_default_to_discarded_and_keep_decisions() {
+        let outcomes = Outcomes::default();
+        assert_eq!(outcomes.get(7), Outcome::Discarded);
+        outcomes.set(7, Outcome::Pending);
+        outcomes.set(7, Outcome::Running);
+        assert_eq!(outcomes.get(7), Outcome::Running);
+        assert_eq!(outcomes.get(8), Outcome::Discarded);
+    }
+}

@@ -1,0 +1,785 @@
+//! The source side: pre-copy rounds, auto-converge, switchover and handoff.
+
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::VmFd;
+use thiserror::Error;
+use vm_memory::{GuestAddress, GuestMemoryBackend};
+
+use super::dirty::{self, DirtyError, PageSet};
+use super::protocol::{
+    self, CpuidLeaf, HEADER_LEN, Header, Hello, Kind, MAX_BATCH_RANGES, Outcome, PAGE_SIZE, PROTOCOL_VERSION,
+    ProtocolError, Range,
+};
+use super::stats::{Phase, Progress, Report};
+use super::transport::{self, Piece, TransportError};
+use super::{GO_TIMEOUT, MAX_STREAMS, MigrationOptions, TimeoutAction};
+use crate::vmm::memory::GuestMemory;
+use crate::vmm::{MachineConfig, VmState};
+
+/// Pages per memory batch (1 MiB): small enough to spread over streams.
+const BATCH_PAGES: u32 = 256;
+/// Batches queued per stream before the producer waits.
+const QUEUE_DEPTH: usize = 4;
+/// Expected cost of capturing, sending and restoring vCPU and device state.
+const STATE_ESTIMATE_MS: f64 = 2.0;
+/// Auto-converge: first throttle, step, ceiling (percent of time paused).
+const THROTTLE_START: u8 = 20;
+const THROTTLE_STEP: u8 = 10;
+const THROTTLE_MAX: u8 = 99;
+const THROTTLE_PERIOD: Duration = Duration::from_millis(10);
+
+#[derive(Debug, Error)]
+pub enum MigrationError {
+    #[error("migration address")]
+    Transport(#[from] TransportError),
+    #[error("migration stream")]
+    Protocol(#[from] ProtocolError),
+    #[error("the target refused the VM: {0}")]
+    Refused(String),
+    #[error("dirty page tracking")]
+    Dirty(#[from] DirtyError),
+    #[error("the source VM could not {action}: {detail}")]
+    Vm { action: &'static str, detail: String },
+    #[error("stream {index} failed: {detail}")]
+    Stream { index: u32, detail: String },
+    #[error("did not converge within the {0} s time limit; the VM keeps running on the source")]
+    TimedOut(u64),
+    #[error("invalid option: {0}")]
+    Options(String),
+    #[error("cancelled; the VM keeps running on the source")]
+    Cancelled,
+    #[error(
+        "the outcome is in doubt: the target at {target} may or may not have resumed the VM ({detail}); \
+         the source stays paused"
+    )]
+    InDoubt { target: String, detail: String },
+}
+
+impl MigrationError {
+    /// True when the source's VM was not resumed because the target may run it.
+    pub fn is_in_doubt(&self) -> bool {
+        matches!(self, MigrationError::InDoubt { .. })
+    }
+}
+
+/// What the engine needs from the VMM that runs the source VM.
+pub trait SourceVm: Sync {
+    fn pause(&self) -> Result<(), String>;
+    fn resume(&self) -> Result<(), String>;
+    fn save_state(&self) -> Result<VmState, String>;
+}
+
+/// The source VM's identity and memory.
+#[derive(Debug, Clone)]
+pub struct SourceContext {
+    pub vm_name: String,
+    pub memory: GuestMemory,
+    pub vm_fd: Arc<VmFd>,
+    pub machine: MachineConfig,
+    pub cpuid: Vec<CpuidLeaf>,
+    pub xsave_size: u32,
+    /// Set by the operator to stop the migration; the VM keeps running here.
+    pub cancel: Arc<AtomicBool>,
+}
+
+enum Job {
+    Pages { ranges: Vec<Range>, skip_zero: bool },
+    RoundEnd(u64),
+    Frame { kind: Kind, arg: u64, payload: Vec<u8> },
+}
+
+struct Shared {
+    bytes_sent: AtomicU64,
+    pages_sent: AtomicU64,
+    zero_pages: AtomicU64,
+    failed: Mutex<Option<(u32, String)>>,
+    limiter: Option<RateLimiter>,
+}
+
+struct RateLimiter {
+    bytes_per_sec: u64,
+    start: Instant,
+    sent: AtomicU64,
+}
+
+impl RateLimiter {
+    fn wait_for(&self, bytes: u64) {
+        let total = self.sent.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let due = Duration::from_secs_f64(total as f64 / self.bytes_per_sec as f64);
+        let elapsed = self.start.elapsed();
+        if due > elapsed {
+            std::thread::sleep(due - elapsed);
+        }
+    }
+}
+
+struct Stream {
+    jobs: SyncSender<Job>,
+    thread: JoinHandle<()>,
+}
+
+fn random_session() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if got != 8 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        return nanos ^ (u64::from(std::process::id()) << 32);
+    }
+    u64::from_le_bytes(bytes)
+}
+
+/// Writes one memory batch: header, range table, then the pages from guest memory.
+fn write_pages(
+    stream: &TcpStream,
+    memory: &GuestMemory,
+    ranges: &[Range],
+    skip_zero: bool,
+    shared: &Shared,
+) -> Result<(), String> {
+    // In the first round, resident pages that hold only zeros are skipped: the
+    // target's fresh memory is zero already.
+    let mut send: Vec<Range> = Vec::with_capacity(ranges.len());
+    let mut skipped = 0u64;
+    for range in ranges {
+        let host = memory
+            .get_host_address(GuestAddress(range.gpa))
+            .map_err(|_| format!("{:#x} is not guest memory", range.gpa))?;
+        if !skip_zero {
+            send.push(*range);
+            continue;
+        }
+        let mut run: Option<Range> = None;
+        for page in 0..range.pages {
+            let offset = u64::from(page) * PAGE_SIZE;
+            // SAFETY: `host + offset` is a page of this range, inside the mapping.
+            let zero = unsafe { dirty::is_zero_page(host.wrapping_add(offset as usize)) };
+            if zero {
+                skipped += 1;
+                if let Some(r) = run.take() {
+                    send.push(r);
+                }
+            } else {
+                match &mut run {
+                    Some(r) => r.pages += 1,
+                    None => {
+                        run = Some(Range {
+                            gpa: range.gpa + offset,
+                            pages: 1,
+                            flags: 0,
+                        });
+                    }
+                }
+            }
+        }
+        send.extend(run);
+    }
+    shared.zero_pages.fetch_add(skipped, Ordering::Relaxed);
+    if send.is_empty() {
+        return Ok(());
+    }
+    let table = protocol::encode_ranges(&send);
+    let data: u64 = send.iter().map(Range::data_bytes).sum();
+    let header = Header::new(Kind::Memory, (table.len() as u64 + data) as u32, 0).encode();
+    let mut pieces = Vec::with_capacity(send.len() + 2);
+    pieces.push(Piece {
+        ptr: header.as_ptr(),
+        len: HEADER_LEN,
+    });
+    pieces.push(Piece {
+        ptr: table.as_ptr(),
+        len: table.len(),
+    });
+    for range in &send {
+        let host = memory
+            .get_host_address(GuestAddress(range.gpa))
+            .map_err(|_| format!("{:#x} is not guest memory", range.gpa))?;
+        pieces.push(Piece {
+            ptr: host,
+            len: range.bytes() as usize,
+        });
+    }
+    if let Some(limiter) = &shared.limiter {
+        limiter.wait_for(data);
+    }
+    // SAFETY: the header and table live until the call returns; guest ranges were
+    // checked above and stay mapped while `memory` (held by this thread) lives.
+    unsafe { transport::write_pieces(stream, &pieces) }.map_err(|e| e.to_string())?;
+    let frame = HEADER_LEN as u64 + table.len() as u64 + data;
+    shared.bytes_sent.fetch_add(frame, Ordering::Relaxed);
+    shared
+        .pages_sent
+        .fetch_add(send.iter().map(|r| u64::from(r.pages)).sum(), Ordering::Relaxed);
+    Ok(())
+}
+
+fn stream_worker(index: u32, mut stream: TcpStream, memory: &GuestMemory, jobs: Receiver<Job>, shared: &Shared) {
+    for job in jobs {
+        let result = match job {
+            Job::Pages { ranges, skip_zero } => write_pages(&stream, memory, &ranges, skip_zero, shared),
+            Job::RoundEnd(round) => {
+                protocol::write_frame(&mut stream, Kind::RoundEnd, round, &[]).map_err(|e| e.to_string())
+            }
+            Job::Frame { kind, arg, payload } => {
+                let sent = protocol::write_frame(&mut stream, kind, arg, &payload).map_err(|e| e.to_string());
+                shared
+                    .bytes_sent
+                    .fetch_add((HEADER_LEN + payload.len()) as u64, Ordering::Relaxed);
+                sent
+            }
+        };
+        if let Err(detail) = result {
+            let mut failed = shared.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            failed.get_or_insert((index, detail));
+            return;
+        }
+    }
+}
+
+/// Runs a migration to `url`. On success the VM runs on the target and the
+/// caller must destroy the source; on error the source VM has been resumed,
+/// except for [`MigrationError::InDoubt`], where it stays paused.
+pub fn migrate(
+    ctx: &SourceContext,
+    vm: &dyn SourceVm,
+    url: &str,
+    options: &MigrationOptions,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Report, MigrationError> {
+    if options.streams == 0 || options.streams > MAX_STREAMS {
+        return Err(MigrationError::Options(format!(
+            "streams must be 1 to {MAX_STREAMS}, not {}",
+            options.streams
+        )));
+    }
+    if options.bandwidth_limit == Some(0) {
+        return Err(MigrationError::Options(
+            "a bandwidth limit of 0 would never finish".into(),
+        ));
+    }
+    let started = Instant::now();
+    let session = random_session();
+    let timeout = Duration::from_secs(options.timeout_s);
+    let memory_bytes = ctx.machine.memory_bytes;
+    progress(&Progress {
+        phase: Phase::Connecting,
+        round: 0,
+        elapsed_ms: 0,
+        bytes_sent: 0,
+        bytes_remaining: memory_bytes,
+        memory_bytes,
+        dirty_rate_bps: 0.0,
+        throughput_bps: 0.0,
+        expected_downtime_ms: 0.0,
+        throttle_pct: 0,
+    });
+
+    // Stage 1: handshake. Nothing has moved yet, so a refusal changes nothing.
+    let connect_timeout = Duration::from_secs(10);
+    let mut control = transport::connect(url, connect_timeout)?;
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        session,
+        vm_name: ctx.vm_name.clone(),
+        machine: ctx.machine.clone(),
+        cpuid: ctx.cpuid.clone(),
+        xsave_size: ctx.xsave_size,
+        streams: options.streams,
+    };
+    protocol::write_frame(&mut control, Kind::Hello, 0, &protocol::encode(&hello))?;
+    match protocol::expect(&mut control, Kind::Accept) {
+        Ok(_) => {}
+        Err(ProtocolError::PeerAborted(reason)) => return Err(MigrationError::Refused(reason)),
+        Err(e) => return Err(e.into()),
+    }
+    let mut sockets = vec![control.try_clone().map_err(ProtocolError::Io)?];
+    let mut handles = vec![control.try_clone().map_err(ProtocolError::Io)?];
+    for index in 1..options.streams {
+        let mut stream = transport::connect(url, connect_timeout)?;
+        protocol::write_frame(&mut stream, Kind::Join, session, &index.to_le_bytes())?;
+        handles.push(stream.try_clone().map_err(ProtocolError::Io)?);
+        sockets.push(stream);
+    }
+
+    let shared = Arc::new(Shared {
+        bytes_sent: AtomicU64::new(0),
+        pages_sent: AtomicU64::new(0),
+        zero_pages: AtomicU64::new(0),
+        failed: Mutex::new(None),
+        limiter: options.bandwidth_limit.map(|bytes_per_sec| RateLimiter {
+            bytes_per_sec,
+            start: Instant::now(),
+            sent: AtomicU64::new(0),
+        }),
+    });
+    let streams: Vec<Stream> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(index, socket)| {
+            let (jobs, inbox) = sync_channel(QUEUE_DEPTH);
+            let memory = ctx.memory.clone();
+            let shared = Arc::clone(&shared);
+            let thread = std::thread::Builder::new()
+                .name(format!("migrate-tx{index}"))
+                .spawn(move || stream_worker(index as u32, socket, &memory, inbox, &shared))
+                .expect("cannot start a migration stream thread");
+            Stream { jobs, thread }
+        })
+        .collect();
+
+    let mut engine = Engine {
+        ctx,
+        vm,
+        options,
+        control,
+        streams,
+        shared,
+        started,
+        timeout,
+        url: url.to_string(),
+        session,
+        handles,
+        throttle: Arc::new(ThrottleControl::default()),
+        max_throttle: 0,
+        paused: false,
+    };
+    dirty::set_logging(&ctx.vm_fd, &ctx.memory, true)?;
+    dirty::reset_vmm_bitmap(&ctx.memory);
+    let result = std::thread::scope(|scope| {
+        let throttle = Arc::clone(&engine.throttle);
+        let vm = engine.vm;
+        let thread = scope.spawn(move || throttle.run(vm));
+        let result = engine.run(progress);
+        engine.throttle.stop();
+        let _ = thread.join();
+        result
+    });
+    let _ = dirty::set_logging(&ctx.vm_fd, &ctx.memory, false);
+    match result {
+        Ok(report) => {
+            engine.finish_streams();
+            Ok(report)
+        }
+        Err(error) => {
+            // Closing the sockets unblocks the writers and tells the target to
+            // discard what it received.
+            for handle in &engine.handles {
+                let _ = handle.shutdown(std::net::Shutdown::Both);
+            }
+            engine.finish_streams();
+            if error.is_in_doubt() {
+                return Err(error);
+            }
+            // Rollback: the target never resumed, so the VM continues here.
+            if engine.paused {
+                vm.resume().map_err(|detail| MigrationError::Vm {
+                    action: "resume after the failed migration",
+                    detail,
+                })?;
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Auto-converge: holds the vCPUs paused for a share of every period while
+/// the guest dirties memory faster than it can be sent.
+#[derive(Debug, Default)]
+struct ThrottleControl {
+    pct: AtomicU8,
+    stopped: AtomicBool,
+    /// Held for each pause..resume window, so `stop` can wait one out.
+    window: Mutex<()>,
+}
+
+impl ThrottleControl {
+    fn run(&self, vm: &dyn SourceVm) {
+        loop {
+            let share = self.pct.load(Ordering::SeqCst);
+            let held = THROTTLE_PERIOD.mul_f64(f64::from(share) / 100.0);
+            std::thread::sleep(if share == 0 {
+                Duration::from_millis(5)
+            } else {
+                THROTTLE_PERIOD.saturating_sub(held)
+            });
+            let _window = self.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if self.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            if share == 0 {
+                continue;
+            }
+            if vm.pause().is_err() {
+                return;
+            }
+            std::thread::sleep(held);
+            if vm.resume().is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Stops throttling; when it returns the vCPUs are not held by it.
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        drop(self.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    }
+}
+
+struct Engine<'a> {
+    ctx: &'a SourceContext,
+    vm: &'a dyn SourceVm,
+    options: &'a MigrationOptions,
+    control: TcpStream,
+    streams: Vec<Stream>,
+    shared: Arc<Shared>,
+    started: Instant,
+    timeout: Duration,
+    url: String,
+    session: u64,
+    /// Clones of every stream's socket, to shut them down on failure.
+    handles: Vec<TcpStream>,
+    throttle: Arc<ThrottleControl>,
+    max_throttle: u8,
+    paused: bool,
+}
+
+impl Engine<'_> {
+    fn check_streams(&self) -> Result<(), MigrationError> {
+        let failed = self
+            .shared
+            .failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*failed {
+            Some((index, detail)) => Err(MigrationError::Stream {
+                index: *index,
+                detail: detail.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn submit(&self, stream: usize, job: Job) -> Result<(), MigrationError> {
+        self.streams[stream].jobs.send(job).map_err(|_| {
+            self.check_streams().err().unwrap_or(MigrationError::Stream {
+                index: stream as u32,
+                detail: "writer stopped".into(),
+            })
+        })
+    }
+
+    /// Sends one round of pages over all streams and waits until the receiver
+    /// has every one of them. Returns the bytes of page data queued.
+    fn send_round(&mut self, round: u64, pages: &PageSet, skip_zero: bool) -> Result<(), MigrationError> {
+        let mut batch: Vec<Range> = Vec::new();
+        let mut batch_pages = 0u32;
+        let mut next = 0usize;
+        for (gpa, count) in pages.runs(BATCH_PAGES) {
+            batch.push(Range {
+                gpa,
+                pages: count,
+                flags: 0,
+            });
+            batch_pages += count;
+            if batch_pages >= BATCH_PAGES || batch.len() as u32 >= MAX_BATCH_RANGES {
+                self.submit(
+                    next,
+                    Job::Pages {
+                        ranges: std::mem::take(&mut batch),
+                        skip_zero,
+                    },
+                )?;
+                batch_pages = 0;
+                next = (next + 1) % self.streams.len();
+            }
+        }
+        if !batch.is_empty() {
+            self.submit(
+                next,
+                Job::Pages {
+                    ranges: batch,
+                    skip_zero,
+                },
+            )?;
+        }
+        for stream in 0..self.streams.len() {
+            self.submit(stream, Job::RoundEnd(round))?;
+        }
+        self.wait_for(Kind::RoundDone, round)?;
+        Ok(())
+    }
+
+    /// Waits for a control frame, watching the writers and the time limit.
+    fn wait_for(&mut self, kind: Kind, arg: u64) -> Result<(), MigrationError> {
+        self.control
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .map_err(ProtocolError::Io)?;
+        let mut header = [0u8; HEADER_LEN];
+        let mut have = 0;
+        loop {
+            self.check_streams()?;
+            if !self.paused && self.ctx.cancel.load(Ordering::SeqCst) {
+                return Err(MigrationError::Cancelled);
+            }
+            match std::io::Read::read(&mut self.control, &mut header[have..]) {
+                Ok(0) => return Err(ProtocolError::Io(std::io::ErrorKind::UnexpectedEof.into()).into()),
+                Ok(n) => {
+                    have += n;
+                    if have == HEADER_LEN {
+                        break;
+                    }
+                }
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ProtocolError::Io(e).into()),
+            }
+        }
+        self.control.set_read_timeout(None).map_err(ProtocolError::Io)?;
+        let header = Header::decode(&header)?;
+        let payload = protocol::read_payload(&mut self.control, &header)?;
+        if header.kind == Kind::Abort {
+            return Err(ProtocolError::PeerAborted(String::from_utf8_lossy(&payload).into_owned()).into());
+        }
+        if header.kind != kind || header.arg != arg {
+            return Err(ProtocolError::Unexpected {
+                expected: kind,
+                got: header.kind,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    fn progress(
+        &self,
+        phase: Phase,
+        round: u32,
+        remaining: u64,
+        dirty_rate: f64,
+        throughput: f64,
+        expected: f64,
+    ) -> Progress {
+        Progress {
+            phase,
+            round,
+            elapsed_ms: self.started.elapsed().as_millis() as u64,
+            bytes_sent: self.shared.bytes_sent.load(Ordering::Relaxed),
+            bytes_remaining: remaining,
+            memory_bytes: self.ctx.machine.memory_bytes,
+            dirty_rate_bps: dirty_rate,
+            throughput_bps: throughput,
+            expected_downtime_ms: expected,
+            throttle_pct: self.throttle.pct.load(Ordering::Relaxed),
+        }
+    }
+
+    fn run(&mut self, progress: &mut dyn FnMut(&Progress)) -> Result<Report, MigrationError> {
+        // Stage 2: copy while the guest runs. Round 0 sends every page the host
+        // holds (untouched pages are zero on both sides and never read).
+        let resident = dirty::resident_pages(&self.ctx.memory);
+        let total_pages = self.ctx.machine.memory_bytes / PAGE_SIZE;
+        let untouched = total_pages - resident.count();
+        let mut round = 0u32;
+        let mut round_start = Instant::now();
+        let sent_before = self.shared.bytes_sent.load(Ordering::Relaxed);
+        self.send_round(0, &resident, true)?;
+        let mut round_time = round_start.elapsed().as_secs_f64().max(1e-6);
+        let mut bandwidth = (self.shared.bytes_sent.load(Ordering::Relaxed) - sent_before) as f64 / round_time;
+        let mut dirty = dirty::collect(&self.ctx.vm_fd, &self.ctx.memory)?;
+        let mut hot_rounds = 0;
+        let mut forced = false;
+        loop {
+            let dirty_bytes = dirty.bytes();
+            let dirty_rate = dirty_bytes as f64 / round_time;
+            // A tiny round measures latency, not bandwidth: never assume less
+            // than what the link has shown.
+            let expected_ms = if dirty_bytes == 0 {
+                0.0
+            } else {
+                dirty_bytes as f64 / bandwidth.max(1.0) * 1000.0 + STATE_ESTIMATE_MS
+            };
+            progress(&self.progress(Phase::Precopy, round, dirty_bytes, dirty_rate, bandwidth, expected_ms));
+            if expected_ms <= self.options.downtime_limit_ms as f64 {
+                break;
+            }
+            if self.ctx.cancel.load(Ordering::SeqCst) {
+                return Err(MigrationError::Cancelled);
+            }
+            if self.started.elapsed() >= self.timeout {
+                match self.options.timeout_action {
+                    TimeoutAction::Cancel => return Err(MigrationError::TimedOut(self.options.timeout_s)),
+                    TimeoutAction::Force => {
+                        forced = true;
+                        break;
+                    }
+                }
+            }
+            if self.options.auto_converge && round > 0 {
+                // The guest dirtied more than half of what the link moved in
+                // the same time, twice in a row: slow it down.
+                let sent = bandwidth * round_time;
+                hot_rounds = if (dirty_bytes as f64) > 0.5 * sent {
+                    hot_rounds + 1
+                } else {
+                    0
+                };
+                if hot_rounds >= 2 {
+                    let current = self.throttle.pct.load(Ordering::SeqCst);
+                    let next = if current == 0 {
+                        THROTTLE_START
+                    } else {
+                        current.saturating_add(THROTTLE_STEP).min(THROTTLE_MAX)
+                    };
+                    self.throttle.pct.store(next, Ordering::SeqCst);
+                    self.max_throttle = self.max_throttle.max(next);
+                    hot_rounds = 0;
+                }
+            }
+            round += 1;
+            round_start = Instant::now();
+            let before = self.shared.bytes_sent.load(Ordering::Relaxed);
+            self.send_round(u64::from(round), &dirty, false)?;
+            round_time = round_start.elapsed().as_secs_f64().max(1e-6);
+            let moved = (self.shared.bytes_sent.load(Ordering::Relaxed) - before) as f64;
+            if moved >= f64::from(1 << 20) {
+                bandwidth = moved / round_time;
+            }
+            dirty = dirty::collect(&self.ctx.vm_fd, &self.ctx.memory)?;
+        }
+
+        // Stage 3: switch over. Stop throttling, pause, send the rest and the state.
+        self.throttle.stop();
+        let pause_at = Instant::now();
+        self.vm.pause().map_err(|detail| MigrationError::Vm {
+            action: "pause",
+            detail,
+        })?;
+        self.paused = true;
+        round += 1;
+        let mut last = dirty::collect(&self.ctx.vm_fd, &self.ctx.memory)?;
+        last.merge(&dirty);
+        let final_bytes = last.bytes();
+        progress(&self.progress(Phase::Switchover, round, final_bytes, 0.0, bandwidth, 0.0));
+        self.send_round(u64::from(round), &last, false)?;
+        let pages_done = Instant::now();
+        let state = self.vm.save_state().map_err(|detail| MigrationError::Vm {
+            action: "save its state",
+            detail,
+        })?;
+        let encoded = state.encode().map_err(|e| MigrationError::Vm {
+            action: "encode its state",
+            detail: e.to_string(),
+        })?;
+        self.submit(
+            0,
+            Job::Frame {
+                kind: Kind::State,
+                arg: 0,
+                payload: encoded,
+            },
+        )?;
+        self.wait_for(Kind::Ready, 0)?;
+        let state_done = Instant::now();
+
+        // Stage 4: handoff. From the moment Go may have left, only the target's
+        // answer decides: never resume here on a guess.
+        progress(&self.progress(Phase::Handoff, round, 0, 0.0, bandwidth, 0.0));
+        let handoff = self.commit();
+        let running_at = Instant::now();
+        handoff?;
+        let total = self.started.elapsed().as_secs_f64();
+        let bytes_sent = self.shared.bytes_sent.load(Ordering::Relaxed);
+        Ok(Report {
+            total_ms: total * 1000.0,
+            downtime_ms: (running_at - pause_at).as_secs_f64() * 1000.0,
+            final_pages_ms: (pages_done - pause_at).as_secs_f64() * 1000.0,
+            state_ms: (state_done - pages_done).as_secs_f64() * 1000.0,
+            handoff_ms: (running_at - state_done).as_secs_f64() * 1000.0,
+            bytes_sent,
+            pages_sent: self.shared.pages_sent.load(Ordering::Relaxed),
+            zero_pages_skipped: self.shared.zero_pages.load(Ordering::Relaxed),
+            untouched_pages: untouched,
+            rounds: round + 1,
+            final_round_bytes: final_bytes,
+            streams: self.options.streams,
+            max_throttle_pct: self.max_throttle,
+            throughput_bps: bytes_sent as f64 / total.max(1e-9),
+            forced,
+        })
+    }
+
+    /// Sends Go and obtains the target's word that it runs the VM.
+    fn commit(&mut self) -> Result<(), MigrationError> {
+        let sent = self.submit(
+            0,
+            Job::Frame {
+                kind: Kind::Go,
+                arg: 0,
+                payload: Vec::new(),
+            },
+        );
+        let confirmed = sent.and_then(|()| {
+            self.control
+                .set_read_timeout(Some(GO_TIMEOUT))
+                .map_err(ProtocolError::Io)?;
+            protocol::expect(&mut self.control, Kind::Running)
+                .map(|_| ())
+                .map_err(MigrationError::from)
+        });
+        let Err(first) = confirmed else {
+            return Ok(());
+        };
+        // The link failed around Go: ask the target what it did.
+        match query_outcome(&self.url, self.session) {
+            Some(Outcome::Running) => Ok(()),
+            Some(Outcome::Discarded) => Err(MigrationError::Vm {
+                action: "hand over",
+                detail: format!("the target discarded the VM ({first})"),
+            }),
+            _ => Err(MigrationError::InDoubt {
+                target: self.url.clone(),
+                detail: first.to_string(),
+            }),
+        }
+    }
+
+    fn finish_streams(&mut self) {
+        for stream in self.streams.drain(..) {
+            drop(stream.jobs);
+            let _ = stream.thread.join();
+        }
+    }
+}
+
+/// Asks the receiver at `url` what became of `session`, retrying until it has
+/// decided (a receiver waiting for Go decides within [`GO_TIMEOUT`]).
+pub fn query_outcome(url: &str, session: u64) -> Option<Outcome> {
+    let deadline = Instant::now() + GO_TIMEOUT + Duration::from_secs(5);
+    loop {
+        let answer = (|| -> Result<Outcome, MigrationError> {
+            let mut stream = transport::connect(url, Duration::from_secs(2))?;
+            stream
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .map_err(ProtocolError::Io)?;
+            protocol::write_frame(&mut stream, Kind::Query, session, &[])?;
+            let (header, _) = protocol::expect(&mut stream, Kind::Outcome)?;
+            Outcome::from_u64(header.arg).ok_or_else(|| ProtocolError::BadHeader.into())
+        })();
+        match answer {
+            Ok(Outcome::Pending) | Err(_) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Ok(outcome) => return Some(outcome),
+            Err(_) => return None,
+        }
+    }
+}

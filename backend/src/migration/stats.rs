@@ -1,0 +1,60 @@
+//! Migration statistics as plain data; only front ends draw them.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Connecting,
+    /// Copying memory while the VM runs.
+    Precopy,
+    /// The VM is paused; last pages and state are on their way.
+    Switchover,
+    /// Waiting for the target to confirm it runs.
+    Handoff,
+}
+
+/// A snapshot of a running migration, streamed after every round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub phase: Phase,
+    pub round: u32,
+    pub elapsed_ms: u64,
+    pub bytes_sent: u64,
+    /// Dirty bytes waiting to be sent.
+    pub bytes_remaining: u64,
+    pub memory_bytes: u64,
+    /// How fast the guest dirtied memory during the last round.
+    pub dirty_rate_bps: f64,
+    /// Send rate of the last round.
+    pub throughput_bps: f64,
+    /// Pause the guest would see if it switched over now.
+    pub expected_downtime_ms: f64,
+    /// Share of time the vCPUs are held paused by auto-converge.
+    pub throttle_pct: u8,
+}
+
+/// How a migration went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub total_ms: f64,
+    /// From pausing the source's vCPUs to the target's `Running`.
+    pub downtime_ms: f64,
+    /// Parts of the downtime: last pages, state capture + transfer, handoff.
+    pub final_pages_ms: f64,
+    pub state_ms: f64,
+    pub handoff_ms: f64,
+    pub bytes_sent: u64,
+    pub pages_sent: u64,
+    pub zero_pages_skipped: u64,
+    /// Pages never touched by the guest, neither read nor sent.
+    pub untouched_pages: u64,
+    pub rounds: u32,
+    pub final_round_bytes: u64,
+    pub streams: u32,
+    pub max_throttle_pct: u8,
+    /// Average send rate over the whole migration.
+    pub throughput_bps: f64,
+    /// True when the time limit forced the switchover.
+    pub forced: bool,
+}
