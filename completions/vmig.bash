@@ -712,7 +712,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm__subcmd__send)
-            opts="-h -V --control --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --json --help --version"
+            opts="-h -V --control --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -91,6 +91,7 @@ complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l timeout-action -d 'What the time limit does: `cancel` (the VM stays on the source) or `force` (switch over now)' -r -f -a "cancel\t''
 force\t''"
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l no-auto-converge -d 'Do not throttle the vCPUs of a guest that dirties memory faster than the link sends'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l verify-memory -d 'Hash guest memory on both sides at switchover and refuse the handoff if they differ (for testing; adds the hashing time to the downtime)'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l json -d 'Print progress and the final report as JSON lines (the default without a terminal)'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -s V -l version -d 'Print version'

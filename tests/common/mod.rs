@@ -62,10 +62,15 @@ impl Vmm {
     }
 
     pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Self {
+        Self::start_with_env(dir, args, &[])
+    }
+
+    pub fn start_with_env(dir: tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Self {
         let console = dir.path().join(format!("console-{}.log", unique()));
         let control = dir.path().join(format!("control-{}.sock", unique()));
         let stderr = dir.path().join(format!("stderr-{}.log", unique()));
         let child = Command::new(VMIG)
+            .envs(env.iter().copied())
             .args(["vm", "run"])
             .args(args)
             .arg("--console")
@@ -100,8 +105,43 @@ impl Vmm {
         }
     }
 
+    /// Starts a VMM that waits for an incoming migration on a free loopback
+    /// port; returns it and its `tcp:` address.
+    pub fn incoming(env: &[(&str, &str)]) -> (Self, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let vmm = Self::start_with_env(dir, &["--incoming", "tcp:127.0.0.1:0"], env);
+        let line = vmm.wait_for_stderr("the incoming address", |l| l.contains("waiting for an incoming VM on "));
+        let url = line.rsplit(' ').next().unwrap().to_string();
+        (vmm, url)
+    }
+
+    /// Waits until a line of the VMM's standard error satisfies `pred`.
+    pub fn wait_for_stderr(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        loop {
+            if let Some(line) = self.stderr_text().lines().find(|l| pred(l)) {
+                return line.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {}",
+                self.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// True once the process has exited.
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+
+    /// Standard error's complete lines.
     pub fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        let mut text = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        let complete = text.rfind('\n').map_or(0, |i| i + 1);
+        text.truncate(complete);
+        text
     }
 
     /// The console's complete lines (a line still being written is left out).
@@ -120,8 +160,17 @@ impl Vmm {
             .unwrap_or_else(|e| panic!("{request:?} failed: {e}"))
     }
 
+    /// The heartbeats so far; every line that mentions one must be whole
+    /// (a lost or doubled console byte shows up here).
     pub fn heartbeats(&self) -> Vec<Heartbeat> {
-        self.console_text().lines().filter_map(Heartbeat::parse).collect()
+        let text = self.console_text();
+        let beats: Vec<Heartbeat> = text.lines().filter_map(Heartbeat::parse).collect();
+        let mentions = text.matches("HB seq=").count();
+        assert_eq!(beats.len(), mentions, "a heartbeat line is damaged:\n{}", tail(&text));
+        for beat in &beats {
+            assert_eq!(beat.fields.len(), 8, "a heartbeat line is damaged: {:?}", beat.fields);
+        }
+        beats
     }
 
     /// Waits until a console line satisfies `pred`; returns it.
@@ -182,6 +231,48 @@ fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The outcome of `vmig vm send ... --json`.
+#[derive(Debug)]
+pub struct Sent {
+    pub code: Option<i32>,
+    pub lines: Vec<serde_json::Value>,
+    pub stderr: String,
+}
+
+impl Sent {
+    /// The final report, when the VM migrated.
+    pub fn report(&self) -> &serde_json::Value {
+        self.lines
+            .iter()
+            .find_map(|l| l.get("migrated"))
+            .unwrap_or_else(|| panic!("no report (exit {:?}): {}", self.code, self.stderr))
+    }
+
+    pub fn progress(&self) -> impl Iterator<Item = &serde_json::Value> {
+        self.lines.iter().filter_map(|l| l.get("progress"))
+    }
+}
+
+/// Runs `vmig vm send --control SOURCE URL --json EXTRA...` to completion.
+pub fn send(source: &Vmm, url: &str, extra: &[&str]) -> Sent {
+    let output = Command::new(VMIG)
+        .args(["vm", "send", "--json", "--control"])
+        .arg(&source.control)
+        .arg(url)
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run vmig vm send");
+    Sent {
+        code: output.status.code(),
+        lines: String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
 }
 
 /// Runs `vmig ARGS` to completion.

@@ -47,6 +47,7 @@
 //!   `Discarded`, so a late `Go` can no longer start a second copy.
 
 pub mod dirty;
+pub mod fault;
 pub mod protocol;
 pub mod receiver;
 pub mod sender;
@@ -86,6 +87,10 @@ pub struct MigrationOptions {
     pub streams: u32,
     /// Throttle the vCPUs when the guest dirties memory faster than it is sent.
     pub auto_converge: bool,
+    /// Hash all guest memory on both sides at switchover and refuse the
+    /// handoff if they differ (adds the hashing time to the downtime).
+    #[serde(default)]
+    pub verify_memory: bool,
 }
 
 impl Default for MigrationOptions {
@@ -97,6 +102,7 @@ impl Default for MigrationOptions {
             timeout_action: TimeoutAction::Cancel,
             streams: 2,
             auto_converge: true,
+            verify_memory: false,
         }
     }
 }

@@ -12,6 +12,8 @@ use thiserror::Error;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::GO_TIMEOUT;
+use super::dirty;
+use super::fault::{self, Fault};
 use super::protocol::{
     self, CpuidLeaf, Header, Hello, Kind, MAX_BATCH_RANGES, Outcome, PROTOCOL_VERSION, ProtocolError, RANGE_ENTRY_LEN,
     RANGE_ZERO,
@@ -41,6 +43,8 @@ pub enum ReceiveError {
     Stream { index: u32, detail: String },
     #[error("no Go from the sender within {} s; the VM was discarded", GO_TIMEOUT.as_secs())]
     NoGo,
+    #[error("injected fault: {0}")]
+    Injected(&'static str),
 }
 
 /// What the engine needs from the VMM that will run the VM.
@@ -336,6 +340,19 @@ impl Incoming {
                 }
                 Kind::State => {
                     let payload = protocol::read_payload(&mut self.control, &header)?;
+                    if fault::injected() == Some(Fault::CloseBeforeReady) {
+                        return Err(ReceiveError::Injected("closed the streams before Ready"));
+                    }
+                    // A non-zero argument is the source's content hash (verify_memory).
+                    if header.arg != 0 {
+                        let ours = dirty::content_hash(&memory);
+                        if ours != header.arg {
+                            return Err(ReceiveError::Refused(format!(
+                                "guest memory differs from the source's: hash {ours:#x}, source {:#x}",
+                                header.arg
+                            )));
+                        }
+                    }
                     let state = VmState::decode(&payload).map_err(ReceiveError::State)?;
                     if state.machine != self.hello.machine {
                         return Err(ReceiveError::Refused(
@@ -368,7 +385,18 @@ impl Incoming {
     /// The one place the VM may start: on Go, and never after giving up.
     fn await_go(&mut self, vm: &mut dyn TargetVm) -> Result<(), ReceiveError> {
         let _ = self.control.set_read_timeout(Some(GO_TIMEOUT));
-        match protocol::expect(&mut self.control, Kind::Go) {
+        let fault = fault::injected();
+        let received = protocol::expect(&mut self.control, Kind::Go);
+        let received = match (received, fault) {
+            (Ok(_), Some(Fault::IgnoreGo)) => {
+                // As if Go was lost on the way: wait out the rest of the timeout.
+                let mut rest = [0u8; 1];
+                let _ = self.control.read(&mut rest);
+                Err(ProtocolError::Io(std::io::ErrorKind::TimedOut.into()))
+            }
+            (result, _) => result,
+        };
+        match received {
             Ok(_) => {}
             Err(ProtocolError::Io(e))
                 if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
@@ -383,6 +411,10 @@ impl Incoming {
         })?;
         // Record the decision before telling anyone.
         self.outcomes.set(self.hello.session, Outcome::Running);
+        if fault == Some(Fault::CloseAfterGo) {
+            let _ = self.control.shutdown(std::net::Shutdown::Both);
+            return Ok(());
+        }
         let _ = protocol::write_frame(&mut self.control, Kind::Running, 0, &[]);
         Ok(())
     }

@@ -72,6 +72,8 @@ impl MigrationError {
 pub trait SourceVm: Sync {
     fn pause(&self) -> Result<(), String>;
     fn resume(&self) -> Result<(), String>;
+    /// Keeps the vCPUs off the CPU for `duration` (returns at once).
+    fn hold(&self, duration: Duration) -> Result<(), String>;
     fn save_state(&self) -> Result<VmState, String>;
 }
 
@@ -392,45 +394,33 @@ pub fn migrate(
 
 /// Auto-converge: holds the vCPUs paused for a share of every period while
 /// the guest dirties memory faster than it can be sent.
+///
+/// Every period the vCPUs are told to stay out of the guest for the throttle's
+/// share of it; they keep answering requests meanwhile, and a pause ends the
+/// hold, so stopping the throttle never delays the switchover.
 #[derive(Debug, Default)]
 struct ThrottleControl {
     pct: AtomicU8,
     stopped: AtomicBool,
-    /// Held for each pause..resume window, so `stop` can wait one out.
-    window: Mutex<()>,
 }
 
 impl ThrottleControl {
     fn run(&self, vm: &dyn SourceVm) {
-        loop {
+        while !self.stopped.load(Ordering::SeqCst) {
             let share = self.pct.load(Ordering::SeqCst);
-            let held = THROTTLE_PERIOD.mul_f64(f64::from(share) / 100.0);
-            std::thread::sleep(if share == 0 {
-                Duration::from_millis(5)
-            } else {
-                THROTTLE_PERIOD.saturating_sub(held)
-            });
-            let _window = self.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if self.stopped.load(Ordering::SeqCst) {
-                return;
-            }
             if share == 0 {
+                std::thread::sleep(Duration::from_millis(5));
                 continue;
             }
-            if vm.pause().is_err() {
+            if vm.hold(THROTTLE_PERIOD.mul_f64(f64::from(share) / 100.0)).is_err() {
                 return;
             }
-            std::thread::sleep(held);
-            if vm.resume().is_err() {
-                return;
-            }
+            std::thread::sleep(THROTTLE_PERIOD);
         }
     }
 
-    /// Stops throttling; when it returns the vCPUs are not held by it.
     fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
-        drop(self.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
     }
 }
 
@@ -671,6 +661,10 @@ impl Engine<'_> {
         progress(&self.progress(Phase::Switchover, round, final_bytes, 0.0, bandwidth, 0.0));
         self.send_round(u64::from(round), &last, false)?;
         let pages_done = Instant::now();
+        let memory_hash = self
+            .options
+            .verify_memory
+            .then(|| dirty::content_hash(&self.ctx.memory));
         let state = self.vm.save_state().map_err(|detail| MigrationError::Vm {
             action: "save its state",
             detail,
@@ -683,7 +677,7 @@ impl Engine<'_> {
             0,
             Job::Frame {
                 kind: Kind::State,
-                arg: 0,
+                arg: memory_hash.unwrap_or(0),
                 payload: encoded,
             },
         )?;
@@ -714,6 +708,7 @@ impl Engine<'_> {
             max_throttle_pct: self.max_throttle,
             throughput_bps: bytes_sent as f64 / total.max(1e-9),
             forced,
+            memory_hash,
         })
     }
 

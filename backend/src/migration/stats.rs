@@ -57,4 +57,6 @@ pub struct Report {
     pub throughput_bps: f64,
     /// True when the time limit forced the switchover.
     pub forced: bool,
+    /// With `verify_memory`: the content hash both sides agreed on.
+    pub memory_hash: Option<u64>,
 }

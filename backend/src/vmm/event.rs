@@ -69,6 +69,8 @@ pub enum SourceRequest {
     Pause,
     Resume,
     SaveState,
+    /// Keep the vCPUs off the CPU for this long (auto-converge).
+    Hold(std::time::Duration),
 }
 
 #[derive(Debug)]

@@ -218,24 +218,22 @@ impl Vm {
         let bus = Arc::new(PortIoBus::new(SerialConsole::new(serial_irq, console), events.clone()));
 
         let supported = cpuid::supported(&kvm)?;
-        let mut vcpu_fds: Vec<VcpuFd> = Vec::with_capacity(usize::from(machine.vcpus));
-        let mut guest_cpuid = Vec::new();
+        let mut vcpu_fds: Vec<(VcpuFd, Vec<kvm_bindings::kvm_cpuid_entry2>)> =
+            Vec::with_capacity(usize::from(machine.vcpus));
         for id in 0..machine.vcpus {
             let vcpu = fd.create_vcpu(u64::from(id)).map_err(kvm_err("create a vCPU"))?;
             let table = cpuid::for_vcpu(&supported, id, machine.vcpus, &machine.cpuid_masks)?;
-            if id == 0 {
-                guest_cpuid = table.as_slice().to_vec();
-            }
             vcpu.set_cpuid2(&table).map_err(kvm_err("set CPUID"))?;
             regs::setup_vcpu_common(&vcpu)?;
-            vcpu_fds.push(vcpu);
+            vcpu_fds.push((vcpu, table.as_slice().to_vec()));
         }
+        let guest_cpuid = vcpu_fds[0].1.clone();
 
         let mut restore = None;
         match start {
             Start::Boot(config) => {
                 let entry = boot::load(&memory, &config, machine.vcpus)?;
-                regs::setup_boot_vcpu(&vcpu_fds[0], &memory, entry)?;
+                regs::setup_boot_vcpu(&vcpu_fds[0].0, &memory, entry)?;
             }
             Start::Restore {
                 state,
@@ -268,8 +266,8 @@ impl Vm {
             xsave_size,
         };
         let mut vcpus = Vec::with_capacity(vcpu_fds.len());
-        for (id, vcpu) in vcpu_fds.into_iter().enumerate() {
-            vcpus.push(VcpuHandle::spawn(id as u8, vcpu, context.clone())?);
+        for (id, (vcpu, cpuid)) in vcpu_fds.into_iter().enumerate() {
+            vcpus.push(VcpuHandle::spawn(id as u8, vcpu, cpuid, context.clone())?);
         }
 
         let mut vm = Vm {
@@ -333,6 +331,18 @@ impl Vm {
         Ok(())
     }
 
+    /// Keeps every vCPU out of the guest for `duration`, without waiting
+    /// (auto-converge's throttle).
+    pub fn hold(&self, duration: std::time::Duration) -> Result<(), VmError> {
+        if self.state != RunState::Running {
+            return Err(VmError::WrongState(self.state));
+        }
+        for vcpu in &self.vcpus {
+            vcpu.hold(duration)?;
+        }
+        Ok(())
+    }
+
     /// Stops every vCPU at an instruction boundary.
     pub fn pause(&mut self) -> Result<(), VmError> {
         match self.state {
@@ -353,6 +363,13 @@ impl Vm {
             vcpu.wait_done()?;
         }
         Ok(())
+    }
+
+    /// Marks the VM as gone elsewhere: it is stopped here for good, and output
+    /// it had not finished belongs to the copy that continues.
+    pub fn mark_migrated(&mut self) {
+        self.mark_stopped();
+        self.bus.discard_console_pending();
     }
 
     /// Marks the VM as ended by its guest; vCPUs are parked.

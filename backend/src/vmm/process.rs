@@ -69,9 +69,16 @@ pub enum ProcessError {
     Incoming(String),
 }
 
+/// What a started VMM process tells its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ready {
+    /// Where it waits for an incoming migration (the port chosen if 0 was given).
+    pub incoming: Option<std::net::SocketAddr>,
+}
+
 /// Runs a VM until it stops, is migrated away, or the operator ends it;
 /// returns why. `on_ready` is called once the control socket answers.
-pub fn run(options: VmmOptions, on_ready: impl FnOnce()) -> Result<StopReason, ProcessError> {
+pub fn run(options: VmmOptions, on_ready: impl FnOnce(&Ready)) -> Result<StopReason, ProcessError> {
     let (events, inbox) = channel();
     forward_signals(events.clone())?;
     let listener = options.control.as_deref().map(control::bind).transpose()?;
@@ -84,6 +91,7 @@ pub fn run(options: VmmOptions, on_ready: impl FnOnce()) -> Result<StopReason, P
         migration: None,
         in_doubt: None,
     };
+    let mut ready = Ready { incoming: None };
     match options.launch {
         Launch::New { machine, start } => {
             let mut vm = Vm::create(machine, sink, events.clone(), start)?;
@@ -92,6 +100,7 @@ pub fn run(options: VmmOptions, on_ready: impl FnOnce()) -> Result<StopReason, P
         }
         Launch::Incoming { url } => {
             let migration_listener = transport::listen(&url)?;
+            ready.incoming = migration_listener.local_addr().ok();
             let events = events.clone();
             std::thread::Builder::new()
                 .name("migrate-in".into())
@@ -105,7 +114,7 @@ pub fn run(options: VmmOptions, on_ready: impl FnOnce()) -> Result<StopReason, P
     if let Some(listener) = listener {
         control::serve(listener, events);
     }
-    on_ready();
+    on_ready(&ready);
 
     let stop_reason = loop {
         let Ok(event) = inbox.recv() else {
@@ -221,6 +230,10 @@ impl SourceVm for ProcessSource {
 
     fn resume(&self) -> Result<(), String> {
         self.ask(SourceRequest::Resume).map(drop)
+    }
+
+    fn hold(&self, duration: std::time::Duration) -> Result<(), String> {
+        self.ask(SourceRequest::Hold(duration)).map(drop)
     }
 
     fn save_state(&self) -> Result<VmState, String> {
@@ -368,6 +381,7 @@ impl Vmm {
                 .save_state()
                 .map(|state| SourceReply::State(Box::new(state)))
                 .map_err(|e| chain(&e)),
+            SourceRequest::Hold(duration) => vm.hold(duration).map(|()| SourceReply::Done).map_err(|e| chain(&e)),
         }
     }
 
@@ -379,7 +393,7 @@ impl Vmm {
                 let _ = migration.reply.send(Response::Ok(Reply::Migrated(report)));
                 // The target runs the VM: this copy must never run again.
                 if let Some(vm) = &mut self.vm {
-                    vm.mark_stopped();
+                    vm.mark_migrated();
                 }
                 Some(StopReason::Migrated { target: migration.url })
             }

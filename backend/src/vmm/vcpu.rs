@@ -9,10 +9,10 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{
     CpuId, KVM_MAX_MSR_ENTRIES, Msrs, Xsave, kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_lapic_state, kvm_mp_state,
@@ -150,6 +150,8 @@ pub struct VcpuContext {
 enum Request {
     Pause,
     Resume,
+    /// Stay off the CPU for this long (auto-converge); not answered.
+    Hold(Duration),
     Save,
     Restore(Box<VcpuState>),
     Finish,
@@ -179,6 +181,7 @@ impl std::fmt::Debug for Request {
             Request::Save => "Save",
             Request::Restore(_) => "Restore",
             Request::Finish => "Finish",
+            Request::Hold(_) => "Hold",
         })
     }
 }
@@ -229,8 +232,8 @@ fn install_kick_handler() -> Result<(), VcpuError> {
 }
 
 impl VcpuHandle {
-    /// Starts the thread for `fd`, paused.
-    pub fn spawn(id: u8, fd: VcpuFd, context: VcpuContext) -> Result<Self, VcpuError> {
+    /// Starts the thread for `fd` (whose CPUID was set to `cpuid`), paused.
+    pub fn spawn(id: u8, fd: VcpuFd, cpuid: Vec<kvm_cpuid_entry2>, context: VcpuContext) -> Result<Self, VcpuError> {
         install_kick_handler()?;
         let (requests, inbox) = channel();
         let (outbox, replies) = channel();
@@ -242,10 +245,12 @@ impl VcpuHandle {
                 let mut vcpu = Vcpu {
                     id,
                     fd,
+                    cpuid,
                     context,
                     counters: thread_counters,
                     running: false,
                     stopped: false,
+                    hold_until: None,
                 };
                 vcpu.main_loop(&inbox, &outbox);
             })
@@ -274,7 +279,7 @@ impl VcpuHandle {
         match self.replies.recv_timeout(REPLY_TIMEOUT) {
             Ok(Reply::Failed(e)) => Err(e),
             Ok(reply) => Ok(reply),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(VcpuError::Timeout {
+            Err(RecvTimeoutError::Timeout) => Err(VcpuError::Timeout {
                 vcpu: self.id,
                 secs: REPLY_TIMEOUT.as_secs(),
             }),
@@ -290,6 +295,11 @@ impl VcpuHandle {
 
     pub fn request_resume(&self) -> Result<(), VcpuError> {
         self.send(Request::Resume)
+    }
+
+    /// Keeps the vCPU out of the guest for `duration` without waiting for it.
+    pub fn hold(&self, duration: Duration) -> Result<(), VcpuError> {
+        self.send(Request::Hold(duration))
     }
 
     pub fn wait_done(&self) -> Result<(), VcpuError> {
@@ -326,21 +336,49 @@ impl Drop for VcpuHandle {
     }
 }
 
+/// What one `KVM_RUN` came back with, once served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    /// A port or MMIO access, now served (its instruction completes on re-entry).
+    Access,
+    /// A kick or `immediate_exit`: nothing is pending.
+    Interrupted,
+    /// The guest cannot go on.
+    Stopped,
+    /// Anything else that needs no action.
+    Other,
+}
+
 struct Vcpu {
     id: u8,
     fd: VcpuFd,
+    /// The CPUID table set on this vCPU.
+    cpuid: Vec<kvm_cpuid_entry2>,
     context: VcpuContext,
     counters: Arc<VcpuCounters>,
     running: bool,
     /// Set after a fatal exit: the guest cannot continue, requests still answer.
     stopped: bool,
+    /// Auto-converge keeps the vCPU out of the guest until then.
+    hold_until: Option<Instant>,
 }
 
 impl Vcpu {
     fn main_loop(&mut self, inbox: &Receiver<Request>, outbox: &Sender<Reply>) {
         KVM_RUN.with(|run| run.set(std::ptr::from_mut(self.fd.get_kvm_run())));
         loop {
-            let request = if self.running && !self.stopped {
+            let throttled = self.hold_until.filter(|until| *until > Instant::now());
+            let request = if let (true, Some(until)) = (self.running && !self.stopped, throttled) {
+                // Held off the CPU by auto-converge, but still answering.
+                match inbox.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                    Ok(request) => Some(request),
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.hold_until = None;
+                        None
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else if self.running && !self.stopped {
                 match inbox.try_recv() {
                     Ok(request) => Some(request),
                     Err(TryRecvError::Empty) => None,
@@ -357,12 +395,17 @@ impl Vcpu {
                     let _ = outbox.send(Reply::Done);
                     break;
                 }
+                Some(Request::Hold(duration)) => {
+                    // No reply: the throttle does not wait for its vCPUs.
+                    self.hold_until = Some(Instant::now() + duration);
+                }
                 Some(request) => {
                     let reply = self.handle(request);
                     if outbox.send(reply).is_err() {
                         break;
                     }
                 }
+                None if self.hold_until.is_some_and(|until| until > Instant::now()) => {}
                 None => self.run_once(),
             }
         }
@@ -376,6 +419,7 @@ impl Vcpu {
                     self.complete_pending_io();
                 }
                 self.running = false;
+                self.hold_until = None;
                 Ok(Reply::Done)
             }
             Request::Resume => {
@@ -392,41 +436,57 @@ impl Vcpu {
                 what: "restoring state",
             }),
             Request::Restore(state) => self.restore(&state).map(|()| Reply::Done),
-            Request::Finish => Ok(Reply::Done),
+            Request::Finish | Request::Hold(_) => Ok(Reply::Done),
         };
         result.unwrap_or_else(Reply::Failed)
     }
 
     /// Lets KVM finish an in-flight port or MMIO read without entering the
     /// guest, so the saved registers reflect the completed instruction.
+    /// Lets KVM finish an instruction whose port or MMIO access userspace just
+    /// served, without entering the guest, so the saved registers reflect a
+    /// completed instruction. Finishing a `rep outsb` can produce the next
+    /// chunk of I/O: serve those exits too, until KVM reports nothing pending.
     fn complete_pending_io(&mut self) {
-        self.fd.set_kvm_immediate_exit(1);
-        let _ = self.fd.run();
+        const MAX_ROUNDS: usize = 1 << 16;
+        for _ in 0..MAX_ROUNDS {
+            self.fd.set_kvm_immediate_exit(1);
+            let served = self.run_and_serve();
+            if served != Served::Access {
+                break;
+            }
+        }
         self.fd.set_kvm_immediate_exit(0);
     }
 
     fn run_once(&mut self) {
+        self.run_and_serve();
+    }
+
+    /// One `KVM_RUN` and the service of its exit. A fatal exit stops the vCPU
+    /// and is reported to the VMM.
+    fn run_and_serve(&mut self) -> Served {
         let result = self.fd.run();
         self.counters.exits.fetch_add(1, Ordering::Relaxed);
         let stop = match result {
             Ok(VcpuExit::IoOut(port, data)) => {
                 self.counters.io_exits.fetch_add(1, Ordering::Relaxed);
                 self.context.bus.write(port, data);
-                None
+                return Served::Access;
             }
             Ok(VcpuExit::IoIn(port, data)) => {
                 self.counters.io_exits.fetch_add(1, Ordering::Relaxed);
                 self.context.bus.read(port, data);
-                None
+                return Served::Access;
             }
             Ok(VcpuExit::MmioRead(_, data)) => {
                 self.counters.mmio_exits.fetch_add(1, Ordering::Relaxed);
                 data.fill(0xff);
-                None
+                return Served::Access;
             }
             Ok(VcpuExit::MmioWrite(..)) => {
                 self.counters.mmio_exits.fetch_add(1, Ordering::Relaxed);
-                None
+                return Served::Access;
             }
             Ok(VcpuExit::Hlt) => None,
             Ok(VcpuExit::Shutdown) => Some(StopReason::TripleFault { vcpu: self.id }),
@@ -463,16 +523,20 @@ impl Vcpu {
             }),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 self.fd.set_kvm_immediate_exit(0);
-                None
+                return Served::Interrupted;
             }
             Err(e) => Some(StopReason::GuestError {
                 vcpu: self.id,
                 detail: format!("KVM_RUN failed: {e}"),
             }),
         };
-        if let Some(reason) = stop {
-            self.stopped = true;
-            let _ = self.context.events.send(VmmEvent::Stopped(reason));
+        match stop {
+            Some(reason) => {
+                self.stopped = true;
+                let _ = self.context.events.send(VmmEvent::Stopped(reason));
+                Served::Stopped
+            }
+            None => Served::Other,
         }
     }
 
@@ -501,11 +565,9 @@ impl Vcpu {
         let msrs = self.save_msrs()?;
         let debug_regs = fd.get_debug_regs().map_err(self.kvm("read debug registers"))?;
         let tsc_khz = fd.get_tsc_khz().ok();
-        let cpuid = fd
-            .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .map_err(self.kvm("read CPUID"))?
-            .as_slice()
-            .to_vec();
+        // The CPUID this VMM gave the vCPU: KVM_GET_CPUID2 may report more
+        // than was set (nested KVMs have been seen to return the host's).
+        let cpuid = self.cpuid.clone();
         let vcpu_events = fd.get_vcpu_events().map_err(self.kvm("read events"))?;
         Ok(VcpuState {
             id: self.id,
@@ -606,7 +668,7 @@ impl Vcpu {
         Ok(saved)
     }
 
-    fn restore(&self, state: &VcpuState) -> Result<(), VcpuError> {
+    fn restore(&mut self, state: &VcpuState) -> Result<(), VcpuError> {
         let fd = &self.fd;
         let cpuid = CpuId::from_entries(&state.cpuid).map_err(|source| VcpuError::Fam {
             vcpu: self.id,
@@ -614,6 +676,7 @@ impl Vcpu {
             source,
         })?;
         fd.set_cpuid2(&cpuid).map_err(self.kvm("set CPUID"))?;
+        self.cpuid.clone_from(&state.cpuid);
         if let Some(khz) = state.tsc_khz
             && fd.get_tsc_khz().ok() != Some(khz)
         {

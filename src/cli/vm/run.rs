@@ -70,7 +70,11 @@ pub fn exec(args: &RunArgs) -> Result<Exit> {
         console: args.console.clone().map_or(Console::Stdout, Console::File),
         control: args.control.clone(),
     };
-    let reason = process::run(options, || {})?;
+    let reason = process::run(options, |ready| {
+        if let Some(addr) = ready.incoming {
+            eprintln!("vmig: waiting for an incoming VM on tcp:{addr}");
+        }
+    })?;
     if reason.is_clean() {
         eprintln!("vmig: VM stopped: {reason}");
         Ok(Exit::Ok)

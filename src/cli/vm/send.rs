@@ -45,6 +45,10 @@ pub struct SendArgs {
     /// Do not throttle the vCPUs of a guest that dirties memory faster than the link sends.
     #[arg(long)]
     no_auto_converge: bool,
+    /// Hash guest memory on both sides at switchover and refuse the handoff if
+    /// they differ (for testing; adds the hashing time to the downtime).
+    #[arg(long)]
+    verify_memory: bool,
     /// Print progress and the final report as JSON lines (the default without a terminal).
     #[arg(long)]
     json: bool,
@@ -74,6 +78,7 @@ pub fn exec(args: &SendArgs) -> Result<Exit> {
         },
         streams: args.streams,
         auto_converge: !args.no_auto_converge,
+        verify_memory: args.verify_memory,
     };
     let json = args.json || !std::io::stderr().is_terminal();
     let mut client = ControlClient::connect(&args.control)?;
@@ -178,6 +183,9 @@ fn print_report(report: &Report, target: &str, json: bool) -> Result<()> {
     }
     if report.forced {
         println!("  the time limit forced the switchover");
+    }
+    if let Some(hash) = report.memory_hash {
+        println!("  guest memory verified identical on both sides (hash {hash:#018x})");
     }
     Ok(())
 }

@@ -50,8 +50,13 @@ impl PortIoBus {
     pub fn read(&self, port: u16, data: &mut [u8]) {
         data.fill(0xff);
         match port {
-            SERIAL_PORT_BASE..=0x3ff if data.len() == 1 => {
-                data[0] = self.serial().read((port - SERIAL_PORT_BASE) as u8);
+            // The UART's registers are bytes; a longer access is string I/O
+            // (`rep insb`), one byte after another from the same register.
+            SERIAL_PORT_BASE..=0x3ff => {
+                let mut serial = self.serial();
+                for byte in data.iter_mut() {
+                    *byte = serial.read((port - SERIAL_PORT_BASE) as u8);
+                }
             }
             // The i8042 status: output buffer empty, ready for commands.
             I8042_COMMAND | I8042_DATA => data.fill(0),
@@ -62,8 +67,11 @@ impl PortIoBus {
     /// Handles a guest `out`.
     pub fn write(&self, port: u16, data: &[u8]) {
         match port {
-            SERIAL_PORT_BASE..=0x3ff if data.len() == 1 => {
-                self.serial().write((port - SERIAL_PORT_BASE) as u8, data[0]);
+            SERIAL_PORT_BASE..=0x3ff => {
+                let mut serial = self.serial();
+                for byte in data {
+                    serial.write((port - SERIAL_PORT_BASE) as u8, *byte);
+                }
             }
             DEBUG_EXIT_PORT if !data.is_empty() => {
                 let _ = self
@@ -85,6 +93,11 @@ impl PortIoBus {
 
     pub fn restore(&self, state: &DevicesState) -> Result<(), serial::SerialStateError> {
         self.serial().restore(&state.serial)
+    }
+
+    /// Forgets the console's unfinished line (the VM continues elsewhere).
+    pub fn discard_console_pending(&self) {
+        self.serial().discard_pending();
     }
 
     /// Bytes the guest has written to its console.

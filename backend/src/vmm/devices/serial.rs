@@ -18,6 +18,9 @@ impl Trigger for IrqTrigger {
     }
 }
 
+/// Longest console line buffered before it is written out regardless.
+const MAX_LINE: usize = 4096;
+
 /// Where console output goes; counts bytes and never fails the guest.
 pub struct ConsoleOutput {
     sink: Box<dyn Write + Send>,
@@ -38,7 +41,7 @@ impl Write for ConsoleOutput {
         // half a heartbeat; a console write error must not stop the guest.
         for byte in buf {
             self.line.push(*byte);
-            if *byte == b'\n' || self.line.len() >= 4096 {
+            if *byte == b'\n' || self.line.len() >= MAX_LINE {
                 let _ = self.sink.write_all(&self.line);
                 let _ = self.sink.flush();
                 self.line.clear();
@@ -47,11 +50,26 @@ impl Write for ConsoleOutput {
         Ok(buf.len())
     }
 
+    /// vm-superio flushes after every byte; an unfinished line stays here, so
+    /// that it is part of the device state and comes out whole wherever the
+    /// VM continues (see [`SerialState::pending_output`]).
     fn flush(&mut self) -> io::Result<()> {
-        let _ = self.sink.write_all(&self.line);
-        self.line.clear();
-        let _ = self.sink.flush();
         Ok(())
+    }
+}
+
+impl ConsoleOutput {
+    /// Writes out an unfinished line (when the VMM ends with the VM here).
+    fn write_pending(&mut self) {
+        let _ = self.sink.write_all(&self.line);
+        let _ = self.sink.flush();
+        self.line.clear();
+    }
+}
+
+impl Drop for ConsoleOutput {
+    fn drop(&mut self) {
+        self.write_pending();
     }
 }
 
@@ -68,6 +86,10 @@ pub struct SerialState {
     pub modem_status: u8,
     pub scratch: u8,
     pub in_buffer: Vec<u8>,
+    /// Console output of a line the guest has not finished yet: it travels
+    /// with the VM so the line comes out whole where the VM continues.
+    #[serde(default)]
+    pub pending_output: Vec<u8>,
 }
 
 impl Default for SerialState {
@@ -89,6 +111,7 @@ impl From<vm_superio::serial::SerialState> for SerialState {
             modem_status: s.modem_status,
             scratch: s.scratch,
             in_buffer: s.in_buffer,
+            pending_output: Vec::new(),
         }
     }
 }
@@ -118,6 +141,8 @@ const FIFO_SIZE: usize = 64;
 pub enum SerialStateError {
     #[error("serial state holds {0} buffered input bytes; a 16550A holds at most 64")]
     FifoOverflow(usize),
+    #[error("serial state holds a {0}-byte unfinished line; at most 4096 are kept")]
+    PendingOutput(usize),
     #[error("cannot duplicate the serial interrupt eventfd")]
     Interrupt(#[source] io::Error),
 }
@@ -160,13 +185,21 @@ impl SerialConsole {
     }
 
     pub fn save(&self) -> SerialState {
-        self.uart.as_ref().map(|u| u.state().into()).unwrap_or_default()
+        let Some(uart) = self.uart.as_ref() else {
+            return SerialState::default();
+        };
+        let mut state: SerialState = uart.state().into();
+        state.pending_output.clone_from(&uart.writer().line);
+        state
     }
 
     /// Replaces the UART's registers, keeping its interrupt and output.
     pub fn restore(&mut self, state: &SerialState) -> Result<(), SerialStateError> {
         if state.in_buffer.len() > FIFO_SIZE {
             return Err(SerialStateError::FifoOverflow(state.in_buffer.len()));
+        }
+        if state.pending_output.len() > MAX_LINE {
+            return Err(SerialStateError::PendingOutput(state.pending_output.len()));
         }
         let interrupt = self
             .uart()
@@ -175,10 +208,17 @@ impl SerialConsole {
             .try_clone()
             .map_err(SerialStateError::Interrupt)?;
         let old = self.uart.take().expect("the UART is only taken inside restore()");
-        let uart = Serial::from_state(&state.into(), IrqTrigger(interrupt), NoEvents, old.into_writer())
+        let mut output = old.into_writer();
+        output.line.clone_from(&state.pending_output);
+        let uart = Serial::from_state(&state.into(), IrqTrigger(interrupt), NoEvents, output)
             .map_err(|_| SerialStateError::FifoOverflow(state.in_buffer.len()))?;
         self.uart = Some(uart);
         Ok(())
+    }
+
+    /// Forgets an unfinished line: the VM moved on and prints it elsewhere.
+    pub fn discard_pending(&mut self) {
+        self.uart().writer_mut().line.clear();
     }
 
     pub fn bytes_out(&self) -> u64 {

@@ -1,0 +1,25 @@
+//! Fault injection for tests: `VMIG_TEST_FAULT=<point>` in a receiver's
+//! environment makes it fail at that point of the handoff, the way a cut link
+//! or a crashed host would, so tests can check that exactly one copy runs.
+//!
+//! Points: `close-before-ready` (drop every stream once the state arrived),
+//! `close-after-go` (resume on Go but never say Running), `ignore-go` (treat
+//! Go as lost). Unset in production; an unknown value is ignored.
+
+/// Where a receiver can be made to fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    CloseBeforeReady,
+    CloseAfterGo,
+    IgnoreGo,
+}
+
+/// The fault this process was asked to inject, if any.
+pub fn injected() -> Option<Fault> {
+    match std::env::var("VMIG_TEST_FAULT").ok()?.as_str() {
+        "close-before-ready" => Some(Fault::CloseBeforeReady),
+        "close-after-go" => Some(Fault::CloseAfterGo),
+        "ignore-go" => Some(Fault::IgnoreGo),
+        _ => None,
+    }
+}

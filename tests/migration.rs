@@ -1,0 +1,303 @@
+//! Live migration between two VMM processes on this machine, under real KVM,
+//! with the test guest checking from inside that nothing was lost.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{BOOT_TIMEOUT, Heartbeat, Vmm, send};
+use vmig_backend::vmm::RunState;
+use vmig_backend::vmm::control::{Reply, Request};
+
+fn source(cmdline: &str) -> Vmm {
+    let vmm = Vmm::start(&[
+        "--kernel",
+        "builtin:testguest",
+        "--memory",
+        "512M",
+        "--vcpus",
+        "2",
+        "--cmdline",
+        cmdline,
+    ]);
+    if cmdline.contains("fill=") {
+        vmm.wait_for_line("the fill", BOOT_TIMEOUT, |l| l.starts_with("FILLED"));
+    }
+    // Let the workload run a little before it moves.
+    let now = vmm.heartbeats().last().map_or(0, Heartbeat::seq);
+    vmm.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() >= now + 3);
+    vmm
+}
+
+fn state(vmm: &Vmm) -> Option<RunState> {
+    match vmm.request(&Request::Status) {
+        Reply::Status(status) => status.state,
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
+/// The source's heartbeats end where the target's begin: no restart, no gap.
+fn assert_continues(before: &Vmm, after: &Vmm) -> Heartbeat {
+    let last = before.heartbeats().last().cloned().expect("source heartbeats");
+    let first = after.wait_for_heartbeat(BOOT_TIMEOUT, |_| true);
+    assert_eq!(
+        first.seq(),
+        last.seq() + 1,
+        "the heartbeat sequence goes on across the move"
+    );
+    assert!(
+        !after.console_text().contains("VMIG-TESTGUEST"),
+        "the guest did not boot again"
+    );
+    // Verify sweeps on the target find every page intact.
+    let later = after.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() >= first.seq() + 5);
+    assert_eq!(later.get("errors"), 0, "integrity after the move");
+    if first.get("verified") > 0 {
+        assert!(later.get("verified") > first.get("verified"), "verify sweeps go on");
+    }
+    after.heartbeats();
+    later
+}
+
+#[test]
+fn idle_filled_and_dirtying_guests_migrate_intact() {
+    for cmdline in [
+        "hb=20",
+        "hb=20 fill=128M",
+        "hb=20 fill=64M dirty=64M rate=100",
+        "hb=20 fill=64M dirty=64M rate=1000",
+    ] {
+        let mut from = source(cmdline);
+        let (to, url) = Vmm::incoming(&[]);
+        let sent = send(&from, &url, &["--verify-memory"]);
+        assert_eq!(sent.code, Some(0), "{cmdline}: {}", sent.stderr);
+        let report = sent.report();
+        assert!(
+            report["memory_hash"].is_u64(),
+            "{cmdline}: both sides hashed guest memory: {report}"
+        );
+        assert!(report["downtime_ms"].as_f64().unwrap() > 0.0);
+        assert!(sent.progress().count() >= 2, "progress was streamed");
+        let status = from.wait_exit(BOOT_TIMEOUT);
+        assert!(status.success(), "{cmdline}: {}", from.stderr_text());
+        assert!(from.stderr_text().contains("migrated to"), "{}", from.stderr_text());
+        assert_eq!(state(&to), Some(RunState::Running));
+        assert_continues(&from, &to);
+        if cmdline.contains("dirty") {
+            let beat = to.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.get("written") > 0);
+            assert!(beat.get("written") > 0, "the workload keeps dirtying on the target");
+        }
+    }
+}
+
+#[test]
+fn a_vm_migrates_back_and_forth_ten_times() {
+    let mut hosts = vec![source("hb=20 fill=32M dirty=32M rate=200")];
+    for hop in 0..10 {
+        let (target, url) = Vmm::incoming(&[]);
+        let from = hosts.last_mut().unwrap();
+        let sent = send(from, &url, &["--verify-memory"]);
+        assert_eq!(sent.code, Some(0), "hop {hop}: {}", sent.stderr);
+        assert!(from.wait_exit(BOOT_TIMEOUT).success());
+        target.wait_for_heartbeat(BOOT_TIMEOUT, |_| true);
+        hosts.push(target);
+    }
+    let last = hosts.last().unwrap();
+    let now = last.heartbeats().last().unwrap().seq();
+    let final_beat = last.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() >= now + 3);
+    assert_eq!(final_beat.get("errors"), 0);
+    // Across all eleven consoles, every heartbeat appears exactly once, in order.
+    let seqs: Vec<u64> = hosts.iter().flat_map(|h| h.heartbeats()).map(|h| h.seq()).collect();
+    let expected: Vec<u64> = (0..seqs.len() as u64).collect();
+    let consoles: Vec<String> = hosts
+        .iter()
+        .map(|h| {
+            let text = h.console_text();
+            let lines: Vec<&str> = text.lines().collect();
+            format!(
+                "{:?} .. {:?}",
+                lines.iter().take(2).collect::<Vec<_>>(),
+                lines.iter().rev().take(2).collect::<Vec<_>>()
+            )
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        expected,
+        "no heartbeat lost or repeated over ten moves:\n{}",
+        consoles.join("\n")
+    );
+}
+
+#[test]
+fn killing_the_receiver_during_precopy_leaves_the_vm_running_on_the_source() {
+    let from = source("hb=20 fill=256M");
+    let (mut to, url) = Vmm::incoming(&[]);
+    let mut send = std::process::Command::new(common::VMIG)
+        .args(["vm", "send", "--json", "--bandwidth", "20M", "--control"])
+        .arg(&from.control)
+        .arg(&url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for pre-copy to be under way, then kill the receiver outright.
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(send.stdout.take().unwrap()));
+    loop {
+        let line = lines.next().expect("progress line").unwrap();
+        if line.contains("\"precopy\"") || line.contains("\"bytes_sent\":") && !line.contains("\"bytes_sent\":0,") {
+            break;
+        }
+    }
+    to.child.kill().unwrap();
+    let status = send.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "the migration failed and says so");
+    assert_eq!(
+        state(&from),
+        Some(RunState::Running),
+        "the VM keeps running where it was"
+    );
+    let now = from.heartbeats().last().unwrap().seq();
+    let beat = from.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() >= now + 3);
+    assert_eq!(beat.get("errors"), 0, "its guest is healthy");
+    // It can still move afterwards.
+    let (retry, url) = Vmm::incoming(&[]);
+    assert_eq!(send_ok(&from, &url), Some(0));
+    retry.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() > now);
+}
+
+fn send_ok(from: &Vmm, url: &str) -> Option<i32> {
+    let sent = send(from, url, &[]);
+    assert_eq!(sent.code, Some(0), "{}", sent.stderr);
+    sent.code
+}
+
+#[test]
+fn a_cut_before_the_target_holds_the_state_rolls_back() {
+    let from = source("hb=20 fill=32M dirty=16M rate=100");
+    let (mut to, url) = Vmm::incoming(&[("VMIG_TEST_FAULT", "close-before-ready")]);
+    let sent = send(&from, &url, &[]);
+    assert_eq!(sent.code, Some(1), "{}", sent.stderr);
+    assert_eq!(state(&from), Some(RunState::Running));
+    let status = to.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "the target discarded what it received");
+    assert!(!to.console_text().contains("HB "), "the target never ran the guest");
+    let now = from.heartbeats().last().unwrap().seq();
+    assert_eq!(
+        from.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() > now).get("errors"),
+        0
+    );
+}
+
+#[test]
+fn a_cut_after_go_is_resolved_by_asking_the_target() {
+    let mut from = source("hb=20 fill=32M dirty=16M rate=100");
+    let (to, url) = Vmm::incoming(&[("VMIG_TEST_FAULT", "close-after-go")]);
+    let sent = send(&from, &url, &[]);
+    assert_eq!(
+        sent.code,
+        Some(0),
+        "the target answered the query: it runs the VM: {}",
+        sent.stderr
+    );
+    assert!(from.wait_exit(BOOT_TIMEOUT).success(), "the source ended its copy");
+    assert_continues(&from, &to);
+}
+
+#[test]
+fn a_lost_go_makes_the_target_discard_and_the_source_resume() {
+    let from = source("hb=20 fill=32M");
+    let (mut to, url) = Vmm::incoming(&[("VMIG_TEST_FAULT", "ignore-go")]);
+    let started = Instant::now();
+    let sent = send(&from, &url, &[]);
+    assert_eq!(sent.code, Some(1), "{}", sent.stderr);
+    assert!(sent.stderr.contains("discarded"), "{}", sent.stderr);
+    assert_eq!(
+        state(&from),
+        Some(RunState::Running),
+        "resumed after {:?}",
+        started.elapsed()
+    );
+    assert!(!to.wait_exit(Duration::from_secs(60)).success());
+    assert!(!to.console_text().contains("HB "), "exactly one copy ran: the source");
+    let now = from.heartbeats().last().unwrap().seq();
+    from.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() > now);
+}
+
+#[test]
+fn a_guest_dirtying_faster_than_the_link_converges_with_auto_converge() {
+    let mut from = source("hb=20 fill=32M dirty=32M rate=max");
+    let (to, url) = Vmm::incoming(&[]);
+    let sent = send(&from, &url, &["--bandwidth", "100M", "--timeout", "120"]);
+    assert_eq!(sent.code, Some(0), "{}", sent.stderr);
+    let report = sent.report();
+    assert!(
+        report["max_throttle_pct"].as_u64().unwrap() > 0,
+        "it had to throttle: {report}"
+    );
+    assert!(!report["forced"].as_bool().unwrap());
+    assert!(from.wait_exit(BOOT_TIMEOUT).success());
+    assert_continues(&from, &to);
+}
+
+#[test]
+fn without_auto_converge_the_time_limit_action_applies() {
+    let mut from = source("hb=20 fill=32M dirty=32M rate=max");
+    let (mut to, url) = Vmm::incoming(&[]);
+    let sent = send(
+        &from,
+        &url,
+        &["--bandwidth", "50M", "--timeout", "3", "--no-auto-converge"],
+    );
+    assert_eq!(sent.code, Some(1), "{}", sent.stderr);
+    assert!(sent.stderr.contains("did not converge"), "{}", sent.stderr);
+    assert_eq!(
+        state(&from),
+        Some(RunState::Running),
+        "cancel keeps the VM on the source"
+    );
+    assert!(!to.wait_exit(Duration::from_secs(60)).success());
+
+    let (to, url) = Vmm::incoming(&[]);
+    let sent = send(
+        &from,
+        &url,
+        &[
+            "--bandwidth",
+            "50M",
+            "--timeout",
+            "3",
+            "--no-auto-converge",
+            "--timeout-action",
+            "force",
+        ],
+    );
+    assert_eq!(sent.code, Some(0), "{}", sent.stderr);
+    assert!(sent.report()["forced"].as_bool().unwrap(), "the switchover was forced");
+    assert!(from.wait_exit(BOOT_TIMEOUT).success());
+    assert_continues(&from, &to);
+}
+
+#[test]
+fn a_second_migration_of_the_same_vm_is_refused_while_one_runs() {
+    let from = source("hb=20 fill=128M");
+    let (_to, url) = Vmm::incoming(&[]);
+    let mut first = std::process::Command::new(common::VMIG)
+        .args(["vm", "send", "--json", "--bandwidth", "20M", "--control"])
+        .arg(&from.control)
+        .arg(&url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(first.stdout.take().unwrap()));
+    lines.next().expect("a first progress line").unwrap();
+    let (_other, other_url) = Vmm::incoming(&[]);
+    let second = send(&from, &other_url, &[]);
+    assert_eq!(second.code, Some(1));
+    assert!(second.stderr.contains("already migrating"), "{}", second.stderr);
+    assert!(matches!(from.request(&Request::CancelMigration), Reply::Done));
+    let status = first.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "the cancelled migration reports failure");
+    assert_eq!(state(&from), Some(RunState::Running));
+}
