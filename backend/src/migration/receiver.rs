@@ -239,14 +239,17 @@ impl Incoming {
         self.outcomes.set(session, Outcome::Discarded);
         let result = self.run(vm);
         let Incoming { listener, outcomes, .. } = self;
+        // A sender that got Ready may have sent Go and will ask what became
+        // of it: a receiver that gives up after Ready stays to answer.
+        let asked_later = result.is_err() && outcomes.get(session) == Outcome::Pending;
         match &result {
             Ok(()) => outcomes.set(session, Outcome::Running),
             Err(_) => outcomes.set(session, Outcome::Discarded),
         }
-        let linger = if result.is_ok() {
-            None
-        } else {
-            Some(Instant::now() + LINGER)
+        let linger = match (&result, asked_later) {
+            (Ok(()), _) => None,
+            (Err(_), true) => Some(Instant::now() + LINGER),
+            (Err(_), false) => return result,
         };
         serve_queries(listener, outcomes, linger);
         result

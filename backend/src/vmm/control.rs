@@ -135,23 +135,42 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 }
 
 /// Serves the socket on background threads, forwarding requests to the VMM loop.
-pub fn serve(listener: UnixListener, events: Sender<VmmEvent>) {
+pub fn serve(listener: UnixListener, events: Sender<VmmEvent>) -> Answering {
+    let answering = Answering::default();
+    let counter = answering.clone();
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let events = events.clone();
+                let counter = counter.clone();
                 let _ = std::thread::Builder::new()
                     .name("control-conn".into())
-                    .spawn(move || serve_connection(stream, &events));
+                    .spawn(move || serve_connection(stream, &events, &counter));
             }
         })
         .map(drop)
         .unwrap_or_else(|e| eprintln!("vmig: control socket disabled: cannot start its thread: {e}"));
+    answering
 }
 
-fn serve_connection(stream: UnixStream, events: &Sender<VmmEvent>) {
+/// Counts requests whose answer is not written yet, so a VMM that is about
+/// to exit (after migrating its VM away, say) first delivers them.
+#[derive(Debug, Clone, Default)]
+pub struct Answering(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Answering {
+    /// Waits until every accepted request has its answer written, or `limit` passes.
+    pub fn wait_delivered(&self, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while self.0.load(std::sync::atomic::Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+fn serve_connection(stream: UnixStream, events: &Sender<VmmEvent>, answering: &Answering) {
     let Ok(mut writer) = stream.try_clone() else { return };
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
@@ -164,20 +183,27 @@ fn serve_connection(stream: UnixStream, events: &Sender<VmmEvent>) {
         let response = match serde_json::from_str::<Request>(line.trim()) {
             Err(e) => Response::Error(format!("malformed request: {e}")),
             Ok(request) => {
+                use std::sync::atomic::Ordering::SeqCst;
                 let (reply_to, reply) = channel();
+                answering.0.fetch_add(1, SeqCst);
                 if events.send(VmmEvent::Control(request, reply_to)).is_err() {
+                    answering.0.fetch_sub(1, SeqCst);
                     return;
                 }
-                loop {
+                let response = loop {
                     match reply.recv() {
                         Ok(Response::Progress(progress)) => {
-                            if write_line(&mut writer, &Response::Progress(progress)).is_err() {
-                                return;
-                            }
+                            let _ = write_line(&mut writer, &Response::Progress(progress));
                         }
-                        Ok(response) => break response,
-                        Err(_) => return,
+                        Ok(response) => break Some(response),
+                        Err(_) => break None,
                     }
+                };
+                let written = response.map(|r| write_line(&mut writer, &r));
+                answering.0.fetch_sub(1, SeqCst);
+                match written {
+                    Some(Ok(())) => continue,
+                    _ => return,
                 }
             }
         };

@@ -111,9 +111,7 @@ pub fn run(options: VmmOptions, on_ready: impl FnOnce(&Ready)) -> Result<StopRea
                 .map_err(ProcessError::Thread)?;
         }
     }
-    if let Some(listener) = listener {
-        control::serve(listener, events);
-    }
+    let answering = listener.map(|listener| control::serve(listener, events));
     on_ready(&ready);
 
     let stop_reason = loop {
@@ -153,10 +151,16 @@ pub fn run(options: VmmOptions, on_ready: impl FnOnce(&Ready)) -> Result<StopRea
             }
         }
     };
+    // Dropping the VMM ends pending requests; answers already given (a
+    // migration's report, a shutdown's ok) reach their askers before the
+    // process goes away.
+    drop(vmm);
+    if let Some(answering) = &answering {
+        answering.wait_delivered(std::time::Duration::from_secs(2));
+    }
     if let Some(path) = &options.control {
         let _ = std::fs::remove_file(path);
     }
-    drop(vmm);
     Ok(stop_reason)
 }
 
