@@ -364,8 +364,9 @@ pub fn migrate(
         let _ = thread.join();
         result
     });
-    let _ = dirty::set_logging(&ctx.vm_fd, &ctx.memory, false);
     match result {
+        // The source copy is about to be destroyed: switching logging off
+        // (tens of milliseconds with much memory touched) would only delay that.
         Ok(report) => {
             engine.finish_streams();
             Ok(report)
@@ -377,6 +378,7 @@ pub fn migrate(
                 let _ = handle.shutdown(std::net::Shutdown::Both);
             }
             engine.finish_streams();
+            let _ = dirty::set_logging(&ctx.vm_fd, &ctx.memory, false);
             if error.is_in_doubt() {
                 return Err(error);
             }
