@@ -261,6 +261,7 @@ impl Incoming {
         let (done_tx, done_rx) = channel::<(u32, Result<u64, String>)>();
         let memory = vm.memory().clone();
         let mut workers = Vec::new();
+        let mut worker_streams = Vec::new();
         let deadline = Instant::now() + JOIN_TIMEOUT;
         let mut joined = vec![false; streams as usize];
         joined[0] = true;
@@ -286,6 +287,7 @@ impl Incoming {
                                 });
                             }
                             joined[index as usize] = true;
+                            worker_streams.push(stream.try_clone().map_err(ProtocolError::Io)?);
                             let memory = memory.clone();
                             let done = done_tx.clone();
                             workers.push(
@@ -315,12 +317,18 @@ impl Incoming {
 
         let _ = self.control.set_read_timeout(Some(IDLE_TIMEOUT));
         let mut ended: Vec<u64> = vec![u64::MAX; streams as usize];
+        // Memory arrived on the control stream since its last RoundEnd.
+        let mut round_open = false;
         loop {
             let header = protocol::read_header(&mut self.control)?;
             match header.kind {
-                Kind::Memory => apply_memory(&mut self.control, &memory, &header)
-                    .map_err(|detail| ReceiveError::Stream { index: 0, detail })?,
+                Kind::Memory => {
+                    round_open = true;
+                    apply_memory(&mut self.control, &memory, &header)
+                        .map_err(|detail| ReceiveError::Stream { index: 0, detail })?;
+                }
                 Kind::RoundEnd => {
+                    round_open = false;
                     let round = header.arg;
                     ended[0] = round;
                     while ended.iter().any(|r| *r != round) {
@@ -343,6 +351,19 @@ impl Incoming {
                 }
                 Kind::State => {
                     let payload = protocol::read_payload(&mut self.control, &header)?;
+                    // Every stream must have ended the same, last round; then
+                    // they are closed, so no page can land after the state.
+                    if round_open || ended.iter().any(|r| *r != ended[0] || *r == u64::MAX) {
+                        return Err(ReceiveError::Refused(
+                            "the state came before the last round ended".into(),
+                        ));
+                    }
+                    for stream in &worker_streams {
+                        let _ = stream.shutdown(std::net::Shutdown::Both);
+                    }
+                    for worker in workers.drain(..) {
+                        let _ = worker.join();
+                    }
                     if fault::injected() == Some(Fault::CloseBeforeReady) {
                         return Err(ReceiveError::Injected("closed the streams before Ready"));
                     }

@@ -470,8 +470,14 @@ impl Engine<'_> {
     }
 
     /// Sends one round of pages over all streams and waits until the receiver
-    /// has every one of them. Returns the bytes of page data queued.
+    /// has every one of them.
     fn send_round(&mut self, round: u64, pages: &PageSet, skip_zero: bool) -> Result<(), MigrationError> {
+        self.queue_round(round, pages, skip_zero)?;
+        self.wait_for(Kind::RoundDone, round)
+    }
+
+    /// Queues one round of pages and its end markers on all streams.
+    fn queue_round(&mut self, round: u64, pages: &PageSet, skip_zero: bool) -> Result<(), MigrationError> {
         let mut batch: Vec<Range> = Vec::new();
         let mut batch_pages = 0u32;
         let mut next = 0usize;
@@ -506,7 +512,6 @@ impl Engine<'_> {
         for stream in 0..self.streams.len() {
             self.submit(stream, Job::RoundEnd(round))?;
         }
-        self.wait_for(Kind::RoundDone, round)?;
         Ok(())
     }
 
@@ -661,8 +666,10 @@ impl Engine<'_> {
         last.merge(&dirty);
         let final_bytes = last.bytes();
         progress(&self.progress(Phase::Switchover, round, final_bytes, 0.0, bandwidth, 0.0));
-        self.send_round(u64::from(round), &last, false)?;
-        let pages_done = Instant::now();
+        // The state follows the last pages without waiting for their
+        // acknowledgement: the receiver applies it only once every stream has
+        // ended this round, and acknowledges the round before it says Ready.
+        self.queue_round(u64::from(round), &last, false)?;
         let memory_hash = self
             .options
             .verify_memory
@@ -683,6 +690,8 @@ impl Engine<'_> {
                 payload: encoded,
             },
         )?;
+        self.wait_for(Kind::RoundDone, u64::from(round))?;
+        let pages_done = Instant::now();
         self.wait_for(Kind::Ready, 0)?;
         let state_done = Instant::now();
 

@@ -28,6 +28,9 @@ pub enum Console {
     Discard,
 }
 
+/// Scheduling niceness of the VMM's threads other than vCPUs.
+const VMM_NICE: i32 = -5;
+
 /// How the VMM process gets its VM.
 #[derive(Debug)]
 pub enum Launch {
@@ -79,6 +82,11 @@ pub struct Ready {
 /// Runs a VM until it stops, is migrated away, or the operator ends it;
 /// returns why. `on_ready` is called once the control socket answers.
 pub fn run(options: VmmOptions, on_ready: impl FnOnce(&Ready)) -> Result<StopReason, ProcessError> {
+    // The VMM's own threads (this loop, control, migration) inherit a higher
+    // priority than the guest's vCPU threads, which reset theirs: on a busy
+    // host a pause, a state capture or a handoff then waits microseconds for
+    // a CPU, not a scheduler time slice. Without the privilege, all stay equal.
+    super::vcpu::set_thread_nice(VMM_NICE);
     let (events, inbox) = channel();
     forward_signals(events.clone())?;
     let listener = options.control.as_deref().map(control::bind).transpose()?;
