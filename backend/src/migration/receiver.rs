@@ -527,10 +527,17 @@ fn serve_queries(listener: TcpListener, outcomes: Outcomes, until: Option<Instan
                 Ok((mut stream, _)) => {
                     let _ = stream.set_nonblocking(false);
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                    if let Ok(header) = protocol::read_header(&mut stream)
-                        && header.kind == Kind::Query
-                    {
-                        answer_query(stream, &header, &outcomes);
+                    match protocol::read_header(&mut stream) {
+                        Ok(header) if header.kind == Kind::Query => answer_query(stream, &header, &outcomes),
+                        Ok(header) if header.kind == Kind::Hello => {
+                            let _ = protocol::write_frame(
+                                &mut stream,
+                                Kind::Abort,
+                                0,
+                                b"this VMM has taken its VM already; start another with --incoming",
+                            );
+                        }
+                        _ => {}
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
