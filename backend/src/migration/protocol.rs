@@ -386,6 +386,37 @@ mod tests {
     }
 
     #[test]
+    fn hello_round_trips_and_bounds_its_strings() {
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            session: 7,
+            vm_name: "vm1".into(),
+            machine: MachineConfig {
+                memory_bytes: 1 << 30,
+                vcpus: 2,
+                cpuid_masks: Vec::new(),
+            },
+            cpuid: vec![CpuidLeaf {
+                function: 1,
+                index: 0,
+                eax: 1,
+                ebx: 2,
+                ecx: 3,
+                edx: 4,
+            }],
+            xsave_size: 4096,
+            streams: 2,
+        };
+        let bytes = encode(&hello);
+        assert_eq!(decode::<Hello>(Kind::Hello, &bytes).unwrap(), hello);
+        // A string length far beyond the payload is an error, not an allocation.
+        let mut lying = bytes.clone();
+        lying[12..20].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode::<Hello>(Kind::Hello, &lying).is_err());
+        assert!(decode::<Hello>(Kind::Hello, &bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
     fn range_tables_are_checked_against_memory() {
         let in_memory = |gpa: u64, len: u64| gpa + len <= 1 << 30;
         let ranges = [
