@@ -29,13 +29,6 @@ fn source(cmdline: &str) -> Vmm {
     vmm
 }
 
-fn state(vmm: &Vmm) -> Option<RunState> {
-    match vmm.request(&Request::Status) {
-        Reply::Status(status) => status.state,
-        other => panic!("unexpected reply {other:?}"),
-    }
-}
-
 /// The source's heartbeats end where the target's begin: no restart, no gap.
 fn assert_continues(before: &Vmm, after: &Vmm) -> Heartbeat {
     let last = before.heartbeats().last().cloned().expect("source heartbeats");
@@ -81,7 +74,7 @@ fn idle_filled_and_dirtying_guests_migrate_intact() {
         let status = from.wait_exit(BOOT_TIMEOUT);
         assert!(status.success(), "{cmdline}: {}", from.stderr_text());
         assert!(from.stderr_text().contains("migrated to"), "{}", from.stderr_text());
-        assert_eq!(state(&to), Some(RunState::Running));
+        assert_eq!(to.state(), Some(RunState::Running));
         assert_continues(&from, &to);
         if cmdline.contains("dirty") {
             let beat = to.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.get("written") > 0);
@@ -153,7 +146,7 @@ fn killing_the_receiver_during_precopy_leaves_the_vm_running_on_the_source() {
     let status = send.wait().unwrap();
     assert_eq!(status.code(), Some(1), "the migration failed and says so");
     assert_eq!(
-        state(&from),
+        from.state(),
         Some(RunState::Running),
         "the VM keeps running where it was"
     );
@@ -178,7 +171,7 @@ fn a_cut_before_the_target_holds_the_state_rolls_back() {
     let (mut to, url) = Vmm::incoming(&[("VMIG_TEST_FAULT", "close-before-ready")]);
     let sent = send(&from, &url, &[]);
     assert_eq!(sent.code, Some(1), "{}", sent.stderr);
-    assert_eq!(state(&from), Some(RunState::Running));
+    assert_eq!(from.state(), Some(RunState::Running));
     let status = to.wait_exit(Duration::from_secs(60));
     assert!(!status.success(), "the target discarded what it received");
     assert!(!to.console_text().contains("HB "), "the target never ran the guest");
@@ -213,7 +206,7 @@ fn a_lost_go_makes_the_target_discard_and_the_source_resume() {
     assert_eq!(sent.code, Some(1), "{}", sent.stderr);
     assert!(sent.stderr.contains("discarded"), "{}", sent.stderr);
     assert_eq!(
-        state(&from),
+        from.state(),
         Some(RunState::Running),
         "resumed after {:?}",
         started.elapsed()
@@ -252,7 +245,7 @@ fn without_auto_converge_the_time_limit_action_applies() {
     assert_eq!(sent.code, Some(1), "{}", sent.stderr);
     assert!(sent.stderr.contains("did not converge"), "{}", sent.stderr);
     assert_eq!(
-        state(&from),
+        from.state(),
         Some(RunState::Running),
         "cancel keeps the VM on the source"
     );
@@ -299,5 +292,5 @@ fn a_second_migration_of_the_same_vm_is_refused_while_one_runs() {
     assert!(matches!(from.request(&Request::CancelMigration), Reply::Done));
     let status = first.wait().unwrap();
     assert_eq!(status.code(), Some(1), "the cancelled migration reports failure");
-    assert_eq!(state(&from), Some(RunState::Running));
+    assert_eq!(from.state(), Some(RunState::Running));
 }

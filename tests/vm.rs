@@ -11,10 +11,7 @@ use vmig_backend::vmm::RunState;
 use vmig_backend::vmm::control::{Reply, Request};
 
 fn status(vmm: &Vmm) -> RunState {
-    match vmm.request(&Request::Status) {
-        Reply::Status(status) => status.state.expect("a VM"),
-        other => panic!("unexpected reply {other:?}"),
-    }
+    vmm.state().expect("a VM")
 }
 
 #[test]

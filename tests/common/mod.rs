@@ -131,6 +131,14 @@ impl Vmm {
         }
     }
 
+    /// The VM's state as its VMM reports it (`None` while it waits for one).
+    pub fn state(&self) -> Option<vmig_backend::vmm::RunState> {
+        match self.request(&Request::Status) {
+            Reply::Status(status) => status.state,
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
     /// True once the process has exited.
     pub fn exited(&mut self) -> bool {
         self.child.try_wait().unwrap().is_some()

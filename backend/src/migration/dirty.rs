@@ -9,7 +9,6 @@
 //! at the sizes measured in `docs/benchmarks.md` its cost per round is small
 //! next to sending the pages.
 
-use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, kvm_userspace_memory_region};
 use kvm_ioctls::VmFd;
 use thiserror::Error;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
@@ -19,12 +18,8 @@ use crate::vmm::memory::GuestMemory;
 
 #[derive(Debug, Error)]
 pub enum DirtyError {
-    #[error("cannot switch dirty logging for memory slot {slot}")]
-    Slot {
-        slot: u32,
-        #[source]
-        source: kvm_ioctls::Error,
-    },
+    #[error("cannot switch dirty logging")]
+    Slots(#[source] crate::vmm::memory::MemoryError),
     #[error("cannot read the dirty log of memory slot {slot}")]
     Log {
         slot: u32,
@@ -189,24 +184,9 @@ unsafe fn page_hash(gpa: u64, host: *const u8) -> u64 {
 }
 
 /// Switches KVM's dirty logging for every slot of `memory`.
+/// Re-registering a slot with the same mapping changes only its flags.
 pub fn set_logging(vm: &VmFd, memory: &GuestMemory, enabled: bool) -> Result<(), DirtyError> {
-    for (slot, region) in memory.iter().enumerate() {
-        let slot = slot as u32;
-        let host = memory
-            .get_host_address(region.start_addr())
-            .expect("a region's own start address is mapped");
-        let descriptor = kvm_userspace_memory_region {
-            slot,
-            flags: if enabled { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
-            guest_phys_addr: region.start_addr().0,
-            memory_size: region.len(),
-            userspace_addr: host as u64,
-        };
-        // SAFETY: the same mapping that `vmm::memory::register_slots` registered
-        // for this slot, still owned by `memory`; only the flags change.
-        unsafe { vm.set_user_memory_region(descriptor) }.map_err(|source| DirtyError::Slot { slot, source })?;
-    }
-    Ok(())
+    crate::vmm::memory::register_slots(vm, memory, enabled).map_err(DirtyError::Slots)
 }
 
 /// Pages written since the last call (or since logging started): KVM's log

@@ -50,12 +50,6 @@ pub enum MemoryError {
         #[source]
         source: kvm_ioctls::Error,
     },
-    #[error("cannot read KVM's dirty log for slot {slot}")]
-    DirtyLog {
-        slot: u32,
-        #[source]
-        source: kvm_ioctls::Error,
-    },
     #[error("guest memory access out of range at {addr:#x}")]
     OutOfRange { addr: u64 },
     #[error("memory image I/O failed")]
@@ -261,21 +255,6 @@ fn lseek(file: &File, from: u64, whence: libc::c_int) -> Result<Option<u64>, Mem
         return Err(MemoryError::Io(err));
     }
     Ok(Some(rc as u64))
-}
-
-/// Reads KVM's dirty bitmap of every slot (and clears it).
-pub fn dirty_log(vm: &VmFd, memory: &GuestMemory) -> Result<Vec<Vec<u64>>, MemoryError> {
-    memory
-        .iter()
-        .enumerate()
-        .map(|(slot, region)| {
-            vm.get_dirty_log(slot as u32, region.len() as usize)
-                .map_err(|source| MemoryError::DirtyLog {
-                    slot: slot as u32,
-                    source,
-                })
-        })
-        .collect()
 }
 
 #[cfg(test)]
