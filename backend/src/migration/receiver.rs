@@ -52,6 +52,9 @@ pub trait TargetVm {
     fn memory(&self) -> &GuestMemory;
     fn restore(&mut self, state: VmState) -> Result<(), String>;
     fn resume(&mut self) -> Result<(), String>;
+    /// Stops every vCPU for good: a resume that failed half way must not
+    /// leave part of the VM running here while the source resumes.
+    fn halt(&mut self);
 }
 
 /// Outcomes of the sessions this receiver has seen, for `Query`.
@@ -429,10 +432,13 @@ impl Incoming {
             }
             Err(e) => return Err(e.into()),
         }
-        vm.resume().map_err(|detail| ReceiveError::Vm {
-            action: "resume",
-            detail,
-        })?;
+        if let Err(detail) = vm.resume() {
+            vm.halt();
+            return Err(ReceiveError::Vm {
+                action: "resume",
+                detail,
+            });
+        }
         // Record the decision before telling anyone.
         self.outcomes.set(self.hello.session, Outcome::Running);
         if fault == Some(Fault::CloseAfterGo) {

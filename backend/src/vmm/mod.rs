@@ -484,6 +484,19 @@ impl crate::migration::receiver::TargetVm for Vm {
     fn resume(&mut self) -> Result<(), String> {
         Vm::resume(self).map_err(|e| process::chain(&e))
     }
+
+    fn halt(&mut self) {
+        // Pause whatever did start; vCPUs that cannot answer are ended.
+        for vcpu in &self.vcpus {
+            let _ = vcpu.request_pause();
+        }
+        for vcpu in &mut self.vcpus {
+            if vcpu.wait_done().is_err() {
+                vcpu.finish();
+            }
+        }
+        self.state = RunState::Stopped;
+    }
 }
 
 impl Drop for Vm {
