@@ -1,5 +1,6 @@
 //! `vmig testguest`: the built-in test guest, for booting it in other VMMs.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -21,7 +22,12 @@ pub fn exec(command: TestguestCommand) -> Result<Exit> {
     match command {
         TestguestCommand::Export { path } => {
             std::fs::write(&path, testguest::IMAGE).with_context(|| format!("cannot write {}", path.display()))?;
-            println!("wrote {} ({} bytes)", path.display(), testguest::IMAGE.len());
+            writeln!(
+                std::io::stdout().lock(),
+                "wrote {} ({} bytes)",
+                path.display(),
+                testguest::IMAGE.len()
+            )?;
             Ok(Exit::Ok)
         }
     }

@@ -352,6 +352,7 @@ pub fn migrate(
         throttle: Arc::new(ThrottleControl::default()),
         max_throttle: 0,
         paused: false,
+        live: None,
     };
     dirty::set_logging(&ctx.vm_fd, &ctx.memory, true)?;
     dirty::reset_vmm_bitmap(&ctx.memory);
@@ -442,7 +443,20 @@ struct Engine<'a> {
     throttle: Arc<ThrottleControl>,
     max_throttle: u8,
     paused: bool,
+    live: Option<LiveProgress>,
 }
+
+/// Progress within the round being sent.
+struct LiveProgress {
+    snapshot: Progress,
+    round_bytes: u64,
+    sent_at_start: u64,
+    started: Instant,
+    last: Instant,
+}
+
+/// How often a long round reports progress.
+const LIVE_PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 impl Engine<'_> {
     fn check_streams(&self) -> Result<(), MigrationError> {
@@ -471,13 +485,25 @@ impl Engine<'_> {
 
     /// Sends one round of pages over all streams and waits until the receiver
     /// has every one of them.
-    fn send_round(&mut self, round: u64, pages: &PageSet, skip_zero: bool) -> Result<(), MigrationError> {
-        self.queue_round(round, pages, skip_zero)?;
-        self.wait_for(Kind::RoundDone, round)
+    fn send_round(
+        &mut self,
+        round: u64,
+        pages: &PageSet,
+        skip_zero: bool,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<(), MigrationError> {
+        self.queue_round(round, pages, skip_zero, progress)?;
+        self.wait_for(Kind::RoundDone, round, progress)
     }
 
     /// Queues one round of pages and its end markers on all streams.
-    fn queue_round(&mut self, round: u64, pages: &PageSet, skip_zero: bool) -> Result<(), MigrationError> {
+    fn queue_round(
+        &mut self,
+        round: u64,
+        pages: &PageSet,
+        skip_zero: bool,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<(), MigrationError> {
         let mut batch: Vec<Range> = Vec::new();
         let mut batch_pages = 0u32;
         let mut next = 0usize;
@@ -498,6 +524,9 @@ impl Engine<'_> {
                 )?;
                 batch_pages = 0;
                 next = (next + 1) % self.streams.len();
+                // Queuing waits for the writers, so this is where a long round
+                // spends its time.
+                self.report_live(progress);
             }
         }
         if !batch.is_empty() {
@@ -516,7 +545,7 @@ impl Engine<'_> {
     }
 
     /// Waits for a control frame, watching the writers and the time limit.
-    fn wait_for(&mut self, kind: Kind, arg: u64) -> Result<(), MigrationError> {
+    fn wait_for(&mut self, kind: Kind, arg: u64, progress: &mut dyn FnMut(&Progress)) -> Result<(), MigrationError> {
         self.control
             .set_read_timeout(Some(Duration::from_millis(100)))
             .map_err(ProtocolError::Io)?;
@@ -524,6 +553,7 @@ impl Engine<'_> {
         let mut have = 0;
         loop {
             self.check_streams()?;
+            self.report_live(progress);
             if !self.paused && self.ctx.cancel.load(Ordering::SeqCst) {
                 return Err(MigrationError::Cancelled);
             }
@@ -579,6 +609,35 @@ impl Engine<'_> {
         }
     }
 
+    /// Starts live progress for a round about to be sent.
+    fn start_live(&mut self, phase: Phase, round: u32, bytes: u64, dirty_rate: f64, bandwidth: f64, expected: f64) {
+        self.live = Some(LiveProgress {
+            snapshot: self.progress(phase, round, bytes, dirty_rate, bandwidth, expected),
+            round_bytes: bytes,
+            sent_at_start: self.shared.bytes_sent.load(Ordering::Relaxed),
+            started: Instant::now(),
+            last: Instant::now(),
+        });
+    }
+
+    /// Emits progress within a long round, a few times a second.
+    fn report_live(&mut self, progress: &mut dyn FnMut(&Progress)) {
+        let Some(live) = &mut self.live else { return };
+        if live.last.elapsed() < LIVE_PROGRESS_EVERY {
+            return;
+        }
+        live.last = Instant::now();
+        let sent = self.shared.bytes_sent.load(Ordering::Relaxed);
+        let moved = sent.saturating_sub(live.sent_at_start);
+        let mut update = live.snapshot.clone();
+        update.elapsed_ms = self.started.elapsed().as_millis() as u64;
+        update.bytes_sent = sent;
+        update.bytes_remaining = live.round_bytes.saturating_sub(moved);
+        update.throughput_bps = moved as f64 / live.started.elapsed().as_secs_f64().max(1e-6);
+        update.throttle_pct = self.throttle.pct.load(Ordering::Relaxed);
+        progress(&update);
+    }
+
     fn run(&mut self, progress: &mut dyn FnMut(&Progress)) -> Result<Report, MigrationError> {
         // Stage 2: copy while the guest runs. Round 0 sends every page the host
         // holds (untouched pages are zero on both sides and never read).
@@ -588,7 +647,8 @@ impl Engine<'_> {
         let mut round = 0u32;
         let mut round_start = Instant::now();
         let sent_before = self.shared.bytes_sent.load(Ordering::Relaxed);
-        self.send_round(0, &resident, true)?;
+        self.start_live(Phase::Precopy, 0, resident.bytes(), 0.0, 0.0, 0.0);
+        self.send_round(0, &resident, true, progress)?;
         let mut round_time = round_start.elapsed().as_secs_f64().max(1e-6);
         let mut bandwidth = (self.shared.bytes_sent.load(Ordering::Relaxed) - sent_before) as f64 / round_time;
         let mut dirty = dirty::collect(&self.ctx.vm_fd, &self.ctx.memory)?;
@@ -644,7 +704,8 @@ impl Engine<'_> {
             round += 1;
             round_start = Instant::now();
             let before = self.shared.bytes_sent.load(Ordering::Relaxed);
-            self.send_round(u64::from(round), &dirty, false)?;
+            self.start_live(Phase::Precopy, round, dirty_bytes, dirty_rate, bandwidth, expected_ms);
+            self.send_round(u64::from(round), &dirty, false, progress)?;
             round_time = round_start.elapsed().as_secs_f64().max(1e-6);
             let moved = (self.shared.bytes_sent.load(Ordering::Relaxed) - before) as f64;
             if moved >= f64::from(1 << 20) {
@@ -669,7 +730,7 @@ impl Engine<'_> {
         // The state follows the last pages without waiting for their
         // acknowledgement: the receiver applies it only once every stream has
         // ended this round, and acknowledges the round before it says Ready.
-        self.queue_round(u64::from(round), &last, false)?;
+        self.queue_round(u64::from(round), &last, false, progress)?;
         let memory_hash = self
             .options
             .verify_memory
@@ -690,9 +751,10 @@ impl Engine<'_> {
                 payload: encoded,
             },
         )?;
-        self.wait_for(Kind::RoundDone, u64::from(round))?;
+        self.live = None;
+        self.wait_for(Kind::RoundDone, u64::from(round), progress)?;
         let pages_done = Instant::now();
-        self.wait_for(Kind::Ready, 0)?;
+        self.wait_for(Kind::Ready, 0, progress)?;
         let state_done = Instant::now();
 
         // Stage 4: handoff. From the moment Go may have left, only the target's

@@ -1,6 +1,7 @@
 //! `vmig vm status|stats|pause|resume|save|shutdown`: requests to a running
 //! VMM over its control socket.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -49,53 +50,57 @@ pub fn exec_save(args: &SaveArgs) -> Result<Exit> {
 }
 
 fn print_reply(reply: &Reply, json: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     if json {
-        println!("{}", serde_json::to_string(reply)?);
+        writeln!(out, "{}", serde_json::to_string(reply)?)?;
         return Ok(());
     }
     match reply {
-        Reply::Done => println!("ok"),
+        Reply::Done => writeln!(out, "ok")?,
         Reply::Status(status) => {
             match status.state {
-                Some(state) => println!("state:   {state}"),
-                None => println!("state:   waiting for an incoming migration"),
+                Some(state) => writeln!(out, "state:   {state}")?,
+                None => writeln!(out, "state:   waiting for an incoming migration")?,
             }
             if let Some(target) = &status.migrating_to {
-                println!("migrating to: {target}");
+                writeln!(out, "migrating to: {target}")?;
             }
             if let Some(doubt) = &status.in_doubt {
-                println!("IN DOUBT: {doubt}");
+                writeln!(out, "IN DOUBT: {doubt}")?;
             }
-            println!("pid:     {}", status.pid);
-            println!("vcpus:   {}", status.vcpus);
-            println!("memory:  {}", format_size(status.memory_bytes));
+            writeln!(out, "pid:     {}", status.pid)?;
+            writeln!(out, "vcpus:   {}", status.vcpus)?;
+            writeln!(out, "memory:  {}", format_size(status.memory_bytes))?;
             if let Some(reason) = &status.stop_reason {
-                println!("stopped: {reason}");
+                writeln!(out, "stopped: {reason}")?;
             }
         }
         Reply::Stats(stats) => {
-            println!("state:           {}", stats.state);
-            println!("uptime:          {:.1} s", stats.uptime_ms as f64 / 1000.0);
-            println!("vcpus:           {}", stats.vcpus);
-            println!(
+            writeln!(out, "state:           {}", stats.state)?;
+            writeln!(out, "uptime:          {:.1} s", stats.uptime_ms as f64 / 1000.0)?;
+            writeln!(out, "vcpus:           {}", stats.vcpus)?;
+            writeln!(
+                out,
                 "memory:          {} ({} resident)",
                 format_size(stats.memory_bytes),
                 format_size(stats.memory_resident_bytes)
-            );
-            println!(
+            )?;
+            writeln!(
+                out,
                 "exits:           {} ({} port I/O, {} MMIO)",
                 stats.exits, stats.io_exits, stats.mmio_exits
-            );
-            println!("console bytes:   {}", stats.console_bytes);
+            )?;
+            writeln!(out, "console bytes:   {}", stats.console_bytes)?;
         }
-        Reply::Saved(info) => println!(
+        Reply::Saved(info) => writeln!(
+            out,
             "saved to {} (state {} bytes, memory {} written)",
             info.dir.display(),
             info.state_bytes,
             format_size(info.memory_bytes_written)
-        ),
-        Reply::Memory { hex } => println!("{hex}"),
-        Reply::Migrated(report) => println!("{}", serde_json::to_string(report)?),
+        )?,
+        Reply::Memory { hex } => writeln!(out, "{hex}")?,
+        Reply::Migrated(report) => writeln!(out, "{}", serde_json::to_string(report)?)?,
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `vmig vm send`: live-migrate the VM of a running VMM to another VMM that
 //! waits with `vmig vm run --incoming`.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -126,7 +126,12 @@ impl Display {
 
     fn update(&mut self, progress: &Progress) {
         let Some(bar) = &self.bar else {
-            println!("{}", serde_json::json!({ "progress": progress }));
+            // A reader that went away (a closed pipe) just stops the updates.
+            let _ = writeln!(
+                std::io::stdout().lock(),
+                "{}",
+                serde_json::json!({ "progress": progress })
+            );
             return;
         };
         // The bar's length is what has been and still is to be sent, so it
@@ -160,16 +165,19 @@ impl Display {
 }
 
 fn print_report(report: &Report, target: &str, json: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     if json {
-        println!("{}", serde_json::json!({ "migrated": report }));
+        writeln!(out, "{}", serde_json::json!({ "migrated": report }))?;
         return Ok(());
     }
-    println!("migrated to {target}: the VM runs there now");
-    println!(
+    writeln!(out, "migrated to {target}: the VM runs there now")?;
+    writeln!(
+        out,
         "  total {:.1} ms, downtime {:.2} ms (last pages {:.2}, state {:.2}, handoff {:.2})",
         report.total_ms, report.downtime_ms, report.final_pages_ms, report.state_ms, report.handoff_ms
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  sent {} in {} rounds over {} streams ({}/s); {} zero pages skipped, {} untouched",
         format_size(report.bytes_sent),
         report.rounds,
@@ -177,15 +185,22 @@ fn print_report(report: &Report, target: &str, json: bool) -> Result<()> {
         format_size(report.throughput_bps as u64),
         report.zero_pages_skipped,
         report.untouched_pages
-    );
+    )?;
     if report.max_throttle_pct > 0 {
-        println!("  auto-converge throttled the vCPUs up to {}%", report.max_throttle_pct);
+        writeln!(
+            out,
+            "  auto-converge throttled the vCPUs up to {}%",
+            report.max_throttle_pct
+        )?;
     }
     if report.forced {
-        println!("  the time limit forced the switchover");
+        writeln!(out, "  the time limit forced the switchover")?;
     }
     if let Some(hash) = report.memory_hash {
-        println!("  guest memory verified identical on both sides (hash {hash:#018x})");
+        writeln!(
+            out,
+            "  guest memory verified identical on both sides (hash {hash:#018x})"
+        )?;
     }
     Ok(())
 }
