@@ -23,16 +23,9 @@ unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, len: usize) -> *mut u8
 unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, len: usize) -> *mut u8 {
     if (dst as usize).wrapping_sub(src as usize) >= len {
         // Destination below the source or disjoint: a forward copy is safe.
-        // SAFETY: the caller guarantees both ranges are valid.
-        unsafe {
-            asm!(
-                "rep movsb",
-                inout("rdi") dst => _,
-                inout("rsi") src => _,
-                inout("rcx") len => _,
-                options(nostack, preserves_flags)
-            );
-        }
+        // SAFETY: the caller guarantees both ranges are valid; a forward
+        // `rep movsb` reads each byte before it can be overwritten.
+        unsafe { memcpy(dst, src, len) };
     } else {
         // Destination overlaps the source from above: copy backwards.
         // SAFETY: as above; len > 0 here, so the end pointers stay in range.
