@@ -10,16 +10,7 @@ use vmig_backend::vmm::RunState;
 use vmig_backend::vmm::control::{Reply, Request};
 
 fn source(cmdline: &str) -> Vmm {
-    let vmm = Vmm::start(&[
-        "--kernel",
-        "builtin:testguest",
-        "--memory",
-        "512M",
-        "--vcpus",
-        "2",
-        "--cmdline",
-        cmdline,
-    ]);
+    let vmm = Vmm::testguest("512M", 2, cmdline);
     if cmdline.contains("fill=") {
         vmm.wait_for_line("the fill", BOOT_TIMEOUT, |l| l.starts_with("FILLED"));
     }

@@ -100,14 +100,7 @@ fn garbage_connections_do_not_stop_a_receiver_from_taking_a_real_vm() {
     let (kind, _) = read_frame(&mut malformed);
     assert_eq!(kind, Kind::Abort as u8, "a malformed Hello is answered with Abort");
 
-    let source = Vmm::start(&[
-        "--kernel",
-        "builtin:testguest",
-        "--memory",
-        "128M",
-        "--cmdline",
-        "hb=20",
-    ]);
+    let source = Vmm::testguest("128M", 1, "hb=20");
     source.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() >= 2);
     let sent = send(&source, &url, &[]);
     assert_eq!(sent.code, Some(0), "{}", sent.stderr);

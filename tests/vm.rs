@@ -16,14 +16,7 @@ fn status(vmm: &Vmm) -> RunState {
 
 #[test]
 fn boots_and_heartbeats_with_one_vcpu() {
-    let vmm = Vmm::start(&[
-        "--kernel",
-        "builtin:testguest",
-        "--memory",
-        "128M",
-        "--cmdline",
-        "hb=20",
-    ]);
+    let vmm = Vmm::testguest("128M", 1, "hb=20");
     let banner = vmm.wait_for_line("the guest's banner", BOOT_TIMEOUT, |l| l.starts_with("VMIG-TESTGUEST"));
     assert!(banner.contains("cpus=1"), "{banner}");
     let third = vmm.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() >= 3);
@@ -38,43 +31,20 @@ fn boots_and_heartbeats_with_one_vcpu() {
 
 #[test]
 fn boots_and_heartbeats_with_two_vcpus() {
-    let vmm = Vmm::start(&[
-        "--kernel",
-        "builtin:testguest",
-        "--memory",
-        "256M",
-        "--vcpus",
-        "2",
-        "--cmdline",
-        "hb=20 fill=32M dirty=16M rate=50",
-    ]);
+    let vmm = Vmm::testguest("256M", 2, "hb=20 fill=32M dirty=16M rate=50");
     let beat = vmm.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.get("cpus") == 2 && h.get("written") > 0);
     assert_eq!(beat.get("errors"), 0);
 }
 
 #[test]
 fn guest_exit_code_becomes_the_process_outcome() {
-    let mut vmm = Vmm::start(&[
-        "--kernel",
-        "builtin:testguest",
-        "--memory",
-        "64M",
-        "--cmdline",
-        "hb=10 exit=3",
-    ]);
+    let mut vmm = Vmm::testguest("64M", 1, "hb=10 exit=3");
     let status = vmm.wait_exit(BOOT_TIMEOUT);
     assert!(status.success(), "exit=3 powers off with code 0: {}", vmm.stderr_text());
     assert!(vmm.stderr_text().contains("powered off with code 0"));
     assert_eq!(vmm.heartbeats().len(), 3);
 
-    let mut bad = Vmm::start(&[
-        "--kernel",
-        "builtin:testguest",
-        "--memory",
-        "64M",
-        "--cmdline",
-        "bogus=1",
-    ]);
+    let mut bad = Vmm::testguest("64M", 1, "bogus=1");
     let status = bad.wait_exit(BOOT_TIMEOUT);
     assert_eq!(
         status.code(),
@@ -86,14 +56,7 @@ fn guest_exit_code_becomes_the_process_outcome() {
 
 #[test]
 fn pause_stops_the_guest_and_resume_continues_it() {
-    let vmm = Vmm::start(&[
-        "--kernel",
-        "builtin:testguest",
-        "--memory",
-        "128M",
-        "--cmdline",
-        "hb=20",
-    ]);
+    let vmm = Vmm::testguest("128M", 1, "hb=20");
     vmm.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() >= 2);
     assert!(matches!(vmm.request(&Request::Pause), Reply::Done));
     let paused_at = Instant::now();
@@ -126,16 +89,7 @@ fn pause_stops_the_guest_and_resume_continues_it() {
 fn saved_state_continues_in_a_fresh_process() {
     let dir = tempfile::tempdir().unwrap();
     let snapshot = dir.path().join("snap");
-    let source = Vmm::start(&[
-        "--kernel",
-        "builtin:testguest",
-        "--memory",
-        "256M",
-        "--vcpus",
-        "2",
-        "--cmdline",
-        "hb=20 fill=64M dirty=32M rate=100",
-    ]);
+    let source = Vmm::testguest("256M", 2, "hb=20 fill=64M dirty=32M rate=100");
     source.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() >= 3 && h.get("written") > 0);
     assert!(matches!(source.request(&Request::Pause), Reply::Done));
     let last = source.heartbeats().last().unwrap().clone();
@@ -169,14 +123,7 @@ fn saved_state_continues_in_a_fresh_process() {
 
 #[test]
 fn guest_reports_a_byte_the_host_changed_while_paused() {
-    let vmm = Vmm::start(&[
-        "--kernel",
-        "builtin:testguest",
-        "--memory",
-        "128M",
-        "--cmdline",
-        "hb=20 fill=16M",
-    ]);
+    let vmm = Vmm::testguest("128M", 1, "hb=20 fill=16M");
     vmm.wait_for_line("the fill", BOOT_TIMEOUT, |l| l.starts_with("FILLED"));
     vmm.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.get("verified") > 0);
     assert!(matches!(vmm.request(&Request::Pause), Reply::Done));
@@ -201,7 +148,7 @@ fn guest_reports_a_byte_the_host_changed_while_paused() {
 
 #[test]
 fn writing_memory_of_a_running_vm_is_refused() {
-    let vmm = Vmm::start(&["--kernel", "builtin:testguest", "--memory", "64M", "--cmdline", "hb=50"]);
+    let vmm = Vmm::testguest("64M", 1, "hb=50");
     let mut client = vmig_backend::vmm::control::ControlClient::connect(&vmm.control).unwrap();
     let refused = client.request(&Request::WriteMemory {
         gpa: 0x1000,
@@ -217,14 +164,7 @@ fn writing_memory_of_a_running_vm_is_refused() {
 
 #[test]
 fn a_16_gib_guest_costs_the_host_only_what_it_touches() {
-    let vmm = Vmm::start(&[
-        "--kernel",
-        "builtin:testguest",
-        "--memory",
-        "16G",
-        "--cmdline",
-        "hb=20 fill=8M",
-    ]);
+    let vmm = Vmm::testguest("16G", 1, "hb=20 fill=8M");
     let banner = vmm.wait_for_line("the guest's banner", BOOT_TIMEOUT, |l| l.starts_with("VMIG-TESTGUEST"));
     let mib: u64 = banner
         .split_whitespace()
@@ -246,7 +186,7 @@ fn a_16_gib_guest_costs_the_host_only_what_it_touches() {
 
 #[test]
 fn sigterm_stops_the_vm_cleanly() {
-    let mut vmm = Vmm::start(&["--kernel", "builtin:testguest", "--memory", "64M", "--cmdline", "hb=20"]);
+    let mut vmm = Vmm::testguest("64M", 1, "hb=20");
     vmm.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() >= 1);
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(vmm.child.id() as i32, libc::SIGTERM) }, 0);

@@ -61,6 +61,21 @@ impl Vmm {
         Self::start_in(dir, args)
     }
 
+    /// Starts the built-in test guest with `memory`, `vcpus` and its command line.
+    pub fn testguest(memory: &str, vcpus: u8, cmdline: &str) -> Self {
+        let vcpus = vcpus.to_string();
+        Self::start(&[
+            "--kernel",
+            "builtin:testguest",
+            "--memory",
+            memory,
+            "--vcpus",
+            &vcpus,
+            "--cmdline",
+            cmdline,
+        ])
+    }
+
     pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Self {
         Self::start_with_env(dir, args, &[])
     }
