@@ -22,6 +22,16 @@ pub enum Exit {
     /// A migration's outcome is in doubt: the source stays paused and the
     /// message says how to resolve it.
     InDoubt = 6,
+    /// No such VM or host in the cluster.
+    NotFound = 7,
+    /// The request conflicts with the VM's state: it is already migrating,
+    /// already exists, or is not running.
+    Conflict = 8,
+    /// Authentication failed: a certificate is missing, wrong or refused.
+    Auth = 9,
+    /// A config or inventory file is missing or malformed (the message names
+    /// the file, line and field).
+    Config = 10,
 }
 
 impl Exit {
@@ -34,7 +44,11 @@ Exit codes:
   3  KVM unavailable (/dev/kvm missing or not accessible)
   4  the guest failed (non-zero power-off code, reset, crash)
   5  a VMM control socket could not be reached
-  6  a migration's outcome is in doubt (the source stays paused; see the message)";
+  6  a migration's outcome is in doubt (the source stays paused; see the message)
+  7  no such VM or host
+  8  conflict: the VM is already migrating, already exists, or is not running
+  9  authentication failed: certificate missing, wrong or refused
+ 10  a config or inventory file is missing or malformed";
 }
 
 impl From<Exit> for ExitCode {

@@ -2,4 +2,8 @@
 //! The host side (VMM, migration, agent) lives in the `vmig-backend` crate.
 
 pub mod cli;
+pub mod cluster;
 pub mod exit;
+pub mod inventory;
+pub mod lab;
+pub mod progress;

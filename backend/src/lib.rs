@@ -4,7 +4,11 @@
 //! Nothing here knows about the command line, Lua or progress bars: the operator
 //! side in the `vmig` crate is a thin adapter over these calls.
 
+pub mod agent;
+pub mod api;
+pub mod client;
 pub mod migration;
+pub mod pki;
 pub mod size;
 pub mod testguest;
 pub mod vmm;

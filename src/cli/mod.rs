@@ -1,31 +1,60 @@
 //! The command line: one module per subcommand, each with its clap arguments
 //! and an `exec` that validates them and calls the library.
 
+mod agent;
 mod generate;
+mod hosts;
+mod lab;
+mod migrate;
+mod options;
+mod pki;
 mod testguest;
 mod vm;
+mod vms;
 
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
+use vmig_backend::agent::config::ConfigError;
+use vmig_backend::client::ClientError;
 use vmig_backend::vmm::VmError;
 use vmig_backend::vmm::control::ControlError;
 
 use crate::exit::Exit;
+use crate::inventory::InventoryError;
 
 /// Move running KVM virtual machines between hosts, live.
 #[derive(Debug, Parser)]
 #[command(name = "vmig", version, about, after_help = Exit::TABLE, propagate_version = true)]
 pub struct Cli {
+    /// The inventory file (default: $VMIG_INVENTORY, ./vmig.toml,
+    /// ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab's).
+    #[arg(long, global = true, value_name = "FILE")]
+    inventory: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run and control single VMs on this host (one VMM process per VM).
+    /// Live-migrate a VM to another host, with progress.
+    Migrate(migrate::MigrateArgs),
+    /// List the cluster's hosts and their facts.
+    Hosts(hosts::HostsArgs),
+    /// List the cluster's VMs and where they run.
+    Vms(vms::VmsArgs),
+    /// Manage VMs: in the cluster (create, start, stop, destroy, show, console)
+    /// or single VMM processes on this host (run, send, status, ...).
     #[command(subcommand)]
     Vm(vm::VmCommand),
+    /// The host daemon: runs VMs and migrates them agent to agent.
+    Agent(agent::AgentArgs),
+    /// The cluster's certificate authority: create it, issue certificates.
+    #[command(subcommand)]
+    Pki(pki::PkiCommand),
+    /// A local lab: several agents and demo VMs on this machine.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
     /// Work with the built-in test guest.
     #[command(subcommand)]
     Testguest(testguest::TestguestCommand),
@@ -42,8 +71,15 @@ pub fn command() -> clap::Command {
 /// Parses the command line, runs it and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let inventory = cli.inventory.as_deref();
     let result = match cli.command {
-        Command::Vm(command) => vm::exec(command),
+        Command::Migrate(args) => migrate::exec(&args, inventory),
+        Command::Hosts(args) => hosts::exec(&args, inventory),
+        Command::Vms(args) => vms::exec(&args, inventory),
+        Command::Vm(command) => vm::exec(command, inventory),
+        Command::Agent(args) => agent::exec(&args),
+        Command::Pki(command) => pki::exec(command),
+        Command::Lab(command) => lab::exec(command),
         Command::Testguest(command) => testguest::exec(command),
         Command::Generate(args) => generate::exec(&args).map(|()| Exit::Ok),
     };
@@ -77,6 +113,34 @@ fn classify(error: &anyhow::Error) -> Exit {
         }
         if cause.downcast_ref::<UsageError>().is_some() {
             return Exit::Usage;
+        }
+        if cause.downcast_ref::<crate::cluster::NotFound>().is_some() {
+            return Exit::NotFound;
+        }
+        if cause.downcast_ref::<crate::cluster::Conflict>().is_some() {
+            return Exit::Conflict;
+        }
+        if let Some(error) = cause.downcast_ref::<ClientError>() {
+            return match error {
+                ClientError::Status { status: 404, .. } => Exit::NotFound,
+                ClientError::Status { status: 409, .. } => Exit::Conflict,
+                ClientError::Status { status: 403, .. } | ClientError::Tls { .. } => Exit::Auth,
+                ClientError::Status { status: 400, .. } => Exit::Usage,
+                ClientError::Unreachable { .. } => Exit::Unreachable,
+                _ => Exit::Failure,
+            };
+        }
+        if let Some(error) = cause.downcast_ref::<InventoryError>() {
+            return match error {
+                InventoryError::UnknownHost { .. } => Exit::NotFound,
+                _ => Exit::Config,
+            };
+        }
+        if cause.downcast_ref::<ConfigError>().is_some() {
+            return Exit::Config;
+        }
+        if cause.downcast_ref::<vmig_backend::pki::PkiError>().is_some() {
+            return Exit::Auth;
         }
     }
     Exit::Failure

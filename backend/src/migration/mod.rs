@@ -58,6 +58,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use protocol::Token;
 pub use stats::{Phase, Progress, Report};
 
 /// How long a receiver holding the complete state waits for `Go`.
@@ -91,6 +92,10 @@ pub struct MigrationOptions {
     /// handoff if they differ (adds the hashing time to the downtime).
     #[serde(default)]
     pub verify_memory: bool,
+    /// The target's token for this migration (from its agent); none when
+    /// the target was started by hand without one.
+    #[serde(default)]
+    pub token: Token,
 }
 
 impl Default for MigrationOptions {
@@ -103,6 +108,7 @@ impl Default for MigrationOptions {
             streams: 2,
             auto_converge: true,
             verify_memory: false,
+            token: Token::default(),
         }
     }
 }

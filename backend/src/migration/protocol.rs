@@ -21,7 +21,7 @@ use thiserror::Error;
 use crate::vmm::MachineConfig;
 
 /// This engine's protocol version; a receiver refuses any other.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 pub const HEADER_LEN: usize = 16;
 pub const PAGE_SIZE: u64 = 4096;
 /// Largest control payload (a Hello, a machine state).
@@ -34,6 +34,51 @@ pub const MAX_BATCH_RANGES: u32 = 4096;
 pub const RANGE_ENTRY_LEN: usize = 16;
 /// Range flag: the pages are all zero; no data follows for them.
 pub const RANGE_ZERO: u32 = 1;
+/// Length of a migration token (see [`Token`]).
+pub const TOKEN_LEN: usize = 32;
+
+/// A secret the target's agent hands the source's over their mutually
+/// authenticated API for one migration. Hello and every Join carry it, so a
+/// receiver that has one accepts streams only from that sender; all zeros
+/// when the receiver was started by hand without one.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token(pub [u8; TOKEN_LEN]);
+
+impl Token {
+    /// A fresh random token from the kernel's CSPRNG.
+    pub fn random() -> std::io::Result<Self> {
+        let mut bytes = [0u8; TOKEN_LEN];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+        Ok(Self(bytes))
+    }
+
+    pub fn to_hex(self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let text = text.trim();
+        if text.len() != TOKEN_LEN * 2 || !text.is_ascii() {
+            return None;
+        }
+        let mut bytes = [0u8; TOKEN_LEN];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[i * 2..i * 2 + 2], 16).ok()?;
+        }
+        Some(Self(bytes))
+    }
+
+    /// Compares without an early exit, so timing does not reveal a prefix.
+    pub fn matches(&self, other: &Token) -> bool {
+        self.0.iter().zip(other.0.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -94,7 +139,7 @@ impl Kind {
             Kind::Hello | Kind::State => u64::from(MAX_CONTROL_PAYLOAD),
             Kind::Memory => MAX_BATCH_BYTES + u64::from(MAX_BATCH_RANGES) * RANGE_ENTRY_LEN as u64,
             Kind::Abort => 4096,
-            Kind::Join => 4,
+            Kind::Join => 4 + TOKEN_LEN as u64,
             _ => 0,
         }
     }
@@ -263,6 +308,8 @@ pub struct Hello {
     pub xsave_size: u32,
     /// Total number of streams (the control stream included).
     pub streams: u32,
+    /// The migration's token, checked by a receiver that was given one.
+    pub token: Token,
 }
 
 /// One CPUID leaf as the guest sees it.
@@ -406,6 +453,7 @@ mod tests {
             }],
             xsave_size: 4096,
             streams: 2,
+            token: Token::default(),
         };
         let bytes = encode(&hello);
         assert_eq!(decode::<Hello>(Kind::Hello, &bytes).unwrap(), hello);

@@ -16,7 +16,7 @@ use super::dirty;
 use super::fault::{self, Fault};
 use super::protocol::{
     self, CpuidLeaf, Header, Hello, Kind, MAX_BATCH_RANGES, Outcome, PROTOCOL_VERSION, ProtocolError, RANGE_ENTRY_LEN,
-    RANGE_ZERO,
+    RANGE_ZERO, Token,
 };
 use super::transport;
 use crate::vmm::memory::GuestMemory;
@@ -85,6 +85,17 @@ pub struct Incoming {
     control: TcpStream,
     pub hello: Hello,
     outcomes: Outcomes,
+    /// The token every stream must carry, when this receiver was given one.
+    token: Option<Token>,
+}
+
+const NOT_AUTHENTICATED: &[u8] = b"not authenticated: the migration token is missing or wrong";
+
+/// A Join's payload: the stream's index and the migration token.
+fn parse_join(payload: &[u8]) -> Option<(u32, Token)> {
+    let index = u32::from_le_bytes(payload.get(..4)?.try_into().ok()?);
+    let token = Token(payload.get(4..)?.try_into().ok()?);
+    Some((index, token))
 }
 
 fn answer_query(mut stream: TcpStream, header: &Header, outcomes: &Outcomes) {
@@ -93,7 +104,9 @@ fn answer_query(mut stream: TcpStream, header: &Header, outcomes: &Outcomes) {
 }
 
 /// Waits on `listener` for a sender's Hello (answering queries meanwhile).
-pub fn accept(listener: TcpListener, outcomes: Outcomes) -> Result<Incoming, ReceiveError> {
+/// With a `token`, a Hello that does not carry it is turned away and the
+/// wait goes on: only the sender the token was given to can start.
+pub fn accept(listener: TcpListener, outcomes: Outcomes, token: Option<Token>) -> Result<Incoming, ReceiveError> {
     loop {
         let (mut stream, _) = listener.accept().map_err(ProtocolError::Io)?;
         transport::tune(&stream);
@@ -108,12 +121,16 @@ pub fn accept(listener: TcpListener, outcomes: Outcomes) -> Result<Incoming, Rec
                 let hello = protocol::read_payload(&mut stream, &header)
                     .and_then(|payload| protocol::decode::<Hello>(Kind::Hello, &payload));
                 match hello {
+                    Ok(hello) if token.is_some_and(|t| !t.matches(&hello.token)) => {
+                        let _ = protocol::write_frame(&mut stream, Kind::Abort, 0, NOT_AUTHENTICATED);
+                    }
                     Ok(hello) => {
                         return Ok(Incoming {
                             listener,
                             control: stream,
                             hello,
                             outcomes,
+                            token,
                         });
                     }
                     Err(e) => {
@@ -282,7 +299,13 @@ impl Incoming {
                         Kind::Query => answer_query(stream, &header, &self.outcomes),
                         Kind::Join if header.arg == self.hello.session => {
                             let payload = protocol::read_payload(&mut stream, &header)?;
-                            let index = u32::from_le_bytes(payload.try_into().map_err(|_| ProtocolError::BadHeader)?);
+                            let Some((index, token)) = parse_join(&payload) else {
+                                continue;
+                            };
+                            if self.token.is_some_and(|t| !t.matches(&token)) {
+                                // Someone else's connection: not part of this migration.
+                                continue;
+                            }
                             if index == 0 || index >= streams || joined[index as usize] {
                                 return Err(ReceiveError::Stream {
                                     index,

@@ -295,6 +295,7 @@ pub fn migrate(
         cpuid: ctx.cpuid.clone(),
         xsave_size: ctx.xsave_size,
         streams: options.streams,
+        token: options.token,
     };
     protocol::write_frame(&mut control, Kind::Hello, 0, &protocol::encode(&hello))?;
     match protocol::expect(&mut control, Kind::Accept) {
@@ -306,7 +307,9 @@ pub fn migrate(
     let mut handles = vec![control.try_clone().map_err(ProtocolError::Io)?];
     for index in 1..options.streams {
         let mut stream = transport::connect(url, connect_timeout)?;
-        protocol::write_frame(&mut stream, Kind::Join, session, &index.to_le_bytes())?;
+        let mut join = index.to_le_bytes().to_vec();
+        join.extend_from_slice(&options.token.0);
+        protocol::write_frame(&mut stream, Kind::Join, session, &join)?;
         handles.push(stream.try_clone().map_err(ProtocolError::Io)?);
         sockets.push(stream);
     }

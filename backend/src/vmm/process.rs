@@ -18,7 +18,7 @@ use super::{MachineConfig, RunState, Start, Vm, VmError, VmState};
 use crate::migration::protocol::CpuidLeaf;
 use crate::migration::sender::{self, MigrationError, SourceContext, SourceVm};
 use crate::migration::transport::{self, TransportError};
-use crate::migration::{MigrationOptions, Report, receiver};
+use crate::migration::{MigrationOptions, Report, Token, receiver};
 
 /// Where the guest's serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +37,9 @@ pub enum Launch {
     /// Build it here: boot a kernel or restore a snapshot.
     New { machine: MachineConfig, start: Start },
     /// Wait on `url` (`tcp:HOST:PORT`) for a live migration to bring it.
-    Incoming { url: String },
+    /// Receive the VM by live migration; with a token, only from the sender
+    /// that was given it.
+    Incoming { url: String, token: Option<Token> },
 }
 
 /// Everything the VMM process needs to run one VM.
@@ -106,14 +108,14 @@ pub fn run(options: VmmOptions, on_ready: impl FnOnce(&Ready)) -> Result<StopRea
             vm.resume()?;
             vmm.vm = Some(vm);
         }
-        Launch::Incoming { url } => {
+        Launch::Incoming { url, token } => {
             let migration_listener = transport::listen(&url)?;
             ready.incoming = migration_listener.local_addr().ok();
             let events = events.clone();
             std::thread::Builder::new()
                 .name("migrate-in".into())
                 .spawn(move || {
-                    let received = receive_incoming(migration_listener, sink, &events);
+                    let received = receive_incoming(migration_listener, token, sink, &events);
                     let _ = events.send(VmmEvent::Received(received));
                 })
                 .map_err(ProcessError::Thread)?;
@@ -175,10 +177,11 @@ pub fn run(options: VmmOptions, on_ready: impl FnOnce(&Ready)) -> Result<StopRea
 /// Waits for a sender, checks it, builds the VM it announces and receives it.
 fn receive_incoming(
     listener: std::net::TcpListener,
+    token: Option<Token>,
     console: Box<dyn Write + Send>,
     events: &Sender<VmmEvent>,
 ) -> Result<Vm, String> {
-    let incoming = receiver::accept(listener, receiver::Outcomes::default()).map_err(|e| chain(&e))?;
+    let incoming = receiver::accept(listener, receiver::Outcomes::default(), token).map_err(|e| chain(&e))?;
     let checked = super::open_kvm().map_err(|e| chain(&e)).and_then(|kvm| {
         let local = super::cpuid::supported(&kvm).map_err(|e| chain(&e))?;
         let xsave = u32::try_from(kvm.check_extension_int(kvm_ioctls::Cap::Xsave2)).unwrap_or(0);

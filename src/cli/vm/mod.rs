@@ -1,5 +1,6 @@
 //! `vmig vm`: one VM on this host, in its own VMM process.
 
+mod cluster;
 mod control;
 mod run;
 mod send;
@@ -11,6 +12,18 @@ use crate::exit::Exit;
 
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
+    /// Define a VM on a host of the cluster and boot it.
+    Create(cluster::CreateArgs),
+    /// Boot a defined VM on its host.
+    Start(cluster::NameArgs),
+    /// Stop a VM (its definition stays).
+    Stop(cluster::NameArgs),
+    /// Stop a VM and forget it.
+    Destroy(cluster::NameArgs),
+    /// Show a VM's definition, state and counters.
+    Show(cluster::NameArgs),
+    /// Print the end of a VM's console log.
+    Console(cluster::ConsoleArgs),
     /// Run a VM in the foreground: this process is its VMM.
     Run(run::RunArgs),
     /// Show a running VMM's state.
@@ -29,9 +42,15 @@ pub enum VmCommand {
     Send(send::SendArgs),
 }
 
-pub fn exec(command: VmCommand) -> Result<Exit> {
+pub fn exec(command: VmCommand, inventory: Option<&std::path::Path>) -> Result<Exit> {
     use vmig_backend::vmm::control::Request;
     match command {
+        VmCommand::Create(args) => cluster::create(&args, inventory),
+        VmCommand::Start(args) => cluster::lifecycle(&args, inventory, "started"),
+        VmCommand::Stop(args) => cluster::lifecycle(&args, inventory, "stopped"),
+        VmCommand::Destroy(args) => cluster::lifecycle(&args, inventory, "destroyed"),
+        VmCommand::Show(args) => cluster::show(&args, inventory),
+        VmCommand::Console(args) => cluster::console(&args, inventory),
         VmCommand::Run(args) => run::exec(&args),
         VmCommand::Status(args) => control::exec(&args, &Request::Status),
         VmCommand::Stats(args) => control::exec(&args, &Request::Stats),

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use vmig_backend::migration::Token;
 use vmig_backend::migration::transport::parse_url;
 use vmig_backend::size::parse_size;
 use vmig_backend::vmm::boot::{BootConfig, KernelSource};
@@ -47,6 +48,10 @@ pub struct RunArgs {
     /// Receive the VM by live migration: listen on tcp:HOST:PORT for `vmig vm send`.
     #[arg(long, value_name = "tcp:HOST:PORT", conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "vcpus"])]
     incoming: Option<String>,
+    /// With --incoming: accept only a sender that presents the migration token
+    /// in FILE (64 hex digits; `vmig vm send --token-file` on the source).
+    #[arg(long, value_name = "FILE", requires = "incoming")]
+    token_file: Option<PathBuf>,
     /// The VM's name, shown to migration peers.
     #[arg(long, default_value = "vm")]
     name: String,
@@ -59,7 +64,11 @@ fn usage(message: String) -> anyhow::Error {
 pub fn exec(args: &RunArgs) -> Result<Exit> {
     let launch = if let Some(url) = &args.incoming {
         parse_url(url).map_err(|e| usage(format!("--incoming: {e}")))?;
-        Launch::Incoming { url: url.clone() }
+        let token = args.token_file.as_deref().map(read_token).transpose()?;
+        Launch::Incoming {
+            url: url.clone(),
+            token,
+        }
     } else {
         let (machine, start) = new_machine(args)?;
         Launch::New { machine, start }
@@ -82,6 +91,12 @@ pub fn exec(args: &RunArgs) -> Result<Exit> {
         eprintln!("vmig: VM failed: {reason}");
         Ok(Exit::GuestFailed)
     }
+}
+
+/// Reads a migration token file (also used by `vmig vm send`).
+pub fn read_token(path: &std::path::Path) -> Result<Token> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Token::from_hex(&text).ok_or_else(|| usage(format!("{}: not a migration token (64 hex digits)", path.display())))
 }
 
 /// The machine and first state of a VM built here (boot or restore).

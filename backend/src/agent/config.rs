@@ -1,0 +1,212 @@
+//! The agent's configuration file (TOML, e.g. `/etc/vmig/agent.toml`).
+//!
+//! ```toml
+//! name = "hostA"                       # the host's name in the cluster (required)
+//! api_address = "10.0.0.1:7070"        # where the API listens, mutual TLS (required)
+//! migration_address = "10.1.0.1"       # IP that receiving VMMs listen on (default: the API's IP)
+//! state_dir = "/var/lib/vmig"          # VM definitions, sockets, console logs (default shown)
+//! chassis = "rack4-chassis2"           # VMs of one redundancy group must not share one
+//! link_speed_mbps = 10000              # the migration link (default 10000)
+//! networks = ["prod", "backup"]        # networks this host's VMs can reach
+//! storage = ["/srv/images"]            # storage paths this host can reach
+//!
+//! [tls]                                # from `vmig pki issue --host hostA`
+//! cert = "/etc/vmig/hostA.pem"
+//! key = "/etc/vmig/hostA.key"
+//! ca = "/etc/vmig/ca.pem"
+//!
+//! [limits]
+//! max_migration_cost = 8               # concurrent migrations by cost; more wait in a queue
+//! migration_cost = 2                   # cost of one migration (default: 1 at >= 10 GbE, else 2)
+//! ```
+//!
+//! Relative paths are relative to the file's directory. Unknown fields are
+//! errors, reported with the file, line and field.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::pki::Identity;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `detail` names the line, column and field.
+    #[error("{}: {detail}", path.display())]
+    Parse { path: PathBuf, detail: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub name: String,
+    pub api_address: SocketAddr,
+    #[serde(default)]
+    pub migration_address: Option<IpAddr>,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub chassis: Option<String>,
+    #[serde(default = "default_link_speed")]
+    pub link_speed_mbps: u64,
+    #[serde(default)]
+    pub networks: Vec<String>,
+    #[serde(default)]
+    pub storage: Vec<String>,
+    pub tls: Identity,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default)]
+    pub max_migration_cost: Option<u32>,
+    #[serde(default)]
+    pub migration_cost: Option<u32>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/vmig")
+}
+
+fn default_link_speed() -> u64 {
+    10_000
+}
+
+/// vMotion's budget: a host takes 8 cost units of migrations at a time.
+const DEFAULT_MAX_COST: u32 = 8;
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|detail| ConfigError::Parse {
+            path: path.to_path_buf(),
+            detail,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for file in [
+            &mut config.tls.cert,
+            &mut config.tls.key,
+            &mut config.tls.ca,
+            &mut config.state_dir,
+        ] {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and checks a config's text; the error names line and field.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+        crate::api::validate_name(&config.name).map_err(|e| format!("field `name`: {e}"))?;
+        if config.link_speed_mbps == 0 {
+            return Err("field `link_speed_mbps`: must be more than 0".into());
+        }
+        if config.limits.max_migration_cost == Some(0) || config.limits.migration_cost == Some(0) {
+            return Err("section `limits`: costs must be more than 0".into());
+        }
+        Ok(config)
+    }
+
+    pub fn migration_ip(&self) -> IpAddr {
+        self.migration_address.unwrap_or(self.api_address.ip())
+    }
+
+    pub fn max_migration_cost(&self) -> u32 {
+        self.limits.max_migration_cost.unwrap_or(DEFAULT_MAX_COST)
+    }
+
+    /// A migration's cost: slower links afford fewer at once.
+    pub fn migration_cost(&self) -> u32 {
+        let cost = self
+            .limits
+            .migration_cost
+            .unwrap_or(if self.link_speed_mbps >= 10_000 { 1 } else { 2 });
+        cost.min(self.max_migration_cost())
+    }
+}
+
+/// "line L, column C: message" from a TOML error (the message names the field).
+pub fn toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end();
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "hostA"
+api_address = "127.0.0.1:7070"
+chassis = "c1"
+link_speed_mbps = 1000
+
+[tls]
+cert = "hostA.pem"
+key = "hostA.key"
+ca = "ca.pem"
+"#;
+
+    #[test]
+    fn a_good_config_parses_with_defaults() {
+        let config = AgentConfig::parse(GOOD).unwrap();
+        assert_eq!(config.name, "hostA");
+        assert_eq!(config.migration_ip().to_string(), "127.0.0.1");
+        assert_eq!(config.state_dir, PathBuf::from("/var/lib/vmig"));
+        assert_eq!(config.max_migration_cost(), 8);
+        assert_eq!(config.migration_cost(), 2, "1 GbE costs 2");
+    }
+
+    #[test]
+    fn errors_name_line_and_field() {
+        let typo = GOOD.replace("chassis", "chasis");
+        let error = AgentConfig::parse(&typo).unwrap_err();
+        assert!(error.starts_with("line 4, column 1:"), "{error}");
+        assert!(error.contains("chasis"), "{error}");
+        let wrong_type = GOOD.replace("1000", "\"fast\"");
+        let error = AgentConfig::parse(&wrong_type).unwrap_err();
+        assert!(
+            error.starts_with("line 5,") && error.contains("link_speed_mbps"),
+            "{error}"
+        );
+        let bad_name = GOOD.replace("\"hostA\"", "\"host A\"");
+        assert!(AgentConfig::parse(&bad_name).unwrap_err().contains("`name`"));
+        let missing = GOOD.replace("api_address = \"127.0.0.1:7070\"\n", "");
+        assert!(AgentConfig::parse(&missing).unwrap_err().contains("api_address"));
+    }
+
+    #[test]
+    fn relative_paths_follow_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, GOOD).unwrap();
+        let config = AgentConfig::load(&path).unwrap();
+        assert_eq!(config.tls.cert, dir.path().join("hostA.pem"));
+        let error = AgentConfig::load(&dir.path().join("none.toml")).unwrap_err();
+        assert!(error.to_string().contains("none.toml"));
+    }
+}

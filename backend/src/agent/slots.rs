@@ -1,0 +1,148 @@
+//! A host's migration budget: migrations take cost units, and those that do
+//! not fit wait in a first-come queue instead of failing or overloading the
+//! host (vMotion's host and network costs, in one number).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+#[derive(Debug)]
+pub struct Slots {
+    limit: u32,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    in_use: u32,
+    /// Tickets waiting, oldest first.
+    queue: VecDeque<u64>,
+    next_ticket: u64,
+}
+
+/// Cost units held until dropped.
+#[derive(Debug)]
+pub struct Slot {
+    slots: Arc<Slots>,
+    cost: u32,
+}
+
+impl Slots {
+    pub fn new(limit: u32) -> Arc<Self> {
+        Arc::new(Self {
+            limit: limit.max(1),
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes `cost` units, waiting in line while they are not free;
+    /// `queued(position)` is called whenever the place in line changes
+    /// (1 = next), never when the units were free at once.
+    pub fn acquire(self: &Arc<Self>, cost: u32, mut queued: impl FnMut(u32)) -> Slot {
+        let cost = cost.clamp(1, self.limit);
+        let mut state = self.lock();
+        let ticket = state.next_ticket;
+        state.next_ticket += 1;
+        state.queue.push_back(ticket);
+        let mut reported = None;
+        loop {
+            let position = state.queue.iter().position(|t| *t == ticket).unwrap_or(0);
+            if position == 0 && state.in_use + cost <= self.limit {
+                state.queue.pop_front();
+                state.in_use += cost;
+                // The next in line may fit too.
+                self.changed.notify_all();
+                return Slot {
+                    slots: Arc::clone(self),
+                    cost,
+                };
+            }
+            let place = position as u32 + 1;
+            if reported != Some(place) {
+                reported = Some(place);
+                // Report without holding the lock: the callback may do I/O.
+                drop(state);
+                queued(place);
+                state = self.lock();
+                continue;
+            }
+            state = self.changed.wait(state).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// (units in use, the limit, migrations waiting).
+    pub fn usage(&self) -> (u32, u32, u32) {
+        let state = self.lock();
+        (state.in_use, self.limit, state.queue.len() as u32)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut state = self.slots.lock();
+        state.in_use -= self.cost;
+        self.slots.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::channel;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn excess_waits_in_order_and_runs_when_units_free() {
+        let slots = Slots::new(2);
+        let first = slots.acquire(2, |_| panic!("the first fits"));
+        let (tx, rx) = channel();
+        let mut waiters = Vec::new();
+        for name in ["second", "third"] {
+            let slots = Arc::clone(&slots);
+            let tx = tx.clone();
+            waiters.push(std::thread::spawn(move || {
+                let mut places = Vec::new();
+                let slot = slots.acquire(2, |p| places.push(p));
+                tx.send((name, places)).unwrap();
+                drop(slot);
+            }));
+            // Line up in a known order.
+            while slots.usage().2 < if name == "second" { 1 } else { 2 } {
+                std::thread::yield_now();
+            }
+        }
+        assert_eq!(slots.usage(), (2, 2, 2));
+        assert!(
+            rx.recv_timeout(Duration::from_millis(50)).is_err(),
+            "nobody may start while it is full"
+        );
+        drop(first);
+        let (name, places) = rx.recv().unwrap();
+        assert_eq!((name, places), ("second", vec![1]));
+        let (name, places) = rx.recv().unwrap();
+        assert_eq!(name, "third");
+        assert_eq!(places.first(), Some(&2));
+        for waiter in waiters {
+            waiter.join().unwrap();
+        }
+        assert_eq!(slots.usage(), (0, 2, 0));
+    }
+
+    #[test]
+    fn a_cost_above_the_limit_still_runs_alone() {
+        let slots = Slots::new(4);
+        let slot = slots.acquire(9, |_| panic!("free"));
+        assert_eq!(slots.usage().0, 4);
+        drop(slot);
+        let a = slots.acquire(1, |_| panic!("free"));
+        let b = slots.acquire(3, |_| panic!("fits"));
+        assert_eq!(slots.usage().0, 4);
+        drop((a, b));
+    }
+}

@@ -1,0 +1,293 @@
+//! One VM's files on its host and the VMM process that runs it.
+//!
+//! Each VM has a directory under `<state_dir>/vms/<name>/`: `vm.json` (its
+//! spec and the VMM's pid, rewritten atomically), `control.sock`,
+//! `console.log`, `vmm.log` (the VMM's own messages) and, while it is
+//! arriving, `token` (0600). VMMs run in their own process group, so they
+//! outlive the agent; a restarted agent finds them through these files.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::api::VmSpec;
+use crate::migration::Token;
+use crate::vmm::control::{ControlClient, Reply, Request, VmStatus};
+
+/// How long a new VMM may take to open its control socket.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const INCOMING_LINE: &str = "waiting for an incoming VM on ";
+
+#[derive(Debug, Error)]
+pub enum VmmError {
+    #[error("cannot write {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the VMM")]
+    Spawn(#[source] std::io::Error),
+    #[error("the VMM exited before it was ready: {0}")]
+    Exited(String),
+    #[error("the VMM did not come up within {} s", START_TIMEOUT.as_secs())]
+    Timeout,
+}
+
+/// What survives an agent restart, in `vm.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub spec: VmSpec,
+    /// The VMM's pid while it should be running.
+    pub pid: Option<u32>,
+    /// The VMM was started to receive the VM and has not been confirmed yet.
+    #[serde(default)]
+    pub incoming: bool,
+    /// The last migration that did not move the VM, or why the VM failed.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// The files of one VM.
+#[derive(Debug, Clone)]
+pub struct VmDir {
+    pub path: PathBuf,
+}
+
+impl VmDir {
+    pub fn new(state_dir: &Path, name: &str) -> Self {
+        Self {
+            path: state_dir.join("vms").join(name),
+        }
+    }
+
+    pub fn control(&self) -> PathBuf {
+        self.path.join("control.sock")
+    }
+
+    pub fn console(&self) -> PathBuf {
+        self.path.join("console.log")
+    }
+
+    /// Console output from the hosts the VM ran on before this one.
+    pub fn history(&self) -> PathBuf {
+        self.path.join("console.history.log")
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.path.join("vmm.log")
+    }
+
+    fn token(&self) -> PathBuf {
+        self.path.join("token")
+    }
+
+    fn record_path(&self) -> PathBuf {
+        self.path.join("vm.json")
+    }
+
+    pub fn load(&self) -> Option<Record> {
+        let text = std::fs::read_to_string(self.record_path()).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Writes the record through a temporary file, so a crash leaves the old
+    /// or the new one, never half of either.
+    pub fn save(&self, record: &Record) -> Result<(), VmmError> {
+        let write = |path: &Path, source| VmmError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(&self.path).map_err(|e| write(&self.path, e))?;
+        let tmp = self.path.join("vm.json.tmp");
+        let text = serde_json::to_vec_pretty(record).unwrap_or_default();
+        std::fs::write(&tmp, text).map_err(|e| write(&tmp, e))?;
+        std::fs::rename(&tmp, self.record_path()).map_err(|e| write(&self.record_path(), e))
+    }
+
+    pub fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+
+    /// Asks the VMM for its status; None when nobody answers.
+    pub fn status(&self) -> Option<VmStatus> {
+        let mut client = ControlClient::connect(&self.control()).ok()?;
+        let _ = client.set_timeout(Some(Duration::from_secs(5)));
+        match client.request(&Request::Status) {
+            Ok(Reply::Status(status)) => Some(status),
+            _ => None,
+        }
+    }
+
+    pub fn request(&self, request: &Request) -> Result<Reply, crate::vmm::control::ControlError> {
+        let mut client = ControlClient::connect(&self.control())?;
+        client.request(request)
+    }
+
+    /// The last `bytes` of the console output, earlier hosts' included.
+    pub fn console_tail(&self, bytes: u64) -> String {
+        let mut text = tail(&self.history(), bytes);
+        text.push_str(&tail(&self.console(), bytes));
+        let cut = text.len().saturating_sub(bytes as usize);
+        let cut = (cut..text.len())
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(text.len());
+        text.split_off(cut)
+    }
+
+    pub fn log_tail(&self) -> String {
+        tail(&self.log(), 2048)
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Starts a VMM that boots `spec`.
+    pub fn spawn_boot(&self, exe: &Path, spec: &VmSpec) -> Result<Child, VmmError> {
+        let mut command = self.command(exe, &spec.name);
+        command
+            .args(["--kernel", &spec.kernel, "--memory", &spec.memory])
+            .args(["--vcpus", &spec.vcpus.to_string(), "--cmdline", &spec.cmdline]);
+        if let Some(initrd) = &spec.initrd {
+            command.args(["--initrd", initrd]);
+        }
+        let child = self.spawn(command)?;
+        self.wait_ready(&child, |_| self.status().is_some())?;
+        Ok(child)
+    }
+
+    /// Starts a VMM that waits on `ip` for the VM carrying `token`; returns it
+    /// with its `tcp:` address.
+    pub fn spawn_incoming(
+        &self,
+        exe: &Path,
+        name: &str,
+        ip: std::net::IpAddr,
+        token: Token,
+    ) -> Result<(Child, String), VmmError> {
+        let path = self.token();
+        let write = |source| VmmError::Write {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.path).map_err(write)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(write)?;
+        file.write_all(token.to_hex().as_bytes()).map_err(write)?;
+        let listen = match ip {
+            std::net::IpAddr::V4(ip) => format!("tcp:{ip}:0"),
+            std::net::IpAddr::V6(ip) => format!("tcp:[{ip}]:0"),
+        };
+        let mut command = self.command(exe, name);
+        command.args(["--incoming", &listen]).arg("--token-file").arg(&path);
+        let child = self.spawn(command)?;
+        let mut url = None;
+        self.wait_ready(&child, |log| {
+            url = log
+                .lines()
+                .find_map(|l| l.split_once(INCOMING_LINE).map(|(_, url)| url.trim().to_string()));
+            url.is_some() && self.status().is_some()
+        })?;
+        Ok((child, url.unwrap_or_default()))
+    }
+
+    fn command(&self, exe: &Path, name: &str) -> Command {
+        let mut command = Command::new(exe);
+        command
+            .args(["vm", "run", "--name", name])
+            .arg("--control")
+            .arg(self.control())
+            .arg("--console")
+            .arg(self.console());
+        command
+    }
+
+    fn spawn(&self, mut command: Command) -> Result<Child, VmmError> {
+        let log_path = self.log();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|source| VmmError::Write {
+                path: log_path.clone(),
+                source,
+            })?;
+        let stderr = log.try_clone().map_err(VmmError::Spawn)?;
+        let _ = std::fs::remove_file(self.control());
+        command
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr)
+            // Its own process group: a Ctrl-C or a stop of the agent's group
+            // does not reach the VMs.
+            .process_group(0)
+            .spawn()
+            .map_err(VmmError::Spawn)
+    }
+
+    /// Waits until `ready(vmm.log)` holds or the child exits.
+    fn wait_ready(&self, child: &Child, mut ready: impl FnMut(&str) -> bool) -> Result<(), VmmError> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let pid = child.id();
+        loop {
+            let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+            if ready(&log) {
+                return Ok(());
+            }
+            if !alive(pid) {
+                return Err(VmmError::Exited(self.log_tail()));
+            }
+            if Instant::now() > deadline {
+                kill(pid);
+                return Err(VmmError::Timeout);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+fn tail(path: &Path, bytes: u64) -> String {
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(bytes)));
+    let mut buf = Vec::new();
+    let _ = file.take(bytes).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// True while a process with `pid` exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+pub fn kill(pid: u32) {
+    let Ok(pid) = i32::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+}

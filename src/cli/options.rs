@@ -1,0 +1,62 @@
+//! Migration limits shared by `vmig migrate` and `vmig vm send`.
+
+use anyhow::Result;
+use clap::Args;
+use vmig_backend::migration::{MigrationOptions, TimeoutAction};
+use vmig_backend::size::parse_size;
+
+use super::UsageError;
+
+#[derive(Debug, Args)]
+pub struct MigrationArgs {
+    /// Switch over once the expected downtime is below this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = MigrationOptions::default().downtime_limit_ms)]
+    pub downtime_ms: u64,
+    /// Parallel TCP streams.
+    #[arg(long, value_name = "N", default_value_t = MigrationOptions::default().streams)]
+    pub streams: u32,
+    /// Bandwidth cap in bytes per second (K/M/G suffixes), e.g. 100M.
+    #[arg(long, value_name = "RATE")]
+    pub bandwidth: Option<String>,
+    /// Time limit in seconds for the whole migration.
+    #[arg(long, value_name = "S", default_value_t = MigrationOptions::default().timeout_s)]
+    pub timeout: u64,
+    /// What the time limit does: `cancel` (the VM stays on the source) or `force` (switch over now).
+    #[arg(long, value_name = "ACTION", default_value = "cancel", value_parser = ["cancel", "force"])]
+    pub timeout_action: String,
+    /// Do not throttle the vCPUs of a guest that dirties memory faster than the link sends.
+    #[arg(long)]
+    pub no_auto_converge: bool,
+    /// Hash guest memory on both sides at switchover and refuse the handoff if
+    /// they differ (for testing; adds the hashing time to the downtime).
+    #[arg(long)]
+    pub verify_memory: bool,
+}
+
+impl MigrationArgs {
+    /// The engine's options; a bad value is a usage error naming its flag.
+    pub fn options(&self) -> Result<MigrationOptions> {
+        let bandwidth_limit = self
+            .bandwidth
+            .as_deref()
+            .map(|b| parse_size(b).map_err(|e| UsageError(format!("--bandwidth: {e}"))))
+            .transpose()?;
+        if bandwidth_limit == Some(0) {
+            return Err(UsageError("--bandwidth: must be more than 0".into()).into());
+        }
+        Ok(MigrationOptions {
+            downtime_limit_ms: self.downtime_ms,
+            bandwidth_limit,
+            timeout_s: self.timeout,
+            timeout_action: if self.timeout_action == "force" {
+                TimeoutAction::Force
+            } else {
+                TimeoutAction::Cancel
+            },
+            streams: self.streams,
+            auto_converge: !self.no_auto_converge,
+            verify_memory: self.verify_memory,
+            token: Default::default(),
+        })
+    }
+}

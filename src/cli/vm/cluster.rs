@@ -1,0 +1,213 @@
+//! `vmig vm create|start|stop|destroy|show|console`: VMs in the cluster,
+//! through the agent of the host that holds them.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use vmig_backend::api::{HostFacts, Request, VmDetail, VmInfo, VmSpec};
+use vmig_backend::size::format_size;
+
+use crate::cli::UsageError;
+use crate::cluster::Cluster;
+use crate::exit::Exit;
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    vmig vm create --name vm4 --kernel builtin:testguest --memory 1G --vcpus 2 --cmdline 'fill=256M'\n  \
+    vmig vm create --spec vm4.toml --host hostB\n\n\
+    A spec file holds the same fields: name, vcpus, memory, kernel, initrd, cmdline, redundancy_group.")]
+pub struct CreateArgs {
+    /// Read the VM's definition from a TOML file.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["name", "kernel"])]
+    spec: Option<PathBuf>,
+    /// The VM's name (unique in the cluster).
+    #[arg(long, required_unless_present = "spec")]
+    name: Option<String>,
+    /// Kernel: a path on the host, or `builtin:testguest`.
+    #[arg(long, value_name = "PATH", required_unless_present = "spec")]
+    kernel: Option<String>,
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<String>,
+    #[arg(long, value_name = "STR", default_value = "")]
+    cmdline: String,
+    #[arg(long, value_name = "SIZE", default_value = "512M")]
+    memory: String,
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    vcpus: u8,
+    /// VMs of one group must not share a chassis.
+    #[arg(long, value_name = "GROUP")]
+    redundancy_group: Option<String>,
+    /// The host to create it on (default: the one with the most memory available).
+    #[arg(long, value_name = "HOST")]
+    host: Option<String>,
+    /// Define it without booting it.
+    #[arg(long)]
+    no_start: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArgs {
+    /// The VM's name.
+    name: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsoleArgs {
+    /// The VM's name.
+    name: String,
+    /// How much of the end of the console log to print.
+    #[arg(long, value_name = "SIZE", default_value = "16K")]
+    bytes: String,
+}
+
+fn load_spec(path: &Path) -> Result<VmSpec> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let spec: VmSpec = toml::from_str(&text).map_err(|e| {
+        UsageError(format!(
+            "{}: {}",
+            path.display(),
+            vmig_backend::agent::config::toml_error(&text, &e)
+        ))
+    })?;
+    spec.validate()
+        .map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+    Ok(spec)
+}
+
+pub fn create(args: &CreateArgs, inventory: Option<&Path>) -> Result<Exit> {
+    let spec = match &args.spec {
+        Some(path) => load_spec(path)?,
+        None => VmSpec {
+            name: args.name.clone().unwrap_or_default(),
+            vcpus: args.vcpus,
+            memory: args.memory.clone(),
+            kernel: args.kernel.clone().unwrap_or_default(),
+            initrd: args.initrd.clone(),
+            cmdline: args.cmdline.clone(),
+            redundancy_group: args.redundancy_group.clone(),
+        },
+    };
+    spec.validate().map_err(|e| UsageError(format!("--{e}")))?;
+    let cluster = Cluster::open(inventory)?;
+    if let Ok(found) = cluster.locate(&spec.name) {
+        return Err(crate::cluster::Conflict(format!(
+            "a VM named {} exists on {} already",
+            spec.name, found.host.name
+        ))
+        .into());
+    }
+    let host = match &args.host {
+        Some(name) => cluster.inventory.host(name)?.clone(),
+        None => cluster
+            .ask_all::<HostFacts>(&Request::Host)
+            .into_iter()
+            .filter_map(|(host, facts)| facts.ok().map(|f| (host, f.memory_available_bytes)))
+            .max_by_key(|(_, free)| *free)
+            .map(|(host, _)| host)
+            .context("no host could be asked")?,
+    };
+    let info: VmInfo = cluster.client(&host).call(Request::CreateVm {
+        spec,
+        start: !args.no_start,
+    })?;
+    print_info(&info, args.json, "created")
+}
+
+fn print_info(info: &VmInfo, json: bool, verb: &str) -> Result<Exit> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(info)?)?;
+    } else {
+        writeln!(out, "{verb} {} on {}: {}", info.name, info.host, info.state)?;
+    }
+    Ok(Exit::Ok)
+}
+
+/// start, stop and destroy: one request to the VM's host.
+pub fn lifecycle(args: &NameArgs, inventory: Option<&Path>, verb: &str) -> Result<Exit> {
+    let cluster = Cluster::open(inventory)?;
+    let located = cluster.locate(&args.name)?;
+    let client = cluster.client(&located.host);
+    let name = args.name.clone();
+    match verb {
+        "started" => print_info(&client.call(Request::StartVm { name })?, args.json, verb),
+        "stopped" => print_info(&client.call(Request::StopVm { name })?, args.json, verb),
+        _ => {
+            client.call::<serde_json::Value>(Request::DestroyVm { name })?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "destroyed": args.name, "host": located.host.name })
+                );
+            } else {
+                println!("destroyed {} on {}", args.name, located.host.name);
+            }
+            Ok(Exit::Ok)
+        }
+    }
+}
+
+pub fn show(args: &NameArgs, inventory: Option<&Path>) -> Result<Exit> {
+    let cluster = Cluster::open(inventory)?;
+    let located = cluster.locate(&args.name)?;
+    let detail: VmDetail = cluster.client(&located.host).call(Request::ShowVm {
+        name: args.name.clone(),
+    })?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string(&detail)?)?;
+        return Ok(Exit::Ok);
+    }
+    let info = &detail.info;
+    writeln!(out, "{} on {}: {}", info.name, info.host, info.state)?;
+    writeln!(
+        out,
+        "  vcpus {}  memory {}  pid {}",
+        info.vcpus,
+        format_size(info.memory_bytes),
+        info.pid.map_or("-".into(), |p| p.to_string())
+    )?;
+    writeln!(
+        out,
+        "  kernel {}  cmdline {:?}",
+        detail.spec.kernel, detail.spec.cmdline
+    )?;
+    if let Some(group) = &detail.spec.redundancy_group {
+        writeln!(out, "  redundancy group {group}")?;
+    }
+    if let Some(stats) = &detail.stats {
+        writeln!(
+            out,
+            "  up {:.1} s, resident {}, {} exits, console {} bytes",
+            stats.uptime_ms as f64 / 1000.0,
+            format_size(stats.memory_resident_bytes),
+            stats.exits,
+            stats.console_bytes
+        )?;
+    }
+    if let Some(note) = &info.note {
+        writeln!(out, "  note: {note}")?;
+    }
+    writeln!(out, "  console {} (on {})", detail.console_path, info.host)?;
+    Ok(Exit::Ok)
+}
+
+pub fn console(args: &ConsoleArgs, inventory: Option<&Path>) -> Result<Exit> {
+    let bytes = vmig_backend::size::parse_size(&args.bytes).map_err(|e| UsageError(format!("--bytes: {e}")))?;
+    let cluster = Cluster::open(inventory)?;
+    let located = cluster.locate(&args.name)?;
+    let text: String = cluster.client(&located.host).call(Request::Console {
+        name: args.name.clone(),
+        bytes,
+    })?;
+    std::io::stdout().lock().write_all(text.as_bytes())?;
+    Ok(Exit::Ok)
+}

@@ -1,0 +1,271 @@
+//! The local lab: several agents on this machine, each on its own loopback
+//! address with its own state directory and certificate, an inventory that
+//! plain `vmig` commands find, and demo VMs running the test guest.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use vmig_backend::agent::AgentConfig;
+use vmig_backend::agent::config::Limits;
+use vmig_backend::agent::vmm::{Record, alive, kill};
+use vmig_backend::api::{HostFacts, Request, VmSpec};
+use vmig_backend::client::Client;
+use vmig_backend::pki::{self, Identity, Role};
+
+use crate::inventory::{HostEntry, Inventory};
+
+/// How long an agent may take to answer after it was started.
+const AGENT_START: Duration = Duration::from_secs(20);
+
+/// What `lab up` builds.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    pub hosts: usize,
+    pub vms: usize,
+    /// The demo VMs' memory and test-guest command line.
+    pub vm_memory: String,
+    pub vm_cmdline: String,
+    /// Migration cost limit per host (None: the agent's default).
+    pub max_migration_cost: Option<u32>,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        Self {
+            hosts: 3,
+            vms: 2,
+            vm_memory: "512M".into(),
+            vm_cmdline: "fill=128M dirty=32M rate=50 hb=1000".into(),
+            max_migration_cost: None,
+        }
+    }
+}
+
+/// The lab's hosts are hostA, hostB, ...
+pub fn host_name(index: usize) -> String {
+    format!("host{}", (b'A' + (index % 26) as u8) as char)
+}
+
+/// Each host gets its own loopback address, 127.0.1.1, 127.0.1.2, ...
+fn host_ip(index: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 1, (index + 1) as u8))
+}
+
+fn free_port(ip: IpAddr) -> Result<u16> {
+    let listener = TcpListener::bind(SocketAddr::new(ip, 0)).with_context(|| format!("cannot bind {ip}"))?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The lab's files under `dir`.
+#[derive(Debug, Clone)]
+pub struct Lab {
+    pub dir: PathBuf,
+}
+
+impl Lab {
+    pub fn new(dir: &Path) -> Self {
+        Self { dir: dir.to_path_buf() }
+    }
+
+    pub fn inventory_path(&self) -> PathBuf {
+        self.dir.join("vmig.toml")
+    }
+
+    fn pki_dir(&self) -> PathBuf {
+        self.dir.join("pki")
+    }
+
+    fn host_dir(&self, name: &str) -> PathBuf {
+        self.dir.join("hosts").join(name)
+    }
+
+    fn host_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.join("hosts"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    fn agent_pid(&self, name: &str) -> Option<u32> {
+        let text = std::fs::read_to_string(self.host_dir(name).join("agent.pid")).ok()?;
+        text.trim().parse().ok().filter(|pid| is_vmig(*pid))
+    }
+
+    /// Brings the lab up: creates it, or restarts the agents of an existing
+    /// one that stopped (they adopt their VMs). Returns the hosts started.
+    pub fn up(&self, options: &LabOptions, say: &mut dyn FnMut(&str)) -> Result<Vec<String>> {
+        if options.hosts == 0 || options.hosts > 26 {
+            bail!("--hosts: {} is not between 1 and 26", options.hosts);
+        }
+        let exists = self.inventory_path().is_file();
+        if !exists {
+            self.create(options, say)?;
+        }
+        let mut started = Vec::new();
+        for name in self.host_names() {
+            if self.agent_pid(&name).is_none() {
+                self.start_agent(&name)?;
+                started.push(name);
+            }
+        }
+        let inventory = Inventory::load(&self.inventory_path())?;
+        let tls = pki::client_config(&inventory.operator)?;
+        for host in &inventory.hosts {
+            wait_for_agent(host, &tls, &self.host_dir(&host.name).join("agent.log"))?;
+        }
+        if !started.is_empty() {
+            say(&format!("agents up: {}", started.join(", ")));
+        }
+        if !exists {
+            for i in 0..options.vms {
+                let host = &inventory.hosts[i % inventory.hosts.len()];
+                let spec = VmSpec {
+                    name: format!("vm{}", i + 1),
+                    vcpus: 1,
+                    memory: options.vm_memory.clone(),
+                    kernel: "builtin:testguest".into(),
+                    initrd: None,
+                    cmdline: options.vm_cmdline.clone(),
+                    redundancy_group: None,
+                };
+                let client = Client::new(&host.name, &host.address, Arc::clone(&tls));
+                client
+                    .call::<serde_json::Value>(Request::CreateVm { spec, start: true })
+                    .with_context(|| format!("cannot create vm{} on {}", i + 1, host.name))?;
+                say(&format!("vm{} runs on {}", i + 1, host.name));
+            }
+        }
+        Ok(started)
+    }
+
+    fn create(&self, options: &LabOptions, say: &mut dyn FnMut(&str)) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
+        let pki_dir = self.pki_dir();
+        pki::init_ca(&pki_dir, "vmig-lab")?;
+        let operator = pki::issue(&pki_dir, Role::Operator, "operator", &[], &pki_dir)?;
+        let mut hosts = Vec::new();
+        for index in 0..options.hosts {
+            let name = host_name(index);
+            let ip = host_ip(index);
+            let dir = self.host_dir(&name);
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let identity: Identity = pki::issue(&pki_dir, Role::Host, &name, &[ip.to_string()], &dir)?;
+            let address = SocketAddr::new(ip, free_port(ip)?);
+            let config = AgentConfig {
+                name: name.clone(),
+                api_address: address,
+                migration_address: Some(ip),
+                state_dir: dir.join("state"),
+                chassis: Some(format!("lab-chassis-{}", index + 1)),
+                link_speed_mbps: 10_000,
+                networks: vec!["lab".into()],
+                storage: Vec::new(),
+                tls: identity,
+                limits: Limits {
+                    max_migration_cost: options.max_migration_cost,
+                    migration_cost: None,
+                },
+            };
+            let text = toml::to_string(&config).context("cannot write an agent config")?;
+            std::fs::write(dir.join("agent.toml"), text)?;
+            hosts.push(HostEntry {
+                name,
+                address: address.to_string(),
+            });
+        }
+        let inventory = Inventory {
+            operator,
+            hosts,
+            path: PathBuf::new(),
+        };
+        let text = toml::to_string(&inventory).context("cannot write the inventory")?;
+        std::fs::write(self.inventory_path(), text)?;
+        say(&format!(
+            "lab created in {} ({} hosts)",
+            self.dir.display(),
+            options.hosts
+        ));
+        Ok(())
+    }
+
+    fn start_agent(&self, name: &str) -> Result<()> {
+        let dir = self.host_dir(name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))?;
+        let child = Command::new(std::env::current_exe()?)
+            .arg("agent")
+            .arg("--config")
+            .arg(dir.join("agent.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start the agent of {name}"))?;
+        std::fs::write(dir.join("agent.pid"), child.id().to_string())?;
+        Ok(())
+    }
+
+    /// Ends every VM and agent of the lab and removes its files.
+    pub fn down(&self) -> Result<usize> {
+        let mut ended = 0;
+        for name in self.host_names() {
+            if let Some(pid) = self.agent_pid(&name) {
+                kill(pid);
+                ended += 1;
+            }
+            let vms = self.host_dir(&name).join("state/vms");
+            for entry in std::fs::read_dir(&vms).into_iter().flatten().flatten() {
+                let record = std::fs::read_to_string(entry.path().join("vm.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<Record>(&t).ok());
+                if let Some(pid) = record.and_then(|r| r.pid).filter(|p| is_vmig(*p)) {
+                    kill(pid);
+                    ended += 1;
+                }
+            }
+        }
+        if self.dir.exists() {
+            std::fs::remove_dir_all(&self.dir).with_context(|| format!("cannot remove {}", self.dir.display()))?;
+        }
+        Ok(ended)
+    }
+}
+
+/// True when `pid` runs vmig (not a reused pid of something else); the
+/// binary may have been rebuilt since, so its name is what is compared.
+fn is_vmig(pid: u32) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    let name = Path::new(std::ffi::OsStr::from_bytes(argv0)).file_name();
+    alive(pid) && name.is_some_and(|n| n.to_string_lossy().starts_with("vmig"))
+}
+
+fn wait_for_agent(host: &HostEntry, tls: &Arc<rustls::ClientConfig>, log: &Path) -> Result<()> {
+    let client = Client::new(&host.name, &host.address, Arc::clone(tls));
+    let deadline = Instant::now() + AGENT_START;
+    loop {
+        match client.call::<HostFacts>(Request::Host) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                let tail = std::fs::read_to_string(log).unwrap_or_default();
+                bail!("the agent of {} did not come up: {e:#}\n{}", host.name, tail.trim());
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
