@@ -16,11 +16,26 @@ _vmig() {
             ",$1")
                 cmd="vmig"
                 ;;
+            vmig,agent)
+                cmd="vmig__subcmd__agent"
+                ;;
             vmig,generate)
                 cmd="vmig__subcmd__generate"
                 ;;
             vmig,help)
                 cmd="vmig__subcmd__help"
+                ;;
+            vmig,hosts)
+                cmd="vmig__subcmd__hosts"
+                ;;
+            vmig,lab)
+                cmd="vmig__subcmd__lab"
+                ;;
+            vmig,migrate)
+                cmd="vmig__subcmd__migrate"
+                ;;
+            vmig,pki)
+                cmd="vmig__subcmd__pki"
                 ;;
             vmig,testguest)
                 cmd="vmig__subcmd__testguest"
@@ -28,11 +43,29 @@ _vmig() {
             vmig,vm)
                 cmd="vmig__subcmd__vm"
                 ;;
+            vmig,vms)
+                cmd="vmig__subcmd__vms"
+                ;;
+            vmig__subcmd__help,agent)
+                cmd="vmig__subcmd__help__subcmd__agent"
+                ;;
             vmig__subcmd__help,generate)
                 cmd="vmig__subcmd__help__subcmd__generate"
                 ;;
             vmig__subcmd__help,help)
                 cmd="vmig__subcmd__help__subcmd__help"
+                ;;
+            vmig__subcmd__help,hosts)
+                cmd="vmig__subcmd__help__subcmd__hosts"
+                ;;
+            vmig__subcmd__help,lab)
+                cmd="vmig__subcmd__help__subcmd__lab"
+                ;;
+            vmig__subcmd__help,migrate)
+                cmd="vmig__subcmd__help__subcmd__migrate"
+                ;;
+            vmig__subcmd__help,pki)
+                cmd="vmig__subcmd__help__subcmd__pki"
                 ;;
             vmig__subcmd__help,testguest)
                 cmd="vmig__subcmd__help__subcmd__testguest"
@@ -40,8 +73,35 @@ _vmig() {
             vmig__subcmd__help,vm)
                 cmd="vmig__subcmd__help__subcmd__vm"
                 ;;
+            vmig__subcmd__help,vms)
+                cmd="vmig__subcmd__help__subcmd__vms"
+                ;;
+            vmig__subcmd__help__subcmd__lab,demo)
+                cmd="vmig__subcmd__help__subcmd__lab__subcmd__demo"
+                ;;
+            vmig__subcmd__help__subcmd__lab,down)
+                cmd="vmig__subcmd__help__subcmd__lab__subcmd__down"
+                ;;
+            vmig__subcmd__help__subcmd__lab,up)
+                cmd="vmig__subcmd__help__subcmd__lab__subcmd__up"
+                ;;
+            vmig__subcmd__help__subcmd__pki,init)
+                cmd="vmig__subcmd__help__subcmd__pki__subcmd__init"
+                ;;
+            vmig__subcmd__help__subcmd__pki,issue)
+                cmd="vmig__subcmd__help__subcmd__pki__subcmd__issue"
+                ;;
             vmig__subcmd__help__subcmd__testguest,export)
                 cmd="vmig__subcmd__help__subcmd__testguest__subcmd__export"
+                ;;
+            vmig__subcmd__help__subcmd__vm,console)
+                cmd="vmig__subcmd__help__subcmd__vm__subcmd__console"
+                ;;
+            vmig__subcmd__help__subcmd__vm,create)
+                cmd="vmig__subcmd__help__subcmd__vm__subcmd__create"
+                ;;
+            vmig__subcmd__help__subcmd__vm,destroy)
+                cmd="vmig__subcmd__help__subcmd__vm__subcmd__destroy"
                 ;;
             vmig__subcmd__help__subcmd__vm,pause)
                 cmd="vmig__subcmd__help__subcmd__vm__subcmd__pause"
@@ -58,14 +118,65 @@ _vmig() {
             vmig__subcmd__help__subcmd__vm,send)
                 cmd="vmig__subcmd__help__subcmd__vm__subcmd__send"
                 ;;
+            vmig__subcmd__help__subcmd__vm,show)
+                cmd="vmig__subcmd__help__subcmd__vm__subcmd__show"
+                ;;
             vmig__subcmd__help__subcmd__vm,shutdown)
                 cmd="vmig__subcmd__help__subcmd__vm__subcmd__shutdown"
+                ;;
+            vmig__subcmd__help__subcmd__vm,start)
+                cmd="vmig__subcmd__help__subcmd__vm__subcmd__start"
                 ;;
             vmig__subcmd__help__subcmd__vm,stats)
                 cmd="vmig__subcmd__help__subcmd__vm__subcmd__stats"
                 ;;
             vmig__subcmd__help__subcmd__vm,status)
                 cmd="vmig__subcmd__help__subcmd__vm__subcmd__status"
+                ;;
+            vmig__subcmd__help__subcmd__vm,stop)
+                cmd="vmig__subcmd__help__subcmd__vm__subcmd__stop"
+                ;;
+            vmig__subcmd__lab,demo)
+                cmd="vmig__subcmd__lab__subcmd__demo"
+                ;;
+            vmig__subcmd__lab,down)
+                cmd="vmig__subcmd__lab__subcmd__down"
+                ;;
+            vmig__subcmd__lab,help)
+                cmd="vmig__subcmd__lab__subcmd__help"
+                ;;
+            vmig__subcmd__lab,up)
+                cmd="vmig__subcmd__lab__subcmd__up"
+                ;;
+            vmig__subcmd__lab__subcmd__help,demo)
+                cmd="vmig__subcmd__lab__subcmd__help__subcmd__demo"
+                ;;
+            vmig__subcmd__lab__subcmd__help,down)
+                cmd="vmig__subcmd__lab__subcmd__help__subcmd__down"
+                ;;
+            vmig__subcmd__lab__subcmd__help,help)
+                cmd="vmig__subcmd__lab__subcmd__help__subcmd__help"
+                ;;
+            vmig__subcmd__lab__subcmd__help,up)
+                cmd="vmig__subcmd__lab__subcmd__help__subcmd__up"
+                ;;
+            vmig__subcmd__pki,help)
+                cmd="vmig__subcmd__pki__subcmd__help"
+                ;;
+            vmig__subcmd__pki,init)
+                cmd="vmig__subcmd__pki__subcmd__init"
+                ;;
+            vmig__subcmd__pki,issue)
+                cmd="vmig__subcmd__pki__subcmd__issue"
+                ;;
+            vmig__subcmd__pki__subcmd__help,help)
+                cmd="vmig__subcmd__pki__subcmd__help__subcmd__help"
+                ;;
+            vmig__subcmd__pki__subcmd__help,init)
+                cmd="vmig__subcmd__pki__subcmd__help__subcmd__init"
+                ;;
+            vmig__subcmd__pki__subcmd__help,issue)
+                cmd="vmig__subcmd__pki__subcmd__help__subcmd__issue"
                 ;;
             vmig__subcmd__testguest,export)
                 cmd="vmig__subcmd__testguest__subcmd__export"
@@ -78,6 +189,15 @@ _vmig() {
                 ;;
             vmig__subcmd__testguest__subcmd__help,help)
                 cmd="vmig__subcmd__testguest__subcmd__help__subcmd__help"
+                ;;
+            vmig__subcmd__vm,console)
+                cmd="vmig__subcmd__vm__subcmd__console"
+                ;;
+            vmig__subcmd__vm,create)
+                cmd="vmig__subcmd__vm__subcmd__create"
+                ;;
+            vmig__subcmd__vm,destroy)
+                cmd="vmig__subcmd__vm__subcmd__destroy"
                 ;;
             vmig__subcmd__vm,help)
                 cmd="vmig__subcmd__vm__subcmd__help"
@@ -97,14 +217,32 @@ _vmig() {
             vmig__subcmd__vm,send)
                 cmd="vmig__subcmd__vm__subcmd__send"
                 ;;
+            vmig__subcmd__vm,show)
+                cmd="vmig__subcmd__vm__subcmd__show"
+                ;;
             vmig__subcmd__vm,shutdown)
                 cmd="vmig__subcmd__vm__subcmd__shutdown"
+                ;;
+            vmig__subcmd__vm,start)
+                cmd="vmig__subcmd__vm__subcmd__start"
                 ;;
             vmig__subcmd__vm,stats)
                 cmd="vmig__subcmd__vm__subcmd__stats"
                 ;;
             vmig__subcmd__vm,status)
                 cmd="vmig__subcmd__vm__subcmd__status"
+                ;;
+            vmig__subcmd__vm,stop)
+                cmd="vmig__subcmd__vm__subcmd__stop"
+                ;;
+            vmig__subcmd__vm__subcmd__help,console)
+                cmd="vmig__subcmd__vm__subcmd__help__subcmd__console"
+                ;;
+            vmig__subcmd__vm__subcmd__help,create)
+                cmd="vmig__subcmd__vm__subcmd__help__subcmd__create"
+                ;;
+            vmig__subcmd__vm__subcmd__help,destroy)
+                cmd="vmig__subcmd__vm__subcmd__help__subcmd__destroy"
                 ;;
             vmig__subcmd__vm__subcmd__help,help)
                 cmd="vmig__subcmd__vm__subcmd__help__subcmd__help"
@@ -124,14 +262,23 @@ _vmig() {
             vmig__subcmd__vm__subcmd__help,send)
                 cmd="vmig__subcmd__vm__subcmd__help__subcmd__send"
                 ;;
+            vmig__subcmd__vm__subcmd__help,show)
+                cmd="vmig__subcmd__vm__subcmd__help__subcmd__show"
+                ;;
             vmig__subcmd__vm__subcmd__help,shutdown)
                 cmd="vmig__subcmd__vm__subcmd__help__subcmd__shutdown"
+                ;;
+            vmig__subcmd__vm__subcmd__help,start)
+                cmd="vmig__subcmd__vm__subcmd__help__subcmd__start"
                 ;;
             vmig__subcmd__vm__subcmd__help,stats)
                 cmd="vmig__subcmd__vm__subcmd__help__subcmd__stats"
                 ;;
             vmig__subcmd__vm__subcmd__help,status)
                 cmd="vmig__subcmd__vm__subcmd__help__subcmd__status"
+                ;;
+            vmig__subcmd__vm__subcmd__help,stop)
+                cmd="vmig__subcmd__vm__subcmd__help__subcmd__stop"
                 ;;
             *)
                 ;;
@@ -140,12 +287,42 @@ _vmig() {
 
     case "${cmd}" in
         vmig)
-            opts="-h -V --help --version vm testguest generate help"
+            opts="-h -V --inventory --help --version migrate hosts vms vm agent pki lab testguest generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__agent)
+            opts="-c -h -V --config --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -154,13 +331,17 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__generate)
-            opts="-h -V --out-dir --help --version"
+            opts="-h -V --out-dir --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --out-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --inventory)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -172,8 +353,22 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__help)
-            opts="vm testguest generate help"
+            opts="migrate hosts vms vm agent pki lab testguest generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__agent)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -202,6 +397,132 @@ _vmig() {
         vmig__subcmd__help__subcmd__help)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__hosts)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__lab)
+            opts="up demo down"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__lab__subcmd__demo)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__lab__subcmd__down)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__lab__subcmd__up)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__migrate)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__pki)
+            opts="init issue"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__pki__subcmd__init)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__pki__subcmd__issue)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -242,8 +563,50 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__help__subcmd__vm)
-            opts="run status stats pause resume save shutdown send"
+            opts="create start stop destroy show console run status stats pause resume save shutdown send"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__vm__subcmd__console)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__vm__subcmd__create)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__vm__subcmd__destroy)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -325,7 +688,35 @@ _vmig() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vmig__subcmd__help__subcmd__vm__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vmig__subcmd__help__subcmd__vm__subcmd__shutdown)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__vm__subcmd__start)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -367,9 +758,9 @@ _vmig() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        vmig__subcmd__testguest)
-            opts="-h -V --help --version export help"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+        vmig__subcmd__help__subcmd__vm__subcmd__stop)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -381,13 +772,409 @@ _vmig() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        vmig__subcmd__testguest__subcmd__export)
-            opts="-h -V --help --version"
+        vmig__subcmd__help__subcmd__vms)
+            opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__hosts)
+            opts="-h -V --json --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__lab)
+            opts="-h -V --inventory --help --version up demo down help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__lab__subcmd__demo)
+            opts="-h -V --dir --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__lab__subcmd__down)
+            opts="-h -V --dir --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__lab__subcmd__help)
+            opts="up demo down help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__lab__subcmd__help__subcmd__demo)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__lab__subcmd__help__subcmd__down)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__lab__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__lab__subcmd__help__subcmd__up)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__lab__subcmd__up)
+            opts="-h -V --hosts --vms --max-migration-cost --dir --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --hosts)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --vms)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-migration-cost)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__migrate)
+            opts="-h -V --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --dry-run --json --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --downtime-ms)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --streams)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bandwidth)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout-action)
+                    COMPREPLY=($(compgen -W "cancel force" -- "${cur}"))
+                    return 0
+                    ;;
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__pki)
+            opts="-h -V --inventory --help --version init issue help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__pki__subcmd__help)
+            opts="init issue help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__pki__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__pki__subcmd__help__subcmd__init)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__pki__subcmd__help__subcmd__issue)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__pki__subcmd__init)
+            opts="-h -V --dir --cluster --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cluster)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__pki__subcmd__issue)
+            opts="-h -V --dir --host --operator --san --out --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --operator)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --san)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --out)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__testguest)
+            opts="-h -V --inventory --help --version export help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__testguest__subcmd__export)
+            opts="-h -V --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -438,8 +1225,120 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm)
-            opts="-h -V --help --version run status stats pause resume save shutdown send help"
+            opts="-h -V --inventory --help --version create start stop destroy show console run status stats pause resume save shutdown send help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__vm__subcmd__console)
+            opts="-h -V --bytes --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --bytes)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__vm__subcmd__create)
+            opts="-h -V --spec --name --kernel --initrd --cmdline --memory --vcpus --redundancy-group --host --no-start --json --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --spec)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kernel)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --initrd)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cmdline)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --memory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --vcpus)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redundancy-group)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__vm__subcmd__destroy)
+            opts="-h -V --json --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__vm__subcmd__help)
+            opts="create start stop destroy show console run status stats pause resume save shutdown send help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -451,9 +1350,37 @@ _vmig() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        vmig__subcmd__vm__subcmd__help)
-            opts="run status stats pause resume save shutdown send help"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+        vmig__subcmd__vm__subcmd__help__subcmd__console)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__vm__subcmd__help__subcmd__create)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__vm__subcmd__help__subcmd__destroy)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -549,7 +1476,35 @@ _vmig() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vmig__subcmd__vm__subcmd__help__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vmig__subcmd__vm__subcmd__help__subcmd__shutdown)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__vm__subcmd__help__subcmd__start)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -591,8 +1546,22 @@ _vmig() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vmig__subcmd__vm__subcmd__help__subcmd__stop)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vmig__subcmd__vm__subcmd__pause)
-            opts="-h -V --control --json --timeout --help --version"
+            opts="-h -V --control --json --timeout --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -603,6 +1572,10 @@ _vmig() {
                     return 0
                     ;;
                 --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --inventory)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -614,7 +1587,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm__subcmd__resume)
-            opts="-h -V --control --json --timeout --help --version"
+            opts="-h -V --control --json --timeout --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -628,6 +1601,10 @@ _vmig() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -636,7 +1613,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm__subcmd__run)
-            opts="-h -V --kernel --initrd --cmdline --memory --vcpus --console --control --restore --incoming --name --help --version"
+            opts="-h -V --kernel --initrd --cmdline --memory --vcpus --console --control --restore --incoming --token-file --name --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -678,7 +1655,15 @@ _vmig() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --inventory)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -690,7 +1675,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm__subcmd__save)
-            opts="-h -V --control --json --timeout --help --version"
+            opts="-h -V --control --json --timeout --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -704,6 +1689,10 @@ _vmig() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -712,7 +1701,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm__subcmd__send)
-            opts="-h -V --control --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --json --help --version"
+            opts="-h -V --control --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --token-file --json --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -742,6 +1731,32 @@ _vmig() {
                     COMPREPLY=($(compgen -W "cancel force" -- "${cur}"))
                     return 0
                     ;;
+                --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__vm__subcmd__show)
+            opts="-h -V --json --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -750,7 +1765,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm__subcmd__shutdown)
-            opts="-h -V --control --json --timeout --help --version"
+            opts="-h -V --control --json --timeout --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -761,6 +1776,28 @@ _vmig() {
                     return 0
                     ;;
                 --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__vm__subcmd__start)
+            opts="-h -V --json --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --inventory)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -772,7 +1809,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm__subcmd__stats)
-            opts="-h -V --control --json --timeout --help --version"
+            opts="-h -V --control --json --timeout --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -783,6 +1820,10 @@ _vmig() {
                     return 0
                     ;;
                 --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --inventory)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -794,7 +1835,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm__subcmd__status)
-            opts="-h -V --control --json --timeout --help --version"
+            opts="-h -V --control --json --timeout --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -805,6 +1846,50 @@ _vmig() {
                     return 0
                     ;;
                 --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__vm__subcmd__stop)
+            opts="-h -V --json --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__vms)
+            opts="-h -V --host --json --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --inventory)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

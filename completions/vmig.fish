@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_vmig_global_optspecs
-    string join \n h/help V/version
+    string join \n inventory= h/help V/version
 end
 
 function __fish_vmig_needs_command
@@ -24,23 +24,93 @@ function __fish_vmig_using_subcommand
     contains -- $cmd[1] $argv
 end
 
+complete -c vmig -n "__fish_vmig_needs_command" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_needs_command" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_needs_command" -s V -l version -d 'Print version'
-complete -c vmig -n "__fish_vmig_needs_command" -f -a "vm" -d 'Run and control single VMs on this host (one VMM process per VM)'
+complete -c vmig -n "__fish_vmig_needs_command" -f -a "migrate" -d 'Live-migrate a VM to another host, with progress'
+complete -c vmig -n "__fish_vmig_needs_command" -f -a "hosts" -d 'List the cluster\'s hosts and their facts'
+complete -c vmig -n "__fish_vmig_needs_command" -f -a "vms" -d 'List the cluster\'s VMs and where they run'
+complete -c vmig -n "__fish_vmig_needs_command" -f -a "vm" -d 'Manage VMs: in the cluster (create, start, stop, destroy, show, console) or single VMM processes on this host (run, send, status, ...)'
+complete -c vmig -n "__fish_vmig_needs_command" -f -a "agent" -d 'The host daemon: runs VMs and migrates them agent to agent'
+complete -c vmig -n "__fish_vmig_needs_command" -f -a "pki" -d 'The cluster\'s certificate authority: create it, issue certificates'
+complete -c vmig -n "__fish_vmig_needs_command" -f -a "lab" -d 'A local lab: several agents and demo VMs on this machine'
 complete -c vmig -n "__fish_vmig_needs_command" -f -a "testguest" -d 'Work with the built-in test guest'
 complete -c vmig -n "__fish_vmig_needs_command" -f -a "generate" -d 'Write man pages and shell completions (for packagers and the repo)'
 complete -c vmig -n "__fish_vmig_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown send help" -s h -l help -d 'Print help'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown send help" -s V -l version -d 'Print version'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown send help" -f -a "run" -d 'Run a VM in the foreground: this process is its VMM'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown send help" -f -a "status" -d 'Show a running VMM\'s state'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown send help" -f -a "stats" -d 'Show a running VMM\'s counters (exits, resident memory, console bytes)'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown send help" -f -a "pause" -d 'Pause a running VM\'s vCPUs'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown send help" -f -a "resume" -d 'Resume a paused VM'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown send help" -f -a "save" -d 'Save a paused VM\'s complete state and memory into a directory'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown send help" -f -a "shutdown" -d 'Stop a VM and end its VMM process'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown send help" -f -a "send" -d 'Live-migrate a running VM to a VMM waiting with `vm run --incoming`'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from run status stats pause resume save shutdown send help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l downtime-ms -d 'Switch over once the expected downtime is below this many milliseconds' -r
+complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l streams -d 'Parallel TCP streams' -r
+complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l bandwidth -d 'Bandwidth cap in bytes per second (K/M/G suffixes), e.g. 100M' -r
+complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l timeout -d 'Time limit in seconds for the whole migration' -r
+complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l timeout-action -d 'What the time limit does: `cancel` (the VM stays on the source) or `force` (switch over now)' -r -f -a "cancel\t''
+force\t''"
+complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l no-auto-converge -d 'Do not throttle the vCPUs of a guest that dirties memory faster than the link sends'
+complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l verify-memory -d 'Hash guest memory on both sides at switchover and refuse the handoff if they differ (for testing; adds the hashing time to the downtime)'
+complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l dry-run -d 'Check that the move could start, and say what it would do; move nothing'
+complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l json -d 'Print progress and the result as JSON lines (the default without a terminal)'
+complete -c vmig -n "__fish_vmig_using_subcommand migrate" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand migrate" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand hosts" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand hosts" -l json -d 'Print JSON (all facts) instead of a table'
+complete -c vmig -n "__fish_vmig_using_subcommand hosts" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand hosts" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand vms" -l host -d 'Only the VMs of this host' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vms" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand vms" -l json -d 'Print JSON instead of a table'
+complete -c vmig -n "__fish_vmig_using_subcommand vms" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand vms" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "create" -d 'Define a VM on a host of the cluster and boot it'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "start" -d 'Boot a defined VM on its host'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "stop" -d 'Stop a VM (its definition stays)'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "destroy" -d 'Stop a VM and forget it'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "show" -d 'Show a VM\'s definition, state and counters'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "console" -d 'Print the end of a VM\'s console log'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "run" -d 'Run a VM in the foreground: this process is its VMM'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "status" -d 'Show a running VMM\'s state'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "stats" -d 'Show a running VMM\'s counters (exits, resident memory, console bytes)'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "pause" -d 'Pause a running VM\'s vCPUs'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "resume" -d 'Resume a paused VM'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "save" -d 'Save a paused VM\'s complete state and memory into a directory'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "shutdown" -d 'Stop a VM and end its VMM process'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "send" -d 'Live-migrate a running VM to a VMM waiting with `vm run --incoming`'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l spec -d 'Read the VM\'s definition from a TOML file' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l name -d 'The VM\'s name (unique in the cluster)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l kernel -d 'Kernel: a path on the host, or `builtin:testguest`' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l initrd -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l cmdline -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l memory -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l vcpus -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l redundancy-group -d 'VMs of one group must not share a chassis' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l host -d 'The host to create it on (default: the one with the most memory available)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l no-start -d 'Define it without booting it'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l json -d 'Print JSON'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from start" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from start" -l json -d 'Print JSON'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from start" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from start" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from stop" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from stop" -l json -d 'Print JSON'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from stop" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from stop" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from destroy" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from destroy" -l json -d 'Print JSON'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from destroy" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from destroy" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from show" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from show" -l json -d 'Print JSON'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from show" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from console" -l bytes -d 'How much of the end of the console log to print' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from console" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from console" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from console" -s V -l version -d 'Print version'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l kernel -d 'Kernel to boot: a PVH ELF, a Linux bzImage or vmlinux, or `builtin:testguest`' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l initrd -d 'Initial ramdisk (Linux) or PVH module' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l cmdline -d 'Kernel command line' -r
@@ -50,36 +120,44 @@ complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l control -d 'Serve the control socket (status, pause, resume, save, stats, shutdown) at SOCKET' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l restore -d 'Continue a VM saved with `vmig vm save` instead of booting one' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l incoming -d 'Receive the VM by live migration: listen on tcp:HOST:PORT for `vmig vm send`' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l token-file -d 'With --incoming: accept only a sender that presents the migration token in FILE (64 hex digits; `vmig vm send --token-file` on the source)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l name -d 'The VM\'s name, shown to migration peers' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -s V -l version -d 'Print version'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from status" -l control -d 'The VMM\'s control socket (as given to `vmig vm run --control`)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from status" -l timeout -d 'Seconds to wait for the reply' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from status" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from status" -l json -d 'Print the reply as JSON'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from status" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from status" -s V -l version -d 'Print version'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from stats" -l control -d 'The VMM\'s control socket (as given to `vmig vm run --control`)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from stats" -l timeout -d 'Seconds to wait for the reply' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from stats" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from stats" -l json -d 'Print the reply as JSON'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from stats" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from stats" -s V -l version -d 'Print version'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from pause" -l control -d 'The VMM\'s control socket (as given to `vmig vm run --control`)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from pause" -l timeout -d 'Seconds to wait for the reply' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from pause" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from pause" -l json -d 'Print the reply as JSON'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from pause" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from pause" -s V -l version -d 'Print version'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from resume" -l control -d 'The VMM\'s control socket (as given to `vmig vm run --control`)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from resume" -l timeout -d 'Seconds to wait for the reply' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from resume" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from resume" -l json -d 'Print the reply as JSON'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from resume" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from resume" -s V -l version -d 'Print version'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from save" -l control -d 'The VMM\'s control socket (as given to `vmig vm run --control`)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from save" -l timeout -d 'Seconds to wait for the reply' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from save" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from save" -l json -d 'Print the reply as JSON'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from save" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from save" -s V -l version -d 'Print version'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from shutdown" -l control -d 'The VMM\'s control socket (as given to `vmig vm run --control`)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from shutdown" -l timeout -d 'Seconds to wait for the reply' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from shutdown" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from shutdown" -l json -d 'Print the reply as JSON'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from shutdown" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from shutdown" -s V -l version -d 'Print version'
@@ -90,11 +168,19 @@ complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l timeout -d 'Time limit in seconds for the whole migration' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l timeout-action -d 'What the time limit does: `cancel` (the VM stays on the source) or `force` (switch over now)' -r -f -a "cancel\t''
 force\t''"
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l token-file -d 'The target\'s migration token (when it runs with `--token-file`)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l no-auto-converge -d 'Do not throttle the vCPUs of a guest that dirties memory faster than the link sends'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l verify-memory -d 'Hash guest memory on both sides at switchover and refuse the handoff if they differ (for testing; adds the hashing time to the downtime)'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l json -d 'Print progress and the final report as JSON lines (the default without a terminal)'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "create" -d 'Define a VM on a host of the cluster and boot it'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "start" -d 'Boot a defined VM on its host'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "stop" -d 'Stop a VM (its definition stays)'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "destroy" -d 'Stop a VM and forget it'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "show" -d 'Show a VM\'s definition, state and counters'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "console" -d 'Print the end of a VM\'s console log'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "run" -d 'Run a VM in the foreground: this process is its VMM'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "status" -d 'Show a running VMM\'s state'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "stats" -d 'Show a running VMM\'s counters (exits, resident memory, console bytes)'
@@ -104,21 +190,88 @@ complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "shutdown" -d 'Stop a VM and end its VMM process'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "send" -d 'Live-migrate a running VM to a VMM waiting with `vm run --incoming`'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmig -n "__fish_vmig_using_subcommand agent" -s c -l config -d 'The agent\'s config file (TOML)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand agent" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand agent" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand agent" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand pki; and not __fish_seen_subcommand_from init issue help" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand pki; and not __fish_seen_subcommand_from init issue help" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand pki; and not __fish_seen_subcommand_from init issue help" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand pki; and not __fish_seen_subcommand_from init issue help" -f -a "init" -d 'Create the cluster CA (ca.pem, ca.key) in a directory'
+complete -c vmig -n "__fish_vmig_using_subcommand pki; and not __fish_seen_subcommand_from init issue help" -f -a "issue" -d 'Issue a host or operator certificate signed by the cluster CA'
+complete -c vmig -n "__fish_vmig_using_subcommand pki; and not __fish_seen_subcommand_from init issue help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmig -n "__fish_vmig_using_subcommand pki; and __fish_seen_subcommand_from init" -l dir -d 'Where the CA\'s files go; keep ca.key secret' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand pki; and __fish_seen_subcommand_from init" -l cluster -d 'The cluster\'s name, written into every certificate' -r
+complete -c vmig -n "__fish_vmig_using_subcommand pki; and __fish_seen_subcommand_from init" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand pki; and __fish_seen_subcommand_from init" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand pki; and __fish_seen_subcommand_from init" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand pki; and __fish_seen_subcommand_from issue" -l dir -d 'The CA\'s directory (from `vmig pki init`)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand pki; and __fish_seen_subcommand_from issue" -l host -d 'Issue a host certificate for the agent of NAME (server and client auth)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand pki; and __fish_seen_subcommand_from issue" -l operator -d 'Issue an operator certificate for NAME (client auth only)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand pki; and __fish_seen_subcommand_from issue" -l san -d 'Extra names or IP addresses the host is reached by (repeatable)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand pki; and __fish_seen_subcommand_from issue" -l out -d 'Where NAME.pem and NAME.key go (default: the CA\'s directory)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand pki; and __fish_seen_subcommand_from issue" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand pki; and __fish_seen_subcommand_from issue" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand pki; and __fish_seen_subcommand_from issue" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand pki; and __fish_seen_subcommand_from help" -f -a "init" -d 'Create the cluster CA (ca.pem, ca.key) in a directory'
+complete -c vmig -n "__fish_vmig_using_subcommand pki; and __fish_seen_subcommand_from help" -f -a "issue" -d 'Issue a host or operator certificate signed by the cluster CA'
+complete -c vmig -n "__fish_vmig_using_subcommand pki; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subcommand_from up demo down help" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subcommand_from up demo down help" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subcommand_from up demo down help" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subcommand_from up demo down help" -f -a "up" -d 'Start the lab: agents hostA, hostB, ... on loopback addresses, and demo VMs vm1, vm2, ...'
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subcommand_from up demo down help" -f -a "demo" -d 'Bring the lab up if needed and live-migrate vm1 to the next host, with progress'
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subcommand_from up demo down help" -f -a "down" -d 'Stop every VM and agent of the lab and remove its files'
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subcommand_from up demo down help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l hosts -d 'Number of hosts (agents)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l vms -d 'Number of demo VMs, placed round-robin (1 vCPU each, the test guest dirtying memory)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l max-migration-cost -d 'Each host\'s migration cost limit (default: the agent\'s)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l dir -d 'Where the lab keeps its files (default: $VMIG_LAB_DIR, else ~/.local/state/vmig/lab)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from demo" -l dir -d 'Where the lab keeps its files (default: $VMIG_LAB_DIR, else ~/.local/state/vmig/lab)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from demo" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from demo" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from demo" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from down" -l dir -d 'Where the lab keeps its files (default: $VMIG_LAB_DIR, else ~/.local/state/vmig/lab)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from down" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from down" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from down" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from help" -f -a "up" -d 'Start the lab: agents hostA, hostB, ... on loopback addresses, and demo VMs vm1, vm2, ...'
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from help" -f -a "demo" -d 'Bring the lab up if needed and live-migrate vm1 to the next host, with progress'
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from help" -f -a "down" -d 'Stop every VM and agent of the lab and remove its files'
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmig -n "__fish_vmig_using_subcommand testguest; and not __fish_seen_subcommand_from export help" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand testguest; and not __fish_seen_subcommand_from export help" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand testguest; and not __fish_seen_subcommand_from export help" -s V -l version -d 'Print version'
 complete -c vmig -n "__fish_vmig_using_subcommand testguest; and not __fish_seen_subcommand_from export help" -f -a "export" -d 'Write the test guest\'s PVH ELF image to a file (e.g. for `qemu-system-x86_64 -kernel`)'
 complete -c vmig -n "__fish_vmig_using_subcommand testguest; and not __fish_seen_subcommand_from export help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmig -n "__fish_vmig_using_subcommand testguest; and __fish_seen_subcommand_from export" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand testguest; and __fish_seen_subcommand_from export" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand testguest; and __fish_seen_subcommand_from export" -s V -l version -d 'Print version'
 complete -c vmig -n "__fish_vmig_using_subcommand testguest; and __fish_seen_subcommand_from help" -f -a "export" -d 'Write the test guest\'s PVH ELF image to a file (e.g. for `qemu-system-x86_64 -kernel`)'
 complete -c vmig -n "__fish_vmig_using_subcommand testguest; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c vmig -n "__fish_vmig_using_subcommand generate" -l out-dir -d 'Directory that receives `man/` and `completions/`' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand generate" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand generate" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand generate" -s V -l version -d 'Print version'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from vm testguest generate help" -f -a "vm" -d 'Run and control single VMs on this host (one VMM process per VM)'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from vm testguest generate help" -f -a "testguest" -d 'Work with the built-in test guest'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from vm testguest generate help" -f -a "generate" -d 'Write man pages and shell completions (for packagers and the repo)'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from vm testguest generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate hosts vms vm agent pki lab testguest generate help" -f -a "migrate" -d 'Live-migrate a VM to another host, with progress'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate hosts vms vm agent pki lab testguest generate help" -f -a "hosts" -d 'List the cluster\'s hosts and their facts'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate hosts vms vm agent pki lab testguest generate help" -f -a "vms" -d 'List the cluster\'s VMs and where they run'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate hosts vms vm agent pki lab testguest generate help" -f -a "vm" -d 'Manage VMs: in the cluster (create, start, stop, destroy, show, console) or single VMM processes on this host (run, send, status, ...)'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate hosts vms vm agent pki lab testguest generate help" -f -a "agent" -d 'The host daemon: runs VMs and migrates them agent to agent'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate hosts vms vm agent pki lab testguest generate help" -f -a "pki" -d 'The cluster\'s certificate authority: create it, issue certificates'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate hosts vms vm agent pki lab testguest generate help" -f -a "lab" -d 'A local lab: several agents and demo VMs on this machine'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate hosts vms vm agent pki lab testguest generate help" -f -a "testguest" -d 'Work with the built-in test guest'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate hosts vms vm agent pki lab testguest generate help" -f -a "generate" -d 'Write man pages and shell completions (for packagers and the repo)'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate hosts vms vm agent pki lab testguest generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "create" -d 'Define a VM on a host of the cluster and boot it'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "start" -d 'Boot a defined VM on its host'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "stop" -d 'Stop a VM (its definition stays)'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "destroy" -d 'Stop a VM and forget it'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "show" -d 'Show a VM\'s definition, state and counters'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "console" -d 'Print the end of a VM\'s console log'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "run" -d 'Run a VM in the foreground: this process is its VMM'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "status" -d 'Show a running VMM\'s state'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "stats" -d 'Show a running VMM\'s counters (exits, resident memory, console bytes)'
@@ -127,4 +280,9 @@ complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcomma
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "save" -d 'Save a paused VM\'s complete state and memory into a directory'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "shutdown" -d 'Stop a VM and end its VMM process'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "send" -d 'Live-migrate a running VM to a VMM waiting with `vm run --incoming`'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from pki" -f -a "init" -d 'Create the cluster CA (ca.pem, ca.key) in a directory'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from pki" -f -a "issue" -d 'Issue a host or operator certificate signed by the cluster CA'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from lab" -f -a "up" -d 'Start the lab: agents hostA, hostB, ... on loopback addresses, and demo VMs vm1, vm2, ...'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from lab" -f -a "demo" -d 'Bring the lab up if needed and live-migrate vm1 to the next host, with progress'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from lab" -f -a "down" -d 'Stop every VM and agent of the lab and remove its files'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from testguest" -f -a "export" -d 'Write the test guest\'s PVH ELF image to a file (e.g. for `qemu-system-x86_64 -kernel`)'

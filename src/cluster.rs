@@ -77,7 +77,7 @@ impl Cluster {
     /// Finds the host that holds `vm`; hosts that cannot be asked are named
     /// in the error when the VM is not found elsewhere.
     pub fn locate(&self, vm: &str) -> Result<Located> {
-        let mut unreachable = Vec::new();
+        let mut failed = None;
         for (host, answer) in self.ask_all::<Vec<VmInfo>>(&Request::ListVms) {
             match answer {
                 Ok(vms) => {
@@ -85,14 +85,22 @@ impl Cluster {
                         return Ok(Located { host, info });
                     }
                 }
-                Err(e) => unreachable.push(format!("{e:#}")),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
             }
         }
-        let mut message = format!("no VM named {vm} in the cluster ({})", self.inventory.path.display());
-        if !unreachable.is_empty() {
-            message.push_str(&format!("; not asked: {}", unreachable.join("; ")));
+        match failed {
+            // It may be on the host that could not be asked: say why, not "no such VM".
+            Some(error) => {
+                Err(anyhow::Error::new(error).context(format!("{vm} was not found on the hosts that answered")))
+            }
+            None => Err(NotFound(format!(
+                "no VM named {vm} in the cluster ({})",
+                self.inventory.path.display()
+            ))
+            .into()),
         }
-        Err(NotFound(message).into())
     }
 }
 

@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::{BOOT_TIMEOUT, Vmm, send};
-use vmig_backend::migration::protocol::{self, CpuidLeaf, Hello, Kind, PROTOCOL_VERSION, Range};
+use vmig_backend::migration::protocol::{self, CpuidLeaf, Hello, Kind, PROTOCOL_VERSION, Range, Token};
 use vmig_backend::vmm::MachineConfig;
 
 fn frame(kind: u8, len: u32, arg: u64) -> Vec<u8> {
@@ -46,6 +46,7 @@ fn hello(cpuid: Vec<CpuidLeaf>) -> Hello {
         cpuid,
         xsave_size: 0,
         streams: 1,
+        token: Token::default(),
     }
 }
 
@@ -103,6 +104,45 @@ fn garbage_connections_do_not_stop_a_receiver_from_taking_a_real_vm() {
     let source = Vmm::testguest("128M", 1, "hb=20");
     source.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() >= 2);
     let sent = send(&source, &url, &[]);
+    assert_eq!(sent.code, Some(0), "{}", sent.stderr);
+    target.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() >= 4);
+}
+
+#[test]
+fn a_receiver_with_a_token_takes_only_the_sender_that_has_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = Token([7u8; 32]);
+    let path = dir.path().join("token");
+    std::fs::write(&path, token.to_hex()).unwrap();
+    let path = path.to_str().unwrap().to_string();
+    let target = Vmm::start_in(dir, &["--incoming", "tcp:127.0.0.1:0", "--token-file", &path]);
+    let line = target.wait_for_stderr("the incoming address", |l| l.contains("waiting for an incoming VM on "));
+    let url = line.rsplit(' ').next().unwrap().to_string();
+
+    // A Hello this host would accept, but without the token.
+    let mut stranger = connect(&url);
+    send_frame(&mut stranger, Kind::Hello, 0, &protocol::encode(&hello(local_cpuid())));
+    let (kind, payload) = read_frame(&mut stranger);
+    assert_eq!(kind, Kind::Abort as u8);
+    assert!(String::from_utf8_lossy(&payload).contains("not authenticated"));
+    // With a wrong one.
+    let mut wrong = hello(local_cpuid());
+    wrong.token = Token([8u8; 32]);
+    let mut stranger = connect(&url);
+    send_frame(&mut stranger, Kind::Hello, 0, &protocol::encode(&wrong));
+    assert_eq!(read_frame(&mut stranger).0, Kind::Abort as u8);
+
+    let source = Vmm::testguest("128M", 1, "hb=20");
+    source.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() >= 2);
+    let refused = send(&source, &url, &[]);
+    assert_eq!(
+        refused.code,
+        Some(1),
+        "a sender without the token is refused: {}",
+        refused.stderr
+    );
+    assert!(refused.stderr.contains("not authenticated"), "{}", refused.stderr);
+    let sent = send(&source, &url, &["--token-file", &path]);
     assert_eq!(sent.code, Some(0), "{}", sent.stderr);
     target.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() >= 4);
 }

@@ -28,7 +28,7 @@ pub enum ClientError {
     Tls {
         host: String,
         #[source]
-        source: PkiError,
+        source: Box<PkiError>,
     },
     #[error("lost the connection to the agent of {host}")]
     Io {
@@ -99,7 +99,7 @@ impl Client {
             PkiError::Handshake(e) if e.kind() != std::io::ErrorKind::InvalidData => unreachable(e),
             source => ClientError::Tls {
                 host: self.host.clone(),
-                source,
+                source: Box::new(source),
             },
         })?;
         // Long requests (a migration) answer when they are done.
@@ -125,7 +125,7 @@ impl Client {
                     if e.kind() == std::io::ErrorKind::InvalidData {
                         ClientError::Tls {
                             host: self.host.clone(),
-                            source: PkiError::Handshake(e),
+                            source: Box::new(PkiError::Handshake(e)),
                         }
                     } else {
                         io(e)

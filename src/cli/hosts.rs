@@ -59,8 +59,8 @@ pub fn exec(args: &HostsArgs, inventory: Option<&Path>) -> Result<Exit> {
             }
         }
     }
-    if answers.iter().any(|(_, a)| a.is_err()) {
-        exit = Exit::Unreachable;
+    if let Some(error) = answers.iter().find_map(|(_, a)| a.as_ref().err()) {
+        exit = super::exit_for(error);
     }
     Ok(exit)
 }

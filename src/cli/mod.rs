@@ -121,14 +121,7 @@ fn classify(error: &anyhow::Error) -> Exit {
             return Exit::Conflict;
         }
         if let Some(error) = cause.downcast_ref::<ClientError>() {
-            return match error {
-                ClientError::Status { status: 404, .. } => Exit::NotFound,
-                ClientError::Status { status: 409, .. } => Exit::Conflict,
-                ClientError::Status { status: 403, .. } | ClientError::Tls { .. } => Exit::Auth,
-                ClientError::Status { status: 400, .. } => Exit::Usage,
-                ClientError::Unreachable { .. } => Exit::Unreachable,
-                _ => Exit::Failure,
-            };
+            return exit_for(error);
         }
         if let Some(error) = cause.downcast_ref::<InventoryError>() {
             return match error {
@@ -144,6 +137,18 @@ fn classify(error: &anyhow::Error) -> Exit {
         }
     }
     Exit::Failure
+}
+
+/// The exit code for an agent's answer or a failure to get one.
+pub fn exit_for(error: &ClientError) -> Exit {
+    match error {
+        ClientError::Status { status: 404, .. } => Exit::NotFound,
+        ClientError::Status { status: 409, .. } => Exit::Conflict,
+        ClientError::Status { status: 403, .. } | ClientError::Tls { .. } => Exit::Auth,
+        ClientError::Status { status: 400, .. } => Exit::Usage,
+        ClientError::Unreachable { .. } => Exit::Unreachable,
+        _ => Exit::Failure,
+    }
 }
 
 /// Input that is wrong before anything starts (exit code 2).

@@ -31,16 +31,16 @@ pub struct InitArgs {
 #[command(after_help = "Examples:\n  \
     vmig pki issue --dir /etc/vmig/pki --host hostA --san 10.0.0.1   # for hostA's agent\n  \
     vmig pki issue --dir /etc/vmig/pki --operator alice               # for an operator")]
-#[group(id = "who", required = true, multiple = false)]
+#[command(group(clap::ArgGroup::new("who").required(true).args(["host", "operator"])))]
 pub struct IssueArgs {
     /// The CA's directory (from `vmig pki init`).
     #[arg(long, value_name = "DIR")]
     dir: PathBuf,
     /// Issue a host certificate for the agent of NAME (server and client auth).
-    #[arg(long, value_name = "NAME", group = "who")]
+    #[arg(long, value_name = "NAME")]
     host: Option<String>,
     /// Issue an operator certificate for NAME (client auth only).
-    #[arg(long, value_name = "NAME", group = "who")]
+    #[arg(long, value_name = "NAME")]
     operator: Option<String>,
     /// Extra names or IP addresses the host is reached by (repeatable).
     #[arg(long, value_name = "NAME|IP", requires = "host")]

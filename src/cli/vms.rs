@@ -38,7 +38,7 @@ pub fn exec(args: &VmsArgs, inventory: Option<&Path>) -> Result<Exit> {
             Ok(list) => vms.extend(list),
             Err(e) => {
                 eprintln!("vmig: {}: {e:#}", host.name);
-                exit = Exit::Unreachable;
+                exit = super::exit_for(&e);
             }
         }
     }

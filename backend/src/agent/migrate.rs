@@ -251,7 +251,7 @@ impl Agent {
     /// host's budget until the source reports the end.
     pub fn prepare_incoming(
         self: &Arc<Self>,
-        spec: VmSpec,
+        spec: &VmSpec,
         token: Token,
         source: &str,
         progress: &mut dyn FnMut(MigrateProgress),

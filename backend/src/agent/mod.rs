@@ -200,7 +200,7 @@ impl Agent {
         Ok(vm.dir.console_tail(bytes.min(16 << 20)))
     }
 
-    pub fn create(self: &Arc<Self>, spec: VmSpec, start: bool) -> Result<VmInfo, Failure> {
+    pub fn create(self: &Arc<Self>, spec: &VmSpec, start: bool) -> Result<VmInfo, Failure> {
         spec.validate()
             .map_err(|e| Failure::new(400, format!("invalid VM spec: {e}")))?;
         {

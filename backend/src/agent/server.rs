@@ -74,7 +74,7 @@ fn connection(agent: &Arc<Agent>, tls: Arc<rustls::ServerConfig>, tcp: TcpStream
         },
     };
     out.line(&Line::Answer(answer));
-    let _ = stream.conn.send_close_notify();
+    stream.conn.send_close_notify();
     let _ = stream.flush();
 }
 
@@ -128,7 +128,7 @@ fn handle<S: Write>(
             to_value(facts::gather(&agent.config, vms, agent.slots.usage()))
         }
         Request::ListVms => to_value(agent.list()),
-        Request::CreateVm { spec, start } => to_value(agent.create(spec, start)?),
+        Request::CreateVm { spec, start } => to_value(agent.create(&spec, start)?),
         Request::StartVm { name } => to_value(agent.start(&name)?),
         Request::StopVm { name } => to_value(agent.stop(&name)?),
         Request::DestroyVm { name } => to_value(agent.destroy(&name)?),
@@ -138,7 +138,7 @@ fn handle<S: Write>(
             to_value(agent.migrate_out(&name, &target, options, &mut progress)?)
         }
         Request::PrepareIncoming { spec, token, source } => {
-            to_value(agent.prepare_incoming(spec, token, &source, &mut progress)?)
+            to_value(agent.prepare_incoming(&spec, token, &source, &mut progress)?)
         }
         Request::FinishIncoming {
             name,

@@ -104,11 +104,11 @@ mod tests {
         let (tx, rx) = channel();
         let mut waiters = Vec::new();
         for name in ["second", "third"] {
-            let slots = Arc::clone(&slots);
+            let shared = Arc::clone(&slots);
             let tx = tx.clone();
             waiters.push(std::thread::spawn(move || {
                 let mut places = Vec::new();
-                let slot = slots.acquire(2, |p| places.push(p));
+                let slot = shared.acquire(2, |p| places.push(p));
                 tx.send((name, places)).unwrap();
                 drop(slot);
             }));

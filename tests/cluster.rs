@@ -1,0 +1,446 @@
+//! End to end: three agents on this machine (`vmig lab up`), real KVM, real
+//! processes, mutual TLS; the operator commands as a user types them.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use common::{BOOT_TIMEOUT, Heartbeat, VMIG};
+use serde_json::Value;
+
+/// One lab at a time: each runs VMs that keep a core busy, and this machine
+/// has two.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A lab of three agents in a temporary directory; taken down when dropped.
+struct Lab {
+    dir: tempfile::TempDir,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Lab {
+    fn up(extra: &[&str]) -> Self {
+        let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+        let dir = tempfile::tempdir().unwrap();
+        let lab = Self { dir, _serial: serial };
+        let out = lab.run(&[&["lab", "up", "--hosts", "3", "--vms", "0", "--dir", lab.path()], extra].concat());
+        assert!(out.status.success(), "lab up failed: {}", text(&out.stderr));
+        lab
+    }
+
+    fn path(&self) -> &str {
+        self.dir.path().to_str().unwrap()
+    }
+
+    fn inventory(&self) -> PathBuf {
+        self.dir.path().join("vmig.toml")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(VMIG);
+        command
+            .arg("--inventory")
+            .arg(self.inventory())
+            .args(args)
+            .stdin(Stdio::null())
+            .env_remove("VMIG_INVENTORY");
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("cannot run vmig")
+    }
+
+    /// Runs and expects success; returns standard output.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "vmig {args:?} failed ({:?}): {}",
+            out.status.code(),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    fn vms(&self) -> Vec<Value> {
+        let out = self.ok(&["vms", "--json"]);
+        serde_json::from_str::<Value>(&out).unwrap().as_array().unwrap().clone()
+    }
+
+    fn vm(&self, name: &str) -> Value {
+        self.vms()
+            .into_iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("{name} is not listed"))
+    }
+
+    fn create(&self, name: &str, host: &str, memory: &str, cmdline: &str) {
+        self.ok(&[
+            "vm",
+            "create",
+            "--name",
+            name,
+            "--host",
+            host,
+            "--kernel",
+            "builtin:testguest",
+            "--memory",
+            memory,
+            "--cmdline",
+            cmdline,
+        ]);
+    }
+
+    fn console(&self, name: &str) -> String {
+        self.ok(&["vm", "console", name, "--bytes", "4M"])
+    }
+
+    /// Heartbeats of `name`'s console (earlier hosts included).
+    fn heartbeats(&self, name: &str) -> Vec<Heartbeat> {
+        complete_lines(&self.console(name))
+            .filter_map(Heartbeat::parse)
+            .collect()
+    }
+
+    /// Waits until the guest has printed heartbeat `seq`.
+    fn wait_for_heartbeat(&self, name: &str, seq: u64) -> Vec<Heartbeat> {
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        loop {
+            let beats = self.heartbeats(name);
+            if beats.last().is_some_and(|b| b.seq() >= seq) {
+                return beats;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never reached heartbeat {seq}: {}",
+                self.console(name)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn agent_pid(&self, host: &str) -> i32 {
+        let path = self.dir.path().join("hosts").join(host).join("agent.pid");
+        std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.run(&["lab", "down", "--dir", self.path()]);
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Lines that end in a newline (the last may still be being written).
+fn complete_lines(text: &str) -> impl Iterator<Item = &str> {
+    let end = text.rfind('\n').map_or(0, |i| i + 1);
+    text[..end].lines()
+}
+
+/// The JSON lines of a command's standard output.
+fn json_lines(out: &[u8]) -> Vec<Value> {
+    text(out).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+fn migrated(out: &Output) -> Value {
+    json_lines(&out.stdout)
+        .into_iter()
+        .find_map(|v| v.get("migrated").cloned())
+        .unwrap_or_else(|| panic!("no result: {} {}", text(&out.stdout), text(&out.stderr)))
+}
+
+/// Every heartbeat exactly once and in order, no integrity error.
+fn assert_guest_intact(beats: &[Heartbeat], console: &str) {
+    assert!(!console.contains("ERR"), "the guest reported an error:\n{console}");
+    for (i, beat) in beats.iter().enumerate() {
+        assert_eq!(beat.seq(), i as u64, "heartbeat {i} is out of sequence:\n{console}");
+        assert_eq!(beat.get("errors"), 0, "integrity errors:\n{console}");
+    }
+}
+
+#[test]
+fn a_vm_moves_from_host_to_host_while_it_dirties_memory() {
+    let lab = Lab::up(&[]);
+    lab.create("vm1", "hostA", "512M", "fill=128M dirty=64M rate=100 hb=100");
+    assert_eq!(lab.vm("vm1")["host"], "hostA");
+    lab.wait_for_heartbeat("vm1", 3);
+    for target in ["hostB", "hostC"] {
+        let out = lab.run(&["migrate", "vm1", target, "--json"]);
+        assert!(out.status.success(), "to {target}: {}", text(&out.stderr));
+        let result = migrated(&out);
+        assert_eq!(result["target"], target);
+        assert!(result["report"]["bytes_sent"].as_u64().unwrap() > 64 << 20, "{result}");
+        let progress = json_lines(&out.stdout)
+            .iter()
+            .filter(|v| v.get("progress").is_some())
+            .count();
+        assert!(progress > 0, "no progress lines: {}", text(&out.stdout));
+        let vm = lab.vm("vm1");
+        assert_eq!(
+            (vm["host"].as_str(), vm["state"].as_str()),
+            (Some(target), Some("running")),
+            "{vm}"
+        );
+        assert_eq!(lab.vms().len(), 1, "exactly one copy is listed: {:?}", lab.vms());
+    }
+    let before = lab.heartbeats("vm1").last().unwrap().seq();
+    let beats = lab.wait_for_heartbeat("vm1", before + 5);
+    assert_guest_intact(&beats, &lab.console("vm1"));
+    let last = beats.last().unwrap();
+    assert!(
+        last.get("written") > 0 && last.get("verified") > 0,
+        "the workload ran: {:?}",
+        last.fields
+    );
+}
+
+#[test]
+fn an_agent_restart_keeps_its_vms() {
+    let lab = Lab::up(&[]);
+    lab.create("vm1", "hostA", "256M", "fill=32M hb=100");
+    lab.wait_for_heartbeat("vm1", 2);
+    let pid = lab.vm("vm1")["pid"].as_u64().unwrap();
+    let agent = lab.agent_pid("hostA");
+    // SAFETY: kill(2) with plain integers.
+    assert_eq!(unsafe { libc::kill(agent, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while Path::new(&format!("/proc/{agent}/status")).exists()
+        && !std::fs::read_to_string(format!("/proc/{agent}/status"))
+            .unwrap_or_default()
+            .contains("zombie")
+    {
+        assert!(Instant::now() < deadline, "the agent did not die");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = lab.run(&["vms"]);
+    assert_eq!(out.status.code(), Some(5), "a host without its agent is unreachable");
+    lab.ok(&["lab", "up", "--dir", lab.path()]);
+    let vm = lab.vm("vm1");
+    assert_eq!(vm["state"], "running", "{vm}");
+    assert_eq!(vm["pid"].as_u64(), Some(pid), "the same VMM was adopted");
+    // The adopted VM is fully managed: it migrates.
+    let out = lab.run(&["migrate", "vm1", "hostB", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let beats = lab.wait_for_heartbeat("vm1", lab.heartbeats("vm1").last().unwrap().seq() + 3);
+    assert_guest_intact(&beats, &lab.console("vm1"));
+}
+
+#[test]
+fn a_client_without_a_valid_certificate_is_refused() {
+    let lab = Lab::up(&[]);
+    lab.create("vm1", "hostA", "256M", "hb=200");
+    // An operator certificate from another CA.
+    let other = tempfile::tempdir().unwrap();
+    let other_dir = other.path().to_str().unwrap();
+    lab.ok(&["pki", "init", "--dir", other_dir]);
+    lab.ok(&["pki", "issue", "--dir", other_dir, "--operator", "mallory"]);
+    let inventory = std::fs::read_to_string(lab.inventory()).unwrap();
+    let lab_pki = lab.dir.path().join("pki");
+    let forged = inventory
+        .replace(
+            lab_pki.join("operator").to_str().unwrap(),
+            &format!("{other_dir}/mallory"),
+        )
+        .replace(lab_pki.join("ca.pem").to_str().unwrap(), &format!("{other_dir}/ca.pem"));
+    assert_ne!(
+        forged, inventory,
+        "the inventory names the operator's files: {inventory}"
+    );
+    let path = other.path().join("vmig.toml");
+    std::fs::write(&path, forged).unwrap();
+    for args in [&["vms"][..], &["vm", "stop", "vm1"], &["migrate", "vm1", "hostB"]] {
+        let out = Command::new(VMIG)
+            .arg("--inventory")
+            .arg(&path)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(9), "{args:?}: {}", text(&out.stderr));
+    }
+    // A certificate missing altogether is a clear error too.
+    let missing = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("mallory.key", "nobody.key");
+    std::fs::write(&path, missing).unwrap();
+    let out = Command::new(VMIG)
+        .arg("--inventory")
+        .arg(&path)
+        .arg("vms")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(9), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("nobody.key"), "{}", text(&out.stderr));
+    // Nothing changed.
+    let vm = lab.vm("vm1");
+    assert_eq!(
+        (vm["host"].as_str(), vm["state"].as_str()),
+        (Some("hostA"), Some("running"))
+    );
+}
+
+/// Starts `vmig migrate VM HOST --json ARGS` in the background.
+fn spawn_migrate(lab: &Lab, vm: &str, host: &str, extra: &[&str]) -> Child {
+    lab.command(&[&["migrate", vm, host, "--json"], extra].concat())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until `vm` is listed as migrating.
+fn wait_migrating(lab: &Lab, vm: &str) {
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while lab.vm(vm)["state"] != "migrating" {
+        assert!(Instant::now() < deadline, "{vm} never started migrating");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_second_migration_of_a_migrating_vm_is_refused() {
+    let lab = Lab::up(&[]);
+    lab.create("vm1", "hostA", "512M", "fill=256M hb=200");
+    lab.wait_for_heartbeat("vm1", 1);
+    // 256 MiB at 32 MiB/s: several seconds to try the second.
+    let first = spawn_migrate(&lab, "vm1", "hostB", &["--bandwidth", "32M"]);
+    wait_migrating(&lab, "vm1");
+    let second = lab.run(&["migrate", "vm1", "hostC"]);
+    assert_eq!(second.status.code(), Some(8), "{}", text(&second.stderr));
+    assert!(
+        text(&second.stderr).contains("already migrating to hostB"),
+        "{}",
+        text(&second.stderr)
+    );
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert_eq!(lab.vm("vm1")["host"], "hostB");
+}
+
+#[test]
+fn a_hosts_migration_limit_queues_the_excess() {
+    let lab = Lab::up(&["--max-migration-cost", "1"]);
+    for vm in ["vm1", "vm2"] {
+        lab.create(vm, "hostA", "256M", "fill=128M hb=200");
+    }
+    lab.wait_for_heartbeat("vm1", 1);
+    lab.wait_for_heartbeat("vm2", 1);
+    let first = spawn_migrate(&lab, "vm1", "hostB", &["--bandwidth", "32M"]);
+    wait_migrating(&lab, "vm1");
+    let second = spawn_migrate(&lab, "vm2", "hostC", &[]);
+    let first = first.wait_with_output().unwrap();
+    let second = second.wait_with_output().unwrap();
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    let queued: Vec<Value> = json_lines(&second.stdout)
+        .into_iter()
+        .filter_map(|v| v.get("queued").cloned())
+        .collect();
+    assert_eq!(
+        queued.first().map(|q| q["host"].clone()),
+        Some("hostA".into()),
+        "{}",
+        text(&second.stdout)
+    );
+    // It started only when the first had ended.
+    let first_total = migrated(&first)["report"]["total_ms"].as_f64().unwrap();
+    let waited = migrated(&second)["queued_ms"].as_f64().unwrap();
+    assert!(
+        waited > first_total * 0.5,
+        "waited {waited} ms while the first took {first_total} ms"
+    );
+    assert_eq!(lab.vm("vm1")["host"], "hostB");
+    assert_eq!(lab.vm("vm2")["host"], "hostC");
+}
+
+#[test]
+fn a_failed_migration_leaves_the_vm_running_on_its_source() {
+    let lab = Lab::up(&[]);
+    lab.create("vm1", "hostA", "512M", "fill=256M hb=100");
+    lab.wait_for_heartbeat("vm1", 1);
+    // 256 MiB cannot move at 8 MiB/s within 2 s: the time limit cancels.
+    let out = lab.run(&["migrate", "vm1", "hostB", "--bandwidth", "8M", "--timeout", "2"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let vm = lab.vm("vm1");
+    assert_eq!(
+        (vm["host"].as_str(), vm["state"].as_str()),
+        (Some("hostA"), Some("running")),
+        "{vm}"
+    );
+    assert!(
+        vm["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("migration to hostB failed"),
+        "{vm}"
+    );
+    assert_eq!(lab.vms().len(), 1, "hostB kept nothing: {:?}", lab.vms());
+    let table = lab.ok(&["vms"]);
+    assert!(table.contains("migration to hostB failed"), "{table}");
+    let beats = lab.wait_for_heartbeat("vm1", lab.heartbeats("vm1").last().unwrap().seq() + 3);
+    assert_guest_intact(&beats, &lab.console("vm1"));
+    // And it can go once the limits allow.
+    lab.ok(&["migrate", "vm1", "hostB", "--json"]);
+}
+
+#[test]
+fn bad_input_gets_a_clear_message_and_its_own_exit_code() {
+    let lab = Lab::up(&[]);
+    lab.create("vm1", "hostA", "256M", "hb=200");
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["migrate", "vm9", "hostB"], 7, "no VM named vm9"),
+        (&["migrate", "vm1", "hostZ"], 7, "no host named hostZ"),
+        (&["migrate", "vm1", "hostA"], 8, "runs on hostA already"),
+        (&["vm", "show", "nope"], 7, "no VM named nope"),
+        (
+            &["vm", "create", "--name", "vm1", "--kernel", "builtin:testguest"],
+            8,
+            "exists on hostA",
+        ),
+        (&["vm", "create", "--name", "bad/name", "--kernel", "x"], 2, "name"),
+        (
+            &["vm", "create", "--name", "vm2", "--kernel", "x", "--memory", "3M"],
+            2,
+            "memory",
+        ),
+    ];
+    for (args, code, message) in cases {
+        let out = lab.run(args);
+        assert_eq!(out.status.code(), Some(*code), "{args:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(message), "{args:?}: {}", text(&out.stderr));
+    }
+    // A malformed agent config names the file, line and field.
+    let config = lab.dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "name = \"hostX\"\napi_address = \"127.0.0.1:1\"\nchasis = \"c\"\n",
+    )
+    .unwrap();
+    let out = lab.run(&["agent", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(10), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("line 3") && stderr.contains("chasis"),
+        "{stderr}"
+    );
+    // A malformed inventory too.
+    let inventory = lab.dir.path().join("broken.toml");
+    std::fs::write(&inventory, "[[hosts]]\nname = 5\n").unwrap();
+    let out = Command::new(VMIG)
+        .arg("--inventory")
+        .arg(&inventory)
+        .arg("vms")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(10), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("line 2"), "{}", text(&out.stderr));
+    assert_eq!(lab.vms().len(), 1, "nothing changed");
+}
