@@ -160,6 +160,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/vmig.toml");
+        let inventory = Inventory::load(&path).unwrap();
+        assert_eq!(inventory.hosts.len(), 2);
+        assert_eq!(inventory.host("hostB").unwrap().address, "10.0.0.2:7070");
+    }
+
+    #[test]
     fn loads_and_names_bad_lines() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vmig.toml");

@@ -40,8 +40,8 @@ impl Default for LabOptions {
         Self {
             hosts: 3,
             vms: 2,
-            vm_memory: "512M".into(),
-            vm_cmdline: "fill=128M dirty=32M rate=50 hb=1000".into(),
+            vm_memory: "1G".into(),
+            vm_cmdline: "fill=768M dirty=64M rate=100 hb=1000".into(),
             max_migration_cost: None,
         }
     }

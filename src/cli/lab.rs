@@ -84,6 +84,19 @@ fn demo(lab: &Lab, say: &mut dyn FnMut(&str)) -> Result<Exit> {
     let inventory = lab.inventory_path();
     let cluster = Cluster::open(Some(&inventory))?;
     let vm1 = cluster.locate("vm1")?;
+    // Migrate a guest that has filled its memory: the interesting case.
+    let client = cluster.client(&vm1.host);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let console: String = client.call(Request::Console {
+            name: "vm1".into(),
+            bytes: 1 << 20,
+        })?;
+        if console.contains("FILLED") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let hosts = &cluster.inventory.hosts;
     let here = hosts.iter().position(|h| h.name == vm1.host.name).unwrap_or(0);
     let next = hosts[(here + 1) % hosts.len()].name.clone();

@@ -148,8 +148,17 @@ pub fn toml_error(text: &str, error: &toml::de::Error) -> String {
         Some(span) => {
             let before = &text[..span.start.min(text.len())];
             let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {column}: {message}")
+            let start = before.rfind('\n').map_or(0, |i| i + 1);
+            let column = before.len() - start + 1;
+            // A type error points at the value; name the field it belongs to.
+            let line_text = text[start..].lines().next().unwrap_or_default();
+            let field = line_text.split_once('=').map(|(key, _)| key.trim()).filter(|k| !k.is_empty());
+            match field {
+                Some(field) if !message.contains(field) => {
+                    format!("line {line}, column {column}: field `{field}`: {message}")
+                }
+                _ => format!("line {line}, column {column}: {message}"),
+            }
         }
         None => message.to_string(),
     }
@@ -197,6 +206,14 @@ ca = "ca.pem"
         assert!(AgentConfig::parse(&bad_name).unwrap_err().contains("`name`"));
         let missing = GOOD.replace("api_address = \"127.0.0.1:7070\"\n", "");
         assert!(AgentConfig::parse(&missing).unwrap_err().contains("api_address"));
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let config = AgentConfig::parse(include_str!("../../../contrib/agent.toml")).unwrap();
+        assert_eq!(config.name, "hostA");
+        assert_eq!(config.migration_ip().to_string(), "10.1.0.1");
+        assert_eq!((config.max_migration_cost(), config.migration_cost()), (8, 1));
     }
 
     #[test]
