@@ -172,7 +172,8 @@ fn a_vm_moves_from_host_to_host_while_it_dirties_memory() {
     lab.create("vm1", "hostA", "512M", "fill=128M dirty=64M rate=100 hb=100");
     assert_eq!(lab.vm("vm1")["host"], "hostA");
     lab.wait_for_heartbeat("vm1", 3);
-    for target in ["hostB", "hostC"] {
+    // Back to a host it left, too: the old VMM's files must not touch the new one's.
+    for target in ["hostB", "hostA", "hostB", "hostC"] {
         let out = lab.run(&["migrate", "vm1", target, "--json"]);
         assert!(out.status.success(), "to {target}: {}", text(&out.stderr));
         let result = migrated(&out);

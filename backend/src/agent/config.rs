@@ -152,7 +152,10 @@ pub fn toml_error(text: &str, error: &toml::de::Error) -> String {
             let column = before.len() - start + 1;
             // A type error points at the value; name the field it belongs to.
             let line_text = text[start..].lines().next().unwrap_or_default();
-            let field = line_text.split_once('=').map(|(key, _)| key.trim()).filter(|k| !k.is_empty());
+            let field = line_text
+                .split_once('=')
+                .map(|(key, _)| key.trim())
+                .filter(|k| !k.is_empty());
             match field {
                 Some(field) if !message.contains(field) => {
                     format!("line {line}, column {column}: field `{field}`: {message}")

@@ -47,16 +47,24 @@ impl Agent {
         if target.name == self.config.name {
             return Err(Failure::new(409, format!("{name} runs on {} already", target.name)));
         }
-        let (dir, spec) = self.claim(name, &target.name)?;
+        let (dir, spec, pid) = self.claim(name, &target.name)?;
         let started = Instant::now();
         let result = self.run_migration(&dir, &spec, target, &mut options, started, progress);
         let mut vms = self.vms();
         match &result {
             Ok(_) => {
-                // The source VMM ended itself after the target confirmed.
-                if let Some(vm) = vms.remove(name) {
+                // The source VMM ends itself after the target confirmed; the
+                // name and its files are freed only once it has, so a VM
+                // coming back here cannot meet the old VMM's files.
+                drop(vms);
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while super::vmm::alive(pid) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                if let Some(vm) = self.vms().remove(name) {
                     vm.dir.remove();
                 }
+                return result;
             }
             Err(failure) => {
                 if let Some(vm) = vms.get_mut(name) {
@@ -70,7 +78,7 @@ impl Agent {
     }
 
     /// Marks the VM as leaving, or says why it cannot.
-    fn claim(&self, name: &str, target: &str) -> Result<(VmDir, VmSpec), Failure> {
+    fn claim(&self, name: &str, target: &str) -> Result<(VmDir, VmSpec, u32), Failure> {
         let mut vms = self.vms();
         let vm: &mut Vm = vms.get_mut(name).ok_or_else(|| Failure::not_found(name))?;
         if let Some(other) = &vm.migrating_to {
@@ -95,7 +103,7 @@ impl Agent {
         }
         vm.migrating_to = Some(target.to_string());
         vm.record.note = None;
-        Ok((vm.dir.clone(), vm.record.spec.clone()))
+        Ok((vm.dir.clone(), vm.record.spec.clone(), vm.record.pid.unwrap_or(0)))
     }
 
     fn run_migration(
@@ -147,7 +155,7 @@ impl Agent {
         });
         options.token = token;
         let outcome = send(dir, &prepared.url, options, progress);
-        let finish = |migrated| {
+        let finish = |migrated: bool| {
             peer.call::<serde_json::Value>(Request::FinishIncoming {
                 name: spec.name.clone(),
                 migrated,

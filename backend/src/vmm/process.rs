@@ -92,6 +92,9 @@ pub fn run(options: VmmOptions, on_ready: impl FnOnce(&Ready)) -> Result<StopRea
     let (events, inbox) = channel();
     forward_signals(events.clone())?;
     let listener = options.control.as_deref().map(control::bind).transpose()?;
+    // The socket file this process made: only that one is removed at the end,
+    // never one a successor VMM has since bound at the same path.
+    let own_socket = options.control.as_deref().and_then(socket_identity);
     let sink = console_sink(&options.console)?;
     let mut vmm = Vmm {
         vm: None,
@@ -138,9 +141,7 @@ pub fn run(options: VmmOptions, on_ready: impl FnOnce(&Ready)) -> Result<StopRea
             VmmEvent::Signal(_) => break StopReason::Requested,
             VmmEvent::Received(Ok(vm)) => vmm.vm = Some(vm),
             VmmEvent::Received(Err(detail)) => {
-                if let Some(path) = &options.control {
-                    let _ = std::fs::remove_file(path);
-                }
+                remove_own_socket(options.control.as_deref(), own_socket);
                 return Err(ProcessError::Incoming(detail));
             }
             VmmEvent::Control(Request::Shutdown, reply) => {
@@ -168,10 +169,23 @@ pub fn run(options: VmmOptions, on_ready: impl FnOnce(&Ready)) -> Result<StopRea
     if let Some(answering) = &answering {
         answering.wait_delivered(std::time::Duration::from_secs(2));
     }
-    if let Some(path) = &options.control {
+    remove_own_socket(options.control.as_deref(), own_socket);
+    Ok(stop_reason)
+}
+
+/// (device, inode) of a file.
+fn socket_identity(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+fn remove_own_socket(path: Option<&std::path::Path>, own: Option<(u64, u64)>) {
+    if let Some(path) = path
+        && own.is_some()
+        && socket_identity(path) == own
+    {
         let _ = std::fs::remove_file(path);
     }
-    Ok(stop_reason)
 }
 
 /// Waits for a sender, checks it, builds the VM it announces and receives it.
