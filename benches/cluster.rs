@@ -90,9 +90,20 @@ fn wait_filled(dir: &str, vm: &str) {
     }
 }
 
+/// Takes the lab down however the benchmark ends: agents and VMs left
+/// behind would skew every later measurement on this machine.
+struct LabGuard(String);
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = vmig(&self.0, &["lab", "down"]);
+    }
+}
+
 fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_str().unwrap().to_string();
+    let _guard = LabGuard(dir.clone());
     let dir = dir.as_str();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("vmig cluster benchmark on {} ({cores} cores)", hostname());
