@@ -43,6 +43,27 @@ fn ok(dir: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `vmig vm create` of a test-guest VM on `host`.
+fn create(dir: &str, name: &str, host: &str, memory: &str, cmdline: &str) {
+    ok(
+        dir,
+        &[
+            "vm",
+            "create",
+            "--name",
+            name,
+            "--host",
+            host,
+            "--memory",
+            memory,
+            "--kernel",
+            "builtin:testguest",
+            "--cmdline",
+            cmdline,
+        ],
+    );
+}
+
 fn timed(dir: &str, args: &[&str]) -> f64 {
     let mut times: Vec<f64> = (0..RUNS)
         .map(|_| {
@@ -112,23 +133,7 @@ fn main() {
     // Command latency, with one VM per host to list.
     for (i, host) in ["hostA", "hostB", "hostC"].iter().enumerate() {
         let name = format!("idle{i}");
-        ok(
-            dir,
-            &[
-                "vm",
-                "create",
-                "--name",
-                &name,
-                "--host",
-                host,
-                "--memory",
-                "64M",
-                "--kernel",
-                "builtin:testguest",
-                "--cmdline",
-                "hb=1000",
-            ],
-        );
+        create(dir, &name, host, "64M", "hb=1000");
     }
     let list = timed(dir, &["vms", "--json"]);
     let help = timed(dir, &["--help"]);
@@ -141,23 +146,7 @@ fn main() {
     const IDLE: usize = 8;
     for i in 0..IDLE {
         let name = format!("mem{i}");
-        ok(
-            dir,
-            &[
-                "vm",
-                "create",
-                "--name",
-                &name,
-                "--host",
-                "hostB",
-                "--memory",
-                "64M",
-                "--kernel",
-                "builtin:testguest",
-                "--cmdline",
-                "hb=1000",
-            ],
-        );
+        create(dir, &name, "hostB", "64M", "hb=1000");
     }
     // Every VM listed once more, so the agent has answered about all of them.
     let listed = vms(dir);
@@ -188,23 +177,7 @@ fn main() {
     }
 
     // Migration through the agents against the engine alone, same guest, same hosts' loopback.
-    ok(
-        dir,
-        &[
-            "vm",
-            "create",
-            "--name",
-            "mover",
-            "--host",
-            "hostA",
-            "--memory",
-            "1G",
-            "--kernel",
-            "builtin:testguest",
-            "--cmdline",
-            "fill=512M hb=1000",
-        ],
-    );
+    create(dir, "mover", "hostA", "1G", "fill=512M hb=1000");
     wait_filled(dir, "mover");
     let hosts = ["hostB", "hostA"];
     let mut agent_total = Vec::new();
@@ -234,7 +207,6 @@ fn main() {
         at / et,
         ad / ed
     );
-    ok(dir, &["lab", "down"]);
 }
 
 /// The same guest migrated back and forth between two VMMs started by hand.

@@ -131,16 +131,24 @@ fn print_info(info: &VmInfo, json: bool, verb: &str) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
+/// What `lifecycle` does to a VM.
+#[derive(Debug, Clone, Copy)]
+pub enum Lifecycle {
+    Start,
+    Stop,
+    Destroy,
+}
+
 /// start, stop and destroy: one request to the VM's host.
-pub fn lifecycle(args: &NameArgs, inventory: Option<&Path>, verb: &str) -> Result<Exit> {
+pub fn lifecycle(args: &NameArgs, inventory: Option<&Path>, action: Lifecycle) -> Result<Exit> {
     let cluster = Cluster::open(inventory)?;
     let located = cluster.locate(&args.name)?;
     let client = cluster.client(&located.host);
     let name = args.name.clone();
-    match verb {
-        "started" => print_info(&client.call(Request::StartVm { name })?, args.json, verb),
-        "stopped" => print_info(&client.call(Request::StopVm { name })?, args.json, verb),
-        _ => {
+    match action {
+        Lifecycle::Start => print_info(&client.call(Request::StartVm { name })?, args.json, "started"),
+        Lifecycle::Stop => print_info(&client.call(Request::StopVm { name })?, args.json, "stopped"),
+        Lifecycle::Destroy => {
             client.call::<serde_json::Value>(Request::DestroyVm { name })?;
             if args.json {
                 println!(

@@ -46,9 +46,9 @@ pub fn exec(command: VmCommand, inventory: Option<&std::path::Path>) -> Result<E
     use vmig_backend::vmm::control::Request;
     match command {
         VmCommand::Create(args) => cluster::create(&args, inventory),
-        VmCommand::Start(args) => cluster::lifecycle(&args, inventory, "started"),
-        VmCommand::Stop(args) => cluster::lifecycle(&args, inventory, "stopped"),
-        VmCommand::Destroy(args) => cluster::lifecycle(&args, inventory, "destroyed"),
+        VmCommand::Start(args) => cluster::lifecycle(&args, inventory, cluster::Lifecycle::Start),
+        VmCommand::Stop(args) => cluster::lifecycle(&args, inventory, cluster::Lifecycle::Stop),
+        VmCommand::Destroy(args) => cluster::lifecycle(&args, inventory, cluster::Lifecycle::Destroy),
         VmCommand::Show(args) => cluster::show(&args, inventory),
         VmCommand::Console(args) => cluster::console(&args, inventory),
         VmCommand::Run(args) => run::exec(&args),
