@@ -48,7 +48,6 @@ impl Display {
             Phase::Connecting => "connecting".to_string(),
             Phase::Precopy => format!("round {}", progress.round),
             Phase::Switchover => "switchover".to_string(),
-            Phase::Handoff => "handoff".to_string(),
         };
         bar.set_message(phase);
         let mut detail = format!(

@@ -25,8 +25,8 @@
 //! ── State{vCPUs, irqchip, PIT, clock, devices} ─►
 //!                                             restores it, VM still paused
 //! ◄─────────── Ready
-//! ── Go ──────────────────────────────────────►  resumes the VM
-//! ◄─────────── Running
+//! ── Go ──────────────────────────────────────►  records Running (the commit)
+//! ◄─────────── Running                         then starts the vCPUs
 //! [source destroys its copy]
 //! ```
 //!
@@ -34,7 +34,10 @@
 //!
 //! The receiver resumes only on `Go`, and only after it holds the complete
 //! state; it records each session's [`protocol::Outcome`] and never changes a
-//! decision once taken. The source sends `Go` only after `Ready`, and:
+//! decision once taken. On `Go` it first checks that every vCPU can start,
+//! then records `Running`, answers, and only then starts the vCPUs: the
+//! answer is a commitment, and the source's wake-up never waits behind a
+//! guest that already spins on every core. The source sends `Go` only after `Ready`, and:
 //! - any failure before `Go` is sent proves the target did not resume: the source
 //!   resumes its vCPUs (automatic rollback) and the target discards its copy;
 //! - after `Go`, only `Running` or the receiver's recorded outcome decides. If

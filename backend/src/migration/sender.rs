@@ -667,10 +667,10 @@ impl Engine<'_> {
             } else {
                 dirty_bytes as f64 / bandwidth.max(1.0) * 1000.0 + STATE_ESTIMATE_MS
             };
-            progress(&self.progress(Phase::Precopy, round, dirty_bytes, dirty_rate, bandwidth, expected_ms));
             if expected_ms <= self.options.downtime_limit_ms as f64 {
                 break;
             }
+            progress(&self.progress(Phase::Precopy, round, dirty_bytes, dirty_rate, bandwidth, expected_ms));
             if self.ctx.cancel.load(Ordering::SeqCst) {
                 return Err(MigrationError::Cancelled);
             }
@@ -718,6 +718,11 @@ impl Engine<'_> {
         }
 
         // Stage 3: switch over. Stop throttling, pause, send the rest and the state.
+        // The last progress until the report goes out before the pause: whoever
+        // reads it (the CLI, an agent relaying to its client) must not be
+        // competing for the CPU while the guest is stopped.
+        self.live = None;
+        progress(&self.progress(Phase::Switchover, round + 1, dirty.bytes(), 0.0, bandwidth, 0.0));
         self.throttle.stop();
         let pause_at = Instant::now();
         self.vm.pause().map_err(|detail| MigrationError::Vm {
@@ -729,7 +734,6 @@ impl Engine<'_> {
         let mut last = dirty::collect(&self.ctx.vm_fd, &self.ctx.memory)?;
         last.merge(&dirty);
         let final_bytes = last.bytes();
-        progress(&self.progress(Phase::Switchover, round, final_bytes, 0.0, bandwidth, 0.0));
         // The state follows the last pages without waiting for their
         // acknowledgement: the receiver applies it only once every stream has
         // ended this round, and acknowledges the round before it says Ready.
@@ -754,7 +758,6 @@ impl Engine<'_> {
                 payload: encoded,
             },
         )?;
-        self.live = None;
         self.wait_for(Kind::RoundDone, u64::from(round), progress)?;
         let pages_done = Instant::now();
         self.wait_for(Kind::Ready, 0, progress)?;
@@ -762,7 +765,6 @@ impl Engine<'_> {
 
         // Stage 4: handoff. From the moment Go may have left, only the target's
         // answer decides: never resume here on a guess.
-        progress(&self.progress(Phase::Handoff, round, 0, 0.0, bandwidth, 0.0));
         let handoff = self.commit();
         let running_at = Instant::now();
         handoff?;

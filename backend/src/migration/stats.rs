@@ -8,10 +8,10 @@ pub enum Phase {
     Connecting,
     /// Copying memory while the VM runs.
     Precopy,
-    /// The VM is paused; last pages and state are on their way.
+    /// The VM is about to pause; the last pages and the state follow, then the
+    /// handoff. Nothing more is reported until the migration ends, so that no
+    /// reader of progress competes for the CPU while the guest is stopped.
     Switchover,
-    /// Waiting for the target to confirm it runs.
-    Handoff,
 }
 
 /// A snapshot of a running migration, streamed after every round.

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use kvm_bindings::{
     KVM_CLOCK_REALTIME, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY,
-    kvm_irqchip, kvm_pit_config,
+    kvm_clock_data, kvm_irqchip, kvm_pit_config,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
@@ -385,10 +385,37 @@ impl Vm {
         if matches!(self.state, RunState::Running | RunState::Created) {
             return Err(VmError::WrongState(self.state));
         }
+        // Every vCPU saves at once while this thread reads the VM-wide state.
+        // Each request sent is waited for, error or not, so that no reply is
+        // left behind for a later request to take.
+        let requested: Vec<_> = self.vcpus.iter().map(VcpuHandle::request_save).collect();
+        let vm_wide = self.save_vm_wide();
+        let devices = self.bus.save();
         let mut vcpus = Vec::with_capacity(self.vcpus.len());
-        for vcpu in &self.vcpus {
-            vcpus.push(vcpu.save()?);
+        let mut failed = None;
+        for (vcpu, request) in self.vcpus.iter().zip(requested) {
+            match request.and_then(|()| vcpu.wait_state()) {
+                Ok(state) => vcpus.push(state),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
         }
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        let (irqchip, clock) = vm_wide?;
+        Ok(VmState {
+            format: STATE_FORMAT,
+            machine: self.machine.clone(),
+            vcpus,
+            irqchip,
+            clock,
+            devices,
+        })
+    }
+
+    fn save_vm_wide(&self) -> Result<(IrqchipState, kvm_clock_data), VmError> {
         let irqchip = IrqchipState {
             pic_master: self.irqchip(KVM_IRQCHIP_PIC_MASTER)?,
             pic_slave: self.irqchip(KVM_IRQCHIP_PIC_SLAVE)?,
@@ -396,14 +423,7 @@ impl Vm {
             pit: self.fd.get_pit2().map_err(kvm_err("read the PIT"))?,
         };
         let clock = self.fd.get_clock().map_err(kvm_err("read the KVM clock"))?;
-        Ok(VmState {
-            format: STATE_FORMAT,
-            machine: self.machine.clone(),
-            vcpus,
-            irqchip,
-            clock,
-            devices: self.bus.save(),
-        })
+        Ok((irqchip, clock))
     }
 
     fn irqchip(&self, chip_id: u32) -> Result<kvm_irqchip, VmError> {
@@ -448,8 +468,21 @@ impl Vm {
         if let Some(first) = vcpus.first() {
             self.guest_cpuid.clone_from(&first.cpuid);
         }
-        for (vcpu, saved) in self.vcpus.iter().zip(vcpus) {
-            vcpu.restore(saved)?;
+        // Every vCPU restores at once; each request sent is waited for.
+        let requested: Vec<_> = self
+            .vcpus
+            .iter()
+            .zip(vcpus)
+            .map(|(vcpu, saved)| vcpu.request_restore(saved))
+            .collect();
+        let mut failed = None;
+        for (vcpu, request) in self.vcpus.iter().zip(requested) {
+            if let Err(e) = request.and_then(|()| vcpu.wait_done()) {
+                failed.get_or_insert(e);
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e.into());
         }
         self.state = RunState::Paused;
         Ok(())
@@ -479,6 +512,16 @@ impl crate::migration::receiver::TargetVm for Vm {
 
     fn restore(&mut self, state: VmState) -> Result<(), String> {
         Vm::restore(self, state).map_err(|e| process::chain(&e))
+    }
+
+    fn can_resume(&self) -> Result<(), String> {
+        if !matches!(self.state, RunState::Created | RunState::Paused) {
+            return Err(VmError::WrongState(self.state).to_string());
+        }
+        match self.vcpus.iter().position(|vcpu| !vcpu.alive()) {
+            Some(index) => Err(format!("vCPU {index} has ended")),
+            None => Ok(()),
+        }
     }
 
     fn resume(&mut self) -> Result<(), String> {

@@ -261,6 +261,7 @@ impl VcpuHandle {
                     running: false,
                     stopped: false,
                     hold_until: None,
+                    io_pending: false,
                 };
                 vcpu.main_loop(&inbox, &outbox);
             })
@@ -312,21 +313,31 @@ impl VcpuHandle {
         self.send(Request::Hold(duration))
     }
 
+    /// Whether the vCPU's thread is there to take requests.
+    pub fn alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|thread| !thread.is_finished())
+    }
+
     pub fn wait_done(&self) -> Result<(), VcpuError> {
         self.wait().map(|_| ())
     }
 
-    pub fn save(&self) -> Result<VcpuState, VcpuError> {
-        self.send(Request::Save)?;
+    /// Asks a paused vCPU for its state; pair with [`VcpuHandle::wait_state`].
+    /// Split so that every vCPU saves at once.
+    pub fn request_save(&self) -> Result<(), VcpuError> {
+        self.send(Request::Save)
+    }
+
+    pub fn wait_state(&self) -> Result<VcpuState, VcpuError> {
         match self.wait()? {
             Reply::State(state) => Ok(*state),
             _ => Err(VcpuError::Gone { vcpu: self.id }),
         }
     }
 
-    pub fn restore(&self, state: VcpuState) -> Result<(), VcpuError> {
-        self.send(Request::Restore(Box::new(state)))?;
-        self.wait_done()
+    /// Gives a paused vCPU its state; pair with [`VcpuHandle::wait_done`].
+    pub fn request_restore(&self, state: VcpuState) -> Result<(), VcpuError> {
+        self.send(Request::Restore(Box::new(state)))
     }
 
     /// Ends the thread (the vCPU fd is closed with it).
@@ -371,6 +382,9 @@ struct Vcpu {
     stopped: bool,
     /// Auto-converge keeps the vCPU out of the guest until then.
     hold_until: Option<Instant>,
+    /// The last exit was a port or MMIO access that KVM completes only on the
+    /// next `KVM_RUN`.
+    io_pending: bool,
 }
 
 impl Vcpu {
@@ -425,7 +439,10 @@ impl Vcpu {
     fn handle(&mut self, request: Request) -> Reply {
         let result = match request {
             Request::Pause => {
-                if self.running {
+                // KVM finishes a served access on the next KVM_RUN before it
+                // looks at signals, so after a kick nothing is pending and the
+                // extra entry (costly under nested KVM) is skipped.
+                if self.running && self.io_pending {
                     self.complete_pending_io();
                 }
                 self.running = false;
@@ -445,14 +462,15 @@ impl Vcpu {
                 vcpu: self.id,
                 what: "restoring state",
             }),
-            Request::Restore(state) => self.restore(&state).map(|()| Reply::Done),
+            Request::Restore(state) => {
+                self.io_pending = false;
+                self.restore(&state).map(|()| Reply::Done)
+            }
             Request::Finish | Request::Hold(_) => Ok(Reply::Done),
         };
         result.unwrap_or_else(Reply::Failed)
     }
 
-    /// Lets KVM finish an in-flight port or MMIO read without entering the
-    /// guest, so the saved registers reflect the completed instruction.
     /// Lets KVM finish an instruction whose port or MMIO access userspace just
     /// served, without entering the guest, so the saved registers reflect a
     /// completed instruction. Finishing a `rep outsb` can produce the next
@@ -467,10 +485,11 @@ impl Vcpu {
             }
         }
         self.fd.set_kvm_immediate_exit(0);
+        self.io_pending = false;
     }
 
     fn run_once(&mut self) {
-        self.run_and_serve();
+        self.io_pending = self.run_and_serve() == Served::Access;
     }
 
     /// One `KVM_RUN` and the service of its exit. A fatal exit stops the vCPU
@@ -680,13 +699,18 @@ impl Vcpu {
 
     fn restore(&mut self, state: &VcpuState) -> Result<(), VcpuError> {
         let fd = &self.fd;
-        let cpuid = CpuId::from_entries(&state.cpuid).map_err(|source| VcpuError::Fam {
-            vcpu: self.id,
-            what: "CPUID",
-            source,
-        })?;
-        fd.set_cpuid2(&cpuid).map_err(self.kvm("set CPUID"))?;
-        self.cpuid.clone_from(&state.cpuid);
+        // The table this vCPU was created with is usually the saved one (same
+        // machine config, compatible host): setting it again costs more than
+        // any other part of the restore here.
+        if self.cpuid != state.cpuid {
+            let cpuid = CpuId::from_entries(&state.cpuid).map_err(|source| VcpuError::Fam {
+                vcpu: self.id,
+                what: "CPUID",
+                source,
+            })?;
+            fd.set_cpuid2(&cpuid).map_err(self.kvm("set CPUID"))?;
+            self.cpuid.clone_from(&state.cpuid);
+        }
         if let Some(khz) = state.tsc_khz
             && fd.get_tsc_khz().ok() != Some(khz)
         {
