@@ -11,7 +11,8 @@
 //!
 //! Medians over several runs, because this machine is shared and noisy. A row
 //! that times out or fails is not repeated. `VMIG_BENCH_QUICK=1`: 1 GiB only,
-//! one run per row.
+//! one run per row; `VMIG_BENCH_RUNS=N`: N runs per row; `VMIG_BENCH_VMIG_ONLY=1`:
+//! no QEMU rows.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -938,7 +939,11 @@ fn print_table(gib: u64, runs: usize, rows: &[(&Workload, Vec<Row>)]) {
 fn main() {
     // `cargo bench` passes --bench; no other argument is read.
     let quick = std::env::var_os("VMIG_BENCH_QUICK").is_some_and(|v| v != "0");
-    let (sizes, runs): (&[u64], usize) = if quick { (&[1], 1) } else { (&[1, 4], 3) };
+    let (sizes, mut runs): (&[u64], usize) = if quick { (&[1], 1) } else { (&[1, 4], 3) };
+    if let Some(n) = std::env::var("VMIG_BENCH_RUNS").ok().and_then(|v| v.parse().ok()) {
+        runs = n;
+    }
+    let vmig_only = std::env::var_os("VMIG_BENCH_VMIG_ONLY").is_some_and(|v| v != "0");
     let defaults = MigrationOptions::default();
     println!("vmig live-migration benchmark on {} ({} cores)", hostname(), num_cpus());
     println!(
@@ -950,7 +955,7 @@ fn main() {
     println!();
     let limits = measure_limits(3);
 
-    let qemu = qemu_version();
+    let qemu = qemu_version().filter(|_| !vmig_only);
     let kernel_dir = tempfile::tempdir().expect("a temporary directory");
     let kernel = kernel_dir.path().join("testguest.elf");
     let qemu = qemu.filter(|_| {
@@ -974,6 +979,7 @@ fn main() {
                 QEMU_UNCAPPED_BPS / GIB
             );
         }
+        None if vmig_only => println!("VMIG_BENCH_VMIG_ONLY: vmig rows only"),
         None => println!("{QEMU} not found: vmig rows only"),
     }
     println!(
