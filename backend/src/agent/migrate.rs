@@ -77,33 +77,43 @@ impl Agent {
         result
     }
 
-    /// Marks the VM as leaving, or says why it cannot.
+    /// Marks the VM as leaving, or says why it cannot. The mark is taken
+    /// first, under the lock, so that two claims cannot both pass; the VMM is
+    /// asked whether it runs without the lock, and the mark is dropped again
+    /// if it does not.
     fn claim(&self, name: &str, target: &str) -> Result<(VmDir, VmSpec, u32), Failure> {
+        let (dir, spec, pid) = {
+            let mut vms = self.vms();
+            let vm: &mut Vm = vms.get_mut(name).ok_or_else(|| Failure::not_found(name))?;
+            if let Some(other) = &vm.migrating_to {
+                return Err(Failure::new(
+                    409,
+                    format!("{name} is already migrating to {other}; one migration per VM at a time"),
+                ));
+            }
+            if vm.record.incoming {
+                return Err(Failure::new(409, format!("{name} is still arriving on this host")));
+            }
+            let Some(pid) = vm.record.pid else {
+                return Err(not_running(name));
+            };
+            vm.migrating_to = Some(target.to_string());
+            (vm.dir.clone(), vm.record.spec.clone(), pid)
+        };
+        let running = dir
+            .status()
+            .is_some_and(|s| s.pid == pid && s.state == Some(crate::vmm::RunState::Running) && s.in_doubt.is_none());
+        // The mark is ours: no other claim passes it, and a VM being claimed
+        // cannot be stopped or destroyed.
         let mut vms = self.vms();
-        let vm: &mut Vm = vms.get_mut(name).ok_or_else(|| Failure::not_found(name))?;
-        if let Some(other) = &vm.migrating_to {
-            return Err(Failure::new(
-                409,
-                format!("{name} is already migrating to {other}; one migration per VM at a time"),
-            ));
+        let vm = vms.get_mut(name).ok_or_else(|| not_running(name))?;
+        if running && vm.record.pid == Some(pid) {
+            vm.record.note = None;
+            Ok((dir, spec, pid))
+        } else {
+            vm.migrating_to = None;
+            Err(not_running(name))
         }
-        if vm.record.incoming {
-            return Err(Failure::new(409, format!("{name} is still arriving on this host")));
-        }
-        let running = vm.record.pid.is_some()
-            && vm
-                .dir
-                .status()
-                .is_some_and(|s| s.state == Some(crate::vmm::RunState::Running) && s.in_doubt.is_none());
-        if !running {
-            return Err(Failure::new(
-                409,
-                format!("{name} is not running; only a running VM migrates live"),
-            ));
-        }
-        vm.migrating_to = Some(target.to_string());
-        vm.record.note = None;
-        Ok((vm.dir.clone(), vm.record.spec.clone(), vm.record.pid.unwrap_or(0)))
     }
 
     fn run_migration(
@@ -360,16 +370,19 @@ impl Agent {
 
     /// Target side: whether the receiving VMM runs the VM.
     pub fn incoming_state(&self, name: &str) -> IncomingState {
-        let vms = self.vms();
-        let Some(vm) = vms.get(name) else {
+        let Some((dir, pid)) = self.vms().get(name).map(|vm| (vm.dir.clone(), vm.record.pid)) else {
             return IncomingState::Gone;
         };
-        match vm.record.pid.and_then(|_| vm.dir.status()) {
+        match pid.and_then(|_| dir.status()) {
             Some(status) if status.state.is_some() => IncomingState::Running,
             Some(_) => IncomingState::Undecided,
             None => IncomingState::Gone,
         }
     }
+}
+
+fn not_running(name: &str) -> Failure {
+    Failure::new(409, format!("{name} is not running; only a running VM migrates live"))
 }
 
 enum SendError {

@@ -78,6 +78,26 @@ struct Vm {
     incoming_slot: Option<slots::Slot>,
 }
 
+impl Vm {
+    fn view(&self) -> View {
+        View {
+            dir: self.dir.clone(),
+            record: self.record.clone(),
+            migrating_to: self.migrating_to.clone(),
+        }
+    }
+}
+
+/// A copy of what the agent knows of a VM, taken under the lock so that its
+/// VMM can be asked for its status without the lock: a VMM that hangs must
+/// not stall every other request to the agent.
+#[derive(Debug)]
+struct View {
+    dir: VmDir,
+    record: Record,
+    migrating_to: Option<String>,
+}
+
 /// The agent: its config and the VMs it holds.
 #[derive(Debug)]
 pub struct Agent {
@@ -147,7 +167,8 @@ impl Agent {
         self.vms.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn info(&self, vm: &Vm) -> VmInfo {
+    /// The VM as the API shows it; asks its VMM, so never call it under the lock.
+    fn info(&self, vm: &View) -> VmInfo {
         let status = vm.record.pid.and_then(|_| vm.dir.status());
         let state = match (&status, vm.record.pid) {
             (_, None) if vm.record.note.as_deref().is_some_and(|n| n.starts_with("failed")) => VmState::Failed,
@@ -174,20 +195,27 @@ impl Agent {
         }
     }
 
+    /// A copy of one VM's record, taken under the lock.
+    fn view(&self, name: &str) -> Result<View, Failure> {
+        self.vms()
+            .get(name)
+            .map(Vm::view)
+            .ok_or_else(|| Failure::not_found(name))
+    }
+
     pub fn list(&self) -> Vec<VmInfo> {
-        let vms = self.vms();
-        vms.values().map(|vm| self.info(vm)).collect()
+        let views: Vec<View> = self.vms().values().map(Vm::view).collect();
+        views.iter().map(|vm| self.info(vm)).collect()
     }
 
     pub fn show(&self, name: &str) -> Result<VmDetail, Failure> {
-        let vms = self.vms();
-        let vm = vms.get(name).ok_or_else(|| Failure::not_found(name))?;
+        let vm = self.view(name)?;
         let stats = vm.record.pid.and_then(|_| match vm.dir.request(&VmmRequest::Stats) {
             Ok(Reply::Stats(stats)) => Some(stats),
             _ => None,
         });
         Ok(VmDetail {
-            info: self.info(vm),
+            info: self.info(&vm),
             spec: vm.record.spec.clone(),
             stats,
             console_path: vm.dir.console().display().to_string(),
@@ -231,10 +259,9 @@ impl Agent {
             );
         }
         if start {
-            self.start(&spec.name)?;
+            return self.start(&spec.name);
         }
-        let vms = self.vms();
-        Ok(self.info(&vms[&spec.name]))
+        Ok(self.info(&self.view(&spec.name)?))
     }
 
     pub fn start(self: &Arc<Self>, name: &str) -> Result<VmInfo, Failure> {
@@ -250,13 +277,16 @@ impl Agent {
         let child = dir
             .spawn_boot(&self.exe, &spec)
             .map_err(|e| Failure::new(500, format!("cannot start {name}: {}", crate::vmm::process::chain(&e))))?;
-        let mut vms = self.vms();
-        let vm = vms.get_mut(name).ok_or_else(|| Failure::not_found(name))?;
-        vm.record.pid = Some(child.id());
-        vm.record.note = None;
-        let _ = vm.dir.save(&vm.record);
+        let view = {
+            let mut vms = self.vms();
+            let vm = vms.get_mut(name).ok_or_else(|| Failure::not_found(name))?;
+            vm.record.pid = Some(child.id());
+            vm.record.note = None;
+            let _ = vm.dir.save(&vm.record);
+            vm.view()
+        };
         self.reap(child, name);
-        Ok(self.info(vm))
+        Ok(self.info(&view))
     }
 
     /// Waits for a child VMM in the background, so it never lingers as a
@@ -293,19 +323,25 @@ impl Agent {
     }
 
     pub fn stop(&self, name: &str) -> Result<VmInfo, Failure> {
-        let mut vms = self.vms();
-        let vm = vms.get_mut(name).ok_or_else(|| Failure::not_found(name))?;
-        if let Some(target) = &vm.migrating_to {
-            return Err(Failure::new(409, format!("{name} is migrating to {target}")));
-        }
-        if let Some(pid) = vm.record.pid.take() {
-            if vm.dir.request(&VmmRequest::Shutdown).is_err() {
-                vmm::kill(pid);
+        let view = {
+            // The shutdown is asked under the lock, so that no start of the
+            // same VM can slip in while its VMM ends; a VMM that does not
+            // answer within the control timeout is killed.
+            let mut vms = self.vms();
+            let vm = vms.get_mut(name).ok_or_else(|| Failure::not_found(name))?;
+            if let Some(target) = &vm.migrating_to {
+                return Err(Failure::new(409, format!("{name} is migrating to {target}")));
             }
-            vm.record.note = None;
-            let _ = vm.dir.save(&vm.record);
-        }
-        Ok(self.info(vm))
+            if let Some(pid) = vm.record.pid.take() {
+                if vm.dir.request(&VmmRequest::Shutdown).is_err() {
+                    vmm::kill(pid);
+                }
+                vm.record.note = None;
+                let _ = vm.dir.save(&vm.record);
+            }
+            vm.view()
+        };
+        Ok(self.info(&view))
     }
 
     pub fn destroy(&self, name: &str) -> Result<(), Failure> {
