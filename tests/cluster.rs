@@ -23,10 +23,19 @@ struct Lab {
 
 impl Lab {
     fn up(extra: &[&str]) -> Self {
+        Self::up_with_env(extra, &[])
+    }
+
+    /// A lab whose agents, and the VMMs they start, have `env` set.
+    fn up_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
         let dir = tempfile::tempdir().unwrap();
         let lab = Self { dir, _serial: serial };
-        let out = lab.run(&[&["lab", "up", "--hosts", "3", "--vms", "0", "--dir", lab.path()], extra].concat());
+        let out = lab
+            .command(&[&["lab", "up", "--hosts", "3", "--vms", "0", "--dir", lab.path()], extra].concat())
+            .envs(env.iter().copied())
+            .output()
+            .expect("cannot run vmig");
         assert!(out.status.success(), "lab up failed: {}", text(&out.stderr));
         lab
     }
@@ -200,6 +209,27 @@ fn a_vm_moves_from_host_to_host_while_it_dirties_memory() {
         last.get("written") > 0 && last.get("verified") > 0,
         "the workload ran: {:?}",
         last.fields
+    );
+}
+
+#[test]
+fn a_target_slow_to_start_the_vm_keeps_it() {
+    // The target answers Running before its vCPUs start, and the source's
+    // agent confirms at once: the target's agent must keep the VM even though
+    // its VMM does not show it running yet.
+    let lab = Lab::up_with_env(&[], &[("VMIG_TEST_FAULT", "slow-start")]);
+    lab.create("vm1", "hostA", "256M", "fill=32M hb=100");
+    lab.wait_for_heartbeat("vm1", 2);
+    let out = lab.run(&["migrate", "vm1", "hostB", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(lab.vm("vm1")["host"], "hostB", "{:?}", lab.vms());
+    let beats = lab.wait_for_heartbeat("vm1", lab.heartbeats("vm1").last().unwrap().seq() + 3);
+    assert_guest_intact(&beats, &lab.console("vm1"));
+    let vm = lab.vm("vm1");
+    assert_eq!(
+        (vm["host"].as_str(), vm["state"].as_str()),
+        (Some("hostB"), Some("running")),
+        "{vm}"
     );
 }
 

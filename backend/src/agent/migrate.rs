@@ -337,23 +337,40 @@ impl Agent {
 
     /// Target side: the source says how the migration ended.
     pub fn finish_incoming(&self, name: &str, migrated: bool, console: &str) -> Result<(), Failure> {
+        let dir = {
+            let vms = self.vms();
+            let vm = vms.get(name).ok_or_else(|| Failure::not_found(name))?;
+            if !vm.record.incoming {
+                return Ok(());
+            }
+            vm.dir.clone()
+        };
+        if migrated {
+            // The source holds the receiving VMM's `Running`: that VMM has
+            // committed to run the VM and it is the only copy, even if its
+            // main loop has not taken the VM over yet and a status asked this
+            // instant would still say "incoming". Never judge it by that.
+            let _ = std::fs::write(dir.history(), console);
+            let mut vms = self.vms();
+            if let Some(vm) = vms.get_mut(name).filter(|vm| vm.record.incoming) {
+                vm.incoming_slot = None;
+                vm.record.incoming = false;
+                vm.record.note = None;
+                let _ = vm.dir.save(&vm.record);
+            }
+            return Ok(());
+        }
+        // The source says the VM never ran here; check before discarding,
+        // without holding the lock while the VMM answers.
+        let runs_here = dir.status().is_some_and(|s| s.state.is_some());
         let mut vms = self.vms();
-        let vm = vms.get_mut(name).ok_or_else(|| Failure::not_found(name))?;
-        if !vm.record.incoming {
+        let Some(vm) = vms.get_mut(name).filter(|vm| vm.record.incoming) else {
             return Ok(());
-        }
+        };
         vm.incoming_slot = None;
-        let runs_here = vm.dir.status().is_some_and(|s| s.state.is_some());
-        if migrated && runs_here {
-            let _ = std::fs::write(vm.dir.history(), console);
-            vm.record.incoming = false;
-            vm.record.note = None;
-            let _ = vm.dir.save(&vm.record);
-            return Ok(());
-        }
         if runs_here {
-            // The source says it failed, yet the VM runs here: keep it, never
-            // destroy a copy that may be the only one.
+            // It runs here all the same: keep it, never destroy a copy that
+            // may be the only one.
             vm.record.incoming = false;
             vm.record.note = Some("arrived although the source reported a failure".into());
             let _ = vm.dir.save(&vm.record);

@@ -4,7 +4,9 @@
 //!
 //! Points: `close-before-ready` (drop every stream once the state arrived),
 //! `close-after-go` (resume on Go but never say Running), `ignore-go` (treat
-//! Go as lost). Unset in production; an unknown value is ignored.
+//! Go as lost), `slow-start` (say Running, then take a second to start the
+//! vCPUs, like a host that is slow at the worst moment). Unset in production;
+//! an unknown value is ignored.
 
 /// Where a receiver can be made to fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,6 +14,7 @@ pub enum Fault {
     CloseBeforeReady,
     CloseAfterGo,
     IgnoreGo,
+    SlowStart,
 }
 
 /// The fault this process was asked to inject, if any.
@@ -20,6 +23,7 @@ pub fn injected() -> Option<Fault> {
         "close-before-ready" => Some(Fault::CloseBeforeReady),
         "close-after-go" => Some(Fault::CloseAfterGo),
         "ignore-go" => Some(Fault::IgnoreGo),
+        "slow-start" => Some(Fault::SlowStart),
         _ => None,
     }
 }

@@ -475,6 +475,9 @@ impl Incoming {
         } else {
             let _ = protocol::write_frame(&mut self.control, Kind::Running, 0, &[]);
         }
+        if fault == Some(Fault::SlowStart) {
+            std::thread::sleep(Duration::from_secs(1));
+        }
         vm.resume().map_err(|detail| ReceiveError::Vm {
             action: "resume after the commit",
             detail,
