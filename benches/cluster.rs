@@ -15,7 +15,7 @@ use serde_json::Value;
 
 const VMIG: &str = env!("CARGO_BIN_EXE_vmig");
 const RUNS: usize = 21;
-const MIGRATIONS: usize = 5;
+const MIGRATIONS: usize = 11;
 const MIB: f64 = 1048576.0;
 
 fn median(values: &mut [f64]) -> f64 {
@@ -182,6 +182,7 @@ fn main() {
     let hosts = ["hostB", "hostA"];
     let mut agent_total = Vec::new();
     let mut agent_down = Vec::new();
+    let mut agent_parts = Vec::new();
     for i in 0..MIGRATIONS {
         let out = ok(dir, &["migrate", "mover", hosts[i % 2], "--json"]);
         let result = out
@@ -191,17 +192,23 @@ fn main() {
             .unwrap();
         agent_total.push(result["report"]["total_ms"].as_f64().unwrap());
         agent_down.push(result["report"]["downtime_ms"].as_f64().unwrap());
+        agent_parts.push(parts(&result["report"]));
     }
     ok(dir, &["vm", "destroy", "mover"]);
-    let (engine_total, engine_down) = engine_migrations(dir);
-    let (mut engine_total, mut engine_down) = (engine_total, engine_down);
+    let (mut engine_total, mut engine_down, engine_parts) = engine_migrations(dir);
     let at = median(&mut agent_total);
     let ad = median(&mut agent_down);
     let et = median(&mut engine_total);
     let ed = median(&mut engine_down);
     println!("1 GiB guest, 512 MiB filled, medians of {MIGRATIONS}:");
-    println!("  vmig migrate (agents)    total {at:8.1} ms   downtime {ad:6.2} ms");
-    println!("  vmig vm send (engine)    total {et:8.1} ms   downtime {ed:6.2} ms");
+    println!(
+        "  vmig migrate (agents)    total {at:8.1} ms   downtime {ad:6.2} ms   ({})",
+        parts_median(&agent_parts)
+    );
+    println!(
+        "  vmig vm send (engine)    total {et:8.1} ms   downtime {ed:6.2} ms   ({})",
+        parts_median(&engine_parts)
+    );
     println!(
         "  agents/engine: total {:.2}x, downtime {:.2}x   (target within 10%)",
         at / et,
@@ -209,10 +216,26 @@ fn main() {
     );
 }
 
+/// The downtime's parts in a report: last pages, state, handoff (ms).
+fn parts(report: &Value) -> [f64; 3] {
+    ["final_pages_ms", "state_ms", "handoff_ms"].map(|key| report[key].as_f64().unwrap_or(f64::NAN))
+}
+
+fn parts_median(parts: &[[f64; 3]]) -> String {
+    let part = |i: usize| median(&mut parts.iter().map(|p| p[i]).collect::<Vec<_>>());
+    format!(
+        "last pages {:.2}, state {:.2}, handoff {:.2}",
+        part(0),
+        part(1),
+        part(2)
+    )
+}
+
 /// The same guest migrated back and forth between two VMMs started by hand.
-fn engine_migrations(dir: &str) -> (Vec<f64>, Vec<f64>) {
+fn engine_migrations(dir: &str) -> (Vec<f64>, Vec<f64>, Vec<[f64; 3]>) {
     let mut totals = Vec::new();
     let mut downs = Vec::new();
+    let mut split = Vec::new();
     let spawn = |args: &[&str], n: usize| {
         let control = format!("{dir}/engine{n}.sock");
         let stderr = std::fs::File::create(format!("{dir}/engine{n}.err")).unwrap();
@@ -278,6 +301,7 @@ fn engine_migrations(dir: &str) -> (Vec<f64>, Vec<f64>) {
             .unwrap();
         totals.push(report["total_ms"].as_f64().unwrap());
         downs.push(report["downtime_ms"].as_f64().unwrap());
+        split.push(parts(&report));
         let _ = source.wait();
         source = target;
         control = target_control;
@@ -286,7 +310,7 @@ fn engine_migrations(dir: &str) -> (Vec<f64>, Vec<f64>) {
         .args(["vm", "shutdown", "--control", &control])
         .output();
     let _ = source.wait();
-    (totals, downs)
+    (totals, downs, split)
 }
 
 fn hostname() -> String {

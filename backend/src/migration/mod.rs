@@ -19,7 +19,10 @@
 //! ◄─────────── RoundDone{0}                    (all streams drained: a later
 //!                                              round can never be overtaken)
 //! ── rounds 1..k: dirty pages, RoundEnd, ◄ RoundDone ...
-//!    (switch over once the expected downtime is under the limit)
+//!    (switch over once the expected downtime is under the limit and the
+//!    dirty set no longer shrinks fast: up to five more live rounds while each
+//!    leaves at most 3/4 of the one before and its pages would take over
+//!    0.5 ms to send paused)
 //! [source pauses its vCPUs]
 //! ── final round: last dirty pages, RoundEnd ─► ◄ RoundDone
 //! ── State{vCPUs, irqchip, PIT, clock, devices} ─►

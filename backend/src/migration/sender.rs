@@ -28,6 +28,13 @@ const BATCH_PAGES: u32 = 256;
 const QUEUE_DEPTH: usize = 4;
 /// Expected cost of capturing, sending and restoring vCPU and device state.
 const STATE_ESTIMATE_MS: f64 = 2.0;
+/// Once the last pages would fit the downtime limit, one more live round is
+/// still worth its time while the dirty set shrinks to at most this share of
+/// the round that produced it, and while those pages would take longer than
+/// `SETTLED_MS` to send paused; at most `EXTRA_ROUNDS` such rounds.
+const SHRINKING: f64 = 0.75;
+const SETTLED_MS: f64 = 0.5;
+const EXTRA_ROUNDS: u32 = 5;
 /// Auto-converge: first throttle, step, ceiling (percent of time paused).
 const THROTTLE_START: u8 = 20;
 const THROTTLE_STEP: u8 = 10;
@@ -657,18 +664,29 @@ impl Engine<'_> {
         let mut dirty = dirty::collect(&self.ctx.vm_fd, &self.ctx.memory)?;
         let mut hot_rounds = 0;
         let mut forced = false;
+        let mut round_bytes = resident.bytes();
+        let mut extra_rounds = 0;
         loop {
             let dirty_bytes = dirty.bytes();
             let dirty_rate = dirty_bytes as f64 / round_time;
             // A tiny round measures latency, not bandwidth: never assume less
             // than what the link has shown.
+            let pages_ms = dirty_bytes as f64 / bandwidth.max(1.0) * 1000.0;
             let expected_ms = if dirty_bytes == 0 {
                 0.0
             } else {
-                dirty_bytes as f64 / bandwidth.max(1.0) * 1000.0 + STATE_ESTIMATE_MS
+                pages_ms + STATE_ESTIMATE_MS
             };
-            if expected_ms <= self.options.downtime_limit_ms as f64 {
-                break;
+            let fits = expected_ms <= self.options.downtime_limit_ms as f64;
+            if fits {
+                // Under the limit. A set that still shrinks fast (pages the
+                // guest touched once, such as a freshly arrived VM's first
+                // mappings) is cheaper to send live once more than paused.
+                let shrinking = (dirty_bytes as f64) <= SHRINKING * round_bytes as f64;
+                if !(shrinking && pages_ms > SETTLED_MS && extra_rounds < EXTRA_ROUNDS) {
+                    break;
+                }
+                extra_rounds += 1;
             }
             progress(&self.progress(Phase::Precopy, round, dirty_bytes, dirty_rate, bandwidth, expected_ms));
             if self.ctx.cancel.load(Ordering::SeqCst) {
@@ -683,7 +701,7 @@ impl Engine<'_> {
                     }
                 }
             }
-            if self.options.auto_converge && round > 0 {
+            if self.options.auto_converge && round > 0 && !fits {
                 // The guest dirtied more than half of what the link moved in
                 // the same time, twice in a row: slow it down.
                 let sent = bandwidth * round_time;
@@ -709,6 +727,7 @@ impl Engine<'_> {
             let before = self.shared.bytes_sent.load(Ordering::Relaxed);
             self.start_live(Phase::Precopy, round, dirty_bytes, dirty_rate, bandwidth, expected_ms);
             self.send_round(u64::from(round), &dirty, false, progress)?;
+            round_bytes = dirty_bytes;
             round_time = round_start.elapsed().as_secs_f64().max(1e-6);
             let moved = (self.shared.bytes_sent.load(Ordering::Relaxed) - before) as f64;
             if moved >= f64::from(1 << 20) {
