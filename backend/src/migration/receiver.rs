@@ -387,17 +387,20 @@ impl Incoming {
                             "the state came before the last round ended".into(),
                         ));
                     }
+                    // Closed, the streams can deliver nothing more, and each
+                    // has ended the last round, so its thread only has to exit.
+                    // Joining comes after the restore, keeping those wake-ups
+                    // off the way to Ready, unless memory is to be hashed
+                    // first (a restore may write to guest memory: a kvmclock
+                    // page, for one). Nothing runs before they are gone.
                     for stream in &worker_streams {
                         let _ = stream.shutdown(std::net::Shutdown::Both);
                     }
-                    for worker in workers.drain(..) {
-                        let _ = worker.join();
-                    }
-                    if fault::injected() == Some(Fault::CloseBeforeReady) {
-                        return Err(ReceiveError::Injected("closed the streams before Ready"));
-                    }
                     // A non-zero argument is the source's content hash (verify_memory).
                     if header.arg != 0 {
+                        for worker in workers.drain(..) {
+                            let _ = worker.join();
+                        }
                         let ours = dirty::content_hash(&memory);
                         if ours != header.arg {
                             return Err(ReceiveError::Refused(format!(
@@ -416,6 +419,12 @@ impl Incoming {
                         action: "restore the state",
                         detail,
                     })?;
+                    for worker in workers.drain(..) {
+                        let _ = worker.join();
+                    }
+                    if fault::injected() == Some(Fault::CloseBeforeReady) {
+                        return Err(ReceiveError::Injected("closed the streams before Ready"));
+                    }
                     self.outcomes.set(self.hello.session, Outcome::Pending);
                     protocol::write_frame(&mut self.control, Kind::Ready, 0, &[])?;
                     return self.await_go(vm);

@@ -719,7 +719,8 @@ impl Vcpu {
         fd.set_mp_state(state.mp_state).map_err(self.kvm("set MP state"))?;
         fd.set_regs(&state.regs).map_err(self.kvm("set registers"))?;
         fd.set_sregs(&state.sregs).map_err(self.kvm("set special registers"))?;
-        fd.set_fpu(&kvm_fpu::from(&state.fpu)).map_err(self.kvm("set FPU"))?;
+        // XSAVE holds the whole FPU state (its legacy region is what KVM_SET_FPU
+        // sets), so the separately saved FPU registers need no ioctl of their own.
         self.restore_xsave(&state.xsave)?;
         fd.set_xcrs(&state.xcrs).map_err(self.kvm("set XCRs"))?;
         // The LAPIC goes before the MSRs: the TSC-deadline MSR needs it.
