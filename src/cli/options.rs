@@ -9,7 +9,9 @@ use super::UsageError;
 
 #[derive(Debug, Args)]
 pub struct MigrationArgs {
-    /// Switch over once the expected downtime is below this many milliseconds.
+    /// The longest pause to plan for: switch over once the expected downtime is
+    /// below this many milliseconds (and a few more live rounds no longer
+    /// shrink what is left).
     #[arg(long, value_name = "MS", default_value_t = MigrationOptions::default().downtime_limit_ms)]
     pub downtime_ms: u64,
     /// Parallel TCP streams.

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use kvm_ioctls::VmFd;
 use thiserror::Error;
@@ -133,12 +133,24 @@ struct Stream {
     thread: JoinHandle<()>,
 }
 
+/// The moment the target's `Running` arrived, from the kernel's timestamp,
+/// or now without one. A timestamp outside the wait for it (a clock that
+/// stepped) is not believed.
+fn arrival_instant(arrived: Option<SystemTime>, go_at: Instant) -> Instant {
+    let now = Instant::now();
+    let lag = arrived.and_then(|at| SystemTime::now().duration_since(at).ok());
+    match lag {
+        Some(lag) if lag <= now - go_at => now - lag,
+        _ => now,
+    }
+}
+
 fn random_session() -> u64 {
     let mut bytes = [0u8; 8];
     // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
     let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
     if got != 8 {
-        let nanos = std::time::SystemTime::now()
+        let nanos = SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         return nanos ^ (u64::from(std::process::id()) << 32);
@@ -294,6 +306,8 @@ pub fn migrate(
     // Stage 1: handshake. Nothing has moved yet, so a refusal changes nothing.
     let connect_timeout = Duration::from_secs(10);
     let mut control = transport::connect(url, connect_timeout)?;
+    // Early, so that the kernel stamps the target's Running when it comes.
+    transport::timestamp_arrivals(&control);
     let hello = Hello {
         version: PROTOCOL_VERSION,
         session,
@@ -784,9 +798,9 @@ impl Engine<'_> {
 
         // Stage 4: handoff. From the moment Go may have left, only the target's
         // answer decides: never resume here on a guess.
-        let handoff = self.commit();
-        let running_at = Instant::now();
-        handoff?;
+        let go_at = Instant::now();
+        let arrived = self.commit()?;
+        let running_at = arrival_instant(arrived, go_at);
         let total = self.started.elapsed().as_secs_f64();
         let bytes_sent = self.shared.bytes_sent.load(Ordering::Relaxed);
         Ok(Report {
@@ -809,8 +823,9 @@ impl Engine<'_> {
         })
     }
 
-    /// Sends Go and obtains the target's word that it runs the VM.
-    fn commit(&mut self) -> Result<(), MigrationError> {
+    /// Sends Go and obtains the target's word that it runs the VM, with the
+    /// time that word reached this host when the kernel says.
+    fn commit(&mut self) -> Result<Option<SystemTime>, MigrationError> {
         let sent = self.submit(
             0,
             Job::Frame {
@@ -823,16 +838,18 @@ impl Engine<'_> {
             self.control
                 .set_read_timeout(Some(GO_TIMEOUT))
                 .map_err(ProtocolError::Io)?;
+            let arrived = transport::next_arrival(&self.control);
             protocol::expect(&mut self.control, Kind::Running)
-                .map(|_| ())
+                .map(|_| arrived)
                 .map_err(MigrationError::from)
         });
-        let Err(first) = confirmed else {
-            return Ok(());
+        let first = match confirmed {
+            Ok(arrived) => return Ok(arrived),
+            Err(first) => first,
         };
         // The link failed around Go: ask the target what it did.
         match query_outcome(&self.url, self.session) {
-            Some(Outcome::Running) => Ok(()),
+            Some(Outcome::Running) => Ok(None),
             Some(Outcome::Discarded) => Err(MigrationError::Vm {
                 action: "hand over",
                 detail: format!("the target discarded the VM ({first})"),

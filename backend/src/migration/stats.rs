@@ -38,7 +38,10 @@ pub struct Progress {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub total_ms: f64,
-    /// From pausing the source's vCPUs to the target's `Running`.
+    /// From pausing the source's vCPUs to the arrival of the target's
+    /// `Running` (the kernel's receive timestamp where it gives one, so the
+    /// source's own wake-up after the fact is not counted). The target sends
+    /// `Running` just before it starts the vCPUs.
     pub downtime_ms: f64,
     /// Parts of the downtime: last pages, state capture + transfer, handoff.
     pub final_pages_ms: f64,

@@ -4,7 +4,7 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
 
@@ -141,6 +141,80 @@ pub unsafe fn write_pieces(stream: &TcpStream, pieces: &[Piece]) -> io::Result<(
     Ok(())
 }
 
+/// Has the kernel timestamp the data arriving on `stream`, for
+/// [`next_arrival`]. False when it will not. The kernel turns timestamping on
+/// for the host a moment later (deferred work), so call it well before the
+/// data that matters: when the connection is made.
+pub fn timestamp_arrivals(stream: &TcpStream) -> bool {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket we own, with a valid int-sized value.
+    let set = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&raw const on).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    set == 0
+}
+
+/// When the next bytes to read on `stream` reached this host: the kernel's
+/// receive timestamp of that data, peeked so that it stays for the reader.
+/// Waits like a read (the socket's read timeout applies). `None` when the
+/// read fails or the data came before [`timestamp_arrivals`]; the reader
+/// then sees why.
+///
+/// The handoff ends when the target's `Running` arrives, not when the
+/// source's thread gets a CPU to read it: on a host whose cores the VM's
+/// vCPUs have just taken, that can be a scheduler tick later.
+pub fn next_arrival(stream: &TcpStream) -> Option<SystemTime> {
+    let fd = stream.as_raw_fd();
+    let mut byte = 0u8;
+    let mut iov = libc::iovec {
+        iov_base: (&raw mut byte).cast(),
+        iov_len: 1,
+    };
+    // u64s keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 16];
+    // SAFETY: an all-zero msghdr is valid; its pointers are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of_val(&control);
+    loop {
+        // SAFETY: msg points at the iovec and control buffer above, which
+        // outlive the call.
+        let read = unsafe { libc::recvmsg(fd, &raw mut msg, libc::MSG_PEEK) };
+        match read {
+            1.. => break,
+            0 => return None,
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            _ => return None,
+        }
+    }
+    // SAFETY: CMSG_FIRSTHDR reads msg's control fields, set above and by recvmsg.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&raw const msg) };
+    while !cmsg.is_null() {
+        // SAFETY: a non-null cmsg from CMSG_FIRSTHDR/CMSG_NXTHDR points at a
+        // header inside the control buffer, within msg_controllen.
+        let header = unsafe { &*cmsg };
+        if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_TIMESTAMPNS {
+            // SAFETY: CMSG_DATA points past the header, inside the buffer.
+            let data = unsafe { libc::CMSG_DATA(cmsg) };
+            // SAFETY: an SCM_TIMESTAMPNS message carries one timespec there,
+            // read unaligned.
+            let ts: libc::timespec = unsafe { std::ptr::read_unaligned(data.cast()) };
+            return Some(UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
+        }
+        // SAFETY: as for CMSG_FIRSTHDR; returns null past the last header.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&raw const msg, cmsg) };
+    }
+    None
+}
+
 /// Reads exactly `len` bytes from the socket into `dst`.
 ///
 /// # Safety
@@ -169,6 +243,36 @@ pub unsafe fn read_into(stream: &TcpStream, dst: *mut u8, len: usize) -> io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_arrival_of_data_is_timestamped_and_the_data_stays() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut sender = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (receiver, _) = listener.accept().unwrap();
+        assert!(timestamp_arrivals(&receiver));
+        // The kernel enables timestamps a moment after they are asked for:
+        // wait for the first timestamped byte, reading the ones before it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let before = SystemTime::now();
+            io::Write::write_all(&mut sender, b"hi").unwrap();
+            let arrived = next_arrival(&receiver);
+            let after = SystemTime::now();
+            let mut data = [0u8; 2];
+            io::Read::read_exact(&mut &receiver, &mut data).unwrap();
+            assert_eq!(&data, b"hi", "peeking left the data for the reader");
+            if let Some(arrived) = arrived {
+                assert!(
+                    arrived + Duration::from_millis(1) >= before && arrived <= after,
+                    "{arrived:?}"
+                );
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no receive timestamp within 5 s");
+        }
+        drop(sender);
+        assert_eq!(next_arrival(&receiver), None, "no timestamp at the end of the stream");
+    }
 
     #[test]
     fn urls() {
