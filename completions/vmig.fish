@@ -37,7 +37,7 @@ complete -c vmig -n "__fish_vmig_needs_command" -f -a "lab" -d 'A local lab: sev
 complete -c vmig -n "__fish_vmig_needs_command" -f -a "testguest" -d 'Work with the built-in test guest'
 complete -c vmig -n "__fish_vmig_needs_command" -f -a "generate" -d 'Write man pages and shell completions (for packagers and the repo)'
 complete -c vmig -n "__fish_vmig_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l downtime-ms -d 'Switch over once the expected downtime is below this many milliseconds' -r
+complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l downtime-ms -d 'The longest pause to plan for: switch over once the expected downtime is below this many milliseconds (and a few more live rounds no longer shrink what is left)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l streams -d 'Parallel TCP streams' -r
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l bandwidth -d 'Bandwidth cap in bytes per second (K/M/G suffixes), e.g. 100M' -r
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l timeout -d 'Time limit in seconds for the whole migration' -r
@@ -162,7 +162,7 @@ complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from shutdown" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from shutdown" -s V -l version -d 'Print version'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l control -d 'The source VMM\'s control socket' -r -F
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l downtime-ms -d 'Switch over once the expected downtime is below this many milliseconds' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l downtime-ms -d 'The longest pause to plan for: switch over once the expected downtime is below this many milliseconds (and a few more live rounds no longer shrink what is left)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l streams -d 'Parallel TCP streams' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l bandwidth -d 'Bandwidth cap in bytes per second (K/M/G suffixes), e.g. 100M' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l timeout -d 'Time limit in seconds for the whole migration' -r
