@@ -144,6 +144,19 @@ impl Drop for Lab {
     }
 }
 
+/// Waits until process `pid` has ended (a zombie counts: it runs no more).
+fn wait_gone(pid: i32) {
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while Path::new(&format!("/proc/{pid}/status")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .contains("zombie")
+    {
+        assert!(Instant::now() < deadline, "process {pid} did not end");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -234,6 +247,60 @@ fn a_target_slow_to_start_the_vm_keeps_it() {
 }
 
 #[test]
+fn a_source_agent_that_dies_at_the_handoff_leaves_one_copy() {
+    // The source's agent dies once its VMM handed the VM over, before it
+    // tells anyone. Restarted, it must not hold a stale copy that could be
+    // started again, and the target's agent confirms the arrival by itself.
+    let lab = Lab::up_with_env(
+        &[],
+        &[
+            ("VMIG_TEST_FAULT", "agent-exit-before-finish"),
+            ("VMIG_TEST_FAULT_HOST", "hostA"),
+        ],
+    );
+    lab.create("vm1", "hostA", "256M", "fill=32M hb=100");
+    lab.wait_for_heartbeat("vm1", 2);
+    let agent = lab.agent_pid("hostA");
+    let out = lab.run(&["migrate", "vm1", "hostB"]);
+    assert!(!out.status.success(), "the source's agent died in the middle");
+    wait_gone(agent);
+    lab.ok(&["lab", "up", "--dir", lab.path()]);
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    loop {
+        let vms = lab.vms();
+        assert!(vms.len() <= 1, "a second copy is listed: {vms:?}");
+        if vms.len() == 1 && vms[0]["host"] == "hostB" && vms[0]["state"] == "running" {
+            // Until the target's agent has confirmed the arrival, it refuses
+            // to send the VM on (conflict, exit 8); nothing else may fail.
+            let out = lab.run(&["migrate", "vm1", "hostC", "--json"]);
+            match out.status.code() {
+                Some(0) => break,
+                Some(8) => {}
+                other => panic!("migrate to hostC: {other:?} {}", text(&out.stderr)),
+            }
+        }
+        assert!(Instant::now() < deadline, "vm1 never settled on hostB: {vms:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let vm = lab.vm("vm1");
+    assert_eq!(
+        (vm["host"].as_str(), vm["state"].as_str()),
+        (Some("hostC"), Some("running")),
+        "{vm}"
+    );
+    assert_eq!(lab.vms().len(), 1, "exactly one copy: {:?}", lab.vms());
+    // The console from before the crash stayed with the dead agent; from
+    // hostB on, every heartbeat comes once and in order, without errors.
+    let beats = lab.wait_for_heartbeat("vm1", lab.heartbeats("vm1").last().unwrap().seq() + 3);
+    let console = lab.console("vm1");
+    assert!(!console.contains("ERR"), "the guest reported an error:\n{console}");
+    for pair in beats.windows(2) {
+        assert_eq!(pair[1].seq(), pair[0].seq() + 1, "heartbeats in sequence:\n{console}");
+        assert_eq!(pair[1].get("errors"), 0, "integrity errors:\n{console}");
+    }
+}
+
+#[test]
 fn an_agent_restart_keeps_its_vms() {
     let lab = Lab::up(&[]);
     lab.create("vm1", "hostA", "256M", "fill=32M hb=100");
@@ -242,15 +309,7 @@ fn an_agent_restart_keeps_its_vms() {
     let agent = lab.agent_pid("hostA");
     // SAFETY: kill(2) with plain integers.
     assert_eq!(unsafe { libc::kill(agent, libc::SIGKILL) }, 0);
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    while Path::new(&format!("/proc/{agent}/status")).exists()
-        && !std::fs::read_to_string(format!("/proc/{agent}/status"))
-            .unwrap_or_default()
-            .contains("zombie")
-    {
-        assert!(Instant::now() < deadline, "the agent did not die");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_gone(agent);
     let out = lab.run(&["vms"]);
     assert_eq!(out.status.code(), Some(5), "a host without its agent is unreachable");
     lab.ok(&["lab", "up", "--dir", lab.path()]);

@@ -20,6 +20,7 @@ use super::vmm::{Record, VmDir};
 use super::{Agent, Failure, Vm};
 use crate::api::{IncomingState, MigrateProgress, MigrateResult, Peer, Prepared, Request, VmSpec};
 use crate::client::{Client, ClientError};
+use crate::migration::fault::{self, Fault};
 use crate::migration::{GO_TIMEOUT, MigrationOptions, Token};
 use crate::vmm::control::{ControlClient, ControlError, Reply, Request as VmmRequest};
 use crate::vmm::process::chain;
@@ -178,6 +179,9 @@ impl Agent {
         };
         let result = match outcome {
             Ok(report) => {
+                if fault::injected_in_agent(&me, Fault::AgentExitBeforeFinish) {
+                    std::process::exit(70);
+                }
                 let _ = finish(true);
                 Ok(MigrateResult {
                     vm: spec.name.clone(),
@@ -337,14 +341,19 @@ impl Agent {
 
     /// Target side: the source says how the migration ended.
     pub fn finish_incoming(&self, name: &str, migrated: bool, console: &str) -> Result<(), Failure> {
-        let dir = {
+        let (dir, incoming) = {
             let vms = self.vms();
             let vm = vms.get(name).ok_or_else(|| Failure::not_found(name))?;
-            if !vm.record.incoming {
-                return Ok(());
-            }
-            vm.dir.clone()
+            (vm.dir.clone(), vm.record.incoming)
         };
+        if migrated && !incoming {
+            // Confirmed already, by its VMM running it: only the history is new.
+            let _ = std::fs::write(dir.history(), console);
+            return Ok(());
+        }
+        if !incoming {
+            return Ok(());
+        }
         if migrated {
             // The source holds the receiving VMM's `Running`: that VMM has
             // committed to run the VM and it is the only copy, even if its

@@ -47,6 +47,14 @@ pub enum AgentError {
     Tls(#[from] crate::pki::PkiError),
 }
 
+/// How often the agent looks for arrivals that run already (see
+/// [`Agent::watch_arrivals`]).
+const ARRIVALS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a restarted agent waits for a VMM that runs but does not answer
+/// to end, before it judges it.
+const ADOPT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A request's failure, with the HTTP-like status the API answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
@@ -131,12 +139,34 @@ impl Agent {
                 continue;
             };
             if let Some(pid) = record.pid {
-                // Adopt only the VMM that answers with the pid we started.
-                let adopted = dir.status().is_some_and(|s| s.pid == pid);
+                // Adopt only the VMM that answers with the pid we started and
+                // still holds its VM.
+                let mut status = dir.status();
+                if status.is_none() && vmm::alive(pid) {
+                    // Not answering yet alive: it may be ending (a VMM whose VM
+                    // left says so in its log as it exits). Judge it once it has.
+                    let deadline = std::time::Instant::now() + ADOPT_WAIT;
+                    while vmm::alive(pid) && std::time::Instant::now() < deadline {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    status = dir.status();
+                }
+                let left = status
+                    .as_ref()
+                    .is_some_and(|s| matches!(s.stop_reason, Some(crate::vmm::event::StopReason::Migrated { .. })))
+                    || dir.log_tail().ends_with(crate::vmm::event::MIGRATED_AWAY);
+                let adopted = !left && status.is_some_and(|s| s.pid == pid);
                 if !adopted {
                     record.pid = None;
                     if record.incoming {
                         // An arrival that was not confirmed is gone with its VMM.
+                        dir.remove();
+                        continue;
+                    }
+                    if left {
+                        // It left while the agent was down: it runs elsewhere,
+                        // and a record here could only start a second copy.
+                        eprintln!("vmig agent: {name} was migrated away while the agent was down");
                         dir.remove();
                         continue;
                     }
@@ -154,13 +184,58 @@ impl Agent {
                 },
             );
         }
-        Ok(Arc::new(Self {
+        let agent = Arc::new(Self {
             config,
             exe,
             vms: Mutex::new(vms),
             slots,
             tls_client,
-        }))
+        });
+        agent.watch_arrivals();
+        Ok(agent)
+    }
+
+    /// Confirms, in the background, arrivals whose source's agent never
+    /// reported the end (it died, or its host did): once the receiving VMM
+    /// runs the VM, it holds the only copy (the engine's handoff), so the
+    /// record stops being an arrival and its share of the budget is freed.
+    /// Polled: a VMM has no way to call its agent.
+    fn watch_arrivals(self: &Arc<Self>) {
+        let agent = Arc::downgrade(self);
+        let _ = std::thread::Builder::new().name("arrivals".into()).spawn(move || {
+            loop {
+                std::thread::sleep(ARRIVALS_EVERY);
+                let Some(agent) = agent.upgrade() else {
+                    return;
+                };
+                agent.confirm_arrivals();
+            }
+        });
+    }
+
+    fn confirm_arrivals(&self) {
+        let arriving: Vec<(String, VmDir, u32)> = self
+            .vms()
+            .iter()
+            .filter(|(_, vm)| vm.record.incoming)
+            .filter_map(|(name, vm)| vm.record.pid.map(|pid| (name.clone(), vm.dir.clone(), pid)))
+            .collect();
+        for (name, dir, pid) in arriving {
+            // Asked without the lock; a VMM that has taken the VM over has a state.
+            if !dir.status().is_some_and(|s| s.pid == pid && s.state.is_some()) {
+                continue;
+            }
+            let mut vms = self.vms();
+            if let Some(vm) = vms
+                .get_mut(&name)
+                .filter(|vm| vm.record.incoming && vm.record.pid == Some(pid))
+            {
+                vm.record.incoming = false;
+                vm.record.note = None;
+                vm.incoming_slot = None;
+                let _ = vm.dir.save(&vm.record);
+            }
+        }
     }
 
     fn vms(&self) -> MutexGuard<'_, BTreeMap<String, Vm>> {

@@ -30,6 +30,11 @@ impl StopReason {
     }
 }
 
+/// The last words of a VMM whose VM was migrated away ([`StopReason::Migrated`]):
+/// an agent restarted after such a move learns from its VMM's log that the VM
+/// lives elsewhere now.
+pub const MIGRATED_AWAY: &str = "; it runs there now";
+
 impl std::fmt::Display for StopReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -38,7 +43,7 @@ impl std::fmt::Display for StopReason {
             StopReason::TripleFault { vcpu } => write!(f, "vCPU {vcpu} triple-faulted"),
             StopReason::GuestError { vcpu, detail } => write!(f, "vCPU {vcpu} stopped: {detail}"),
             StopReason::Requested => write!(f, "stopped on request"),
-            StopReason::Migrated { target } => write!(f, "migrated to {target}; it runs there now"),
+            StopReason::Migrated { target } => write!(f, "migrated to {target}{MIGRATED_AWAY}"),
         }
     }
 }
