@@ -35,7 +35,7 @@ use self::memory::{GuestMemory, MemoryError};
 use self::regs::RegsError;
 use self::state::{IrqchipState, STATE_FORMAT};
 pub use self::state::{MachineConfig, VmState};
-use self::vcpu::{VcpuContext, VcpuError, VcpuHandle};
+use self::vcpu::{VcpuContext, VcpuError, VcpuHandle, VcpuState};
 
 /// The KVM device node.
 pub const KVM_DEVICE: &str = "/dev/kvm";
@@ -151,6 +151,8 @@ pub struct VmStats {
 pub struct Vm {
     // Field order is drop order: vCPU threads end before the VM fd and memory go.
     vcpus: Vec<VcpuHandle>,
+    /// vCPU states taken as the vCPUs last paused ([`Vm::pause_capturing`]).
+    captured: Option<Vec<VcpuState>>,
     bus: Arc<PortIoBus>,
     fd: Arc<VmFd>,
     memory: GuestMemory,
@@ -272,6 +274,7 @@ impl Vm {
 
         let mut vm = Vm {
             vcpus,
+            captured: None,
             bus,
             fd: Arc::new(fd),
             memory,
@@ -321,6 +324,7 @@ impl Vm {
             RunState::Created | RunState::Paused => {}
             other => return Err(VmError::WrongState(other)),
         }
+        self.captured = None;
         for vcpu in &self.vcpus {
             vcpu.request_resume()?;
         }
@@ -340,6 +344,23 @@ impl Vm {
         for vcpu in &self.vcpus {
             vcpu.hold(duration)?;
         }
+        Ok(())
+    }
+
+    /// Pauses like [`Vm::pause`], and has each vCPU save its state as it
+    /// stops, while its thread is still on its CPU: the [`Vm::save_state`]
+    /// that follows (a migration's switchover) then need not wake every vCPU
+    /// thread again while the guest is stopped. A resume forgets the states.
+    pub fn pause_capturing(&mut self) -> Result<(), VmError> {
+        match self.state {
+            RunState::Running => {}
+            RunState::Paused => return Ok(()),
+            other => return Err(VmError::WrongState(other)),
+        }
+        let requested: Vec<_> = self.vcpus.iter().map(VcpuHandle::request_pause_saving).collect();
+        let states = self.gather(requested)?;
+        self.captured = Some(states);
+        self.state = RunState::Paused;
         Ok(())
     }
 
@@ -385,25 +406,18 @@ impl Vm {
         if matches!(self.state, RunState::Running | RunState::Created) {
             return Err(VmError::WrongState(self.state));
         }
-        // Every vCPU saves at once while this thread reads the VM-wide state.
-        // Each request sent is waited for, error or not, so that no reply is
-        // left behind for a later request to take.
-        let requested: Vec<_> = self.vcpus.iter().map(VcpuHandle::request_save).collect();
+        // vCPU states taken as the vCPUs paused serve as they are; otherwise
+        // every vCPU saves at once while this thread reads the VM-wide state.
+        let requested: Option<Vec<_>> = self
+            .captured
+            .is_none()
+            .then(|| self.vcpus.iter().map(VcpuHandle::request_save).collect());
         let vm_wide = self.save_vm_wide();
         let devices = self.bus.save();
-        let mut vcpus = Vec::with_capacity(self.vcpus.len());
-        let mut failed = None;
-        for (vcpu, request) in self.vcpus.iter().zip(requested) {
-            match request.and_then(|()| vcpu.wait_state()) {
-                Ok(state) => vcpus.push(state),
-                Err(e) => {
-                    failed.get_or_insert(e);
-                }
-            }
-        }
-        if let Some(e) = failed {
-            return Err(e.into());
-        }
+        let vcpus = match requested {
+            Some(requested) => self.gather(requested)?,
+            None => self.captured.clone().unwrap_or_default(),
+        };
         let (irqchip, clock) = vm_wide?;
         Ok(VmState {
             format: STATE_FORMAT,
@@ -413,6 +427,25 @@ impl Vm {
             clock,
             devices,
         })
+    }
+
+    /// Waits for the state of every vCPU asked; each request sent is waited
+    /// for, error or not, so that no reply is left for a later request.
+    fn gather(&self, requested: Vec<Result<(), VcpuError>>) -> Result<Vec<VcpuState>, VmError> {
+        let mut states = Vec::with_capacity(self.vcpus.len());
+        let mut failed = None;
+        for (vcpu, request) in self.vcpus.iter().zip(requested) {
+            match request.and_then(|()| vcpu.wait_state()) {
+                Ok(state) => states.push(state),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(states),
+        }
     }
 
     fn save_vm_wide(&self) -> Result<(IrqchipState, kvm_clock_data), VmError> {
@@ -625,6 +658,56 @@ mod tests {
         assert_eq!(
             bincode::serialize(&state.irqchip.ioapic).unwrap(),
             bincode::serialize(&again.irqchip.ioapic).unwrap()
+        );
+    }
+
+    #[test]
+    fn states_taken_at_a_capturing_pause_serve_until_the_next_resume() {
+        let (mut vm, _events) = boot_testguest("hb=5", 2);
+        run_until_console(&mut vm, 200);
+        vm.resume().unwrap();
+        vm.pause_capturing().unwrap();
+        assert_eq!(vm.state(), RunState::Paused);
+        let captured = vm.save_state().unwrap();
+        assert_eq!(captured.vcpus.len(), 2);
+        // Paused since: a fresh save sees the very same vCPU state.
+        let fresh = {
+            let taken = vm.captured.take();
+            let state = vm.save_state().unwrap();
+            vm.captured = taken;
+            state
+        };
+        for (a, b) in captured.vcpus.iter().zip(&fresh.vcpus) {
+            assert_eq!(
+                (a.regs.rip, a.regs.rsp, a.regs.rax),
+                (b.regs.rip, b.regs.rsp, b.regs.rax)
+            );
+        }
+        // After a resume the guest moved on, and so does the saved state.
+        let before = vm.stats().console_bytes;
+        vm.resume().unwrap();
+        assert!(vm.captured.is_none(), "a resume forgets the captured states");
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        while vm.stats().console_bytes <= before {
+            assert!(Instant::now() < deadline, "the guest printed nothing more");
+            std::thread::yield_now();
+        }
+        vm.pause().unwrap();
+        let later = vm.save_state().unwrap();
+        // The guest's TSC moved on while it ran (the registers may well be
+        // back at the same instruction of its polling loop).
+        let tsc = |state: &VmState| {
+            state
+                .vcpus
+                .iter()
+                .map(|v| v.msrs.iter().find(|m| m.index == 0x10).map(|m| m.data))
+                .collect::<Vec<_>>()
+        };
+        assert!(tsc(&captured).iter().all(Option::is_some), "the TSC is saved");
+        assert_ne!(
+            tsc(&captured),
+            tsc(&later),
+            "the state after the guest ran again is not the captured one"
         );
     }
 

@@ -404,7 +404,9 @@ impl Vmm {
     fn handle_source(&mut self, request: SourceRequest) -> Result<SourceReply, String> {
         let vm = self.vm.as_mut().ok_or("the VM is gone")?;
         match request {
-            SourceRequest::Pause => vm.pause().map(|()| SourceReply::Done).map_err(|e| chain(&e)),
+            // A migration's pause: the state is saved next, so the vCPUs
+            // take theirs as they stop.
+            SourceRequest::Pause => vm.pause_capturing().map(|()| SourceReply::Done).map_err(|e| chain(&e)),
             SourceRequest::Resume => vm.resume().map(|()| SourceReply::Done).map_err(|e| chain(&e)),
             SourceRequest::SaveState => vm
                 .save_state()

@@ -148,7 +148,11 @@ pub struct VcpuContext {
 }
 
 enum Request {
-    Pause,
+    /// Stop at an instruction boundary; with `save`, answer with the state
+    /// taken right then, while the thread is still on its CPU.
+    Pause {
+        save: bool,
+    },
     Resume,
     /// Stay off the CPU for this long (auto-converge); not answered.
     Hold(Duration),
@@ -176,7 +180,7 @@ pub struct VcpuHandle {
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Request::Pause => "Pause",
+            Request::Pause { .. } => "Pause",
             Request::Resume => "Resume",
             Request::Save => "Save",
             Request::Restore(_) => "Restore",
@@ -301,7 +305,13 @@ impl VcpuHandle {
     /// Asks the vCPU to pause; pair with [`VcpuHandle::wait_done`]. Split so a
     /// whole VM's vCPUs are kicked at once and then awaited.
     pub fn request_pause(&self) -> Result<(), VcpuError> {
-        self.send(Request::Pause)
+        self.send(Request::Pause { save: false })
+    }
+
+    /// Asks the vCPU to pause and save its state as it stops; pair with
+    /// [`VcpuHandle::wait_state`].
+    pub fn request_pause_saving(&self) -> Result<(), VcpuError> {
+        self.send(Request::Pause { save: true })
     }
 
     pub fn request_resume(&self) -> Result<(), VcpuError> {
@@ -438,7 +448,7 @@ impl Vcpu {
 
     fn handle(&mut self, request: Request) -> Reply {
         let result = match request {
-            Request::Pause => {
+            Request::Pause { save } => {
                 // KVM finishes a served access on the next KVM_RUN before it
                 // looks at signals, so after a kick nothing is pending and the
                 // extra entry (costly under nested KVM) is skipped.
@@ -447,7 +457,11 @@ impl Vcpu {
                 }
                 self.running = false;
                 self.hold_until = None;
-                Ok(Reply::Done)
+                if save {
+                    self.save().map(|s| Reply::State(Box::new(s)))
+                } else {
+                    Ok(Reply::Done)
+                }
             }
             Request::Resume => {
                 self.running = true;
