@@ -892,3 +892,23 @@ pub fn query_outcome(url: &str, session: u64) -> Option<Outcome> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_arrives_when_the_kernel_says_if_that_is_believable() {
+        let go_at = Instant::now();
+        std::thread::sleep(Duration::from_millis(20));
+        let before = Instant::now();
+        // No timestamp: now.
+        assert!(arrival_instant(None, go_at) >= before);
+        // 10 ms ago, after Go: that moment.
+        let at = arrival_instant(Some(SystemTime::now() - Duration::from_millis(10)), go_at);
+        assert!(at >= go_at && at < before, "{:?}", before - at);
+        // Before Go, or in the future (a clock that stepped): not believed.
+        assert!(arrival_instant(Some(SystemTime::now() - Duration::from_secs(60)), go_at) >= before);
+        assert!(arrival_instant(Some(SystemTime::now() + Duration::from_secs(60)), go_at) >= before);
+    }
+}
