@@ -40,7 +40,10 @@
 //! decision once taken. On `Go` it first checks that every vCPU can start,
 //! then records `Running`, answers, and only then starts the vCPUs: the
 //! answer is a commitment, and the source's wake-up never waits behind a
-//! guest that already spins on every core. The source sends `Go` only after `Ready`, and:
+//! guest that already spins on every core. Should the vCPUs fail to start
+//! after all (a thread that vanished in between), the target halts what did
+//! start and records `Discarded`: a source that did not hear `Running`
+//! resumes, one that did has ended its copy, as if the target had crashed. The source sends `Go` only after `Ready`, and:
 //! - any failure before `Go` is sent proves the target did not resume: the source
 //!   resumes its vCPUs (automatic rollback) and the target discards its copy;
 //! - after `Go`, only `Running` or the receiver's recorded outcome decides. If

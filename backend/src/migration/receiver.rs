@@ -487,10 +487,18 @@ impl Incoming {
         if fault == Some(Fault::SlowStart) {
             std::thread::sleep(Duration::from_secs(1));
         }
-        vm.resume().map_err(|detail| ReceiveError::Vm {
-            action: "resume after the commit",
-            detail,
-        })
+        if let Err(detail) = vm.resume() {
+            // Nothing left that could fail was expected to (every vCPU thread
+            // was there a moment ago). Stop whatever did start: the outcome
+            // turns Discarded, so a source that did not hear Running resumes
+            // its copy; one that did has ended it, as if this host had crashed.
+            vm.halt();
+            return Err(ReceiveError::Vm {
+                action: "resume after the commit",
+                detail,
+            });
+        }
+        Ok(())
     }
 }
 
