@@ -375,11 +375,18 @@ fn vmig_run(memory: &str, workload: &Workload) -> Result<Sample, String> {
         if let Some(migrated) = message.get("migrated") {
             report = Some(migrated.clone());
         } else if let Some(progress) = message.get("progress") {
-            if progress["phase"] == "precopy" && progress["round"] == 0 {
+            // Without a report (a run cut short), round 0's own progress.
+            if progress["phase"] == "precopy"
+                && progress["round"] == 0
+                && progress["throughput_bps"].as_f64() > Some(0.0)
+            {
                 round0_bps = progress["throughput_bps"].as_f64();
             }
             last_progress = Some(progress.clone());
         }
+    }
+    if let Some(full_pass) = report.as_ref().and_then(|r| r["full_pass_bps"].as_f64()) {
+        round0_bps = Some(full_pass);
     }
     let number = |value: &Value, key: &str| value[key].as_f64().unwrap_or(0.0);
     let whole = |value: &Value, key: &str| value[key].as_u64().unwrap_or(0);

@@ -47,7 +47,6 @@ impl Display {
         let phase = match progress.phase {
             Phase::Connecting => "connecting".to_string(),
             Phase::Precopy => format!("round {}", progress.round),
-            Phase::Switchover => "switchover".to_string(),
         };
         bar.set_message(phase);
         let mut detail = format!(
@@ -96,11 +95,12 @@ pub fn print_report(report: &Report, headline: &str, json: bool) -> Result<()> {
     )?;
     writeln!(
         out,
-        "  sent {} in {} rounds over {} streams ({}/s); {} zero pages skipped, {} untouched",
+        "  sent {} in {} rounds over {} streams ({}/s, full pass {}/s); {} zero pages skipped, {} untouched",
         format_size(report.bytes_sent),
         report.rounds,
         report.streams,
         format_size(report.throughput_bps as u64),
+        format_size(report.full_pass_bps as u64),
         report.zero_pages_skipped,
         report.untouched_pages
     )?;

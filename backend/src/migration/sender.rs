@@ -633,10 +633,22 @@ impl Engine<'_> {
         }
     }
 
-    /// Starts live progress for a round about to be sent.
-    fn start_live(&mut self, phase: Phase, round: u32, bytes: u64, dirty_rate: f64, bandwidth: f64, expected: f64) {
+    /// Reports a round as it starts (while its pages are on their way, so that
+    /// whoever reads progress has done so long before any pause), and again
+    /// within it if it runs long.
+    fn start_live(
+        &mut self,
+        round: u32,
+        bytes: u64,
+        dirty_rate: f64,
+        bandwidth: f64,
+        expected: f64,
+        progress: &mut dyn FnMut(&Progress),
+    ) {
+        let snapshot = self.progress(Phase::Precopy, round, bytes, dirty_rate, bandwidth, expected);
+        progress(&snapshot);
         self.live = Some(LiveProgress {
-            snapshot: self.progress(phase, round, bytes, dirty_rate, bandwidth, expected),
+            snapshot,
             round_bytes: bytes,
             sent_at_start: self.shared.bytes_sent.load(Ordering::Relaxed),
             started: Instant::now(),
@@ -671,10 +683,11 @@ impl Engine<'_> {
         let mut round = 0u32;
         let mut round_start = Instant::now();
         let sent_before = self.shared.bytes_sent.load(Ordering::Relaxed);
-        self.start_live(Phase::Precopy, 0, resident.bytes(), 0.0, 0.0, 0.0);
+        self.start_live(0, resident.bytes(), 0.0, 0.0, 0.0, progress);
         self.send_round(0, &resident, true, progress)?;
         let mut round_time = round_start.elapsed().as_secs_f64().max(1e-6);
         let mut bandwidth = (self.shared.bytes_sent.load(Ordering::Relaxed) - sent_before) as f64 / round_time;
+        let full_pass_bps = bandwidth;
         let mut dirty = dirty::collect(&self.ctx.vm_fd, &self.ctx.memory)?;
         let mut hot_rounds = 0;
         let mut forced = false;
@@ -702,7 +715,6 @@ impl Engine<'_> {
                 }
                 extra_rounds += 1;
             }
-            progress(&self.progress(Phase::Precopy, round, dirty_bytes, dirty_rate, bandwidth, expected_ms));
             if self.ctx.cancel.load(Ordering::SeqCst) {
                 return Err(MigrationError::Cancelled);
             }
@@ -739,7 +751,7 @@ impl Engine<'_> {
             round += 1;
             round_start = Instant::now();
             let before = self.shared.bytes_sent.load(Ordering::Relaxed);
-            self.start_live(Phase::Precopy, round, dirty_bytes, dirty_rate, bandwidth, expected_ms);
+            self.start_live(round, dirty_bytes, dirty_rate, bandwidth, expected_ms, progress);
             self.send_round(u64::from(round), &dirty, false, progress)?;
             round_bytes = dirty_bytes;
             round_time = round_start.elapsed().as_secs_f64().max(1e-6);
@@ -750,12 +762,11 @@ impl Engine<'_> {
             dirty = dirty::collect(&self.ctx.vm_fd, &self.ctx.memory)?;
         }
 
-        // Stage 3: switch over. Stop throttling, pause, send the rest and the state.
-        // The last progress until the report goes out before the pause: whoever
+        // Stage 3: switch over. Stop throttling, pause, send the rest and the
+        // state. No progress goes out from here until the report: whoever
         // reads it (the CLI, an agent relaying to its client) must not be
         // competing for the CPU while the guest is stopped.
         self.live = None;
-        progress(&self.progress(Phase::Switchover, round + 1, dirty.bytes(), 0.0, bandwidth, 0.0));
         self.throttle.stop();
         let pause_at = Instant::now();
         self.vm.pause().map_err(|detail| MigrationError::Vm {
@@ -818,6 +829,7 @@ impl Engine<'_> {
             streams: self.options.streams,
             max_throttle_pct: self.max_throttle,
             throughput_bps: bytes_sent as f64 / total.max(1e-9),
+            full_pass_bps,
             forced,
             memory_hash,
         })

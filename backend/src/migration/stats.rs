@@ -6,15 +6,14 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Connecting,
-    /// Copying memory while the VM runs.
-    Precopy,
-    /// The VM is about to pause; the last pages and the state follow, then the
-    /// handoff. Nothing more is reported until the migration ends, so that no
+    /// Copying memory while the VM runs. The switchover that follows the last
+    /// round is not reported: nothing is until the final report, so that no
     /// reader of progress competes for the CPU while the guest is stopped.
-    Switchover,
+    Precopy,
 }
 
-/// A snapshot of a running migration, streamed after every round.
+/// A snapshot of a running migration, streamed as each round starts (and a
+/// few times a second within a long one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
     pub phase: Phase,
@@ -58,6 +57,9 @@ pub struct Report {
     pub max_throttle_pct: u8,
     /// Average send rate over the whole migration.
     pub throughput_bps: f64,
+    /// Send rate of the first full pass (round 0) over every resident page.
+    #[serde(default)]
+    pub full_pass_bps: f64,
     /// True when the time limit forced the switchover.
     pub forced: bool,
     /// With `verify_memory`: the content hash both sides agreed on.
