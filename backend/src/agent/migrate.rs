@@ -346,27 +346,20 @@ impl Agent {
             let vm = vms.get(name).ok_or_else(|| Failure::not_found(name))?;
             (vm.dir.clone(), vm.record.incoming)
         };
-        if migrated && !incoming {
-            // Confirmed already, by its VMM running it: only the history is new.
-            let _ = std::fs::write(dir.history(), console);
-            return Ok(());
-        }
-        if !incoming {
-            return Ok(());
-        }
         if migrated {
             // The source holds the receiving VMM's `Running`: that VMM has
             // committed to run the VM and it is the only copy, even if its
             // main loop has not taken the VM over yet and a status asked this
-            // instant would still say "incoming". Never judge it by that.
+            // instant would still say "incoming". Never judge it by that. The
+            // agent may have confirmed it already (its VMM ran it): the
+            // history is new either way.
             let _ = std::fs::write(dir.history(), console);
-            let mut vms = self.vms();
-            if let Some(vm) = vms.get_mut(name).filter(|vm| vm.record.incoming) {
-                vm.incoming_slot = None;
-                vm.record.incoming = false;
-                vm.record.note = None;
-                let _ = vm.dir.save(&vm.record);
+            if let Some(vm) = self.vms().get_mut(name).filter(|vm| vm.record.incoming) {
+                vm.confirm_arrival();
             }
+            return Ok(());
+        }
+        if !incoming {
             return Ok(());
         }
         // The source says the VM never ran here; check before discarding,

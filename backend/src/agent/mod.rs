@@ -87,6 +87,14 @@ struct Vm {
 }
 
 impl Vm {
+    /// An arrival becomes this host's VM: its share of the budget is freed.
+    fn confirm_arrival(&mut self) {
+        self.record.incoming = false;
+        self.record.note = None;
+        self.incoming_slot = None;
+        let _ = self.dir.save(&self.record);
+    }
+
     fn view(&self) -> View {
         View {
             dir: self.dir.clone(),
@@ -230,10 +238,7 @@ impl Agent {
                 .get_mut(&name)
                 .filter(|vm| vm.record.incoming && vm.record.pid == Some(pid))
             {
-                vm.record.incoming = false;
-                vm.record.note = None;
-                vm.incoming_slot = None;
-                let _ = vm.dir.save(&vm.record);
+                vm.confirm_arrival();
             }
         }
     }
