@@ -19,6 +19,9 @@ _vmig() {
             vmig,agent)
                 cmd="vmig__subcmd__agent"
                 ;;
+            vmig,cancel)
+                cmd="vmig__subcmd__cancel"
+                ;;
             vmig,generate)
                 cmd="vmig__subcmd__generate"
                 ;;
@@ -48,6 +51,9 @@ _vmig() {
                 ;;
             vmig__subcmd__help,agent)
                 cmd="vmig__subcmd__help__subcmd__agent"
+                ;;
+            vmig__subcmd__help,cancel)
+                cmd="vmig__subcmd__help__subcmd__cancel"
                 ;;
             vmig__subcmd__help,generate)
                 cmd="vmig__subcmd__help__subcmd__generate"
@@ -287,7 +293,7 @@ _vmig() {
 
     case "${cmd}" in
         vmig)
-            opts="-h -V --inventory --help --version migrate hosts vms vm agent pki lab testguest generate help"
+            opts="-h -V --inventory --help --version migrate cancel hosts vms vm agent pki lab testguest generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -330,6 +336,24 @@ _vmig() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vmig__subcmd__cancel)
+            opts="-h -V --json --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vmig__subcmd__generate)
             opts="-h -V --out-dir --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -353,7 +377,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__help)
-            opts="migrate hosts vms vm agent pki lab testguest generate help"
+            opts="migrate cancel hosts vms vm agent pki lab testguest generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -367,6 +391,20 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__help__subcmd__agent)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__cancel)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -937,7 +975,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__lab__subcmd__up)
-            opts="-h -V --hosts --vms --max-migration-cost --dir --inventory --help --version"
+            opts="-h -V --hosts --vms --max-migration-cost --accept-timeout --stream-timeout --handoff-timeout --dir --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -952,6 +990,18 @@ _vmig() {
                     return 0
                     ;;
                 --max-migration-cost)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --accept-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stream-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --handoff-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1613,7 +1663,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm__subcmd__run)
-            opts="-h -V --kernel --initrd --cmdline --memory --vcpus --console --control --restore --incoming --token-file --name --inventory --help --version"
+            opts="-h -V --kernel --initrd --cmdline --memory --vcpus --console --control --restore --incoming --token-file --name --record --migration-id --accept-timeout --stream-timeout --handoff-timeout --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1660,6 +1710,26 @@ _vmig() {
                     return 0
                     ;;
                 --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --record)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --migration-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --accept-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stream-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --handoff-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

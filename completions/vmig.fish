@@ -28,6 +28,7 @@ complete -c vmig -n "__fish_vmig_needs_command" -l inventory -d 'The inventory f
 complete -c vmig -n "__fish_vmig_needs_command" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_needs_command" -s V -l version -d 'Print version'
 complete -c vmig -n "__fish_vmig_needs_command" -f -a "migrate" -d 'Live-migrate a VM to another host, with progress'
+complete -c vmig -n "__fish_vmig_needs_command" -f -a "cancel" -d 'Cancel a VM\'s running migration, and report how it ended'
 complete -c vmig -n "__fish_vmig_needs_command" -f -a "hosts" -d 'List the cluster\'s hosts and their facts'
 complete -c vmig -n "__fish_vmig_needs_command" -f -a "vms" -d 'List the cluster\'s VMs and where they run'
 complete -c vmig -n "__fish_vmig_needs_command" -f -a "vm" -d 'Manage VMs: in the cluster (create, start, stop, destroy, show, console) or single VMM processes on this host (run, send, status, ...)'
@@ -50,6 +51,10 @@ complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l dry-run -d 'Check 
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l json -d 'Print progress and the result as JSON lines (the default without a terminal)'
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand cancel" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand cancel" -l json -d 'Print the outcome as JSON lines (the default without a terminal)'
+complete -c vmig -n "__fish_vmig_using_subcommand cancel" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand cancel" -s V -l version -d 'Print version'
 complete -c vmig -n "__fish_vmig_using_subcommand hosts" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand hosts" -l json -d 'Print JSON (all facts) instead of a table'
 complete -c vmig -n "__fish_vmig_using_subcommand hosts" -s h -l help -d 'Print help'
@@ -122,6 +127,11 @@ complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l incoming -d 'Receive the VM by live migration: listen on tcp:HOST:PORT for `vmig vm send`' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l token-file -d 'With --incoming: accept only a sender that presents the migration token in FILE (64 hex digits; `vmig vm send --token-file` on the source)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l name -d 'The VM\'s name, shown to migration peers' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l record -d 'Keep the VMM\'s record in FILE (JSON): the migration handoff it passed and how it ended, for the agent that runs it' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l migration-id -d 'With --incoming: the agents\' id of the migration, for the record' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l accept-timeout -d 'With --incoming: end if no sender has come within S seconds (its agent\'s keepalives extend it)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l stream-timeout -d 'With --incoming: a stream on which nothing moves for S seconds has failed' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l handoff-timeout -d 'With --incoming: holding the complete state, wait S seconds for Go' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -s V -l version -d 'Print version'
@@ -226,6 +236,9 @@ complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subco
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l hosts -d 'Number of hosts (agents)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l vms -d 'Number of demo VMs, placed round-robin (1 vCPU each, the test guest dirtying memory)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l max-migration-cost -d 'Each host\'s migration cost limit (default: the agent\'s)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l accept-timeout -d 'The agents\' `[timeouts]`: how long a receiving VMM waits for its sender' -r
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l stream-timeout -d 'How long a migration stream may be silent' -r
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l handoff-timeout -d 'How long each side of the switchover waits for the other' -r
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l dir -d 'Where the lab keeps its files (default: $VMIG_LAB_DIR, else ~/.local/state/vmig/lab)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -s h -l help -d 'Print help'
@@ -256,16 +269,17 @@ complete -c vmig -n "__fish_vmig_using_subcommand generate" -l out-dir -d 'Direc
 complete -c vmig -n "__fish_vmig_using_subcommand generate" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand generate" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand generate" -s V -l version -d 'Print version'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate hosts vms vm agent pki lab testguest generate help" -f -a "migrate" -d 'Live-migrate a VM to another host, with progress'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate hosts vms vm agent pki lab testguest generate help" -f -a "hosts" -d 'List the cluster\'s hosts and their facts'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate hosts vms vm agent pki lab testguest generate help" -f -a "vms" -d 'List the cluster\'s VMs and where they run'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate hosts vms vm agent pki lab testguest generate help" -f -a "vm" -d 'Manage VMs: in the cluster (create, start, stop, destroy, show, console) or single VMM processes on this host (run, send, status, ...)'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate hosts vms vm agent pki lab testguest generate help" -f -a "agent" -d 'The host daemon: runs VMs and migrates them agent to agent'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate hosts vms vm agent pki lab testguest generate help" -f -a "pki" -d 'The cluster\'s certificate authority: create it, issue certificates'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate hosts vms vm agent pki lab testguest generate help" -f -a "lab" -d 'A local lab: several agents and demo VMs on this machine'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate hosts vms vm agent pki lab testguest generate help" -f -a "testguest" -d 'Work with the built-in test guest'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate hosts vms vm agent pki lab testguest generate help" -f -a "generate" -d 'Write man pages and shell completions (for packagers and the repo)'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate hosts vms vm agent pki lab testguest generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate cancel hosts vms vm agent pki lab testguest generate help" -f -a "migrate" -d 'Live-migrate a VM to another host, with progress'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate cancel hosts vms vm agent pki lab testguest generate help" -f -a "cancel" -d 'Cancel a VM\'s running migration, and report how it ended'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate cancel hosts vms vm agent pki lab testguest generate help" -f -a "hosts" -d 'List the cluster\'s hosts and their facts'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate cancel hosts vms vm agent pki lab testguest generate help" -f -a "vms" -d 'List the cluster\'s VMs and where they run'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate cancel hosts vms vm agent pki lab testguest generate help" -f -a "vm" -d 'Manage VMs: in the cluster (create, start, stop, destroy, show, console) or single VMM processes on this host (run, send, status, ...)'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate cancel hosts vms vm agent pki lab testguest generate help" -f -a "agent" -d 'The host daemon: runs VMs and migrates them agent to agent'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate cancel hosts vms vm agent pki lab testguest generate help" -f -a "pki" -d 'The cluster\'s certificate authority: create it, issue certificates'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate cancel hosts vms vm agent pki lab testguest generate help" -f -a "lab" -d 'A local lab: several agents and demo VMs on this machine'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate cancel hosts vms vm agent pki lab testguest generate help" -f -a "testguest" -d 'Work with the built-in test guest'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate cancel hosts vms vm agent pki lab testguest generate help" -f -a "generate" -d 'Write man pages and shell completions (for packagers and the repo)'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate cancel hosts vms vm agent pki lab testguest generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "create" -d 'Define a VM on a host of the cluster and boot it'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "start" -d 'Boot a defined VM on its host'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "stop" -d 'Stop a VM (its definition stays)'

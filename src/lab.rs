@@ -16,6 +16,7 @@ use vmig_backend::agent::config::Limits;
 use vmig_backend::agent::vmm::{Record, alive, kill};
 use vmig_backend::api::{HostFacts, Request, VmSpec};
 use vmig_backend::client::Client;
+use vmig_backend::migration::Timeouts;
 use vmig_backend::pki::{self, Identity, Role};
 
 use crate::inventory::{HostEntry, Inventory};
@@ -33,6 +34,8 @@ pub struct LabOptions {
     pub vm_cmdline: String,
     /// Migration cost limit per host (None: the agent's default).
     pub max_migration_cost: Option<u32>,
+    /// The agents' migration timeouts.
+    pub timeouts: Timeouts,
 }
 
 impl Default for LabOptions {
@@ -43,6 +46,7 @@ impl Default for LabOptions {
             vm_memory: "1G".into(),
             vm_cmdline: "fill=768M dirty=64M rate=100 hb=1000".into(),
             max_migration_cost: None,
+            timeouts: Timeouts::default(),
         }
     }
 }
@@ -177,6 +181,7 @@ impl Lab {
                     max_migration_cost: options.max_migration_cost,
                     migration_cost: None,
                 },
+                timeouts: options.timeouts,
             };
             let text = toml::to_string(&config).context("cannot write an agent config")?;
             std::fs::write(dir.join("agent.toml"), text)?;

@@ -6,4 +6,5 @@ pub mod cluster;
 pub mod exit;
 pub mod inventory;
 pub mod lab;
+pub mod ops;
 pub mod progress;

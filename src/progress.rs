@@ -74,6 +74,13 @@ impl Display {
         }
     }
 
+    /// Nothing new: keeps a terminal's spinner turning.
+    pub fn tick(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.tick();
+        }
+    }
+
     pub fn finish(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
@@ -112,7 +119,14 @@ pub fn print_report(report: &Report, headline: &str, json: bool) -> Result<()> {
         )?;
     }
     if report.forced {
-        writeln!(out, "  the time limit forced the switchover")?;
+        let at = report
+            .forced_at_ms
+            .map_or_else(String::new, |ms| format!(" at {:.1} s", ms / 1000.0));
+        writeln!(
+            out,
+            "  the time limit forced the switchover{at}: the last {} were sent with the VM paused, hence the downtime",
+            format_size(report.final_round_bytes)
+        )?;
     }
     if let Some(hash) = report.memory_hash {
         writeln!(

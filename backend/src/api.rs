@@ -2,15 +2,29 @@
 //!
 //! One request per connection. The client sends one JSON object on one line,
 //! `{"v": 1, "op": "...", ...}`; the agent answers with zero or more
-//! `{"progress": ...}` lines (long operations: `migrate`) and then exactly one
-//! final line, `{"status": 200, "result": ...}` or
-//! `{"status": 4xx|5xx, "error": "..."}`. Status codes follow HTTP's meaning:
-//! 400 malformed request (nothing changed), 403 the peer's certificate does
-//! not allow it, 404 unknown VM, 409 conflicts with the VM's state (already
-//! exists, already migrating, not running), 503 the host cannot take it now,
-//! 500 the operation failed. A request of another version gets 400 naming the
-//! version the agent speaks. Requests marked "host only" are accepted only
-//! from certificates with the host role (agents talking to agents).
+//! `{"progress": ...}` lines (long operations: `migrate`, `watch_migration`,
+//! `prepare_incoming`) and then exactly one final line,
+//! `{"status": 200, "result": ...}` or
+//! `{"status": 4xx|5xx, "code": "...", "error": "..."}`. Status codes follow
+//! HTTP's meaning: 400 malformed request (nothing changed), 403 the peer's
+//! certificate does not allow it, 404 unknown VM or migration, 409 conflicts
+//! with the VM's state (already exists, already migrating, not running), 503
+//! the host cannot take it now, 500 the operation failed. A request of
+//! another version gets 400 naming the version the agent speaks. Requests
+//! marked "host only" are accepted only from certificates with the host role
+//! (agents talking to agents).
+//!
+//! The `code` is what callers decide on (see [`Code`]); the message is for
+//! people and may change.
+//!
+//! A migration has an id, chosen by the client (`vmig` makes a random one)
+//! or else by the source's agent. A `migrate` request starts it and watches
+//! it; a client whose connection drops asks again with `watch_migration`
+//! (progress, then the same final line) or `migration` (its state now), on
+//! the source's agent or, for whether the VM arrived, the target's; `cancel_migration`
+//! stops it unless its switchover has begun. While a migration runs, its
+//! watchers get a `{"progress": {"waiting": ...}}` line at least every
+//! [`KEEPALIVE_EVERY`], so that a client hears a silent agent.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +35,69 @@ use crate::pki::Role;
 pub const API_VERSION: u32 = 1;
 /// Longest request line an agent reads.
 pub const MAX_REQUEST: usize = 1 << 20;
+/// The longest a watcher of a running migration goes without a line.
+pub const KEEPALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What an error is, for whoever decides on it; stable across versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Code {
+    /// The request is malformed or its arguments invalid; nothing changed.
+    Invalid,
+    /// The peer's certificate does not allow the request.
+    Forbidden,
+    /// No such VM or migration.
+    NotFound,
+    /// The VM's state does not allow it (exists, migrating, not running, in doubt).
+    Conflict,
+    /// The host cannot take it now, or another agent could not be reached.
+    Unavailable,
+    /// It failed for another reason (the message says).
+    Failed,
+    /// A migration failed before its handoff; the VM runs on its source.
+    RolledBack,
+    /// A migration was cancelled; the VM runs on its source.
+    Cancelled,
+    /// A migration hit its time limit (`cancel`); the VM runs on its source.
+    TimedOut,
+    /// The target turned the VM away before anything was sent.
+    Refused,
+    /// Whether the target runs the VM is not known yet; the source's copy
+    /// stays paused and cannot be started. The agents keep asking.
+    InDoubt,
+    /// The process that ran the VM's only copy died: the VM runs nowhere.
+    Lost,
+    /// The VM's VMM on its source was stopped during the migration: the VM
+    /// is there, stopped, and did not move.
+    Stopped,
+    /// An answer of a newer agent.
+    #[serde(other)]
+    Unknown,
+}
+
+impl Code {
+    /// The code of a failure that carries only an HTTP-like status.
+    pub fn of_status(status: u16) -> Self {
+        match status {
+            400 => Code::Invalid,
+            403 => Code::Forbidden,
+            404 => Code::NotFound,
+            409 => Code::Conflict,
+            503 => Code::Unavailable,
+            _ => Code::Failed,
+        }
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        f.write_str(&text)
+    }
+}
 
 /// The envelope of every request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,29 +138,49 @@ pub enum Request {
         name: String,
         bytes: u64,
     },
-    /// Live-migrates the VM to `target` (streams progress).
+    /// Live-migrates the VM to `target` (streams progress); `id` names the
+    /// migration (the agent makes one when none is given).
     Migrate {
         name: String,
         target: Peer,
         options: MigrationOptions,
+        #[serde(default)]
+        id: Option<String>,
+    },
+    /// Watches migration `id` to its end: progress, then the answer its
+    /// `migrate` got (or will get).
+    WatchMigration {
+        id: String,
+    },
+    /// Where migration `id` is, as this agent knows it ([`MigrationInfo`]).
+    Migration {
+        id: String,
+    },
+    /// Cancels the migration of VM `name`, unless its switchover has begun.
+    CancelMigration {
+        name: String,
     },
     /// Host only: prepare a receiving VMM for `spec`; answers its address.
     PrepareIncoming {
         spec: VmSpec,
         token: Token,
         source: String,
+        id: String,
     },
     /// Host only: the source reports the migration's end; with the VM's
     /// console output so far (its last MiB), so the log moves with the VM.
+    /// Answers the arrival's [`IncomingState`].
     FinishIncoming {
         name: String,
+        id: String,
         migrated: bool,
         #[serde(default)]
         console: String,
     },
-    /// Host only: does the receiving VMM for `name` run its VM?
+    /// Host only: what became of migration `id` of VM `name` here?
     IncomingState {
         name: String,
+        id: String,
     },
 }
 
@@ -175,9 +272,15 @@ pub enum VmState {
     Migrating,
     /// Arriving from another host (a receiving VMM waits or receives).
     Incoming,
-    /// The guest powered off, crashed or its VMM died.
+    /// The guest powered off with an error, reset or crashed.
     Failed,
-    /// A migration's outcome is in doubt; the source is paused.
+    /// Its VMM process died (killed, or failed) while it held the VM: it
+    /// runs nowhere. It can be started again (from its boot).
+    Lost,
+    /// Its VMM is alive and does not answer (stopped with SIGSTOP, or hung).
+    Unresponsive,
+    /// A migration's outcome is not known yet: the copy here is paused or
+    /// gone, cannot be started, and the agents keep asking the target.
     InDoubt,
 }
 
@@ -190,6 +293,8 @@ impl std::fmt::Display for VmState {
             VmState::Migrating => "migrating",
             VmState::Incoming => "incoming",
             VmState::Failed => "failed",
+            VmState::Lost => "lost",
+            VmState::Unresponsive => "unresponsive",
             VmState::InDoubt => "in doubt",
         })
     }
@@ -205,9 +310,14 @@ pub struct VmInfo {
     pub memory_bytes: u64,
     /// The VMM's process id, while it has one.
     pub pid: Option<u32>,
-    /// Where it is migrating to, while it is.
+    /// Where it is migrating to, while it is (or while that migration's
+    /// outcome is in doubt).
     pub migrating_to: Option<String>,
-    /// What became of the last migration that did not move it, if any.
+    /// That migration's id.
+    #[serde(default)]
+    pub migration: Option<String>,
+    /// What became of the last migration that did not move it, or why it
+    /// is not running, if it is not.
     pub note: Option<String>,
 }
 
@@ -253,17 +363,124 @@ pub struct HostFacts {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MigrateProgress {
+    /// The migration's id: the first line.
+    Started { id: String },
     /// Waiting for a free migration slot on `host` (its cost limit is reached).
     Queued { host: String, position: u32 },
     /// The target prepared its receiving VMM.
     Prepared { target: String },
     /// The engine's own progress.
     Engine(Progress),
+    /// Nothing new: the migration is still in this phase (a keepalive).
+    Waiting { phase: MigrationPhase },
+    /// A cancel was asked; `accepted` is false when the switchover had begun.
+    Cancelling { accepted: bool },
+}
+
+/// Where a migration is, as its source's agent sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationPhase {
+    /// Waiting for slots of the hosts' migration budgets, or for the target.
+    Preparing,
+    /// The engine copies the VM.
+    Copying,
+    /// The engine is done; the agents settle and record the outcome (asking
+    /// the target when the handoff's outcome is not known yet).
+    Settling,
+    /// It has ended (see its outcome).
+    Ended,
+}
+
+impl std::fmt::Display for MigrationPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MigrationPhase::Preparing => "preparing",
+            MigrationPhase::Copying => "copying",
+            MigrationPhase::Settling => "settling",
+            MigrationPhase::Ended => "ended",
+        })
+    }
+}
+
+/// How a migration ended: the final answer its watchers get.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationOutcome {
+    pub status: u16,
+    pub code: Option<Code>,
+    pub message: Option<String>,
+    /// When the VM moved.
+    pub result: Option<MigrateResult>,
+}
+
+impl MigrationOutcome {
+    pub fn moved(result: MigrateResult) -> Self {
+        Self {
+            status: 200,
+            code: None,
+            message: None,
+            result: Some(result),
+        }
+    }
+
+    pub fn failed(status: u16, code: Code, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code: Some(code),
+            message: Some(message.into()),
+            result: None,
+        }
+    }
+
+    /// The answer line it is.
+    pub fn answer(&self) -> Answer {
+        Answer {
+            status: self.status,
+            result: self.result.as_ref().and_then(|r| serde_json::to_value(r).ok()),
+            error: self.message.clone(),
+            code: self.code,
+        }
+    }
+}
+
+/// Answer to `migration`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationInfo {
+    pub id: String,
+    pub vm: String,
+    /// This agent's part in it.
+    pub side: MigrationSide,
+    /// The other host.
+    pub peer: String,
+    /// Source side: where it is; its outcome once it ended.
+    pub phase: Option<MigrationPhase>,
+    pub outcome: Option<MigrationOutcome>,
+    /// Target side: what became of the VM here.
+    pub arrival: Option<IncomingState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationSide {
+    Source,
+    Target,
+}
+
+/// Answer to `cancel_migration`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancelled {
+    pub id: String,
+    /// False when the switchover had begun: the migration ends as its
+    /// handoff decides (watch it for the outcome).
+    pub accepted: bool,
 }
 
 /// The final answer to a successful `migrate`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MigrateResult {
+    /// The migration's id.
+    #[serde(default)]
+    pub id: String,
     pub vm: String,
     pub source: String,
     pub target: String,
@@ -279,17 +496,27 @@ pub struct MigrateResult {
 pub struct Prepared {
     /// `tcp:HOST:PORT` of the receiving VMM.
     pub url: String,
+    /// How long it waits for its sender without a keepalive.
+    pub accept_s: u64,
 }
 
-/// Answer to `incoming_state`.
+/// Answer to `incoming_state` and `finish_incoming`: what became of a
+/// migration on its target. Decided from the receiving VMM's status, its
+/// record and the target's journal, never from a guess: `gone` is only
+/// answered when no VMM there has taken the VM, nor ever can.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IncomingState {
-    /// The receiving VMM is still waiting or receiving: not decided yet.
+    /// The receiving VMM is waiting, receiving, or does not answer, and has
+    /// not committed: not decided yet.
     Undecided,
-    /// The VM runs here.
+    /// The target committed: the VM runs there (or did; the source's copy
+    /// must never run again).
     Running,
-    /// The receiving VMM gave the VM up (or never had it).
+    /// The target committed and its VMM has since died: the VM is lost there
+    /// (and the source's copy must never run again either).
+    Lost,
+    /// The target never took the VM, and no process there can any more.
     Gone,
 }
 
@@ -301,6 +528,8 @@ pub struct Answer {
     pub result: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<Code>,
 }
 
 /// An answer line: progress or the final answer.
@@ -330,7 +559,10 @@ mod tests {
         let line = r#"{"v":1,"op":"migrate","name":"vm1","target":{"name":"hostB","address":"127.0.0.1:7070"},"options":{"downtime_limit_ms":50,"bandwidth_limit":null,"timeout_s":600,"timeout_action":"cancel","streams":2,"auto_converge":true}}"#;
         let envelope: Envelope = serde_json::from_str(line).unwrap();
         assert_eq!(envelope.v, 1);
-        let Request::Migrate { name, target, options } = &envelope.request else {
+        let Request::Migrate {
+            name, target, options, ..
+        } = &envelope.request
+        else {
             panic!("not a migrate: {envelope:?}");
         };
         assert_eq!((name.as_str(), target.name.as_str()), ("vm1", "hostB"));
@@ -338,6 +570,19 @@ mod tests {
         let again: Envelope = serde_json::from_str(&serde_json::to_string(&envelope).unwrap()).unwrap();
         assert!(matches!(again.request, Request::Migrate { .. }));
         assert!(serde_json::from_str::<Envelope>(r#"{"v":1,"op":"format_disk"}"#).is_err());
+    }
+
+    #[test]
+    fn codes_are_stable_names() {
+        assert_eq!(serde_json::to_string(&Code::InDoubt).unwrap(), r#""in_doubt""#);
+        assert_eq!(Code::RolledBack.to_string(), "rolled_back");
+        assert_eq!(
+            serde_json::from_str::<Code>(r#""something_new""#).unwrap(),
+            Code::Unknown
+        );
+        let answer = MigrationOutcome::failed(500, Code::Lost, "gone").answer();
+        let line = serde_json::to_string(&Line::Answer(answer)).unwrap();
+        assert!(line.contains(r#""code":"lost""#), "{line}");
     }
 
     #[test]
@@ -372,7 +617,10 @@ mod tests {
 
     #[test]
     fn only_hosts_prepare_incoming_vms() {
-        let request = Request::IncomingState { name: "vm1".into() };
+        let request = Request::IncomingState {
+            name: "vm1".into(),
+            id: "m-1".into(),
+        };
         assert!(allowed(&request, Role::Host));
         assert!(!allowed(&request, Role::Operator));
         assert!(allowed(&Request::ListVms, Role::Operator));

@@ -2,14 +2,14 @@
 //! talking to each other (see [`crate::api`] for the protocol).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
-use crate::api::{API_VERSION, Envelope, Line, MAX_REQUEST, MigrateProgress, Request};
+use crate::api::{API_VERSION, Code, Envelope, Line, MAX_REQUEST, MigrateProgress, Request};
 use crate::pki::{self, PkiError};
 
 /// How long a connection attempt may take.
@@ -17,6 +17,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Error)]
 pub enum ClientError {
+    /// The request never reached the agent: nothing was asked.
     #[error("cannot reach the agent of {host} at {address}")]
     Unreachable {
         host: String,
@@ -30,17 +31,35 @@ pub enum ClientError {
         #[source]
         source: Box<PkiError>,
     },
+    /// The request was sent, and the connection failed before the answer.
     #[error("lost the connection to the agent of {host}")]
     Io {
         host: String,
         #[source]
         source: std::io::Error,
     },
+    /// The request was sent, and the agent closed the connection before
+    /// its answer (it ended, or restarted).
+    #[error("the agent of {host} closed the connection before it answered")]
+    Closed { host: String },
+    /// The request was sent, and the agent said nothing for longer than
+    /// the caller waits for a line.
+    #[error("the agent of {host} sent nothing for {} s", .waited.as_secs())]
+    Silent { host: String, waited: Duration },
+    /// The caller stopped waiting for the answer (a cancel).
+    #[error("stopped waiting for the agent of {host}")]
+    Aborted { host: String },
     #[error("the agent of {host} answered something that is not its API: {detail}")]
     Protocol { host: String, detail: String },
-    /// The agent refused or failed the request; `status` is HTTP-like.
+    /// The agent refused or failed the request; `status` is HTTP-like and
+    /// `code` says what it was.
     #[error("{host}: {message}")]
-    Status { host: String, status: u16, message: String },
+    Status {
+        host: String,
+        status: u16,
+        code: Code,
+        message: String,
+    },
 }
 
 impl ClientError {
@@ -50,6 +69,23 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// The agent's code for a refusal or failure it answered.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ClientError::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// True when the request may have been taken but its answer was lost:
+    /// whoever sent it must ask again to learn what happened.
+    pub fn answer_lost(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Io { .. } | ClientError::Closed { .. } | ClientError::Silent { .. }
+        )
+    }
 }
 
 /// One agent to talk to.
@@ -58,6 +94,10 @@ pub struct Client {
     pub host: String,
     pub address: String,
     tls: Arc<rustls::ClientConfig>,
+    /// The address our connections leave from (an agent's own), if set.
+    local: Option<IpAddr>,
+    /// The longest a call waits for the next line of its answer.
+    patience: Option<Duration>,
 }
 
 impl Client {
@@ -66,7 +106,36 @@ impl Client {
             host: host.to_string(),
             address: address.to_string(),
             tls,
+            local: None,
+            patience: None,
         }
+    }
+
+    /// Connections leave from `ip` (an agent talks from its own address).
+    pub fn from_address(mut self, ip: Option<IpAddr>) -> Self {
+        self.local = ip;
+        self
+    }
+
+    /// A call gives up ([`ClientError::Silent`]) when the agent sends no line
+    /// for `patience`.
+    pub fn patience(mut self, patience: Option<Duration>) -> Self {
+        self.patience = patience;
+        self
+    }
+
+    fn connect(&self, addr: &SocketAddr) -> std::io::Result<TcpStream> {
+        let Some(local) = self.local else {
+            return TcpStream::connect_timeout(addr, CONNECT_TIMEOUT);
+        };
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(*addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.bind(&SocketAddr::new(local, 0).into())?;
+        socket.connect_timeout(&(*addr).into(), CONNECT_TIMEOUT)?;
+        Ok(socket.into())
     }
 
     /// Sends `request` and returns the final result, handing progress lines to
@@ -76,13 +145,22 @@ impl Client {
         request: Request,
         progress: &mut dyn FnMut(MigrateProgress),
     ) -> Result<T, ClientError> {
+        self.call_until(request, &mut |line| {
+            progress(line);
+            true
+        })
+    }
+
+    /// Like [`Client::call_with_progress`], but gives up on the answer
+    /// ([`ClientError::Aborted`]) once `progress` returns false.
+    pub fn call_until<T: DeserializeOwned>(
+        &self,
+        request: Request,
+        progress: &mut dyn FnMut(MigrateProgress) -> bool,
+    ) -> Result<T, ClientError> {
         let unreachable = |source| ClientError::Unreachable {
             host: self.host.clone(),
             address: self.address.clone(),
-            source,
-        };
-        let io = |source| ClientError::Io {
-            host: self.host.clone(),
             source,
         };
         let addr = self
@@ -91,9 +169,10 @@ impl Client {
             .map_err(unreachable)?
             .next()
             .ok_or_else(|| unreachable(std::io::ErrorKind::NotFound.into()))?;
-        let tcp = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(unreachable)?;
+        let tcp = self.connect(&addr).map_err(unreachable)?;
         let _ = tcp.set_nodelay(true);
         let _ = tcp.set_read_timeout(Some(CONNECT_TIMEOUT));
+        let _ = tcp.set_write_timeout(Some(CONNECT_TIMEOUT));
         let mut tls = pki::connect(Arc::clone(&self.tls), &self.host, tcp).map_err(|source| match source {
             // A peer that goes away mid-handshake is not a certificate problem.
             PkiError::Handshake(e) if e.kind() != std::io::ErrorKind::InvalidData => unreachable(e),
@@ -103,15 +182,15 @@ impl Client {
             },
         })?;
         // Long requests (a migration) answer when they are done.
-        let _ = tls.sock.set_read_timeout(None);
+        let _ = tls.sock.set_read_timeout(self.patience);
         let envelope = Envelope {
             v: API_VERSION,
             request,
         };
         let mut line = serde_json::to_vec(&envelope).map_err(|e| self.protocol(e.to_string()))?;
         line.push(b'\n');
-        tls.write_all(&line).map_err(io)?;
-        tls.flush().map_err(io)?;
+        tls.write_all(&line).map_err(|e| self.lost(e))?;
+        tls.flush().map_err(|e| self.lost(e))?;
         let mut reader = BufReader::new(tls);
         let mut text = String::new();
         loop {
@@ -128,15 +207,23 @@ impl Client {
                             source: Box::new(PkiError::Handshake(e)),
                         }
                     } else {
-                        io(e)
+                        self.lost(e)
                     }
                 })?;
             if n == 0 {
-                return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
+                return Err(ClientError::Closed {
+                    host: self.host.clone(),
+                });
             }
             let line: Line = serde_json::from_str(&text).map_err(|e| self.protocol(e.to_string()))?;
             match line {
-                Line::Progress { progress: p } => progress(p),
+                Line::Progress { progress: p } => {
+                    if !progress(p) {
+                        return Err(ClientError::Aborted {
+                            host: self.host.clone(),
+                        });
+                    }
+                }
                 Line::Answer(answer) if answer.status == 200 => {
                     let value = answer.result.unwrap_or(serde_json::Value::Null);
                     return serde_json::from_value(value).map_err(|e| self.protocol(e.to_string()));
@@ -145,6 +232,7 @@ impl Client {
                     return Err(ClientError::Status {
                         host: self.host.clone(),
                         status: answer.status,
+                        code: answer.code.unwrap_or_else(|| Code::of_status(answer.status)),
                         message: answer.error.unwrap_or_else(|| format!("status {}", answer.status)),
                     });
                 }
@@ -154,6 +242,27 @@ impl Client {
 
     pub fn call<T: DeserializeOwned>(&self, request: Request) -> Result<T, ClientError> {
         self.call_with_progress(request, &mut |_| {})
+    }
+
+    /// A failure after the request was sent. An end of the stream without
+    /// TLS's closing alert is the agent closing (or dying), said in our own
+    /// words (the TLS library's message points at its documentation).
+    fn lost(&self, error: std::io::Error) -> ClientError {
+        match error.kind() {
+            std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe => ClientError::Closed {
+                host: self.host.clone(),
+            },
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ClientError::Silent {
+                host: self.host.clone(),
+                waited: self.patience.unwrap_or(CONNECT_TIMEOUT),
+            },
+            _ => ClientError::Io {
+                host: self.host.clone(),
+                source: error,
+            },
+        }
     }
 
     fn protocol(&self, detail: String) -> ClientError {

@@ -11,6 +11,8 @@ use crate::cluster::Cluster;
 use crate::exit::Exit;
 use crate::inventory::lab_dir;
 use crate::lab::{Lab, LabOptions};
+use crate::ops::migrate::{self as flow, Plan};
+use vmig_backend::migration::{MigrationOptions, Timeouts};
 
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
@@ -37,6 +39,15 @@ pub struct UpArgs {
     /// Each host's migration cost limit (default: the agent's).
     #[arg(long, value_name = "N")]
     max_migration_cost: Option<u32>,
+    /// The agents' `[timeouts]`: how long a receiving VMM waits for its sender.
+    #[arg(long, value_name = "S", default_value_t = Timeouts::default().accept_s)]
+    accept_timeout: u64,
+    /// How long a migration stream may be silent.
+    #[arg(long, value_name = "S", default_value_t = Timeouts::default().stream_s)]
+    stream_timeout: u64,
+    /// How long each side of the switchover waits for the other.
+    #[arg(long, value_name = "S", default_value_t = Timeouts::default().handoff_s)]
+    handoff_timeout: u64,
     #[command(flatten)]
     dir: DirArgs,
 }
@@ -58,10 +69,19 @@ pub fn exec(command: LabCommand) -> Result<Exit> {
     let say = &mut |line: &str| eprintln!("vmig lab: {line}");
     match command {
         LabCommand::Up(args) => {
+            let timeouts = Timeouts {
+                accept_s: args.accept_timeout,
+                stream_s: args.stream_timeout,
+                handoff_s: args.handoff_timeout,
+            };
+            timeouts
+                .validate()
+                .map_err(|e| crate::cli::UsageError(format!("--{e}")))?;
             let options = LabOptions {
                 hosts: args.hosts,
                 vms: args.vms,
                 max_migration_cost: args.max_migration_cost,
+                timeouts,
                 ..LabOptions::default()
             };
             let lab = args.dir.lab();
@@ -101,8 +121,14 @@ fn demo(lab: &Lab, say: &mut dyn FnMut(&str)) -> Result<Exit> {
     let here = hosts.iter().position(|h| h.name == vm1.host.name).unwrap_or(0);
     let next = hosts[(here + 1) % hosts.len()].name.clone();
     say(&format!("vmig migrate vm1 {next}"));
-    let migrate = super::migrate::MigrateArgs::for_demo("vm1", &next, !std::io::stdout().is_terminal());
-    let exit = super::migrate::exec(&migrate, Some(&inventory))?;
+    let plan = Plan {
+        id: flow::new_id(),
+        vm: "vm1".into(),
+        source: vm1.host.clone(),
+        target: cluster.inventory.host(&next)?.clone(),
+        options: MigrationOptions::default(),
+    };
+    let exit = super::migrate::run(&cluster, &plan, !std::io::stderr().is_terminal())?;
     let vms: Vec<VmInfo> = cluster
         .ask_all::<Vec<VmInfo>>(&Request::ListVms)
         .into_iter()

@@ -2,12 +2,14 @@
 //! and an `exec` that validates them and calls the library.
 
 mod agent;
+mod cancel;
 mod generate;
 mod hosts;
 mod lab;
 mod migrate;
 mod options;
 mod pki;
+mod signals;
 mod testguest;
 mod vm;
 mod vms;
@@ -16,6 +18,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use vmig_backend::agent::config::ConfigError;
+use vmig_backend::api::Code;
 use vmig_backend::client::ClientError;
 use vmig_backend::vmm::VmError;
 use vmig_backend::vmm::control::ControlError;
@@ -39,6 +42,8 @@ pub struct Cli {
 enum Command {
     /// Live-migrate a VM to another host, with progress.
     Migrate(migrate::MigrateArgs),
+    /// Cancel a VM's running migration, and report how it ended.
+    Cancel(cancel::CancelArgs),
     /// List the cluster's hosts and their facts.
     Hosts(hosts::HostsArgs),
     /// List the cluster's VMs and where they run.
@@ -74,6 +79,7 @@ pub fn main() -> ExitCode {
     let inventory = cli.inventory.as_deref();
     let result = match cli.command {
         Command::Migrate(args) => migrate::exec(&args, inventory),
+        Command::Cancel(args) => cancel::exec(&args, inventory),
         Command::Hosts(args) => hosts::exec(&args, inventory),
         Command::Vms(args) => vms::exec(&args, inventory),
         Command::Vm(command) => vm::exec(command, inventory),
@@ -142,12 +148,30 @@ fn classify(error: &anyhow::Error) -> Exit {
 /// The exit code for an agent's answer or a failure to get one.
 pub fn exit_for(error: &ClientError) -> Exit {
     match error {
-        ClientError::Status { status: 404, .. } => Exit::NotFound,
-        ClientError::Status { status: 409, .. } => Exit::Conflict,
-        ClientError::Status { status: 403, .. } | ClientError::Tls { .. } => Exit::Auth,
-        ClientError::Status { status: 400, .. } => Exit::Usage,
+        ClientError::Status { code, .. } => exit_for_code(*code),
+        ClientError::Tls { .. } => Exit::Auth,
         ClientError::Unreachable { .. } => Exit::Unreachable,
         _ => Exit::Failure,
+    }
+}
+
+/// The exit code for an outcome's code: the one table, for every command.
+pub fn exit_for_code(code: Code) -> Exit {
+    match code {
+        Code::Invalid => Exit::Usage,
+        Code::Forbidden => Exit::Auth,
+        Code::NotFound => Exit::NotFound,
+        Code::Conflict => Exit::Conflict,
+        Code::Unavailable => Exit::Unreachable,
+        Code::InDoubt => Exit::InDoubt,
+        Code::Lost => Exit::Lost,
+        Code::Failed
+        | Code::RolledBack
+        | Code::Cancelled
+        | Code::TimedOut
+        | Code::Refused
+        | Code::Stopped
+        | Code::Unknown => Exit::Failure,
     }
 }
 

@@ -43,10 +43,7 @@ impl MigrationArgs {
             .as_deref()
             .map(|b| parse_size(b).map_err(|e| UsageError(format!("--bandwidth: {e}"))))
             .transpose()?;
-        if bandwidth_limit == Some(0) {
-            return Err(UsageError("--bandwidth: must be more than 0".into()).into());
-        }
-        Ok(MigrationOptions {
+        let options = MigrationOptions {
             downtime_limit_ms: self.downtime_ms,
             bandwidth_limit,
             timeout_s: self.timeout,
@@ -59,6 +56,12 @@ impl MigrationArgs {
             auto_converge: !self.no_auto_converge,
             verify_memory: self.verify_memory,
             token: Default::default(),
-        })
+            migration_id: None,
+            timeouts: Default::default(),
+        };
+        // Checked here, before anything is asked of an agent or a VMM; the
+        // message names the option.
+        options.validate().map_err(|e| UsageError(format!("--{e}")))?;
+        Ok(options)
     }
 }

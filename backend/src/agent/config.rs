@@ -18,6 +18,11 @@
 //! [limits]
 //! max_migration_cost = 8               # concurrent migrations by cost; more wait in a queue
 //! migration_cost = 2                   # cost of one migration (default: 1 at >= 10 GbE, else 2)
+//!
+//! [timeouts]                           # how long a migration's sides wait for each other
+//! accept_s = 30                        # a receiving VMM that no sender reached ends (keepalives extend it)
+//! stream_s = 30                        # a migration stream on which nothing moves has failed
+//! handoff_s = 10                       # the switchover's wait for each answer (and a target's for Go)
 //! ```
 //!
 //! Relative paths are relative to the file's directory. Unknown fields are
@@ -29,6 +34,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::migration::Timeouts;
 use crate::pki::Identity;
 
 #[derive(Debug, Error)]
@@ -64,6 +70,8 @@ pub struct AgentConfig {
     pub tls: Identity,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub timeouts: Timeouts,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -120,6 +128,10 @@ impl AgentConfig {
         if config.limits.max_migration_cost == Some(0) || config.limits.migration_cost == Some(0) {
             return Err("section `limits`: costs must be more than 0".into());
         }
+        config
+            .timeouts
+            .validate()
+            .map_err(|e| format!("section `timeouts`: {e}"))?;
         Ok(config)
     }
 

@@ -2,13 +2,21 @@
 //!
 //! It runs each VM as its own VMM process (see [`vmm`]), answers the API
 //! ([`crate::api`]) over mutual TLS, reports the host's facts and drives live
-//! migrations agent to agent ([`migrate`]). Its state is the files under its
-//! state directory, so a restarted agent adopts the VMMs that kept running.
+//! migrations agent to agent ([`outgoing`], [`incoming`]). Its state is the
+//! files under its state directory (VM records, the VMMs' own records, the
+//! [`journal`]), so a restarted agent adopts the VMMs that kept running and
+//! settles the migrations that were under way ([`settle`]). Where a VM is,
+//! it decides from structured state only ([`judge`]).
 
 pub mod config;
 pub mod facts;
-mod migrate;
+mod incoming;
+pub mod journal;
+pub mod judge;
+pub mod migrations;
+mod outgoing;
 mod server;
+mod settle;
 pub mod slots;
 pub mod vmm;
 
@@ -21,11 +29,14 @@ use thiserror::Error;
 pub use config::AgentConfig;
 pub use server::serve;
 
-use crate::api::{VmDetail, VmInfo, VmSpec, VmState};
+use crate::api::{Code, VmDetail, VmInfo, VmSpec, VmState};
 use crate::vmm::RunState;
 use crate::vmm::control::{Reply, Request as VmmRequest};
+use crate::vmm::record::{Exit, VmmRecord};
+use journal::Journal;
+use migrations::Migrations;
 use slots::Slots;
-use vmm::{Record, VmDir};
+use vmm::{Ended, Observed, Record, VmDir};
 
 #[derive(Debug, Error)]
 pub enum AgentError {
@@ -47,18 +58,11 @@ pub enum AgentError {
     Tls(#[from] crate::pki::PkiError),
 }
 
-/// How often the agent looks for arrivals that run already (see
-/// [`Agent::watch_arrivals`]).
-const ARRIVALS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// How long a restarted agent waits for a VMM that runs but does not answer
-/// to end, before it judges it.
-const ADOPT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// A request's failure, with the HTTP-like status the API answers.
+/// A request's failure: the HTTP-like status and the code the API answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     pub status: u16,
+    pub code: Code,
     pub message: String,
 }
 
@@ -66,6 +70,7 @@ impl Failure {
     pub fn new(status: u16, message: impl Into<String>) -> Self {
         Self {
             status,
+            code: Code::of_status(status),
             message: message.into(),
         }
     }
@@ -80,18 +85,24 @@ impl Failure {
 struct Vm {
     dir: VmDir,
     record: Record,
-    /// Set while a migration takes it elsewhere.
-    migrating_to: Option<String>,
     /// Held while it arrives: the target's share of the migration budget.
     incoming_slot: Option<slots::Slot>,
+    /// The VMM is this process's child (a reaper thread waits for it); an
+    /// adopted one is watched by [`settle`].
+    child: bool,
 }
 
 impl Vm {
-    /// An arrival becomes this host's VM: its share of the budget is freed.
-    fn confirm_arrival(&mut self) {
-        self.record.incoming = false;
-        self.record.note = None;
-        self.incoming_slot = None;
+    fn new(dir: VmDir, record: Record) -> Self {
+        Self {
+            dir,
+            record,
+            incoming_slot: None,
+            child: false,
+        }
+    }
+
+    fn save(&self) {
         let _ = self.dir.save(&self.record);
     }
 
@@ -99,7 +110,6 @@ impl Vm {
         View {
             dir: self.dir.clone(),
             record: self.record.clone(),
-            migrating_to: self.migrating_to.clone(),
         }
     }
 }
@@ -107,11 +117,10 @@ impl Vm {
 /// A copy of what the agent knows of a VM, taken under the lock so that its
 /// VMM can be asked for its status without the lock: a VMM that hangs must
 /// not stall every other request to the agent.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct View {
     dir: VmDir,
     record: Record,
-    migrating_to: Option<String>,
 }
 
 /// The agent: its config and the VMs it holds.
@@ -122,75 +131,38 @@ pub struct Agent {
     vms: Mutex<BTreeMap<String, Vm>>,
     slots: Arc<Slots>,
     tls_client: Arc<rustls::ClientConfig>,
+    migrations: Migrations,
+    journal: Journal,
+    /// VMs whose departure a settler thread is deciding.
+    settling: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Agent {
-    /// Loads the state directory and adopts the VMMs that still run.
+    /// Loads the state directory; VMMs that still run are adopted, and
+    /// migrations that were under way are settled in the background.
     pub fn new(config: AgentConfig) -> Result<Arc<Self>, AgentError> {
+        let state_error = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| AgentError::StateDir { path, source }
+        };
         let vms_dir = config.state_dir.join("vms");
-        std::fs::create_dir_all(&vms_dir).map_err(|source| AgentError::StateDir {
-            path: vms_dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&vms_dir).map_err(state_error(&vms_dir))?;
+        let journal = Journal::open(&config.state_dir).map_err(state_error(&config.state_dir))?;
         let exe = std::env::current_exe().map_err(AgentError::Exe)?;
         let tls_client = crate::pki::client_config(&config.tls)?;
         let slots = Slots::new(config.max_migration_cost());
         let mut vms = BTreeMap::new();
-        let entries = std::fs::read_dir(&vms_dir).map_err(|source| AgentError::StateDir {
-            path: vms_dir.clone(),
-            source,
-        })?;
+        let entries = std::fs::read_dir(&vms_dir).map_err(state_error(&vms_dir))?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let dir = VmDir::new(&config.state_dir, &name);
-            let Some(mut record) = dir.load() else {
+            // A directory without a record is a reservation that never
+            // became a VM (the agent died in between).
+            let Some(record) = dir.load() else {
+                dir.remove();
                 continue;
             };
-            if let Some(pid) = record.pid {
-                // Adopt only the VMM that answers with the pid we started and
-                // still holds its VM.
-                let mut status = dir.status();
-                if status.is_none() && vmm::alive(pid) {
-                    // Not answering yet alive: it may be ending (a VMM whose VM
-                    // left says so in its log as it exits). Judge it once it has.
-                    let deadline = std::time::Instant::now() + ADOPT_WAIT;
-                    while vmm::alive(pid) && std::time::Instant::now() < deadline {
-                        std::thread::sleep(std::time::Duration::from_millis(20));
-                    }
-                    status = dir.status();
-                }
-                let left = status
-                    .as_ref()
-                    .is_some_and(|s| matches!(s.stop_reason, Some(crate::vmm::event::StopReason::Migrated { .. })))
-                    || dir.log_tail().ends_with(crate::vmm::event::MIGRATED_AWAY);
-                let adopted = !left && status.is_some_and(|s| s.pid == pid);
-                if !adopted {
-                    record.pid = None;
-                    if record.incoming {
-                        // An arrival that was not confirmed is gone with its VMM.
-                        dir.remove();
-                        continue;
-                    }
-                    if left {
-                        // It left while the agent was down: it runs elsewhere,
-                        // and a record here could only start a second copy.
-                        eprintln!("vmig agent: {name} was migrated away while the agent was down");
-                        dir.remove();
-                        continue;
-                    }
-                    record.note = Some("its VMM ended while the agent was down".into());
-                    let _ = dir.save(&record);
-                }
-            }
-            vms.insert(
-                name,
-                Vm {
-                    dir,
-                    record,
-                    migrating_to: None,
-                    incoming_slot: None,
-                },
-            );
+            vms.insert(name, Vm::new(dir, record));
         }
         let agent = Arc::new(Self {
             config,
@@ -198,49 +170,15 @@ impl Agent {
             vms: Mutex::new(vms),
             slots,
             tls_client,
+            migrations: Migrations::default(),
+            journal,
+            settling: Mutex::new(std::collections::BTreeSet::new()),
         });
-        agent.watch_arrivals();
+        // VMMs that ended while the agent was down, and migrations that were
+        // under way, are judged by the settler, as every second after.
+        agent.settle_all();
+        agent.keep_settling();
         Ok(agent)
-    }
-
-    /// Confirms, in the background, arrivals whose source's agent never
-    /// reported the end (it died, or its host did): once the receiving VMM
-    /// runs the VM, it holds the only copy (the engine's handoff), so the
-    /// record stops being an arrival and its share of the budget is freed.
-    /// Polled: a VMM has no way to call its agent.
-    fn watch_arrivals(self: &Arc<Self>) {
-        let agent = Arc::downgrade(self);
-        let _ = std::thread::Builder::new().name("arrivals".into()).spawn(move || {
-            loop {
-                std::thread::sleep(ARRIVALS_EVERY);
-                let Some(agent) = agent.upgrade() else {
-                    return;
-                };
-                agent.confirm_arrivals();
-            }
-        });
-    }
-
-    fn confirm_arrivals(&self) {
-        let arriving: Vec<(String, VmDir, u32)> = self
-            .vms()
-            .iter()
-            .filter(|(_, vm)| vm.record.incoming)
-            .filter_map(|(name, vm)| vm.record.pid.map(|pid| (name.clone(), vm.dir.clone(), pid)))
-            .collect();
-        for (name, dir, pid) in arriving {
-            // Asked without the lock; a VMM that has taken the VM over has a state.
-            if !dir.status().is_some_and(|s| s.pid == pid && s.state.is_some()) {
-                continue;
-            }
-            let mut vms = self.vms();
-            if let Some(vm) = vms
-                .get_mut(&name)
-                .filter(|vm| vm.record.incoming && vm.record.pid == Some(pid))
-            {
-                vm.confirm_arrival();
-            }
-        }
     }
 
     fn vms(&self) -> MutexGuard<'_, BTreeMap<String, Vm>> {
@@ -249,29 +187,56 @@ impl Agent {
 
     /// The VM as the API shows it; asks its VMM, so never call it under the lock.
     fn info(&self, vm: &View) -> VmInfo {
-        let status = vm.record.pid.and_then(|_| vm.dir.status());
-        let state = match (&status, vm.record.pid) {
-            (_, None) if vm.record.note.as_deref().is_some_and(|n| n.starts_with("failed")) => VmState::Failed,
-            (_, None) => VmState::Stopped,
-            (None, Some(_)) => VmState::Failed,
-            (Some(s), Some(_)) if s.in_doubt.is_some() => VmState::InDoubt,
-            (Some(_), Some(_)) if vm.migrating_to.is_some() => VmState::Migrating,
-            (Some(s), Some(_)) => match s.state {
+        let record = &vm.record;
+        let observed = record.pid.map(|pid| (pid, vm.dir.observe(pid)));
+        let migrating = record
+            .departure
+            .as_ref()
+            .filter(|d| self.migrations.get(&d.id).is_some_and(|m| m.outcome().is_none()));
+        let state = match (&observed, &record.departure) {
+            (_, Some(_)) if migrating.is_some() => VmState::Migrating,
+            // A departure nobody drives any more waits for the target's word.
+            (_, Some(_)) => VmState::InDoubt,
+            (None, None) => match &record.ended {
+                Some(Ended { lost: true, .. }) => VmState::Lost,
+                Some(_) => VmState::Failed,
+                None => VmState::Stopped,
+            },
+            (Some((_, Observed::Silent { .. })), None) => VmState::Unresponsive,
+            (Some((_, Observed::Gone(_))), None) => VmState::Lost,
+            (Some((_, Observed::Answers(s))), None) if s.in_doubt.is_some() => VmState::InDoubt,
+            (Some((_, Observed::Answers(s))), None) => match s.state {
                 None => VmState::Incoming,
                 Some(RunState::Running) => VmState::Running,
                 Some(RunState::Paused | RunState::Created) => VmState::Paused,
                 Some(RunState::Stopped) => VmState::Failed,
             },
         };
+        let state = match state {
+            VmState::Running | VmState::Paused | VmState::Unresponsive if record.arrival.is_some() => VmState::Incoming,
+            other => other,
+        };
+        let note = record
+            .note
+            .clone()
+            .or_else(|| record.ended.as_ref().map(|e| e.detail.clone()))
+            .or_else(|| match &observed {
+                Some((_, Observed::Silent { stopped: true, .. })) => {
+                    Some("its VMM process is stopped (SIGSTOP)".into())
+                }
+                Some((_, Observed::Silent { stopped: false, .. })) => Some("its VMM does not answer".into()),
+                _ => None,
+            });
         VmInfo {
-            name: vm.record.spec.name.clone(),
+            name: record.spec.name.clone(),
             host: self.config.name.clone(),
             state,
-            vcpus: vm.record.spec.vcpus,
-            memory_bytes: vm.record.spec.memory_bytes(),
-            pid: status.map(|s| s.pid),
-            migrating_to: vm.migrating_to.clone(),
-            note: vm.record.note.clone(),
+            vcpus: record.spec.vcpus,
+            memory_bytes: record.spec.memory_bytes(),
+            pid: record.pid.filter(|_| !matches!(observed, Some((_, Observed::Gone(_))))),
+            migrating_to: record.departure.as_ref().map(|d| d.target.name.clone()),
+            migration: record.departure.as_ref().map(|d| d.id.clone()),
+            note,
         }
     }
 
@@ -308,6 +273,8 @@ impl Agent {
         Ok(vm.dir.console_tail(bytes.min(16 << 20)))
     }
 
+    /// Defines a VM and, with `start`, boots it. A VM whose first start
+    /// fails is not kept: the request changed nothing.
     pub fn create(self: &Arc<Self>, spec: &VmSpec, start: bool) -> Result<VmInfo, Failure> {
         spec.validate()
             .map_err(|e| Failure::new(400, format!("invalid VM spec: {e}")))?;
@@ -320,26 +287,20 @@ impl Agent {
                 ));
             }
             let dir = VmDir::new(&self.config.state_dir, &spec.name);
-            let record = Record {
-                spec: spec.clone(),
-                pid: None,
-                incoming: false,
-                note: None,
-            };
+            let record = Record::new(spec.clone());
             dir.save(&record)
                 .map_err(|e| Failure::new(500, crate::vmm::process::chain(&e)))?;
-            vms.insert(
-                spec.name.clone(),
-                Vm {
-                    dir,
-                    record,
-                    migrating_to: None,
-                    incoming_slot: None,
-                },
-            );
+            vms.insert(spec.name.clone(), Vm::new(dir, record));
         }
         if start {
-            return self.start(&spec.name);
+            return self.start(&spec.name).inspect_err(|_| {
+                let mut vms = self.vms();
+                if vms.get(&spec.name).is_some_and(|vm| vm.record.pid.is_none())
+                    && let Some(vm) = vms.remove(&spec.name)
+                {
+                    vm.dir.remove();
+                }
+            });
         }
         Ok(self.info(&self.view(&spec.name)?))
     }
@@ -348,6 +309,19 @@ impl Agent {
         let (dir, spec) = {
             let vms = self.vms();
             let vm = vms.get(name).ok_or_else(|| Failure::not_found(name))?;
+            if let Some(departure) = &vm.record.departure {
+                // It may run on the target: a start here could make a second copy.
+                return Err(Failure::new(
+                    409,
+                    format!(
+                        "{name} cannot start here: migration {} to {} has not settled, and {name} may run there",
+                        departure.id, departure.target.name
+                    ),
+                ));
+            }
+            if vm.record.arrival.is_some() {
+                return Err(Failure::new(409, format!("{name} is still arriving on this host")));
+            }
             if vm.record.pid.is_some_and(vmm::alive) {
                 return Err(Failure::new(409, format!("{name} is running already")));
             }
@@ -362,7 +336,9 @@ impl Agent {
             let vm = vms.get_mut(name).ok_or_else(|| Failure::not_found(name))?;
             vm.record.pid = Some(child.id());
             vm.record.note = None;
-            let _ = vm.dir.save(&vm.record);
+            vm.record.ended = None;
+            vm.child = true;
+            vm.save();
             vm.view()
         };
         self.reap(child, name);
@@ -370,36 +346,36 @@ impl Agent {
     }
 
     /// Waits for a child VMM in the background, so it never lingers as a
-    /// zombie, and notes how it ended.
+    /// zombie, and judges how it ended.
     fn reap(self: &Arc<Self>, mut child: std::process::Child, name: &str) {
         let agent = Arc::downgrade(self);
         let name = name.to_string();
         let _ = std::thread::Builder::new().name(format!("reap-{name}")).spawn(move || {
             let pid = child.id();
-            let status = child.wait();
-            let Some(agent) = agent.upgrade() else {
-                return;
-            };
-            let mut vms = agent.vms();
-            if let Some(vm) = vms.get_mut(&name)
-                && vm.record.pid == Some(pid)
-            {
-                if vm.record.incoming {
-                    // A receiver that ended before it was confirmed held no VM.
-                    if let Some(vm) = vms.remove(&name) {
-                        vm.dir.remove();
-                    }
-                    return;
-                }
-                vm.record.pid = None;
-                vm.incoming_slot = None;
-                let clean = status.as_ref().is_ok_and(std::process::ExitStatus::success);
-                if !clean && vm.migrating_to.is_none() {
-                    vm.record.note = Some(format!("failed: {}", vm.dir.log_tail()));
-                }
-                let _ = vm.dir.save(&vm.record);
+            let _ = child.wait();
+            if let Some(agent) = agent.upgrade() {
+                agent.vmm_ended(&name, pid);
             }
         });
+    }
+
+    /// The VMM with `pid` of VM `name` has ended: what it left decides.
+    /// Arrivals and departures are the settler's (the other host's word
+    /// counts there); a VM of this host becomes stopped, failed or lost.
+    fn vmm_ended(&self, name: &str, pid: u32) {
+        let mut vms = self.vms();
+        let Some(vm) = vms.get_mut(name).filter(|vm| vm.record.pid == Some(pid)) else {
+            return;
+        };
+        if vm.record.arrival.is_some() || vm.record.departure.is_some() {
+            return;
+        }
+        let left = vm.dir.vmm_record_of(pid);
+        vm.record.pid = None;
+        vm.child = false;
+        vm.incoming_slot = None;
+        vm.record.ended = ended_of(left.as_ref());
+        vm.save();
     }
 
     pub fn stop(&self, name: &str) -> Result<VmInfo, Failure> {
@@ -409,15 +385,25 @@ impl Agent {
             // answer within the control timeout is killed.
             let mut vms = self.vms();
             let vm = vms.get_mut(name).ok_or_else(|| Failure::not_found(name))?;
-            if let Some(target) = &vm.migrating_to {
-                return Err(Failure::new(409, format!("{name} is migrating to {target}")));
+            if let Some(departure) = &vm.record.departure {
+                return Err(Failure::new(
+                    409,
+                    format!(
+                        "{name} is migrating to {} (migration {})",
+                        departure.target.name, departure.id
+                    ),
+                ));
+            }
+            if vm.record.arrival.is_some() {
+                return Err(Failure::new(409, format!("{name} is still arriving on this host")));
             }
             if let Some(pid) = vm.record.pid.take() {
                 if vm.dir.request(&VmmRequest::Shutdown).is_err() {
                     vmm::kill(pid);
                 }
                 vm.record.note = None;
-                let _ = vm.dir.save(&vm.record);
+                vm.record.ended = None;
+                vm.save();
             }
             vm.view()
         };
@@ -431,5 +417,28 @@ impl Agent {
             vm.dir.remove();
         }
         Ok(())
+    }
+}
+
+/// How a VM of this host ended, from its VMM's record (none: killed).
+fn ended_of(record: Option<&VmmRecord>) -> Option<Ended> {
+    match record.and_then(|r| r.exit.as_ref()) {
+        None => Some(Ended {
+            lost: true,
+            detail: "its VMM process died (killed)".into(),
+        }),
+        Some(Exit::Failed { detail }) => Some(Ended {
+            lost: true,
+            detail: format!("its VMM failed: {detail}"),
+        }),
+        Some(Exit::NotReceived { detail, .. }) => Some(Ended {
+            lost: true,
+            detail: detail.clone(),
+        }),
+        Some(Exit::Stopped { stop }) if stop.is_clean() => None,
+        Some(Exit::Stopped { stop }) => Some(Ended {
+            lost: false,
+            detail: format!("failed: {stop}"),
+        }),
     }
 }

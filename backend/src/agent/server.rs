@@ -1,19 +1,33 @@
 //! The agent's API server: a thread per connection, mutual TLS, one request
 //! each (see [`crate::api`]).
+//!
+//! A migration never waits for the connection that asked for it: the
+//! connection watches it ([`super::migrations`]), and a client that is slow,
+//! stopped or gone only loses its own lines (each write gives up after
+//! [`WRITE_TIMEOUT`]).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use serde::Serialize;
 
+use super::journal::Event;
+use super::migrations::Migration;
 use super::{Agent, AgentError, Failure, facts};
-use crate::api::{API_VERSION, Answer, Envelope, Line, MAX_REQUEST, MigrateProgress, Request};
+use crate::api::{
+    API_VERSION, Answer, Envelope, KEEPALIVE_EVERY, Line, MAX_REQUEST, MigrateProgress, MigrationInfo, MigrationSide,
+    Request,
+};
 use crate::pki::{self, Peer};
 
 /// A client has this long to finish the handshake and send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A write to a client that takes longer than this ends the connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds the API address, then calls `ready` and serves until the process ends.
 pub fn serve(agent: &Arc<Agent>, ready: impl FnOnce(std::net::SocketAddr)) -> Result<(), AgentError> {
@@ -40,6 +54,8 @@ pub fn serve(agent: &Arc<Agent>, ready: impl FnOnce(std::net::SocketAddr)) -> Re
 fn connection(agent: &Arc<Agent>, tls: Arc<rustls::ServerConfig>, tcp: TcpStream) {
     let _ = tcp.set_nodelay(true);
     let _ = tcp.set_read_timeout(Some(REQUEST_TIMEOUT));
+    let _ = tcp.set_write_timeout(Some(WRITE_TIMEOUT));
+    let raw = tcp.as_raw_fd();
     // A client without a valid certificate ends here, refused by TLS.
     let Ok(mut stream) = pki::accept(tls, tcp) else {
         return;
@@ -55,27 +71,27 @@ fn connection(agent: &Arc<Agent>, tls: Arc<rustls::ServerConfig>, tcp: TcpStream
     let mut out = LineWriter { stream: &mut stream };
     let answer = match read {
         Ok(0) | Err(_) => return,
-        Ok(_) if !line.ends_with('\n') => Err(Failure::new(
+        Ok(_) if !line.ends_with('\n') => Some(failed(Failure::new(
             400,
             format!("a request is one line of at most {MAX_REQUEST} bytes"),
-        )),
-        Ok(_) => handle(agent, &peer, &line, &mut out),
+        ))),
+        Ok(_) => handle(agent, &peer, &line, &mut out, &|| still_there(raw)),
     };
-    let answer = match answer {
-        Ok(result) => Answer {
-            status: 200,
-            result: Some(result),
-            error: None,
-        },
-        Err(failure) => Answer {
-            status: failure.status,
-            result: None,
-            error: Some(failure.message),
-        },
-    };
-    out.line(&Line::Answer(answer));
+    if let Some(answer) = answer {
+        out.line(&Line::Answer(answer));
+    }
     stream.conn.send_close_notify();
     let _ = stream.flush();
+}
+
+/// True while the client of `fd` has neither closed its side nor sent more
+/// (it sends one request and then only reads): peeked without blocking.
+fn still_there(fd: std::os::fd::RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: recv into one byte we own; MSG_PEEK leaves the data, and
+    // MSG_DONTWAIT keeps this one call from blocking.
+    let got = unsafe { libc::recv(fd, (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    got < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
 }
 
 struct LineWriter<'a, S: Write> {
@@ -83,68 +99,198 @@ struct LineWriter<'a, S: Write> {
 }
 
 impl<S: Write> LineWriter<'_, S> {
-    /// Writes one answer line; a client that went away is not our failure.
-    fn line(&mut self, line: &Line) {
-        if let Ok(mut text) = serde_json::to_vec(line) {
-            text.push(b'\n');
-            let _ = self.stream.write_all(&text);
-            let _ = self.stream.flush();
-        }
+    /// Writes one answer line; false when the client went away (which is
+    /// not the request's failure).
+    fn line(&mut self, line: &Line) -> bool {
+        let Ok(mut text) = serde_json::to_vec(line) else {
+            return false;
+        };
+        text.push(b'\n');
+        self.stream.write_all(&text).is_ok() && self.stream.flush().is_ok()
     }
 }
 
-fn to_value(value: impl Serialize) -> Result<serde_json::Value, Failure> {
-    serde_json::to_value(value).map_err(|e| Failure::new(500, e.to_string()))
+fn ok(value: impl Serialize) -> Answer {
+    match serde_json::to_value(value) {
+        Ok(result) => Answer {
+            status: 200,
+            result: Some(result),
+            error: None,
+            code: None,
+        },
+        Err(e) => failed(Failure::new(500, e.to_string())),
+    }
 }
 
+fn failed(failure: Failure) -> Answer {
+    Answer {
+        status: failure.status,
+        result: None,
+        error: Some(failure.message),
+        code: Some(failure.code),
+    }
+}
+
+fn answer<T: Serialize>(result: Result<T, Failure>) -> Answer {
+    match result {
+        Ok(value) => ok(value),
+        Err(failure) => failed(failure),
+    }
+}
+
+/// Handles one request; the final answer, or None when the client went away.
 fn handle<S: Write>(
     agent: &Arc<Agent>,
     peer: &Peer,
     line: &str,
     out: &mut LineWriter<'_, S>,
-) -> Result<serde_json::Value, Failure> {
-    let value: serde_json::Value =
-        serde_json::from_str(line).map_err(|e| Failure::new(400, format!("the request is not JSON: {e}")))?;
+    still_there: &dyn Fn() -> bool,
+) -> Option<Answer> {
+    let value: serde_json::Value = match serde_json::from_str(line) {
+        Ok(value) => value,
+        Err(e) => return Some(failed(Failure::new(400, format!("the request is not JSON: {e}")))),
+    };
     let version = value.get("v").and_then(serde_json::Value::as_u64);
     if version != Some(u64::from(API_VERSION)) {
-        return Err(Failure::new(
+        return Some(failed(Failure::new(
             400,
             format!("API version {version:?} is not supported; this agent speaks version {API_VERSION}"),
-        ));
+        )));
     }
-    let envelope: Envelope =
-        serde_json::from_value(value).map_err(|e| Failure::new(400, format!("malformed request: {e}")))?;
+    let envelope: Envelope = match serde_json::from_value(value) {
+        Ok(envelope) => envelope,
+        Err(e) => return Some(failed(Failure::new(400, format!("malformed request: {e}")))),
+    };
     let request = envelope.request;
     if !crate::api::allowed(&request, peer.role) {
-        return Err(Failure::new(
+        return Some(failed(Failure::new(
             403,
             format!("{} ({:?} certificate) may not make this request", peer.name, peer.role),
-        ));
+        )));
     }
-    let mut progress = |p: MigrateProgress| out.line(&Line::Progress { progress: p });
-    match request {
+    Some(match request {
         Request::Host => {
             let vms = agent.vms().len();
-            to_value(facts::gather(&agent.config, vms, agent.slots.usage()))
+            ok(facts::gather(&agent.config, vms, agent.slots.usage()))
         }
-        Request::ListVms => to_value(agent.list()),
-        Request::CreateVm { spec, start } => to_value(agent.create(&spec, start)?),
-        Request::StartVm { name } => to_value(agent.start(&name)?),
-        Request::StopVm { name } => to_value(agent.stop(&name)?),
-        Request::DestroyVm { name } => to_value(agent.destroy(&name)?),
-        Request::ShowVm { name } => to_value(agent.show(&name)?),
-        Request::Console { name, bytes } => to_value(agent.console(&name, bytes)?),
-        Request::Migrate { name, target, options } => {
-            to_value(agent.migrate_out(&name, &target, options, &mut progress)?)
-        }
-        Request::PrepareIncoming { spec, token, source } => {
-            to_value(agent.prepare_incoming(&spec, token, &source, &mut progress)?)
+        Request::ListVms => ok(agent.list()),
+        Request::CreateVm { spec, start } => answer(agent.create(&spec, start)),
+        Request::StartVm { name } => answer(agent.start(&name)),
+        Request::StopVm { name } => answer(agent.stop(&name)),
+        Request::DestroyVm { name } => answer(agent.destroy(&name)),
+        Request::ShowVm { name } => answer(agent.show(&name)),
+        Request::Console { name, bytes } => answer(agent.console(&name, bytes)),
+        Request::Migrate {
+            name,
+            target,
+            options,
+            id,
+        } => match agent.migrate_out(&name, &target, options, id) {
+            Ok(migration) => return watch(&migration, out),
+            Err(failure) => failed(failure),
+        },
+        Request::WatchMigration { id } => match agent.migrations.get(&id) {
+            Some(migration) => return watch(&migration, out),
+            None => match journaled_outcome(agent, &id) {
+                Some(answer) => answer,
+                None => failed(Failure::new(404, format!("no migration {id} on {}", agent.config.name))),
+            },
+        },
+        Request::Migration { id } => answer(migration_info(agent, &id)),
+        Request::CancelMigration { name } => answer(agent.cancel_migration(&name)),
+        Request::PrepareIncoming {
+            spec,
+            token,
+            source,
+            id,
+        } => {
+            let mut progress = |p: MigrateProgress| {
+                out.line(&Line::Progress { progress: p });
+            };
+            answer(agent.prepare_incoming(&spec, token, &source, &id, &mut progress, still_there))
         }
         Request::FinishIncoming {
             name,
+            id,
             migrated,
             console,
-        } => to_value(agent.finish_incoming(&name, migrated, &console)?),
-        Request::IncomingState { name } => to_value(agent.incoming_state(&name)),
+        } => ok(agent.finish_incoming(&name, &id, migrated, &console)),
+        Request::IncomingState { name, id } => ok(agent.incoming_state(&name, &id)),
+    })
+}
+
+/// Streams a migration's progress to the client, with a keepalive line when
+/// there is no news, until it ends; its outcome is the answer. None when the
+/// client went away (the migration goes on).
+fn watch<S: Write>(migration: &Migration, out: &mut LineWriter<'_, S>) -> Option<Answer> {
+    let lines = migration.watch();
+    loop {
+        match lines.recv_timeout(KEEPALIVE_EVERY) {
+            Ok(line) => {
+                if !out.line(&Line::Progress { progress: line }) {
+                    return None;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some(outcome) = migration.outcome() {
+                    return Some(outcome.answer());
+                }
+                let waiting = MigrateProgress::Waiting {
+                    phase: migration.phase(),
+                };
+                if !out.line(&Line::Progress { progress: waiting }) {
+                    return None;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return migration.outcome().map(|outcome| outcome.answer());
+            }
+        }
     }
+}
+
+/// The recorded outcome of a migration that has left the agent's memory.
+fn journaled_outcome(agent: &Agent, id: &str) -> Option<Answer> {
+    agent
+        .journal
+        .entries(id)
+        .into_iter()
+        .rev()
+        .find_map(|entry| match entry.event {
+            Event::Ended { outcome } => Some(outcome.answer()),
+            _ => None,
+        })
+}
+
+fn migration_info(agent: &Agent, id: &str) -> Result<MigrationInfo, Failure> {
+    if let Some(migration) = agent.migrations.get(id) {
+        return Ok(MigrationInfo {
+            id: id.to_string(),
+            vm: migration.vm.clone(),
+            side: MigrationSide::Source,
+            peer: migration.target.clone(),
+            phase: Some(migration.phase()),
+            outcome: migration.outcome(),
+            arrival: None,
+        });
+    }
+    let entries = agent.journal.entries(id);
+    if let Some(started) = entries.iter().find(|e| e.event == Event::Started) {
+        let outcome = entries.iter().rev().find_map(|e| match &e.event {
+            Event::Ended { outcome } => Some((**outcome).clone()),
+            _ => None,
+        });
+        return Ok(MigrationInfo {
+            id: id.to_string(),
+            vm: started.vm.clone(),
+            side: MigrationSide::Source,
+            peer: started.peer.clone(),
+            phase: None,
+            outcome,
+            arrival: None,
+        });
+    }
+    agent
+        .arrival_info(id)
+        .ok_or_else(|| Failure::new(404, format!("no migration {id} on {}", agent.config.name)))
 }

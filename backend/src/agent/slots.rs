@@ -5,6 +5,9 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
+/// How often a waiter asks whether it still wants its slot.
+pub const RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
 #[derive(Debug)]
 pub struct Slots {
     limit: u32,
@@ -42,8 +45,15 @@ impl Slots {
 
     /// Takes `cost` units, waiting in line while they are not free;
     /// `queued(position)` is called whenever the place in line changes
-    /// (1 = next), never when the units were free at once.
-    pub fn acquire(self: &Arc<Self>, cost: u32, mut queued: impl FnMut(u32)) -> Slot {
+    /// (1 = next), never when the units were free at once. While it waits,
+    /// `keep_going()` is asked at least every [`RECHECK`]; when it says no,
+    /// the place in line is given up and None returned.
+    pub fn acquire(
+        self: &Arc<Self>,
+        cost: u32,
+        mut queued: impl FnMut(u32),
+        mut keep_going: impl FnMut() -> bool,
+    ) -> Option<Slot> {
         let cost = cost.clamp(1, self.limit);
         let mut state = self.lock();
         let ticket = state.next_ticket;
@@ -57,10 +67,10 @@ impl Slots {
                 state.in_use += cost;
                 // The next in line may fit too.
                 self.changed.notify_all();
-                return Slot {
+                return Some(Slot {
                     slots: Arc::clone(self),
                     cost,
-                };
+                });
             }
             let place = position as u32 + 1;
             if reported != Some(place) {
@@ -71,7 +81,19 @@ impl Slots {
                 state = self.lock();
                 continue;
             }
-            state = self.changed.wait(state).unwrap_or_else(PoisonError::into_inner);
+            state = self
+                .changed
+                .wait_timeout(state, RECHECK)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            drop(state);
+            let going = keep_going();
+            state = self.lock();
+            if !going {
+                state.queue.retain(|t| *t != ticket);
+                self.changed.notify_all();
+                return None;
+            }
         }
     }
 
@@ -100,7 +122,7 @@ mod tests {
     #[test]
     fn excess_waits_in_order_and_runs_when_units_free() {
         let slots = Slots::new(2);
-        let first = slots.acquire(2, |_| panic!("the first fits"));
+        let first = slots.acquire(2, |_| panic!("the first fits"), || true).unwrap();
         let (tx, rx) = channel();
         let mut waiters = Vec::new();
         for name in ["second", "third"] {
@@ -108,7 +130,7 @@ mod tests {
             let tx = tx.clone();
             waiters.push(std::thread::spawn(move || {
                 let mut places = Vec::new();
-                let slot = shared.acquire(2, |p| places.push(p));
+                let slot = shared.acquire(2, |p| places.push(p), || true).unwrap();
                 tx.send((name, places)).unwrap();
                 drop(slot);
             }));
@@ -137,12 +159,31 @@ mod tests {
     #[test]
     fn a_cost_above_the_limit_still_runs_alone() {
         let slots = Slots::new(4);
-        let slot = slots.acquire(9, |_| panic!("free"));
+        let slot = slots.acquire(9, |_| panic!("free"), || true).unwrap();
         assert_eq!(slots.usage().0, 4);
         drop(slot);
-        let a = slots.acquire(1, |_| panic!("free"));
-        let b = slots.acquire(3, |_| panic!("fits"));
+        let a = slots.acquire(1, |_| panic!("free"), || true).unwrap();
+        let b = slots.acquire(3, |_| panic!("fits"), || true).unwrap();
         assert_eq!(slots.usage().0, 4);
         drop((a, b));
+    }
+
+    #[test]
+    fn a_waiter_that_gives_up_leaves_the_line() {
+        let slots = Slots::new(1);
+        let held = slots.acquire(1, |_| {}, || true).unwrap();
+        let mut asked = 0;
+        let gave_up = slots.acquire(
+            1,
+            |_| {},
+            || {
+                asked += 1;
+                asked < 3
+            },
+        );
+        assert!(gave_up.is_none());
+        assert_eq!(slots.usage(), (1, 1, 0), "its place in line is gone");
+        drop(held);
+        assert!(slots.acquire(1, |_| panic!("free"), || true).is_some());
     }
 }

@@ -1,10 +1,12 @@
 //! One VM's files on its host and the VMM process that runs it.
 //!
 //! Each VM has a directory under `<state_dir>/vms/<name>/`: `vm.json` (its
-//! spec and the VMM's pid, rewritten atomically), `control.sock`,
-//! `console.log`, `vmm.log` (the VMM's own messages) and, while it is
-//! arriving, `token` (0600). VMMs run in their own process group, so they
-//! outlive the agent; a restarted agent finds them through these files.
+//! spec, the VMM's pid and the migration it is in, rewritten atomically),
+//! `vmm.json` (the VMM's own record: the handoff it passed and how it ended,
+//! see [`crate::vmm::record`]), `control.sock`, `console.log`, `vmm.log` (the
+//! VMM's messages, for people only) and, while it is arriving, `token`
+//! (0600). VMMs run in their own process group, so they outlive the agent;
+//! a restarted agent finds them through these files.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -17,13 +19,15 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::api::VmSpec;
-use crate::migration::Token;
+use crate::api::{Peer, VmSpec};
+use crate::migration::{Timeouts, Token};
 use crate::vmm::control::{ControlClient, Reply, Request, VmStatus};
+use crate::vmm::record::VmmRecord;
 
 /// How long a new VMM may take to open its control socket.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-const INCOMING_LINE: &str = "waiting for an incoming VM on ";
+/// How long a VMM has to answer `status` before it counts as silent.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Error)]
 pub enum VmmError {
@@ -47,12 +51,69 @@ pub struct Record {
     pub spec: VmSpec,
     /// The VMM's pid while it should be running.
     pub pid: Option<u32>,
-    /// The VMM was started to receive the VM and has not been confirmed yet.
+    /// The VMM was started to receive the VM by this migration, and the VM
+    /// is not confirmed as this host's yet.
     #[serde(default)]
-    pub incoming: bool,
-    /// The last migration that did not move the VM, or why the VM failed.
+    pub arrival: Option<Arrival>,
+    /// The VM is leaving by this migration: set when the migration claims
+    /// it, cleared once its outcome is known. While it is set, the VM may
+    /// run on the target, and nothing here may start it.
+    #[serde(default)]
+    pub departure: Option<Departure>,
+    /// Why the VM does not run here, when it ended here.
+    #[serde(default)]
+    pub ended: Option<Ended>,
+    /// The last migration that did not move the VM, for people.
     #[serde(default)]
     pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Arrival {
+    pub id: String,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Departure {
+    pub id: String,
+    pub target: Peer,
+}
+
+/// How a VM ended on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ended {
+    /// Its VMM died (killed, or failed) while it held the VM: nothing runs
+    /// it any more. Otherwise the guest ended it, or it was stopped.
+    pub lost: bool,
+    /// What was observed, for people.
+    pub detail: String,
+}
+
+impl Record {
+    pub fn new(spec: VmSpec) -> Self {
+        Self {
+            spec,
+            pid: None,
+            arrival: None,
+            departure: None,
+            ended: None,
+            note: None,
+        }
+    }
+}
+
+/// A VMM as the agent finds it, from structured state only.
+#[derive(Debug, Clone)]
+pub enum Observed {
+    /// It answers its control socket.
+    Answers(VmStatus),
+    /// It is alive and does not answer: stopped (SIGSTOP), or hung; with
+    /// the record it has written so far.
+    Silent { stopped: bool, record: Option<VmmRecord> },
+    /// It is gone, and left this record (none: it was killed before it
+    /// could write one, or it never started).
+    Gone(Option<VmmRecord>),
 }
 
 /// The files of one VM.
@@ -89,6 +150,36 @@ impl VmDir {
         self.path.join("token")
     }
 
+    /// The VMM's record (see [`crate::vmm::record`]).
+    pub fn vmm_record(&self) -> PathBuf {
+        self.path.join("vmm.json")
+    }
+
+    /// The record left by the VMM with `pid`, if it left one.
+    pub fn vmm_record_of(&self, pid: u32) -> Option<VmmRecord> {
+        VmmRecord::load(&self.vmm_record()).filter(|r| r.pid == pid)
+    }
+
+    /// Looks at the VMM with `pid`: does it answer, is it stopped, or what
+    /// did it leave? A stopped process is not asked (it could not answer).
+    pub fn observe(&self, pid: u32) -> Observed {
+        if !alive(pid) {
+            return Observed::Gone(self.vmm_record_of(pid));
+        }
+        let silent = || Observed::Silent {
+            stopped: stopped(pid),
+            record: self.vmm_record_of(pid),
+        };
+        if stopped(pid) {
+            return silent();
+        }
+        match self.status() {
+            Some(status) if status.pid == pid => Observed::Answers(status),
+            _ if !alive(pid) => Observed::Gone(self.vmm_record_of(pid)),
+            _ => silent(),
+        }
+    }
+
     fn record_path(&self) -> PathBuf {
         self.path.join("vm.json")
     }
@@ -119,15 +210,17 @@ impl VmDir {
     /// Asks the VMM for its status; None when nobody answers.
     pub fn status(&self) -> Option<VmStatus> {
         let mut client = ControlClient::connect(&self.control()).ok()?;
-        let _ = client.set_timeout(Some(Duration::from_secs(5)));
+        let _ = client.set_timeout(Some(STATUS_TIMEOUT));
         match client.request(&Request::Status) {
             Ok(Reply::Status(status)) => Some(status),
             _ => None,
         }
     }
 
+    /// One request to the VMM, answered within `timeout`.
     pub fn request(&self, request: &Request) -> Result<Reply, crate::vmm::control::ControlError> {
         let mut client = ControlClient::connect(&self.control())?;
+        client.set_timeout(Some(Duration::from_secs(10)))?;
         client.request(request)
     }
 
@@ -142,6 +235,8 @@ impl VmDir {
         text.split_off(cut)
     }
 
+    /// The VMM's last message, for people (a failed start's reason); never
+    /// used to decide anything.
     pub fn log_tail(&self) -> String {
         tail(&self.log(), 2048)
             .trim()
@@ -160,8 +255,8 @@ impl VmDir {
         if let Some(initrd) = &spec.initrd {
             command.args(["--initrd", initrd]);
         }
-        let child = self.spawn(command)?;
-        self.wait_ready(&child, |_| self.status().is_some())?;
+        let mut child = self.spawn(command)?;
+        self.wait_ready(&mut child, || self.status().is_some())?;
         Ok(child)
     }
 
@@ -173,6 +268,8 @@ impl VmDir {
         name: &str,
         ip: std::net::IpAddr,
         token: Token,
+        migration: &str,
+        timeouts: &Timeouts,
     ) -> Result<(Child, String), VmmError> {
         let path = self.token();
         let write = |source| VmmError::Write {
@@ -194,12 +291,15 @@ impl VmDir {
         };
         let mut command = self.command(exe, name);
         command.args(["--incoming", &listen]).arg("--token-file").arg(&path);
-        let child = self.spawn(command)?;
+        command.args(["--migration-id", migration]);
+        command.args(["--accept-timeout", &timeouts.accept_s.to_string()]);
+        command.args(["--stream-timeout", &timeouts.stream_s.to_string()]);
+        command.args(["--handoff-timeout", &timeouts.handoff_s.to_string()]);
+        let mut child = self.spawn(command)?;
+        let pid = child.id();
         let mut url = None;
-        self.wait_ready(&child, |log| {
-            url = log
-                .lines()
-                .find_map(|l| l.split_once(INCOMING_LINE).map(|(_, url)| url.trim().to_string()));
+        self.wait_ready(&mut child, || {
+            url = self.vmm_record_of(pid).and_then(|r| r.listening);
             url.is_some() && self.status().is_some()
         })?;
         Ok((child, url.unwrap_or_default()))
@@ -212,7 +312,9 @@ impl VmDir {
             .arg("--control")
             .arg(self.control())
             .arg("--console")
-            .arg(self.console());
+            .arg(self.console())
+            .arg("--record")
+            .arg(self.vmm_record());
         command
     }
 
@@ -228,6 +330,8 @@ impl VmDir {
             })?;
         let stderr = log.try_clone().map_err(VmmError::Spawn)?;
         let _ = std::fs::remove_file(self.control());
+        // A predecessor's record must not be taken for the new VMM's.
+        let _ = std::fs::remove_file(self.vmm_record());
         command
             .stdin(Stdio::null())
             .stdout(log)
@@ -239,20 +343,20 @@ impl VmDir {
             .map_err(VmmError::Spawn)
     }
 
-    /// Waits until `ready(vmm.log)` holds or the child exits.
-    fn wait_ready(&self, child: &Child, mut ready: impl FnMut(&str) -> bool) -> Result<(), VmmError> {
+    /// Waits until `ready()` holds or the child exits. A child that does not
+    /// become ready is ended and reaped: no zombie is left.
+    fn wait_ready(&self, child: &mut Child, mut ready: impl FnMut() -> bool) -> Result<(), VmmError> {
         let deadline = Instant::now() + START_TIMEOUT;
-        let pid = child.id();
         loop {
-            let log = std::fs::read_to_string(self.log()).unwrap_or_default();
-            if ready(&log) {
+            if ready() {
                 return Ok(());
             }
-            if !alive(pid) {
+            if let Ok(Some(_)) = child.try_wait() {
                 return Err(VmmError::Exited(self.log_tail()));
             }
             if Instant::now() > deadline {
-                kill(pid);
+                let _ = child.kill();
+                let _ = child.wait();
                 return Err(VmmError::Timeout);
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -280,6 +384,14 @@ pub fn alive(pid: u32) -> bool {
             .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
         Err(_) => false,
     }
+}
+
+/// True when process `pid` is stopped (SIGSTOP) or traced.
+pub fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+    })
 }
 
 pub fn kill(pid: u32) {

@@ -59,6 +59,36 @@ impl PageSet {
         self.regions.iter().flat_map(move |region| region.runs(max_pages))
     }
 
+    /// An empty set of the same layout.
+    pub fn cleared(&self) -> PageSet {
+        PageSet {
+            regions: self
+                .regions
+                .iter()
+                .map(|r| RegionBits {
+                    base: r.base,
+                    pages: r.pages,
+                    bits: vec![0; r.bits.len()],
+                })
+                .collect(),
+        }
+    }
+
+    /// Adds `pages` pages from `gpa` (pages outside every region are ignored).
+    pub fn insert(&mut self, gpa: u64, pages: u32) {
+        for page in 0..u64::from(pages) {
+            let address = gpa + page * PAGE_SIZE;
+            if let Some(region) = self
+                .regions
+                .iter_mut()
+                .find(|r| address >= r.base && address < r.base + r.pages * PAGE_SIZE)
+            {
+                let index = (address - region.base) / PAGE_SIZE;
+                region.bits[(index / 64) as usize] |= 1 << (index % 64);
+            }
+        }
+    }
+
     /// Adds the pages of `other` (same layout).
     pub fn merge(&mut self, other: &PageSet) {
         for (mine, theirs) in self.regions.iter_mut().zip(&other.regions) {
@@ -251,6 +281,21 @@ mod tests {
         let mut merged = set(0x10_0000, 200, &[3]);
         merged.merge(&pages);
         assert_eq!(merged.count(), 9);
+        // What a round left unsent, rebuilt from its runs.
+        let mut rest = pages.cleared();
+        assert_eq!(rest.count(), 0);
+        for (gpa, count) in pages.runs(2).skip(3) {
+            rest.insert(gpa, count);
+        }
+        rest.insert(0x10_0000 + 500 * 4096, 1);
+        assert_eq!(
+            rest.runs(64).collect::<Vec<_>>(),
+            vec![
+                (0x10_0000 + 65 * 4096, 1),
+                (0x10_0000 + 130 * 4096, 1),
+                (0x10_0000 + 199 * 4096, 1)
+            ]
+        );
     }
 
     #[test]

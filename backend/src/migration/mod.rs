@@ -57,6 +57,7 @@
 
 pub mod dirty;
 pub mod fault;
+pub mod gate;
 pub mod protocol;
 pub mod receiver;
 pub mod sender;
@@ -70,8 +71,79 @@ use serde::{Deserialize, Serialize};
 pub use protocol::Token;
 pub use stats::{Phase, Progress, Report};
 
-/// How long a receiver holding the complete state waits for `Go`.
-pub const GO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long each side of a migration waits for the other before it gives
+/// up, so that no process that dies, stops or goes silent, and no link that
+/// drops, can hold a migration or a receiving VMM for ever. Both sides take
+/// them from the agent's config (`[timeouts]`); a VMM run by hand uses the
+/// defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// A receiving VMM that no sender has reached this long after its start,
+    /// or after the last keepalive from the sender's agent, ends.
+    #[serde(default = "default_accept_s")]
+    pub accept_s: u64,
+    /// A stream on which nothing moves for this long has failed, on either
+    /// side (and TCP gives up on unacknowledged data after as long).
+    #[serde(default = "default_stream_s")]
+    pub stream_s: u64,
+    /// The switchover: a paused sender waits this long for each answer of
+    /// the receiver, and a receiver holding the complete state this long
+    /// for `Go` before it discards the VM. A sender that lost the link after
+    /// `Go` asks the receiver for another `handoff_s` + 5 s.
+    #[serde(default = "default_handoff_s")]
+    pub handoff_s: u64,
+}
+
+fn default_accept_s() -> u64 {
+    30
+}
+
+fn default_stream_s() -> u64 {
+    30
+}
+
+fn default_handoff_s() -> u64 {
+    10
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            accept_s: default_accept_s(),
+            stream_s: default_stream_s(),
+            handoff_s: default_handoff_s(),
+        }
+    }
+}
+
+impl Timeouts {
+    pub fn accept(&self) -> Duration {
+        Duration::from_secs(self.accept_s.max(1))
+    }
+
+    pub fn stream(&self) -> Duration {
+        Duration::from_secs(self.stream_s.max(1))
+    }
+
+    pub fn handoff(&self) -> Duration {
+        Duration::from_secs(self.handoff_s.max(1))
+    }
+
+    /// Checks that each is at least a second and at most a day.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, value) in [
+            ("accept_s", self.accept_s),
+            ("stream_s", self.stream_s),
+            ("handoff_s", self.handoff_s),
+        ] {
+            if !(1..=86_400).contains(&value) {
+                return Err(format!("{name}: {value} is not between 1 and 86400 seconds"));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// What to do when the migration's time limit expires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +177,12 @@ pub struct MigrationOptions {
     /// the target was started by hand without one.
     #[serde(default)]
     pub token: Token,
+    /// The migration's id (given by its agents), recorded by the source VMM
+    /// when it hands the VM over.
+    #[serde(default)]
+    pub migration_id: Option<String>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
 }
 
 impl Default for MigrationOptions {
@@ -118,9 +196,32 @@ impl Default for MigrationOptions {
             auto_converge: true,
             verify_memory: false,
             token: Token::default(),
+            migration_id: None,
+            timeouts: Timeouts::default(),
         }
     }
 }
 
 /// Most streams one migration may open.
 pub const MAX_STREAMS: u32 = 16;
+/// The lowest bandwidth cap accepted: below it a 1 MiB batch would keep a
+/// stream silent for longer than a second.
+pub const MIN_BANDWIDTH: u64 = 1 << 20;
+
+impl MigrationOptions {
+    /// Checks what can be checked before anything is started or connected.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.streams == 0 || self.streams > MAX_STREAMS {
+            return Err(format!("streams: {} is not between 1 and {MAX_STREAMS}", self.streams));
+        }
+        if let Some(limit) = self.bandwidth_limit
+            && limit < MIN_BANDWIDTH
+        {
+            return Err(format!("bandwidth: {limit} bytes/s is below the minimum of 1M"));
+        }
+        if self.timeout_s == 0 {
+            return Err("timeout: must be at least 1 second".into());
+        }
+        self.timeouts.validate().map_err(|e| format!("timeouts: {e}"))
+    }
+}

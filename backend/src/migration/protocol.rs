@@ -21,11 +21,14 @@ use thiserror::Error;
 use crate::vmm::MachineConfig;
 
 /// This engine's protocol version; a receiver refuses any other.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 pub const HEADER_LEN: usize = 16;
 pub const PAGE_SIZE: u64 = 4096;
-/// Largest control payload (a Hello, a machine state).
+/// Largest control payload (a machine state).
 pub const MAX_CONTROL_PAYLOAD: u32 = 64 << 20;
+/// Largest Hello: it arrives before the sender is authenticated, so it is
+/// kept small (a real one is a few KiB: the machine, its CPUID, a name).
+pub const MAX_HELLO_PAYLOAD: u32 = 256 << 10;
 /// Largest memory batch: its range table plus the bytes of its pages.
 pub const MAX_BATCH_BYTES: u64 = 8 << 20;
 /// Most ranges one memory batch may describe.
@@ -110,6 +113,11 @@ pub enum Kind {
     Query = 12,
     /// Receiver → querier: argument is an [`Outcome`].
     Outcome = 13,
+    /// Source's agent → receiver, on a new connection, payload the token:
+    /// the sender is still coming (it waits for a slot of its host's
+    /// budget); the receiver waits [`super::Timeouts::accept`] longer and
+    /// echoes the frame.
+    Keepalive = 14,
 }
 
 impl Kind {
@@ -129,6 +137,7 @@ impl Kind {
             11 => Running,
             12 => Query,
             13 => Outcome,
+            14 => Keepalive,
             _ => return None,
         })
     }
@@ -136,10 +145,12 @@ impl Kind {
     /// The largest payload a frame of this kind may carry.
     fn max_payload(self) -> u64 {
         match self {
-            Kind::Hello | Kind::State => u64::from(MAX_CONTROL_PAYLOAD),
+            Kind::Hello => u64::from(MAX_HELLO_PAYLOAD),
+            Kind::State => u64::from(MAX_CONTROL_PAYLOAD),
             Kind::Memory => MAX_BATCH_BYTES + u64::from(MAX_BATCH_RANGES) * RANGE_ENTRY_LEN as u64,
             Kind::Abort => 4096,
             Kind::Join => 4 + TOKEN_LEN as u64,
+            Kind::Keepalive => TOKEN_LEN as u64,
             _ => 0,
         }
     }

@@ -2,30 +2,26 @@
 //! the complete state and the sender's Go.
 
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::mpsc::{Sender, channel};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::CpuId;
 use thiserror::Error;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use super::GO_TIMEOUT;
+use super::Timeouts;
 use super::dirty;
-use super::fault::{self, Fault};
+use super::fault::{self, Fault, Hold};
+use super::gate::{Gate, GateHandle, NoSender, Phase};
 use super::protocol::{
     self, CpuidLeaf, Header, Hello, Kind, MAX_BATCH_RANGES, Outcome, PROTOCOL_VERSION, ProtocolError, RANGE_ENTRY_LEN,
-    RANGE_ZERO, Token,
+    RANGE_ZERO,
 };
 use super::transport;
 use crate::vmm::memory::GuestMemory;
 use crate::vmm::{MachineConfig, VmState, memory};
 
-/// How long the extra streams have to join after Accept.
-const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a sender may stay silent before the receiver gives up.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a receiver that discarded a VM after Ready keeps answering queries.
 const LINGER: Duration = Duration::from_secs(15);
 
@@ -41,10 +37,28 @@ pub enum ReceiveError {
     Vm { action: &'static str, detail: String },
     #[error("stream {index}: {detail}")]
     Stream { index: u32, detail: String },
-    #[error("no Go from the sender within {} s; the VM was discarded", GO_TIMEOUT.as_secs())]
-    NoGo,
+    #[error("no sender came within {waited_s} s")]
+    NoSender { waited_s: u64 },
+    #[error("no Go from the sender within {waited_s} s; the VM was discarded")]
+    NoGo { waited_s: u64 },
+    #[error("the VMM is ending")]
+    Terminating,
     #[error("injected fault: {0}")]
     Injected(&'static str),
+}
+
+impl ReceiveError {
+    /// A stable name for what went wrong, for the VMM's record.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ReceiveError::NoSender { .. } => "no_sender",
+            ReceiveError::NoGo { .. } => "no_go",
+            ReceiveError::Refused(_) => "refused",
+            ReceiveError::Terminating => "terminating",
+            ReceiveError::Protocol(ProtocolError::PeerAborted(_)) => "aborted",
+            _ => "stream",
+        }
+    }
 }
 
 /// What the engine needs from the VMM that will run the VM.
@@ -60,90 +74,35 @@ pub trait TargetVm {
     fn halt(&mut self);
 }
 
-/// Outcomes of the sessions this receiver has seen, for `Query`.
-#[derive(Debug, Clone, Default)]
-pub struct Outcomes(Arc<Mutex<Vec<(u64, Outcome)>>>);
-
-impl Outcomes {
-    fn set(&self, session: u64, outcome: Outcome) {
-        let mut all = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match all.iter_mut().find(|(s, _)| *s == session) {
-            Some(entry) => entry.1 = outcome,
-            None => all.push((session, outcome)),
-        }
-    }
-
-    pub fn get(&self, session: u64) -> Outcome {
-        let all = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        all.iter()
-            .find(|(s, _)| *s == session)
-            .map_or(Outcome::Discarded, |(_, o)| *o)
-    }
-}
-
 /// A sender that said Hello and waits for Accept.
 #[derive(Debug)]
 pub struct Incoming {
-    listener: TcpListener,
+    gate: Gate,
+    handle: GateHandle,
     control: TcpStream,
     pub hello: Hello,
-    outcomes: Outcomes,
-    /// The token every stream must carry, when this receiver was given one.
-    token: Option<Token>,
+    timeouts: Timeouts,
 }
 
-const NOT_AUTHENTICATED: &[u8] = b"not authenticated: the migration token is missing or wrong";
-
-/// A Join's payload: the stream's index and the migration token.
-fn parse_join(payload: &[u8]) -> Option<(u32, Token)> {
-    let index = u32::from_le_bytes(payload.get(..4)?.try_into().ok()?);
-    let token = Token(payload.get(4..)?.try_into().ok()?);
-    Some((index, token))
-}
-
-fn answer_query(mut stream: TcpStream, header: &Header, outcomes: &Outcomes) {
-    let outcome = outcomes.get(header.arg);
-    let _ = protocol::write_frame(&mut stream, Kind::Outcome, outcome as u64, &[]);
-}
-
-/// Waits on `listener` for a sender's Hello (answering queries meanwhile).
-/// With a `token`, a Hello that does not carry it is turned away and the
-/// wait goes on: only the sender the token was given to can start.
-pub fn accept(listener: TcpListener, outcomes: Outcomes, token: Option<Token>) -> Result<Incoming, ReceiveError> {
-    loop {
-        let (mut stream, _) = listener.accept().map_err(ProtocolError::Io)?;
-        transport::tune(&stream);
-        let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
-        let Ok(header) = protocol::read_header(&mut stream) else {
-            continue;
-        };
-        match header.kind {
-            Kind::Query => answer_query(stream, &header, &outcomes),
-            Kind::Hello => {
-                // A malformed Hello ends that connection, not the wait.
-                let hello = protocol::read_payload(&mut stream, &header)
-                    .and_then(|payload| protocol::decode::<Hello>(Kind::Hello, &payload));
-                match hello {
-                    Ok(hello) if token.is_some_and(|t| !t.matches(&hello.token)) => {
-                        let _ = protocol::write_frame(&mut stream, Kind::Abort, 0, NOT_AUTHENTICATED);
-                    }
-                    Ok(hello) => {
-                        return Ok(Incoming {
-                            listener,
-                            control: stream,
-                            hello,
-                            outcomes,
-                            token,
-                        });
-                    }
-                    Err(e) => {
-                        let _ = protocol::write_frame(&mut stream, Kind::Abort, 0, e.to_string().as_bytes());
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
+/// Waits at `gate` for the sender's Hello (queries and keepalives are
+/// answered meanwhile, by the gate); gives up at the accept deadline.
+pub fn accept(gate: Gate, timeouts: Timeouts) -> Result<Incoming, ReceiveError> {
+    let handle = gate.handle();
+    let (control, hello) = gate.wait_hello().map_err(|why| match why {
+        NoSender::Expired(waited) => ReceiveError::NoSender {
+            waited_s: waited.as_secs(),
+        },
+        NoSender::Terminating => ReceiveError::Terminating,
+    })?;
+    let _ = control.set_read_timeout(Some(timeouts.stream()));
+    let _ = control.set_write_timeout(Some(timeouts.stream()));
+    Ok(Incoming {
+        gate,
+        handle,
+        control,
+        hello,
+        timeouts,
+    })
 }
 
 /// Feature registers a guest may rely on: (leaf, subleaf, register index, bits
@@ -255,96 +214,100 @@ impl Incoming {
     }
 
     /// Receives the VM into `vm` (created for the Hello's machine, not yet
-    /// running) and resumes it on Go. On success the VM runs and a thread keeps
-    /// answering queries on the listener for the rest of the process's life.
-    pub fn receive(mut self, vm: &mut dyn TargetVm) -> Result<(), ReceiveError> {
+    /// running) and resumes it on Go. `durable` is called at the commit,
+    /// before `Running` is sent: it writes the decision where this VMM's
+    /// agent finds it even if this process dies the next instant. On
+    /// success the VM runs and the gate keeps answering queries for the rest
+    /// of the process's life.
+    pub fn receive(
+        mut self,
+        vm: &mut dyn TargetVm,
+        durable: &mut dyn FnMut() -> Result<(), String>,
+    ) -> Result<(), ReceiveError> {
         let session = self.hello.session;
-        self.outcomes.set(session, Outcome::Discarded);
-        let result = self.run(vm);
-        let Incoming { listener, outcomes, .. } = self;
+        self.handle.set_outcome(session, Outcome::Discarded);
+        self.handle.set_phase(Phase::Receiving);
+        let result = self.run(vm, durable);
         // A sender that got Ready may have sent Go and will ask what became
         // of it: a receiver that gives up after Ready stays to answer.
-        let asked_later = result.is_err() && outcomes.get(session) == Outcome::Pending;
-        match &result {
-            Ok(()) => outcomes.set(session, Outcome::Running),
-            Err(_) => outcomes.set(session, Outcome::Discarded),
+        let outcome = self.handle.outcome(session);
+        let asked_later = result.is_err() && outcome == Outcome::Pending;
+        // A commit is never taken back, even if the vCPUs then failed to start.
+        if result.is_err() && outcome != Outcome::Running {
+            self.handle.set_outcome(session, Outcome::Discarded);
         }
-        let linger = match (&result, asked_later) {
-            (Ok(()), _) => None,
-            (Err(_), true) => Some(Instant::now() + LINGER),
-            (Err(_), false) => return result,
-        };
-        serve_queries(listener, outcomes, linger);
+        if result.is_err() {
+            let _ = self.control.shutdown(std::net::Shutdown::Both);
+            if asked_later {
+                std::thread::sleep(LINGER);
+            }
+        }
+        drop(self.gate);
         result
     }
 
-    fn run(&mut self, vm: &mut dyn TargetVm) -> Result<(), ReceiveError> {
+    fn run(
+        &mut self,
+        vm: &mut dyn TargetVm,
+        durable: &mut dyn FnMut() -> Result<(), String>,
+    ) -> Result<(), ReceiveError> {
         let streams = self.hello.streams;
         protocol::write_frame(&mut self.control, Kind::Accept, u64::from(streams), &[])?;
         let (done_tx, done_rx) = channel::<(u32, Result<u64, String>)>();
         let memory = vm.memory().clone();
         let mut workers = Vec::new();
         let mut worker_streams = Vec::new();
-        let deadline = Instant::now() + JOIN_TIMEOUT;
+        let deadline = Instant::now() + self.timeouts.stream();
         let mut joined = vec![false; streams as usize];
         joined[0] = true;
-        self.listener.set_nonblocking(true).map_err(ProtocolError::Io)?;
         while joined.iter().any(|j| !j) {
-            match self.listener.accept() {
-                Ok((mut stream, _)) => {
-                    stream.set_nonblocking(false).map_err(ProtocolError::Io)?;
-                    transport::tune(&stream);
-                    let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
-                    let Ok(header) = protocol::read_header(&mut stream) else {
-                        continue;
-                    };
-                    match header.kind {
-                        Kind::Query => answer_query(stream, &header, &self.outcomes),
-                        Kind::Join if header.arg == self.hello.session => {
-                            let payload = protocol::read_payload(&mut stream, &header)?;
-                            let Some((index, token)) = parse_join(&payload) else {
-                                continue;
-                            };
-                            if self.token.is_some_and(|t| !t.matches(&token)) {
-                                // Someone else's connection: not part of this migration.
-                                continue;
-                            }
-                            if index == 0 || index >= streams || joined[index as usize] {
-                                return Err(ReceiveError::Stream {
-                                    index,
-                                    detail: "joined twice or out of range".into(),
-                                });
-                            }
-                            joined[index as usize] = true;
-                            worker_streams.push(stream.try_clone().map_err(ProtocolError::Io)?);
-                            let memory = memory.clone();
-                            let done = done_tx.clone();
-                            workers.push(
-                                std::thread::Builder::new()
-                                    .name(format!("migrate-rx{index}"))
-                                    .spawn(move || stream_loop(index, stream, &memory, &done))
-                                    .map_err(ProtocolError::Io)?,
-                            );
-                        }
-                        _ => {}
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if Instant::now() > deadline {
-                        return Err(ReceiveError::Stream {
-                            index: 0,
-                            detail: "not every stream joined in time".into(),
-                        });
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err(e) => return Err(ProtocolError::Io(e).into()),
+            let Some((stream, index)) = self.gate.next_join(deadline) else {
+                return Err(ReceiveError::Stream {
+                    index: 0,
+                    detail: format!("not every stream joined within {} s", self.timeouts.stream_s),
+                });
+            };
+            if index == 0 || index >= streams || joined[index as usize] {
+                return Err(ReceiveError::Stream {
+                    index,
+                    detail: "joined twice or out of range".into(),
+                });
             }
+            joined[index as usize] = true;
+            transport::tune(&stream);
+            let _ = stream.set_read_timeout(Some(self.timeouts.stream()));
+            worker_streams.push(stream.try_clone().map_err(ProtocolError::Io)?);
+            let memory = memory.clone();
+            let done = done_tx.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("migrate-rx{index}"))
+                    .spawn(move || stream_loop(index, stream, &memory, &done))
+                    .map_err(ProtocolError::Io)?,
+            );
         }
-        self.listener.set_nonblocking(false).map_err(ProtocolError::Io)?;
         drop(done_tx);
+        // Whatever ends the receive, the streams are closed so their threads end.
+        let result = self.transfer(vm, &memory, &done_rx, &mut workers, &worker_streams, durable);
+        for stream in &worker_streams {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        for worker in workers {
+            let _ = worker.join();
+        }
+        result
+    }
 
-        let _ = self.control.set_read_timeout(Some(IDLE_TIMEOUT));
+    fn transfer(
+        &mut self,
+        vm: &mut dyn TargetVm,
+        memory: &GuestMemory,
+        done_rx: &std::sync::mpsc::Receiver<(u32, Result<u64, String>)>,
+        workers: &mut Vec<std::thread::JoinHandle<()>>,
+        worker_streams: &[TcpStream],
+        durable: &mut dyn FnMut() -> Result<(), String>,
+    ) -> Result<(), ReceiveError> {
+        let streams = self.hello.streams;
         let mut ended: Vec<u64> = vec![u64::MAX; streams as usize];
         // Memory arrived on the control stream since its last RoundEnd.
         let mut round_open = false;
@@ -353,7 +316,7 @@ impl Incoming {
             match header.kind {
                 Kind::Memory => {
                     round_open = true;
-                    apply_memory(&mut self.control, &memory, &header)
+                    apply_memory(&mut self.control, memory, &header)
                         .map_err(|detail| ReceiveError::Stream { index: 0, detail })?;
                 }
                 Kind::RoundEnd => {
@@ -361,10 +324,13 @@ impl Incoming {
                     let round = header.arg;
                     ended[0] = round;
                     while ended.iter().any(|r| *r != round) {
-                        let (index, result) = done_rx.recv_timeout(IDLE_TIMEOUT).map_err(|_| ReceiveError::Stream {
-                            index: 0,
-                            detail: "a stream stalled".into(),
-                        })?;
+                        let (index, result) =
+                            done_rx
+                                .recv_timeout(self.timeouts.stream())
+                                .map_err(|_| ReceiveError::Stream {
+                                    index: 0,
+                                    detail: format!("a stream was silent for {} s", self.timeouts.stream_s),
+                                })?;
                         match result {
                             Ok(r) if r == round => ended[index as usize] = r,
                             Ok(r) => {
@@ -393,7 +359,7 @@ impl Incoming {
                     // off the way to Ready, unless memory is to be hashed
                     // first (a restore may write to guest memory: a kvmclock
                     // page, for one). Nothing runs before they are gone.
-                    for stream in &worker_streams {
+                    for stream in worker_streams {
                         let _ = stream.shutdown(std::net::Shutdown::Both);
                     }
                     // A non-zero argument is the source's content hash (verify_memory).
@@ -401,7 +367,7 @@ impl Incoming {
                         for worker in workers.drain(..) {
                             let _ = worker.join();
                         }
-                        let ours = dirty::content_hash(&memory);
+                        let ours = dirty::content_hash(memory);
                         if ours != header.arg {
                             return Err(ReceiveError::Refused(format!(
                                 "guest memory differs from the source's: hash {ours:#x}, source {:#x}",
@@ -425,9 +391,9 @@ impl Incoming {
                     if fault::injected() == Some(Fault::CloseBeforeReady) {
                         return Err(ReceiveError::Injected("closed the streams before Ready"));
                     }
-                    self.outcomes.set(self.hello.session, Outcome::Pending);
+                    self.handle.set_outcome(self.hello.session, Outcome::Pending);
                     protocol::write_frame(&mut self.control, Kind::Ready, 0, &[])?;
-                    return self.await_go(vm);
+                    return self.await_go(vm, durable);
                 }
                 Kind::Abort => {
                     let payload = protocol::read_payload(&mut self.control, &header)?;
@@ -445,8 +411,13 @@ impl Incoming {
     }
 
     /// The one place the VM may start: on Go, and never after giving up.
-    fn await_go(&mut self, vm: &mut dyn TargetVm) -> Result<(), ReceiveError> {
-        let _ = self.control.set_read_timeout(Some(GO_TIMEOUT));
+    fn await_go(
+        &mut self,
+        vm: &mut dyn TargetVm,
+        durable: &mut dyn FnMut() -> Result<(), String>,
+    ) -> Result<(), ReceiveError> {
+        let waited_s = self.timeouts.handoff_s;
+        let _ = self.control.set_read_timeout(Some(self.timeouts.handoff()));
         let fault = fault::injected();
         let received = protocol::expect(&mut self.control, Kind::Go);
         let received = match (received, fault) {
@@ -463,10 +434,11 @@ impl Incoming {
             Err(ProtocolError::Io(e))
                 if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
             {
-                return Err(ReceiveError::NoGo);
+                return Err(ReceiveError::NoGo { waited_s });
             }
             Err(e) => return Err(e.into()),
         }
+        fault::hold(Hold::AfterGo);
         if let Err(detail) = vm.can_resume() {
             vm.halt();
             return Err(ReceiveError::Vm {
@@ -474,11 +446,19 @@ impl Incoming {
                 detail,
             });
         }
-        // The commit: record the decision before telling anyone, tell the
-        // source, then start the vCPUs. Told first, the source's wake-up does
-        // not queue behind vCPUs that spin on every core of a small host
-        // (a scheduler tick, 4 ms at HZ=250), and the guest starts as soon.
-        self.outcomes.set(self.hello.session, Outcome::Running);
+        // The commit: record the decision where the agent will find it, then
+        // in the gate (queries), then tell the source, then start the vCPUs.
+        // Told first, the source's wake-up does not queue behind vCPUs that
+        // spin on every core of a small host (a scheduler tick, 4 ms at
+        // HZ=250), and the guest starts as soon.
+        let session = self.hello.session;
+        if let Err(detail) = self.handle.commit(session, durable) {
+            vm.halt();
+            return Err(ReceiveError::Vm {
+                action: "commit",
+                detail,
+            });
+        }
         if fault == Some(Fault::CloseAfterGo) {
             let _ = self.control.shutdown(std::net::Shutdown::Both);
         } else {
@@ -489,9 +469,11 @@ impl Incoming {
         }
         if let Err(detail) = vm.resume() {
             // Nothing left that could fail was expected to (every vCPU thread
-            // was there a moment ago). Stop whatever did start: the outcome
-            // turns Discarded, so a source that did not hear Running resumes
-            // its copy; one that did has ended it, as if this host had crashed.
+            // was there a moment ago). Stop whatever did start. The record
+            // keeps saying committed: a source that heard Running has ended
+            // its copy, and one that did not must not resume either, since
+            // this one may have run a moment. The VM is lost, as if this
+            // host had crashed.
             vm.halt();
             return Err(ReceiveError::Vm {
                 action: "resume after the commit",
@@ -573,45 +555,6 @@ fn apply_memory(stream: &mut TcpStream, memory: &GuestMemory, header: &Header) -
     Ok(())
 }
 
-/// Answers `Query` frames on `listener` until `until` (forever if None).
-fn serve_queries(listener: TcpListener, outcomes: Outcomes, until: Option<Instant>) {
-    let serve = move || {
-        let _ = listener.set_nonblocking(until.is_some());
-        loop {
-            if until.is_some_and(|t| Instant::now() > t) {
-                return;
-            }
-            match listener.accept() {
-                Ok((mut stream, _)) => {
-                    let _ = stream.set_nonblocking(false);
-                    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                    match protocol::read_header(&mut stream) {
-                        Ok(header) if header.kind == Kind::Query => answer_query(stream, &header, &outcomes),
-                        Ok(header) if header.kind == Kind::Hello => {
-                            let _ = protocol::write_frame(
-                                &mut stream,
-                                Kind::Abort,
-                                0,
-                                b"this VMM has taken its VM already; start another with --incoming",
-                            );
-                        }
-                        _ => {}
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    };
-    match until {
-        // A discarded receiver lingers in the foreground, then ends.
-        Some(_) => serve(),
-        None => {
-            let _ = std::thread::Builder::new().name("migrate-query".into()).spawn(serve);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -654,15 +597,5 @@ mod tests {
         assert!(check_cpu(&[vendor, leaf(1, 0, 0, 1 << 31, 1 << 28)], &host).is_ok());
         let intel = leaf(0, 0, 0x756e_6547, 0x6c65_746e, 0x4965_6e69);
         assert!(check_cpu(&[intel], &host).unwrap_err().contains("vendor"));
-    }
-
-    #[test]
-    fn outcomes_default_to_discarded_and_keep_decisions() {
-        let outcomes = Outcomes::default();
-        assert_eq!(outcomes.get(7), Outcome::Discarded);
-        outcomes.set(7, Outcome::Pending);
-        outcomes.set(7, Outcome::Running);
-        assert_eq!(outcomes.get(7), Outcome::Running);
-        assert_eq!(outcomes.get(8), Outcome::Discarded);
     }
 }

@@ -12,13 +12,14 @@ use thiserror::Error;
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use super::dirty::{self, DirtyError, PageSet};
+use super::fault::{self, Hold};
 use super::protocol::{
     self, CpuidLeaf, HEADER_LEN, Header, Hello, Kind, MAX_BATCH_RANGES, Outcome, PAGE_SIZE, PROTOCOL_VERSION,
     ProtocolError, Range,
 };
 use super::stats::{Phase, Progress, Report};
 use super::transport::{self, Piece, TransportError};
-use super::{GO_TIMEOUT, MAX_STREAMS, MigrationOptions, TimeoutAction};
+use super::{MigrationOptions, TimeoutAction};
 use crate::vmm::memory::GuestMemory;
 use crate::vmm::{MachineConfig, VmState};
 
@@ -66,6 +67,12 @@ pub enum MigrationError {
          the source stays paused"
     )]
     InDoubt { target: String, detail: String },
+    /// The migration failed and resuming the source failed too.
+    #[error("{failure}; then resuming the VM here failed: {detail}")]
+    NotResumed {
+        failure: Box<MigrationError>,
+        detail: String,
+    },
 }
 
 impl MigrationError {
@@ -73,10 +80,29 @@ impl MigrationError {
     pub fn is_in_doubt(&self) -> bool {
         matches!(self, MigrationError::InDoubt { .. })
     }
+
+    /// A stable name for the outcome, for whoever decides on it (the VMM's
+    /// control socket carries it beside the message).
+    pub fn code(&self) -> &'static str {
+        match self {
+            MigrationError::InDoubt { .. } => "in_doubt",
+            MigrationError::Cancelled => "cancelled",
+            MigrationError::TimedOut(_) => "timed_out",
+            MigrationError::Refused(_) => "refused",
+            MigrationError::Options(_) => "invalid",
+            MigrationError::NotResumed { .. } => "not_resumed",
+            _ => "rolled_back",
+        }
+    }
 }
 
 /// What the engine needs from the VMM that runs the source VM.
 pub trait SourceVm: Sync {
+    /// Records, where the VMM's agent finds it even if this process dies the
+    /// next instant, that `Go` for `session` is about to be sent: from then
+    /// on the VM may run on the target, and this copy must never resume
+    /// unless the target says it discarded its own.
+    fn handoff(&self, session: u64) -> Result<(), String>;
     fn pause(&self) -> Result<(), String>;
     fn resume(&self) -> Result<(), String>;
     /// Keeps the vCPUs off the CPU for `duration` (returns at once).
@@ -93,8 +119,64 @@ pub struct SourceContext {
     pub machine: MachineConfig,
     pub cpuid: Vec<CpuidLeaf>,
     pub xsave_size: u32,
-    /// Set by the operator to stop the migration; the VM keeps running here.
-    pub cancel: Arc<AtomicBool>,
+    /// The operator's switch to stop the migration; the VM keeps running here.
+    pub cancel: Arc<Cancel>,
+}
+
+/// A migration's cancel switch. It works until the switchover begins (the
+/// source pauses for the last time): from then on only the handoff decides.
+/// A cancel also shuts the migration's sockets, so that a writer stuck on a
+/// stalled link notices at once.
+#[derive(Debug, Default)]
+pub struct Cancel {
+    state: Mutex<CancelState>,
+}
+
+#[derive(Debug, Default)]
+struct CancelState {
+    requested: bool,
+    switching: bool,
+    sockets: Vec<TcpStream>,
+}
+
+impl Cancel {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CancelState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Cancels the migration unless its switchover has begun; true when it
+    /// will be cancelled (the VM stays where it is).
+    pub fn request(&self) -> bool {
+        let mut state = self.lock();
+        if state.switching {
+            return false;
+        }
+        state.requested = true;
+        for socket in &state.sockets {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+        true
+    }
+
+    pub fn requested(&self) -> bool {
+        self.lock().requested
+    }
+
+    /// Marks the start of the switchover; false when a cancel came first.
+    fn begin_switchover(&self) -> bool {
+        let mut state = self.lock();
+        if state.requested {
+            return false;
+        }
+        state.switching = true;
+        true
+    }
+
+    fn watch(&self, socket: &TcpStream) {
+        if let Ok(clone) = socket.try_clone() {
+            self.lock().sockets.push(clone);
+        }
+    }
 }
 
 enum Job {
@@ -275,17 +357,7 @@ pub fn migrate(
     options: &MigrationOptions,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Report, MigrationError> {
-    if options.streams == 0 || options.streams > MAX_STREAMS {
-        return Err(MigrationError::Options(format!(
-            "streams must be 1 to {MAX_STREAMS}, not {}",
-            options.streams
-        )));
-    }
-    if options.bandwidth_limit == Some(0) {
-        return Err(MigrationError::Options(
-            "a bandwidth limit of 0 would never finish".into(),
-        ));
-    }
+    options.validate().map_err(MigrationError::Options)?;
     let started = Instant::now();
     let session = random_session();
     let timeout = Duration::from_secs(options.timeout_s);
@@ -305,7 +377,9 @@ pub fn migrate(
 
     // Stage 1: handshake. Nothing has moved yet, so a refusal changes nothing.
     let connect_timeout = Duration::from_secs(10);
+    let silence = options.timeouts.stream();
     let mut control = transport::connect(url, connect_timeout)?;
+    transport::limit_silence(&control, silence);
     // Early, so that the kernel stamps the target's Running when it comes.
     transport::timestamp_arrivals(&control);
     let hello = Hello {
@@ -328,6 +402,7 @@ pub fn migrate(
     let mut handles = vec![control.try_clone().map_err(ProtocolError::Io)?];
     for index in 1..options.streams {
         let mut stream = transport::connect(url, connect_timeout)?;
+        transport::limit_silence(&stream, silence);
         let mut join = index.to_le_bytes().to_vec();
         join.extend_from_slice(&options.token.0);
         protocol::write_frame(&mut stream, Kind::Join, session, &join)?;
@@ -335,6 +410,12 @@ pub fn migrate(
         sockets.push(stream);
     }
 
+    for handle in &handles {
+        ctx.cancel.watch(handle);
+    }
+    if ctx.cancel.requested() {
+        return Err(MigrationError::Cancelled);
+    }
     let shared = Arc::new(Shared {
         bytes_sent: AtomicU64::new(0),
         pages_sent: AtomicU64::new(0),
@@ -369,7 +450,7 @@ pub fn migrate(
         streams,
         shared,
         started,
-        timeout,
+        deadline: started + timeout,
         url: url.to_string(),
         session,
         handles,
@@ -377,6 +458,7 @@ pub fn migrate(
         max_throttle: 0,
         paused: false,
         live: None,
+        forced_at: None,
     };
     dirty::set_logging(&ctx.vm_fd, &ctx.memory, true)?;
     dirty::reset_vmm_bitmap(&ctx.memory);
@@ -408,11 +490,13 @@ pub fn migrate(
                 return Err(error);
             }
             // Rollback: the target never resumed, so the VM continues here.
-            if engine.paused {
-                vm.resume().map_err(|detail| MigrationError::Vm {
-                    action: "resume after the failed migration",
+            if engine.paused
+                && let Err(detail) = vm.resume()
+            {
+                return Err(MigrationError::NotResumed {
+                    failure: Box::new(error),
                     detail,
-                })?;
+                });
             }
             Err(error)
         }
@@ -459,7 +543,8 @@ struct Engine<'a> {
     streams: Vec<Stream>,
     shared: Arc<Shared>,
     started: Instant,
-    timeout: Duration,
+    /// When the time limit expires.
+    deadline: Instant,
     url: String,
     session: u64,
     /// Clones of every stream's socket, to shut them down on failure.
@@ -468,6 +553,8 @@ struct Engine<'a> {
     max_throttle: u8,
     paused: bool,
     live: Option<LiveProgress>,
+    /// When the time limit forced the switchover.
+    forced_at: Option<Instant>,
 }
 
 /// Progress within the round being sent.
@@ -507,31 +594,63 @@ impl Engine<'_> {
         })
     }
 
+    /// Stops the migration for a cancel or an expired time limit that
+    /// cancels; true when the time limit forces the switchover now.
+    fn limit_reached(&mut self) -> Result<bool, MigrationError> {
+        if self.ctx.cancel.requested() {
+            return Err(MigrationError::Cancelled);
+        }
+        if self.forced_at.is_some() {
+            return Ok(true);
+        }
+        if Instant::now() < self.deadline {
+            return Ok(false);
+        }
+        match self.options.timeout_action {
+            TimeoutAction::Cancel => Err(MigrationError::TimedOut(self.options.timeout_s)),
+            TimeoutAction::Force => {
+                self.forced_at = Some(Instant::now());
+                Ok(true)
+            }
+        }
+    }
+
     /// Sends one round of pages over all streams and waits until the receiver
-    /// has every one of them.
+    /// has every one of them. Returns the pages it did not send when the time
+    /// limit forced the switchover in the middle of it.
     fn send_round(
         &mut self,
         round: u64,
         pages: &PageSet,
         skip_zero: bool,
         progress: &mut dyn FnMut(&Progress),
-    ) -> Result<(), MigrationError> {
-        self.queue_round(round, pages, skip_zero, progress)?;
-        self.wait_for(Kind::RoundDone, round, progress)
+    ) -> Result<Option<PageSet>, MigrationError> {
+        let rest = self.queue_round(round, pages, skip_zero, progress)?;
+        self.wait_for(Kind::RoundDone, round, progress)?;
+        Ok(rest)
     }
 
-    /// Queues one round of pages and its end markers on all streams.
+    /// Queues one round of pages and its end markers on all streams. While
+    /// the VM runs, the cancel switch and the time limit are looked at after
+    /// every batch: a forced switchover ends the round where it is, and the
+    /// pages not queued are returned, to go with the last ones.
     fn queue_round(
         &mut self,
         round: u64,
         pages: &PageSet,
         skip_zero: bool,
         progress: &mut dyn FnMut(&Progress),
-    ) -> Result<(), MigrationError> {
+    ) -> Result<Option<PageSet>, MigrationError> {
         let mut batch: Vec<Range> = Vec::new();
         let mut batch_pages = 0u32;
         let mut next = 0usize;
+        let mut rest: Option<PageSet> = None;
+        let mut first = true;
         for (gpa, count) in pages.runs(BATCH_PAGES) {
+            if let Some(rest) = &mut rest {
+                rest.insert(gpa, count);
+                continue;
+            }
             batch.push(Range {
                 gpa,
                 pages: count,
@@ -548,9 +667,16 @@ impl Engine<'_> {
                 )?;
                 batch_pages = 0;
                 next = (next + 1) % self.streams.len();
+                if first && round == 0 {
+                    fault::hold(Hold::FirstPass);
+                }
+                first = false;
                 // Queuing waits for the writers, so this is where a long round
                 // spends its time.
                 self.report_live(progress);
+                if !self.paused && self.limit_reached()? {
+                    rest = Some(pages.cleared());
+                }
             }
         }
         if !batch.is_empty() {
@@ -565,26 +691,52 @@ impl Engine<'_> {
         for stream in 0..self.streams.len() {
             self.submit(stream, Job::RoundEnd(round))?;
         }
-        Ok(())
+        Ok(rest)
     }
 
-    /// Waits for a control frame, watching the writers and the time limit.
+    /// Waits for a control frame, watching the writers, the cancel switch,
+    /// the time limit and silence: while the VM runs, nothing sent nor
+    /// received for the stream timeout fails the migration; once paused, the
+    /// handoff timeout does.
     fn wait_for(&mut self, kind: Kind, arg: u64, progress: &mut dyn FnMut(&Progress)) -> Result<(), MigrationError> {
         self.control
             .set_read_timeout(Some(Duration::from_millis(100)))
             .map_err(ProtocolError::Io)?;
+        let silence = if self.paused {
+            self.options.timeouts.handoff()
+        } else {
+            self.options.timeouts.stream()
+        };
         let mut header = [0u8; HEADER_LEN];
         let mut have = 0;
+        let mut sent = self.shared.bytes_sent.load(Ordering::Relaxed);
+        let mut active = Instant::now();
         loop {
             self.check_streams()?;
             self.report_live(progress);
-            if !self.paused && self.ctx.cancel.load(Ordering::SeqCst) {
-                return Err(MigrationError::Cancelled);
+            if !self.paused {
+                // A forced switchover waits for the round to drain.
+                self.limit_reached()?;
+            }
+            let now_sent = self.shared.bytes_sent.load(Ordering::Relaxed);
+            if now_sent != sent {
+                sent = now_sent;
+                active = Instant::now();
+            }
+            if active.elapsed() > silence {
+                return Err(MigrationError::Stream {
+                    index: 0,
+                    detail: format!(
+                        "the target sent no {kind:?} and took no data for {} s",
+                        silence.as_secs()
+                    ),
+                });
             }
             match std::io::Read::read(&mut self.control, &mut header[have..]) {
                 Ok(0) => return Err(ProtocolError::Io(std::io::ErrorKind::UnexpectedEof.into()).into()),
                 Ok(n) => {
                     have += n;
+                    active = Instant::now();
                     if have == HEADER_LEN {
                         break;
                     }
@@ -594,7 +746,9 @@ impl Engine<'_> {
                 Err(e) => return Err(ProtocolError::Io(e).into()),
             }
         }
-        self.control.set_read_timeout(None).map_err(ProtocolError::Io)?;
+        self.control
+            .set_read_timeout(Some(silence))
+            .map_err(ProtocolError::Io)?;
         let header = Header::decode(&header)?;
         let payload = protocol::read_payload(&mut self.control, &header)?;
         if header.kind == Kind::Abort {
@@ -684,16 +838,16 @@ impl Engine<'_> {
         let mut round_start = Instant::now();
         let sent_before = self.shared.bytes_sent.load(Ordering::Relaxed);
         self.start_live(0, resident.bytes(), 0.0, 0.0, 0.0, progress);
-        self.send_round(0, &resident, true, progress)?;
+        // Pages a forced switchover left unsent in the round it ended.
+        let mut unsent = self.send_round(0, &resident, true, progress)?;
         let mut round_time = round_start.elapsed().as_secs_f64().max(1e-6);
         let mut bandwidth = (self.shared.bytes_sent.load(Ordering::Relaxed) - sent_before) as f64 / round_time;
         let full_pass_bps = bandwidth;
         let mut dirty = dirty::collect(&self.ctx.vm_fd, &self.ctx.memory)?;
         let mut hot_rounds = 0;
-        let mut forced = false;
         let mut round_bytes = resident.bytes();
         let mut extra_rounds = 0;
-        loop {
+        while unsent.is_none() {
             let dirty_bytes = dirty.bytes();
             let dirty_rate = dirty_bytes as f64 / round_time;
             // A tiny round measures latency, not bandwidth: never assume less
@@ -715,17 +869,8 @@ impl Engine<'_> {
                 }
                 extra_rounds += 1;
             }
-            if self.ctx.cancel.load(Ordering::SeqCst) {
-                return Err(MigrationError::Cancelled);
-            }
-            if self.started.elapsed() >= self.timeout {
-                match self.options.timeout_action {
-                    TimeoutAction::Cancel => return Err(MigrationError::TimedOut(self.options.timeout_s)),
-                    TimeoutAction::Force => {
-                        forced = true;
-                        break;
-                    }
-                }
+            if self.limit_reached()? {
+                break;
             }
             if self.options.auto_converge && round > 0 && !fits {
                 // The guest dirtied more than half of what the link moved in
@@ -749,10 +894,13 @@ impl Engine<'_> {
                 }
             }
             round += 1;
+            if round == 1 {
+                fault::hold(Hold::LaterRound);
+            }
             round_start = Instant::now();
             let before = self.shared.bytes_sent.load(Ordering::Relaxed);
             self.start_live(round, dirty_bytes, dirty_rate, bandwidth, expected_ms, progress);
-            self.send_round(u64::from(round), &dirty, false, progress)?;
+            unsent = self.send_round(u64::from(round), &dirty, false, progress)?;
             round_bytes = dirty_bytes;
             round_time = round_start.elapsed().as_secs_f64().max(1e-6);
             let moved = (self.shared.bytes_sent.load(Ordering::Relaxed) - before) as f64;
@@ -768,6 +916,9 @@ impl Engine<'_> {
         // competing for the CPU while the guest is stopped.
         self.live = None;
         self.throttle.stop();
+        if !self.ctx.cancel.begin_switchover() {
+            return Err(MigrationError::Cancelled);
+        }
         let pause_at = Instant::now();
         self.vm.pause().map_err(|detail| MigrationError::Vm {
             action: "pause",
@@ -777,6 +928,9 @@ impl Engine<'_> {
         round += 1;
         let mut last = dirty::collect(&self.ctx.vm_fd, &self.ctx.memory)?;
         last.merge(&dirty);
+        if let Some(unsent) = &unsent {
+            last.merge(unsent);
+        }
         let final_bytes = last.bytes();
         // The state follows the last pages without waiting for their
         // acknowledgement: the receiver applies it only once every stream has
@@ -802,6 +956,7 @@ impl Engine<'_> {
                 payload: encoded,
             },
         )?;
+        fault::hold(Hold::FinalState);
         self.wait_for(Kind::RoundDone, u64::from(round), progress)?;
         let pages_done = Instant::now();
         self.wait_for(Kind::Ready, 0, progress)?;
@@ -830,7 +985,8 @@ impl Engine<'_> {
             max_throttle_pct: self.max_throttle,
             throughput_bps: bytes_sent as f64 / total.max(1e-9),
             full_pass_bps,
-            forced,
+            forced: self.forced_at.is_some(),
+            forced_at_ms: self.forced_at.map(|at| (at - self.started).as_secs_f64() * 1000.0),
             memory_hash,
         })
     }
@@ -838,6 +994,13 @@ impl Engine<'_> {
     /// Sends Go and obtains the target's word that it runs the VM, with the
     /// time that word reached this host when the kernel says.
     fn commit(&mut self) -> Result<Option<SystemTime>, MigrationError> {
+        // Written down before Go can leave: should this process die from
+        // here on, its agent knows the target may run the VM.
+        self.vm.handoff(self.session).map_err(|detail| MigrationError::Vm {
+            action: "record the handoff",
+            detail,
+        })?;
+        let handoff = self.options.timeouts.handoff();
         let sent = self.submit(
             0,
             Job::Frame {
@@ -848,7 +1011,7 @@ impl Engine<'_> {
         );
         let confirmed = sent.and_then(|()| {
             self.control
-                .set_read_timeout(Some(GO_TIMEOUT))
+                .set_read_timeout(Some(handoff))
                 .map_err(ProtocolError::Io)?;
             let arrived = transport::next_arrival(&self.control);
             protocol::expect(&mut self.control, Kind::Running)
@@ -856,11 +1019,14 @@ impl Engine<'_> {
                 .map_err(MigrationError::from)
         });
         let first = match confirmed {
-            Ok(arrived) => return Ok(arrived),
+            Ok(arrived) => {
+                fault::hold(Hold::AfterRunning);
+                return Ok(arrived);
+            }
             Err(first) => first,
         };
         // The link failed around Go: ask the target what it did.
-        match query_outcome(&self.url, self.session) {
+        match query_outcome(&self.url, self.session, handoff) {
             Some(Outcome::Running) => Ok(None),
             Some(Outcome::Discarded) => Err(MigrationError::Vm {
                 action: "hand over",
@@ -882,9 +1048,9 @@ impl Engine<'_> {
 }
 
 /// Asks the receiver at `url` what became of `session`, retrying until it has
-/// decided (a receiver waiting for Go decides within [`GO_TIMEOUT`]).
-pub fn query_outcome(url: &str, session: u64) -> Option<Outcome> {
-    let deadline = Instant::now() + GO_TIMEOUT + Duration::from_secs(5);
+/// decided (a receiver waiting for Go decides within `handoff`).
+pub fn query_outcome(url: &str, session: u64, handoff: Duration) -> Option<Outcome> {
+    let deadline = Instant::now() + handoff + Duration::from_secs(5);
     loop {
         let answer = (|| -> Result<Outcome, MigrationError> {
             let mut stream = transport::connect(url, Duration::from_secs(2))?;

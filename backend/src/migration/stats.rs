@@ -60,8 +60,13 @@ pub struct Report {
     /// Send rate of the first full pass (round 0) over every resident page.
     #[serde(default)]
     pub full_pass_bps: f64,
-    /// True when the time limit forced the switchover.
+    /// True when the time limit forced the switchover: what was left was
+    /// sent with the VM paused, which is why the downtime was long.
     pub forced: bool,
+    /// When the time limit forced it (from the start of the migration); the
+    /// switchover began once the round under way had drained.
+    #[serde(default)]
+    pub forced_at_ms: Option<f64>,
     /// With `verify_memory`: the content hash both sides agreed on.
     pub memory_hash: Option<u64>,
 }

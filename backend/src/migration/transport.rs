@@ -69,11 +69,44 @@ pub fn tune(stream: &TcpStream) {
     }
 }
 
+/// A stream on which nothing moves for `silence` fails: a write that makes no
+/// progress returns an error after it (SO_SNDTIMEO), and TCP gives up on data
+/// the peer does not acknowledge after as long (TCP_USER_TIMEOUT). Reads set
+/// their own timeouts.
+pub fn limit_silence(stream: &TcpStream, silence: Duration) {
+    let _ = stream.set_write_timeout(Some(silence));
+    let millis = libc::c_int::try_from(silence.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt on a socket we own, with a valid int-sized value.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&raw const millis).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 pub fn connect(url: &str, timeout: Duration) -> Result<TcpStream, TransportError> {
+    connect_from(url, None, timeout)
+}
+
+/// Connects to `url`, from the address `local` when given (a host's own,
+/// so that its traffic leaves on the network that address is on).
+pub fn connect_from(
+    url: &str,
+    local: Option<std::net::IpAddr>,
+    timeout: Duration,
+) -> Result<TcpStream, TransportError> {
     let addrs = parse_url(url)?;
     let mut last = None;
     for addr in &addrs {
-        match TcpStream::connect_timeout(addr, timeout) {
+        let connected = match local {
+            None => TcpStream::connect_timeout(addr, timeout),
+            Some(ip) => bound_connect(ip, addr, timeout),
+        };
+        match connected {
             Ok(stream) => {
                 tune(&stream);
                 return Ok(stream);
@@ -85,6 +118,17 @@ pub fn connect(url: &str, timeout: Duration) -> Result<TcpStream, TransportError
         url.to_string(),
         last.unwrap_or_else(|| io::Error::other("no address")),
     ))
+}
+
+fn bound_connect(local: std::net::IpAddr, addr: &SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(*addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.bind(&SocketAddr::new(local, 0).into())?;
+    socket.connect_timeout(&(*addr).into(), timeout)?;
+    Ok(socket.into())
 }
 
 pub fn listen(url: &str) -> Result<TcpListener, TransportError> {
@@ -99,7 +143,9 @@ pub struct Piece {
     pub len: usize,
 }
 
-/// Writes all `pieces` with writev(2), resuming after partial writes.
+/// Writes all `pieces` with writev(2), resuming after partial writes. A
+/// write that makes no progress within the socket's write timeout fails with
+/// `TimedOut`.
 ///
 /// # Safety
 /// Every piece must point at `len` readable bytes that stay mapped for the call
@@ -120,10 +166,16 @@ pub unsafe fn write_pieces(stream: &TcpStream, pieces: &[Piece]) -> io::Result<(
         let written = unsafe { libc::writev(stream.as_raw_fd(), iov[start..].as_ptr(), count as libc::c_int) };
         if written < 0 {
             let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the target took no data within the stream timeout",
+                    ));
+                }
+                _ => return Err(err),
             }
-            return Err(err);
         }
         let mut left = written as usize;
         while left > 0 && start < iov.len() {

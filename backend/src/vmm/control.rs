@@ -2,12 +2,25 @@
 //!
 //! Requests (`{"op": ...}`): `status`, `stats`, `pause`, `resume`,
 //! `save {"dir"}` (the VM must be paused; it stays paused), `shutdown`,
-//! `migrate {"url", "options"}`, `cancel_migration`,
-//! `read_memory {"gpa","len"}` and `write_memory {"gpa","hex"}` (paused only;
-//! for diagnosis and tests). Every request gets exactly one final response
-//! line: `{"ok": <reply>}` or `{"error": "<message>"}`; `migrate` sends
-//! `{"progress": {...}}` lines before it. A malformed line gets an error and
-//! changes nothing.
+//! `migrate {"url", "options"}`, `cancel_migration`, `await_migration`
+//! (the running migration's outcome, with its progress, for an agent that
+//! restarted), `read_memory {"gpa","len"}` and `write_memory {"gpa","hex"}`
+//! (paused only; for diagnosis and tests). Every request gets exactly one
+//! final response line: `{"ok": <reply>}` or
+//! `{"error": {"code": "...", "message": "..."}}`; `migrate` and
+//! `await_migration` send `{"progress": {...}}` lines before it. A malformed
+//! line gets an error and changes nothing.
+//!
+//! Error codes (stable; callers decide on them, never on the message):
+//! `invalid` (malformed request or argument), `wrong_state` (not in this
+//! state: no VM yet, not running, paused for a migration), `busy` (a
+//! migration runs already), `none` (no migration runs), `too_late` (a cancel
+//! after the switchover began: the outcome follows), and for a migration's
+//! end: `rolled_back` (it failed before the handoff; the VM runs here again),
+//! `cancelled`, `timed_out`, `refused` (the target turned the VM away before
+//! anything was sent), `in_doubt` (the handoff's outcome is unknown; the VM
+//! stays paused here), `not_resumed` (it failed, and resuming here failed
+//! too), `failed` (anything else).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -18,7 +31,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::event::{StopReason, VmmEvent};
+use super::event::VmmEvent;
 use super::snapshot::SnapshotInfo;
 use super::{RunState, VmStats};
 use crate::migration::{MigrationOptions, Progress, Report};
@@ -54,6 +67,39 @@ pub enum Request {
     },
     /// Stop a running migration; the VM keeps running here.
     CancelMigration,
+    /// Wait for the running migration to end; its progress, then its outcome.
+    AwaitMigration,
+}
+
+/// A refusal or a failure, with a stable code (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub code: String,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Where a receiving VMM is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncomingStatus {
+    /// The agents' migration id, when the agent gave one.
+    pub migration: Option<String>,
+    pub phase: crate::migration::gate::Phase,
+}
+
+/// How the last migration that did not move the VM ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationEnd {
+    pub migration: Option<String>,
+    pub failure: Failure,
 }
 
 /// What `status` reports.
@@ -63,13 +109,24 @@ pub struct VmStatus {
     pub state: Option<RunState>,
     /// Where the VM is being migrated to, if it is.
     pub migrating_to: Option<String>,
+    /// The id of that migration.
+    #[serde(default)]
+    pub migration: Option<String>,
     /// Set when a migration's handoff failed and the target may be running the
     /// VM: the source stays paused until an operator resolves it.
     pub in_doubt: Option<String>,
     pub pid: u32,
     pub vcpus: u8,
     pub memory_bytes: u64,
-    pub stop_reason: Option<StopReason>,
+    /// A receiving VMM's progress in taking its VM.
+    #[serde(default)]
+    pub incoming: Option<IncomingStatus>,
+    /// The last migration that ended without moving the VM.
+    #[serde(default)]
+    pub last_migration: Option<MigrationEnd>,
+    /// The handoff this VMM passed, as in its record.
+    #[serde(default)]
+    pub handoff: Option<super::record::Handoff>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,7 +144,7 @@ pub enum Reply {
 #[serde(rename_all = "snake_case")]
 pub enum Response {
     Ok(Reply),
-    Error(String),
+    Error(Failure),
     /// An intermediate update; a final `Ok` or `Error` follows.
     Progress(Progress),
 }
@@ -114,8 +171,18 @@ pub enum ControlError {
     Closed,
     #[error("malformed response from the VMM")]
     Malformed(#[source] serde_json::Error),
-    #[error("{0}")]
-    Refused(String),
+    #[error("{}", .0.message)]
+    Refused(Failure),
+}
+
+impl ControlError {
+    /// The VMM's code for a refusal or failure it answered.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ControlError::Refused(failure) => Some(&failure.code),
+            _ => None,
+        }
+    }
 }
 
 /// Binds `path`, replacing a stale socket left by a VMM that died.
@@ -181,7 +248,7 @@ fn serve_connection(stream: UnixStream, events: &Sender<VmmEvent>, answering: &A
             Ok(_) => {}
         }
         let response = match serde_json::from_str::<Request>(line.trim()) {
-            Err(e) => Response::Error(format!("malformed request: {e}")),
+            Err(e) => Response::Error(Failure::new("invalid", format!("malformed request: {e}"))),
             Ok(request) => {
                 use std::sync::atomic::Ordering::SeqCst;
                 let (reply_to, reply) = channel();
@@ -214,7 +281,8 @@ fn serve_connection(stream: UnixStream, events: &Sender<VmmEvent>, answering: &A
 }
 
 fn write_line(writer: &mut UnixStream, response: &Response) -> std::io::Result<()> {
-    let mut out = serde_json::to_vec(response).unwrap_or_else(|_| b"{\"error\":\"internal\"}".to_vec());
+    let mut out = serde_json::to_vec(response)
+        .unwrap_or_else(|_| br#"{"error":{"code":"failed","message":"internal"}}"#.to_vec());
     out.push(b'\n');
     writer.write_all(&out)
 }
@@ -266,7 +334,7 @@ impl ControlClient {
             }
             match serde_json::from_str(&answer).map_err(ControlError::Malformed)? {
                 Response::Ok(reply) => return Ok(reply),
-                Response::Error(message) => return Err(ControlError::Refused(message)),
+                Response::Error(failure) => return Err(ControlError::Refused(failure)),
                 Response::Progress(progress) => on_progress(&progress),
             }
         }

@@ -30,11 +30,6 @@ impl StopReason {
     }
 }
 
-/// The last words of a VMM whose VM was migrated away ([`StopReason::Migrated`]):
-/// an agent restarted after such a move learns from its VMM's log that the VM
-/// lives elsewhere now.
-pub const MIGRATED_AWAY: &str = "; it runs there now";
-
 impl std::fmt::Display for StopReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -43,7 +38,7 @@ impl std::fmt::Display for StopReason {
             StopReason::TripleFault { vcpu } => write!(f, "vCPU {vcpu} triple-faulted"),
             StopReason::GuestError { vcpu, detail } => write!(f, "vCPU {vcpu} stopped: {detail}"),
             StopReason::Requested => write!(f, "stopped on request"),
-            StopReason::Migrated { target } => write!(f, "migrated to {target}{MIGRATED_AWAY}"),
+            StopReason::Migrated { target } => write!(f, "migrated to {target}; it runs there now"),
         }
     }
 }
@@ -65,7 +60,17 @@ pub enum VmmEvent {
     /// An outgoing migration ended.
     MigrationEnded(Result<crate::migration::Report, crate::migration::sender::MigrationError>),
     /// An incoming migration ended: the VM runs here, or the attempt failed.
-    Received(Result<super::Vm, String>),
+    Received(Result<super::Vm, NotReceived>),
+}
+
+/// Why a receiving VMM holds no VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotReceived {
+    /// A stable name ([`crate::migration::receiver::ReceiveError::code`]).
+    pub code: String,
+    pub detail: String,
+    /// It had committed: the VM was this VMM's, and is lost.
+    pub committed: bool,
 }
 
 /// What the migration engine asks of the source VM.

@@ -1,24 +1,36 @@
 //! The VMM process: one VM, its control socket, its console, and a loop that
 //! reacts to the guest, the operator, signals and migrations until the VM ends.
+//!
+//! With `--record FILE` the process keeps a [`super::record`] for its agent:
+//! the handoff it passed, and how it ended.
+//!
+//! SIGINT, SIGTERM and `shutdown` stop the VM; during an outgoing migration
+//! they first cancel it (the VM stays here, then stops) unless its switchover
+//! has begun, in which case the VMM waits for the outcome: a VM that moved
+//! is left to run on the target. A receiving VMM that has not committed
+//! gives its VM up at once; one that has committed stops the VM it took. A
+//! second signal stops the VMM at once.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Sender, channel};
 
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress};
 
-use super::control::{self, ControlError, MAX_MEMORY_READ, Reply, Request, Response, VmStatus};
-use super::event::{SourceReply, SourceRequest, StopReason, VmmEvent};
+use super::control::{
+    self, ControlError, Failure, IncomingStatus, MAX_MEMORY_READ, MigrationEnd, Reply, Request, Response, VmStatus,
+};
+use super::event::{NotReceived, StopReason, VmmEvent};
+use super::incoming::{self, Receiving};
+use super::outgoing::{self, Ended, Outgoing};
+use super::record::{Exit, RecordFile};
 use super::snapshot::{self, SnapshotError};
-use super::{MachineConfig, RunState, Start, Vm, VmError, VmState};
-use crate::migration::protocol::CpuidLeaf;
-use crate::migration::sender::{self, MigrationError, SourceContext, SourceVm};
+use super::{MachineConfig, RunState, Start, Vm, VmError};
 use crate::migration::transport::{self, TransportError};
-use crate::migration::{MigrationOptions, Report, Token, receiver};
+use crate::migration::{Timeouts, Token};
 
 /// Where the guest's serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,10 +48,15 @@ const VMM_NICE: i32 = -5;
 pub enum Launch {
     /// Build it here: boot a kernel or restore a snapshot.
     New { machine: MachineConfig, start: Start },
-    /// Wait on `url` (`tcp:HOST:PORT`) for a live migration to bring it.
-    /// Receive the VM by live migration; with a token, only from the sender
-    /// that was given it.
-    Incoming { url: String, token: Option<Token> },
+    /// Wait on `url` (`tcp:HOST:PORT`) for a live migration to bring it;
+    /// with a token, only from the sender that was given it. `migration`
+    /// is the agents' id for it, for the record.
+    Incoming {
+        url: String,
+        token: Option<Token>,
+        migration: Option<String>,
+        timeouts: Timeouts,
+    },
 }
 
 /// Everything the VMM process needs to run one VM.
@@ -50,6 +67,8 @@ pub struct VmmOptions {
     pub launch: Launch,
     pub console: Console,
     pub control: Option<PathBuf>,
+    /// Where to keep the VMM's record for its agent.
+    pub record: Option<PathBuf>,
 }
 
 #[derive(Debug, Error)]
@@ -66,12 +85,18 @@ pub enum ProcessError {
     Thread(#[source] std::io::Error),
     #[error("cannot set up signal handling")]
     Signals(#[source] std::io::Error),
+    #[error("cannot write the VMM's record")]
+    Record(#[source] std::io::Error),
     #[error("cannot run the VM")]
     Vm(#[from] VmError),
     #[error("cannot listen for an incoming migration")]
     Listen(#[from] TransportError),
-    #[error("incoming migration failed, nothing runs here: {0}")]
-    Incoming(String),
+    #[error("{}", if .0.committed {
+        format!("the VM taken by live migration was lost: {}", .0.detail)
+    } else {
+        format!("incoming migration failed, nothing runs here: {}", .0.detail)
+    })]
+    Incoming(NotReceived),
 }
 
 /// What a started VMM process tells its caller.
@@ -82,8 +107,28 @@ pub struct Ready {
 }
 
 /// Runs a VM until it stops, is migrated away, or the operator ends it;
-/// returns why. `on_ready` is called once the control socket answers.
+/// returns why. `on_ready` is called once the control socket answers. The
+/// record, if any, says how it ended.
 pub fn run(options: VmmOptions, on_ready: impl FnOnce(&Ready)) -> Result<StopReason, ProcessError> {
+    let record = RecordFile::create(options.record.clone()).map_err(ProcessError::Record)?;
+    let ended = run_vm(options, &record, on_ready);
+    let exit = match &ended {
+        Ok(stop) => Exit::Stopped { stop: stop.clone() },
+        Err(ProcessError::Incoming(not)) if !not.committed => Exit::NotReceived {
+            code: not.code.clone(),
+            detail: not.detail.clone(),
+        },
+        Err(error) => Exit::Failed { detail: chain(error) },
+    };
+    let _ = record.update(|r| r.exit = Some(exit));
+    ended
+}
+
+fn run_vm(
+    options: VmmOptions,
+    record: &Arc<RecordFile>,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<StopReason, ProcessError> {
     // The VMM's own threads (this loop, control, migration) inherit a higher
     // priority than the guest's vCPU threads, which reset theirs: on a busy
     // host a pause, a state capture or a handoff then waits microseconds for
@@ -101,8 +146,12 @@ pub fn run(options: VmmOptions, on_ready: impl FnOnce(&Ready)) -> Result<StopRea
         name: options.name.clone(),
         control_path: options.control.clone(),
         events: events.clone(),
+        record: Arc::clone(record),
         migration: None,
+        last_migration: None,
         in_doubt: None,
+        incoming: None,
+        stopping: false,
     };
     let mut ready = Ready { incoming: None };
     match options.launch {
@@ -111,66 +160,45 @@ pub fn run(options: VmmOptions, on_ready: impl FnOnce(&Ready)) -> Result<StopRea
             vm.resume()?;
             vmm.vm = Some(vm);
         }
-        Launch::Incoming { url, token } => {
+        Launch::Incoming {
+            url,
+            token,
+            migration,
+            timeouts,
+        } => {
             let migration_listener = transport::listen(&url)?;
             ready.incoming = migration_listener.local_addr().ok();
-            let events = events.clone();
-            std::thread::Builder::new()
-                .name("migrate-in".into())
-                .spawn(move || {
-                    let received = receive_incoming(migration_listener, token, sink, &events);
-                    let _ = events.send(VmmEvent::Received(received));
-                })
+            if let Some(addr) = ready.incoming {
+                record
+                    .update(|r| r.listening = Some(format!("tcp:{addr}")))
+                    .map_err(ProcessError::Record)?;
+            }
+            let receiving = incoming::start(migration_listener, token, migration, timeouts, sink, &events, record)
                 .map_err(ProcessError::Thread)?;
+            vmm.incoming = Some(receiving);
         }
     }
     let answering = listener.map(|listener| control::serve(listener, events));
     on_ready(&ready);
 
-    let stop_reason = loop {
+    let ended = loop {
         let Ok(event) = inbox.recv() else {
-            break StopReason::Requested;
+            break Ok(StopReason::Requested);
         };
-        match event {
-            VmmEvent::Stopped(reason) => {
-                if let Some(vm) = &mut vmm.vm {
-                    vm.mark_stopped();
-                }
-                break reason;
-            }
-            VmmEvent::Signal(_) => break StopReason::Requested,
-            VmmEvent::Received(Ok(vm)) => vmm.vm = Some(vm),
-            VmmEvent::Received(Err(detail)) => {
-                remove_own_socket(options.control.as_deref(), own_socket);
-                return Err(ProcessError::Incoming(detail));
-            }
-            VmmEvent::Control(Request::Shutdown, reply) => {
-                if let Some(vm) = &mut vmm.vm {
-                    let _ = vm.pause();
-                }
-                let _ = reply.send(Response::Ok(Reply::Done));
-                break StopReason::Requested;
-            }
-            VmmEvent::Control(request, reply) => vmm.handle(request, &reply),
-            VmmEvent::Source(request, reply) => {
-                let _ = reply.send(vmm.handle_source(request));
-            }
-            VmmEvent::MigrationEnded(result) => {
-                if let Some(reason) = vmm.migration_ended(result) {
-                    break reason;
-                }
-            }
+        if let Some(end) = vmm.react(event) {
+            break end;
         }
     };
-    // Dropping the VMM ends pending requests; answers already given (a
-    // migration's report, a shutdown's ok) reach their askers before the
-    // process goes away.
+    // Closing the inbox and dropping the VMM end pending requests (and turn
+    // new ones away at once); answers already given (a migration's report,
+    // a shutdown's ok) reach their askers before the process goes away.
+    drop(inbox);
     drop(vmm);
     if let Some(answering) = &answering {
         answering.wait_delivered(std::time::Duration::from_secs(2));
     }
     remove_own_socket(options.control.as_deref(), own_socket);
-    Ok(stop_reason)
+    ended
 }
 
 /// (device, inode) of a file.
@@ -188,262 +216,260 @@ fn remove_own_socket(path: Option<&std::path::Path>, own: Option<(u64, u64)>) {
     }
 }
 
-/// Waits for a sender, checks it, builds the VM it announces and receives it.
-fn receive_incoming(
-    listener: std::net::TcpListener,
-    token: Option<Token>,
-    console: Box<dyn Write + Send>,
-    events: &Sender<VmmEvent>,
-) -> Result<Vm, String> {
-    let incoming = receiver::accept(listener, receiver::Outcomes::default(), token).map_err(|e| chain(&e))?;
-    let checked = super::open_kvm().map_err(|e| chain(&e)).and_then(|kvm| {
-        let local = super::cpuid::supported(&kvm).map_err(|e| chain(&e))?;
-        let xsave = u32::try_from(kvm.check_extension_int(kvm_ioctls::Cap::Xsave2)).unwrap_or(0);
-        incoming.check(&local, xsave)
-    });
-    let machine = match checked {
-        Ok(machine) => machine,
-        Err(reason) => {
-            incoming.refuse(&reason);
-            return Err(format!("refused the VM: {reason}"));
-        }
-    };
-    let mut vm = match Vm::create(machine, console, events.clone(), Start::Incoming) {
-        Ok(vm) => vm,
-        Err(e) => {
-            let reason = chain(&e);
-            incoming.refuse(&reason);
-            return Err(reason);
-        }
-    };
-    incoming.receive(&mut vm).map_err(|e| chain(&e))?;
-    Ok(vm)
-}
-
-/// An outgoing migration in progress.
-struct Outgoing {
-    url: String,
-    reply: Sender<Response>,
-    cancel: Arc<AtomicBool>,
-}
-
 /// The VMM process's state, owned by its main loop.
 struct Vmm {
     vm: Option<Vm>,
     name: String,
     control_path: Option<PathBuf>,
     events: Sender<VmmEvent>,
+    record: Arc<RecordFile>,
     migration: Option<Outgoing>,
+    last_migration: Option<MigrationEnd>,
     in_doubt: Option<String>,
+    incoming: Option<Receiving>,
+    /// A stop was asked while a migration or a commit was under way: the VM
+    /// stops once that is settled.
+    stopping: bool,
 }
 
-/// The migration engine's view of the source VM: requests to the main loop.
-struct ProcessSource {
-    events: Sender<VmmEvent>,
-}
-
-impl ProcessSource {
-    fn ask(&self, request: SourceRequest) -> Result<SourceReply, String> {
-        let (reply_to, reply) = channel();
-        self.events
-            .send(VmmEvent::Source(request, reply_to))
-            .map_err(|_| "the VMM is shutting down".to_string())?;
-        reply.recv().map_err(|_| "the VMM is shutting down".to_string())?
-    }
-}
-
-impl SourceVm for ProcessSource {
-    fn pause(&self) -> Result<(), String> {
-        self.ask(SourceRequest::Pause).map(drop)
-    }
-
-    fn resume(&self) -> Result<(), String> {
-        self.ask(SourceRequest::Resume).map(drop)
-    }
-
-    fn hold(&self, duration: std::time::Duration) -> Result<(), String> {
-        self.ask(SourceRequest::Hold(duration)).map(drop)
-    }
-
-    fn save_state(&self) -> Result<VmState, String> {
-        match self.ask(SourceRequest::SaveState)? {
-            SourceReply::State(state) => Ok(*state),
-            SourceReply::Done => Err("no state returned".into()),
-        }
-    }
-}
+type End = Result<StopReason, ProcessError>;
 
 impl Vmm {
-    fn handle(&mut self, request: Request, reply: &Sender<Response>) {
-        if let Request::Migrate { url, options } = request {
-            if let Err(message) = self.start_migration(url, &options, reply.clone()) {
-                let _ = reply.send(Response::Error(message));
+    /// Handles one event; returns how the process ends when it does.
+    fn react(&mut self, event: VmmEvent) -> Option<End> {
+        match event {
+            VmmEvent::Stopped(reason) => {
+                if let Some(vm) = &mut self.vm {
+                    vm.mark_stopped();
+                }
+                Some(Ok(reason))
             }
-            return;
+            VmmEvent::Signal(_) => self.stop_requested(),
+            VmmEvent::Received(Ok(vm)) => {
+                self.vm = Some(vm);
+                self.stopping.then(|| self.stop_now())
+            }
+            VmmEvent::Received(Err(not)) => Some(Err(ProcessError::Incoming(not))),
+            VmmEvent::Control(Request::Shutdown, reply) => {
+                let _ = reply.send(Response::Ok(Reply::Done));
+                self.stop_requested()
+            }
+            VmmEvent::Control(request, reply) => {
+                self.handle(request, &reply);
+                None
+            }
+            VmmEvent::Source(request, reply) => {
+                let _ = reply.send(outgoing::handle_source(self.vm.as_mut(), request));
+                None
+            }
+            VmmEvent::MigrationEnded(result) => self.migration_ended(result),
         }
-        let response = match self.answer(request) {
-            Ok(answer) => Response::Ok(answer),
-            Err(message) => Response::Error(message),
+    }
+
+    /// A signal or a `shutdown`: stop now, or once what is under way is settled.
+    fn stop_requested(&mut self) -> Option<End> {
+        if self.stopping {
+            return Some(self.stop_now());
+        }
+        if let Some(migration) = &self.migration {
+            // Before the switchover this cancels it; after, the outcome decides.
+            migration.cancel.request();
+            self.stopping = true;
+            return None;
+        }
+        if self.vm.is_none()
+            && let Some(incoming) = &self.incoming
+        {
+            if incoming.gate.terminate() {
+                return Some(Err(ProcessError::Incoming(NotReceived {
+                    code: "terminating".into(),
+                    detail: "stopped on request before the VM arrived".into(),
+                    committed: false,
+                })));
+            }
+            // Committed: the VM is coming; it is stopped once it is here.
+            self.stopping = true;
+            return None;
+        }
+        Some(self.stop_now())
+    }
+
+    fn stop_now(&mut self) -> End {
+        if let Some(vm) = &mut self.vm {
+            let _ = vm.pause();
+        }
+        Ok(StopReason::Requested)
+    }
+
+    fn handle(&mut self, request: Request, reply: &Sender<Response>) {
+        let response = match request {
+            Request::Migrate { url, options } => match self.start_migration(url, &options, reply.clone()) {
+                Ok(()) => return,
+                Err(failure) => Response::Error(failure),
+            },
+            Request::AwaitMigration => match &self.migration {
+                Some(migration) => {
+                    migration.watch(reply.clone());
+                    return;
+                }
+                None => Response::Error(Failure::new("none", "no migration is running")),
+            },
+            Request::CancelMigration => match &self.migration {
+                Some(migration) if migration.cancel.request() => Response::Ok(Reply::Done),
+                Some(_) => Response::Error(Failure::new(
+                    "too_late",
+                    "the switchover has begun: the migration ends as its handoff decides",
+                )),
+                None => Response::Error(Failure::new("none", "no migration is running")),
+            },
+            request => match self.answer(request) {
+                Ok(answer) => Response::Ok(answer),
+                Err(failure) => Response::Error(failure),
+            },
         };
         let _ = reply.send(response);
     }
 
-    fn answer(&mut self, request: Request) -> Result<Reply, String> {
+    fn status(&self) -> VmStatus {
+        VmStatus {
+            state: self.vm.as_ref().map(Vm::state),
+            migrating_to: self.migration.as_ref().map(|m| m.url.clone()),
+            migration: self.migration.as_ref().and_then(|m| m.id.clone()),
+            in_doubt: self.in_doubt.clone(),
+            pid: std::process::id(),
+            vcpus: self.vm.as_ref().map_or(0, |vm| vm.machine().vcpus),
+            memory_bytes: self.vm.as_ref().map_or(0, |vm| vm.machine().memory_bytes),
+            incoming: self.incoming.as_ref().map(|i| IncomingStatus {
+                migration: i.migration.clone(),
+                phase: i.gate.phase(),
+            }),
+            last_migration: self.last_migration.clone(),
+            handoff: self.record.handoff(),
+        }
+    }
+
+    fn answer(&mut self, request: Request) -> Result<Reply, Failure> {
+        let wrong_state = |message: String| Failure::new("wrong_state", message);
         let migrating = self.migration.is_some();
         match request {
-            Request::Status => {
-                return Ok(Reply::Status(VmStatus {
-                    state: self.vm.as_ref().map(Vm::state),
-                    migrating_to: self.migration.as_ref().map(|m| m.url.clone()),
-                    in_doubt: self.in_doubt.clone(),
-                    pid: std::process::id(),
-                    vcpus: self.vm.as_ref().map_or(0, |vm| vm.machine().vcpus),
-                    memory_bytes: self.vm.as_ref().map_or(0, |vm| vm.machine().memory_bytes),
-                    stop_reason: None,
-                }));
-            }
-            Request::CancelMigration => {
-                let migration = self.migration.as_ref().ok_or("no migration is running")?;
-                migration.cancel.store(true, Ordering::SeqCst);
-                return Ok(Reply::Done);
-            }
+            Request::Status => return Ok(Reply::Status(self.status())),
             Request::Pause | Request::Resume | Request::Save { .. } | Request::WriteMemory { .. } if migrating => {
-                return Err("refused: a migration is in progress (cancel it first)".into());
+                return Err(wrong_state(
+                    "refused: a migration is in progress (cancel it first)".into(),
+                ));
             }
             _ => {}
         }
         let Some(vm) = self.vm.as_mut() else {
-            return Err("no VM here yet: waiting for an incoming migration".into());
+            return Err(wrong_state("no VM here yet: waiting for an incoming migration".into()));
         };
+        let failed = |e: &dyn std::error::Error| Failure::new("failed", chain(e));
         match request {
             Request::Stats => Ok(Reply::Stats(vm.stats())),
-            Request::Pause => vm.pause().map(|()| Reply::Done).map_err(|e| chain(&e)),
+            Request::Pause => vm.pause().map(|()| Reply::Done).map_err(|e| failed(&e)),
             Request::Resume => {
                 // Resuming an in-doubt source is the operator's decision that
                 // the target does not run the VM.
-                vm.resume().map_err(|e| chain(&e))?;
+                vm.resume().map_err(|e| failed(&e))?;
                 self.in_doubt = None;
                 Ok(Reply::Done)
             }
             Request::Save { dir } => snapshot::save(vm, &dir)
                 .map(Reply::Saved)
-                .map_err(|e: SnapshotError| chain(&e)),
+                .map_err(|e: SnapshotError| failed(&e)),
             Request::ReadMemory { gpa, len } => {
                 if len > MAX_MEMORY_READ {
-                    return Err(format!("at most {MAX_MEMORY_READ} bytes can be read at once"));
+                    return Err(Failure::new(
+                        "invalid",
+                        format!("at most {MAX_MEMORY_READ} bytes can be read at once"),
+                    ));
                 }
                 let mut bytes = vec![0u8; len as usize];
                 vm.memory()
                     .read_slice(&mut bytes, GuestAddress(gpa))
                     .map(|()| Reply::Memory { hex: to_hex(&bytes) })
-                    .map_err(|_| format!("{len} bytes at {gpa:#x} are not all guest memory"))
+                    .map_err(|_| Failure::new("invalid", format!("{len} bytes at {gpa:#x} are not all guest memory")))
             }
             Request::WriteMemory { gpa, hex } => {
                 if vm.state() != RunState::Paused {
-                    return Err(format!("the VM is {}; pause it before writing its memory", vm.state()));
+                    return Err(wrong_state(format!(
+                        "the VM is {}; pause it before writing its memory",
+                        vm.state()
+                    )));
                 }
-                let bytes = from_hex(&hex).ok_or("hex must be an even number of hex digits")?;
+                let bytes = from_hex(&hex)
+                    .ok_or_else(|| Failure::new("invalid", "hex must be an even number of hex digits"))?;
                 vm.memory()
                     .write_slice(&bytes, GuestAddress(gpa))
                     .map(|()| Reply::Done)
-                    .map_err(|_| format!("{} bytes at {gpa:#x} are not all guest memory", bytes.len()))
+                    .map_err(|_| {
+                        Failure::new(
+                            "invalid",
+                            format!("{} bytes at {gpa:#x} are not all guest memory", bytes.len()),
+                        )
+                    })
             }
-            Request::Status | Request::CancelMigration | Request::Shutdown | Request::Migrate { .. } => {
-                Err("internal: request handled elsewhere".into())
-            }
+            Request::Status
+            | Request::CancelMigration
+            | Request::AwaitMigration
+            | Request::Shutdown
+            | Request::Migrate { .. } => Err(Failure::new("failed", "internal: request handled elsewhere")),
         }
     }
 
     fn start_migration(
         &mut self,
         url: String,
-        options: &MigrationOptions,
+        options: &crate::migration::MigrationOptions,
         reply: Sender<Response>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Failure> {
         if self.migration.is_some() {
-            return Err("refused: this VM is already migrating".into());
+            return Err(Failure::new("busy", "refused: this VM is already migrating"));
+        }
+        if self.stopping {
+            return Err(Failure::new("wrong_state", "refused: the VM is stopping"));
         }
         if let Some(doubt) = &self.in_doubt {
-            return Err(format!("refused: an earlier migration is in doubt: {doubt}"));
+            return Err(Failure::new(
+                "wrong_state",
+                format!("refused: an earlier migration is in doubt: {doubt}"),
+            ));
         }
-        let vm = self.vm.as_ref().ok_or("no VM here to migrate")?;
-        if vm.state() != RunState::Running {
-            return Err(format!("only a running VM migrates live; this one is {}", vm.state()));
-        }
-        transport::parse_url(&url).map_err(|e| chain(&e))?;
-        let cancel = Arc::new(AtomicBool::new(false));
-        let context = SourceContext {
-            vm_name: self.name.clone(),
-            memory: vm.memory().clone(),
-            vm_fd: Arc::clone(vm.fd()),
-            machine: vm.machine().clone(),
-            cpuid: vm.guest_cpuid().iter().map(CpuidLeaf::from).collect(),
-            xsave_size: vm.xsave_size() as u32,
-            cancel: Arc::clone(&cancel),
-        };
-        let source = ProcessSource {
-            events: self.events.clone(),
-        };
-        let events = self.events.clone();
-        let progress_to = reply.clone();
-        let target = url.clone();
-        let options = options.clone();
-        std::thread::Builder::new()
-            .name("migrate-out".into())
-            .spawn(move || {
-                let result = sender::migrate(&context, &source, &target, &options, &mut |progress| {
-                    let _ = progress_to.send(Response::Progress(progress.clone()));
-                });
-                let _ = events.send(VmmEvent::MigrationEnded(result));
-            })
-            .map_err(|e| format!("cannot start the migration: {e}"))?;
-        self.migration = Some(Outgoing { url, reply, cancel });
+        let vm = self
+            .vm
+            .as_ref()
+            .ok_or_else(|| Failure::new("wrong_state", "no VM here to migrate"))?;
+        let migration = outgoing::start(vm, &self.name, url, options, reply, &self.events, &self.record)?;
+        self.migration = Some(migration);
         Ok(())
     }
 
-    fn handle_source(&mut self, request: SourceRequest) -> Result<SourceReply, String> {
-        let vm = self.vm.as_mut().ok_or("the VM is gone")?;
-        match request {
-            // A migration's pause: the state is saved next, so the vCPUs
-            // take theirs as they stop.
-            SourceRequest::Pause => vm.pause_capturing().map(|()| SourceReply::Done).map_err(|e| chain(&e)),
-            SourceRequest::Resume => vm.resume().map(|()| SourceReply::Done).map_err(|e| chain(&e)),
-            SourceRequest::SaveState => vm
-                .save_state()
-                .map(|state| SourceReply::State(Box::new(state)))
-                .map_err(|e| chain(&e)),
-            SourceRequest::Hold(duration) => vm.hold(duration).map(|()| SourceReply::Done).map_err(|e| chain(&e)),
-        }
-    }
-
-    /// Reports a finished migration; returns a stop reason when the VM left.
-    fn migration_ended(&mut self, result: Result<Report, MigrationError>) -> Option<StopReason> {
+    /// Reports a finished migration; the process ends when the VM left, or
+    /// when a stop was asked meanwhile.
+    fn migration_ended(
+        &mut self,
+        result: Result<crate::migration::Report, crate::migration::sender::MigrationError>,
+    ) -> Option<End> {
         let migration = self.migration.take()?;
-        match result {
-            Ok(report) => {
-                let _ = migration.reply.send(Response::Ok(Reply::Migrated(report)));
+        let control = self
+            .control_path
+            .as_ref()
+            .map_or_else(|| "SOCKET".to_string(), |p| p.display().to_string());
+        let (ended, end) = outgoing::ended(&migration, result, &control);
+        match ended {
+            Ended::Migrated => {
                 // The target runs the VM: this copy must never run again.
                 if let Some(vm) = &mut self.vm {
                     vm.mark_migrated();
                 }
-                Some(StopReason::Migrated { target: migration.url })
+                Some(Ok(StopReason::Migrated { target: migration.url }))
             }
-            Err(error) => {
-                let mut message = chain(&error);
-                if error.is_in_doubt() {
-                    let control = self
-                        .control_path
-                        .as_ref()
-                        .map_or_else(|| "SOCKET".to_string(), |p| p.display().to_string());
-                    message.push_str(&format!(
-                        ". Check the target: if it runs the VM, end this copy with \
-                         `vmig vm shutdown --control {control}`; if it does not, resume this one with \
-                         `vmig vm resume --control {control}`"
-                    ));
-                    self.in_doubt = Some(message.clone());
+            Ended::Stayed { failure, in_doubt } => {
+                if in_doubt {
+                    self.in_doubt = Some(failure.message);
                 }
-                let _ = migration.reply.send(Response::Error(message));
-                None
+                self.last_migration = Some(end);
+                self.stopping.then(|| self.stop_now())
             }
         }
     }

@@ -71,8 +71,11 @@ fn print_reply(reply: &Reply, json: bool) -> Result<()> {
             writeln!(out, "pid:     {}", status.pid)?;
             writeln!(out, "vcpus:   {}", status.vcpus)?;
             writeln!(out, "memory:  {}", format_size(status.memory_bytes))?;
-            if let Some(reason) = &status.stop_reason {
-                writeln!(out, "stopped: {reason}")?;
+            if let Some(incoming) = &status.incoming {
+                writeln!(out, "incoming: {:?}", incoming.phase)?;
+            }
+            if let Some(end) = &status.last_migration {
+                writeln!(out, "last migration: {} ({})", end.failure.message, end.failure.code)?;
             }
         }
         Reply::Stats(stats) => {

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use vmig_backend::migration::Token;
 use vmig_backend::migration::transport::parse_url;
+use vmig_backend::migration::{Timeouts, Token};
 use vmig_backend::size::parse_size;
 use vmig_backend::vmm::boot::{BootConfig, KernelSource};
 use vmig_backend::vmm::process::{self, Console, Launch, VmmOptions};
@@ -55,6 +55,23 @@ pub struct RunArgs {
     /// The VM's name, shown to migration peers.
     #[arg(long, default_value = "vm")]
     name: String,
+    /// Keep the VMM's record in FILE (JSON): the migration handoff it
+    /// passed and how it ended, for the agent that runs it.
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
+    /// With --incoming: the agents' id of the migration, for the record.
+    #[arg(long, value_name = "ID", requires = "incoming")]
+    migration_id: Option<String>,
+    /// With --incoming: end if no sender has come within S seconds (its
+    /// agent's keepalives extend it).
+    #[arg(long, value_name = "S", default_value_t = Timeouts::default().accept_s)]
+    accept_timeout: u64,
+    /// With --incoming: a stream on which nothing moves for S seconds has failed.
+    #[arg(long, value_name = "S", default_value_t = Timeouts::default().stream_s)]
+    stream_timeout: u64,
+    /// With --incoming: holding the complete state, wait S seconds for Go.
+    #[arg(long, value_name = "S", default_value_t = Timeouts::default().handoff_s)]
+    handoff_timeout: u64,
 }
 
 fn usage(message: String) -> anyhow::Error {
@@ -65,9 +82,17 @@ pub fn exec(args: &RunArgs) -> Result<Exit> {
     let launch = if let Some(url) = &args.incoming {
         parse_url(url).map_err(|e| usage(format!("--incoming: {e}")))?;
         let token = args.token_file.as_deref().map(read_token).transpose()?;
+        let timeouts = Timeouts {
+            accept_s: args.accept_timeout,
+            stream_s: args.stream_timeout,
+            handoff_s: args.handoff_timeout,
+        };
+        timeouts.validate().map_err(|e| usage(format!("timeouts: {e}")))?;
         Launch::Incoming {
             url: url.clone(),
             token,
+            migration: args.migration_id.clone(),
+            timeouts,
         }
     } else {
         let (machine, start) = new_machine(args)?;
@@ -78,6 +103,7 @@ pub fn exec(args: &RunArgs) -> Result<Exit> {
         launch,
         console: args.console.clone().map_or(Console::Stdout, Console::File),
         control: args.control.clone(),
+        record: args.record.clone(),
     };
     let reason = process::run(options, |ready| {
         if let Some(addr) = ready.incoming {

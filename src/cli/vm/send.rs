@@ -59,8 +59,8 @@ pub fn exec(args: &SendArgs) -> Result<Exit> {
             Ok(Exit::Ok)
         }
         Ok(other) => anyhow::bail!("unexpected reply {other:?}"),
-        Err(ControlError::Refused(message)) if message.contains("in doubt") => {
-            eprintln!("vmig: {message}");
+        Err(ControlError::Refused(failure)) if failure.code == "in_doubt" => {
+            eprintln!("vmig: {}", failure.message);
             Ok(Exit::InDoubt)
         }
         Err(e) => Err(e).with_context(|| format!("migration to {} failed; the VM stays on the source", args.target)),

@@ -1,0 +1,104 @@
+//! A VMM that receives its VM by live migration: the gate on its port, and a
+//! thread that takes the sender's VM and reports it to the main loop.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+
+use super::event::{NotReceived, VmmEvent};
+use super::process::chain;
+use super::record::{Handoff, RecordFile, Side};
+use super::{Start, Vm};
+use crate::migration::gate::{Gate, GateHandle};
+use crate::migration::protocol::Outcome;
+use crate::migration::{Timeouts, Token, receiver};
+
+/// A receiving VMM's view of its migration.
+#[derive(Debug)]
+pub(super) struct Receiving {
+    pub gate: GateHandle,
+    pub migration: Option<String>,
+}
+
+/// Opens the gate on `listener` and starts the thread that takes the VM;
+/// the VM, or why there is none, arrives as [`VmmEvent::Received`].
+pub(super) fn start(
+    listener: TcpListener,
+    token: Option<Token>,
+    migration: Option<String>,
+    timeouts: Timeouts,
+    console: Box<dyn Write + Send>,
+    events: &Sender<VmmEvent>,
+    record: &Arc<RecordFile>,
+) -> std::io::Result<Receiving> {
+    let gate = Gate::open(listener, token, timeouts.accept())?;
+    let receiving = Receiving {
+        gate: gate.handle(),
+        migration: migration.clone(),
+    };
+    let events = events.clone();
+    let record = Arc::clone(record);
+    std::thread::Builder::new().name("migrate-in".into()).spawn(move || {
+        let received = receive(gate, timeouts, migration.as_deref(), console, &events, &record);
+        let _ = events.send(VmmEvent::Received(received));
+    })?;
+    Ok(receiving)
+}
+
+/// Waits for a sender, checks it, builds the VM it announces and receives it.
+fn receive(
+    gate: Gate,
+    timeouts: Timeouts,
+    migration: Option<&str>,
+    console: Box<dyn Write + Send>,
+    events: &Sender<VmmEvent>,
+    record: &RecordFile,
+) -> Result<Vm, NotReceived> {
+    let handle = gate.handle();
+    let not_received = |code: &str, detail: String| NotReceived {
+        code: code.to_string(),
+        detail,
+        committed: false,
+    };
+    let incoming = receiver::accept(gate, timeouts).map_err(|e| not_received(e.code(), chain(&e)))?;
+    let checked = super::open_kvm().map_err(|e| chain(&e)).and_then(|kvm| {
+        let local = super::cpuid::supported(&kvm).map_err(|e| chain(&e))?;
+        let xsave = u32::try_from(kvm.check_extension_int(kvm_ioctls::Cap::Xsave2)).unwrap_or(0);
+        incoming.check(&local, xsave)
+    });
+    let machine = match checked {
+        Ok(machine) => machine,
+        Err(reason) => {
+            incoming.refuse(&reason);
+            return Err(not_received("refused", format!("refused the VM: {reason}")));
+        }
+    };
+    let mut vm = match Vm::create(machine, console, events.clone(), Start::Incoming) {
+        Ok(vm) => vm,
+        Err(e) => {
+            let reason = chain(&e);
+            incoming.refuse(&reason);
+            return Err(not_received("refused", reason));
+        }
+    };
+    let session = incoming.hello.session;
+    let mut durable = || {
+        let handoff = Handoff {
+            side: Side::Target,
+            migration: migration.map(str::to_string),
+            session,
+        };
+        record
+            .update(|record| record.handoff = Some(handoff))
+            .map_err(|e| format!("cannot write the VMM's record: {e}"))
+    };
+    match incoming.receive(&mut vm, &mut durable) {
+        Ok(()) => Ok(vm),
+        Err(e) => Err(NotReceived {
+            code: e.code().to_string(),
+            detail: chain(&e),
+            committed: handle.outcome(session) == Outcome::Running,
+        }),
+    }
+}

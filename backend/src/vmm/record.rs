@@ -1,0 +1,185 @@
+//! What a VMM process leaves for its agent: one small JSON file (given with
+//! `vmig vm run --record FILE`), replaced atomically at each step that
+//! decides where its VM runs, so that the agent can judge the VMM from
+//! structured state alone, also after the VMM died or the agent restarted:
+//!
+//! - a source writes [`Handoff`] just before it sends `Go`: from then on the
+//!   VM may run on the target, and this copy resumes only if the target says
+//!   it discarded its own;
+//! - a target writes [`Handoff`] when it commits, just before it sends
+//!   `Running`: from then on the VM is this VMM's, whatever becomes of it;
+//! - both write [`Exit`] as the process ends. A record without an exit, of a
+//!   process that is gone, belongs to a VMM that was killed.
+//!
+//! The file is replaced with a rename, so a reader sees the old record or
+//! the new one. It is not fsync'd: it outlives the process (the page cache
+//! holds it), which is what the agent needs; it does not promise to outlive
+//! the host (see `backend/src/migration/mod.rs` for what a host crash does).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::{Deserialize, Serialize};
+
+use super::event::StopReason;
+
+/// The record of one VMM process.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct VmmRecord {
+    pub pid: u32,
+    /// A receiving VMM's address (`tcp:HOST:PORT`), once it listens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listening: Option<String>,
+    /// The migration whose handoff this VMM passed, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<Handoff>,
+    /// How the process ended; none while it runs or if it was killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<Exit>,
+}
+
+/// Which side of a migration a VMM was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// It sent `Go` (or was about to): the target may run the VM.
+    Source,
+    /// It committed: the VM is this VMM's.
+    Target,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    pub side: Side,
+    /// The agents' id of the migration (none for migrations run by hand).
+    #[serde(default)]
+    pub migration: Option<String>,
+    /// The engine's session id.
+    pub session: u64,
+}
+
+/// How a VMM process ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Exit {
+    /// The VM ran here and stopped: the guest ended it, or it was stopped on
+    /// request (see [`StopReason`]); `Migrated` means it runs elsewhere now.
+    Stopped { stop: StopReason },
+    /// A receiving VMM that never ran a VM: no sender came, the sender was
+    /// refused or went away, no `Go` came. Nothing ran here.
+    NotReceived { code: String, detail: String },
+    /// The VMM itself failed (after a commit: the VM it had taken is lost).
+    Failed { detail: String },
+}
+
+impl VmmRecord {
+    pub fn new() -> Self {
+        Self {
+            pid: std::process::id(),
+            listening: None,
+            handoff: None,
+            exit: None,
+        }
+    }
+
+    /// Reads a record; none when there is none or it is unreadable.
+    pub fn load(path: &Path) -> Option<Self> {
+        let text = std::fs::read_to_string(path).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Replaces the file at `path` with this record.
+    pub fn store(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = tmp_path(path);
+        let text = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// True when the record says the VM left for another host.
+    pub fn migrated(&self) -> bool {
+        matches!(
+            &self.exit,
+            Some(Exit::Stopped {
+                stop: StopReason::Migrated { .. }
+            })
+        )
+    }
+}
+
+/// A VMM's record and where it is kept, shared by the threads that write it.
+/// Without a path (a VMM run by hand without `--record`), nothing is written.
+#[derive(Debug)]
+pub struct RecordFile {
+    path: Option<PathBuf>,
+    record: Mutex<VmmRecord>,
+}
+
+impl RecordFile {
+    /// Starts the record of this process (written at once, replacing any
+    /// record a predecessor left at the same path).
+    pub fn create(path: Option<PathBuf>) -> std::io::Result<Arc<Self>> {
+        let file = Self {
+            path,
+            record: Mutex::new(VmmRecord::new()),
+        };
+        file.update(|_| {})?;
+        Ok(Arc::new(file))
+    }
+
+    /// Changes the record and writes it, both under one lock.
+    pub fn update(&self, change: impl FnOnce(&mut VmmRecord)) -> std::io::Result<()> {
+        let mut record = self.record.lock().unwrap_or_else(PoisonError::into_inner);
+        change(&mut record);
+        match &self.path {
+            Some(path) => record.store(path),
+            None => Ok(()),
+        }
+    }
+
+    pub fn handoff(&self) -> Option<Handoff> {
+        self.record
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .handoff
+            .clone()
+    }
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_replace_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmm.json");
+        assert_eq!(VmmRecord::load(&path), None);
+        let mut record = VmmRecord::new();
+        record.store(&path).unwrap();
+        assert_eq!(VmmRecord::load(&path), Some(record.clone()));
+        record.handoff = Some(Handoff {
+            side: Side::Source,
+            migration: Some("m-1".into()),
+            session: 7,
+        });
+        record.exit = Some(Exit::Stopped {
+            stop: StopReason::Migrated {
+                target: "tcp:10.0.0.2:7000".into(),
+            },
+        });
+        record.store(&path).unwrap();
+        let loaded = VmmRecord::load(&path).unwrap();
+        assert_eq!(loaded, record);
+        assert!(loaded.migrated());
+        assert!(!dir.path().join("vmm.json.tmp").exists());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(r#""reason":"stopped""#), "{text}");
+    }
+}
