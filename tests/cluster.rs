@@ -3,190 +3,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BOOT_TIMEOUT, Heartbeat, VMIG};
+use common::lab::{Lab, assert_guest_intact, json_lines, migrated, text, wait_gone};
+use common::{BOOT_TIMEOUT, VMIG};
 use serde_json::Value;
-
-/// One lab at a time: each runs VMs that keep a core busy, and this machine
-/// has two.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// A lab of three agents in a temporary directory; taken down when dropped.
-struct Lab {
-    dir: tempfile::TempDir,
-    _serial: MutexGuard<'static, ()>,
-}
-
-impl Lab {
-    fn up(extra: &[&str]) -> Self {
-        Self::up_with_env(extra, &[])
-    }
-
-    /// A lab whose agents, and the VMMs they start, have `env` set.
-    fn up_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-        let dir = tempfile::tempdir().unwrap();
-        let lab = Self { dir, _serial: serial };
-        let out = lab
-            .command(&[&["lab", "up", "--hosts", "3", "--vms", "0", "--dir", lab.path()], extra].concat())
-            .envs(env.iter().copied())
-            .output()
-            .expect("cannot run vmig");
-        assert!(out.status.success(), "lab up failed: {}", text(&out.stderr));
-        lab
-    }
-
-    fn path(&self) -> &str {
-        self.dir.path().to_str().unwrap()
-    }
-
-    fn inventory(&self) -> PathBuf {
-        self.dir.path().join("vmig.toml")
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(VMIG);
-        command
-            .arg("--inventory")
-            .arg(self.inventory())
-            .args(args)
-            .stdin(Stdio::null())
-            .env_remove("VMIG_INVENTORY");
-        command
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("cannot run vmig")
-    }
-
-    /// Runs and expects success; returns standard output.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "vmig {args:?} failed ({:?}): {}",
-            out.status.code(),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
-    }
-
-    fn vms(&self) -> Vec<Value> {
-        let out = self.ok(&["vms", "--json"]);
-        serde_json::from_str::<Value>(&out).unwrap().as_array().unwrap().clone()
-    }
-
-    fn vm(&self, name: &str) -> Value {
-        self.vms()
-            .into_iter()
-            .find(|v| v["name"] == name)
-            .unwrap_or_else(|| panic!("{name} is not listed"))
-    }
-
-    fn create(&self, name: &str, host: &str, memory: &str, cmdline: &str) {
-        self.ok(&[
-            "vm",
-            "create",
-            "--name",
-            name,
-            "--host",
-            host,
-            "--kernel",
-            "builtin:testguest",
-            "--memory",
-            memory,
-            "--cmdline",
-            cmdline,
-        ]);
-    }
-
-    fn console(&self, name: &str) -> String {
-        self.ok(&["vm", "console", name, "--bytes", "4M"])
-    }
-
-    /// Heartbeats of `name`'s console (earlier hosts included).
-    fn heartbeats(&self, name: &str) -> Vec<Heartbeat> {
-        complete_lines(&self.console(name))
-            .filter_map(Heartbeat::parse)
-            .collect()
-    }
-
-    /// Waits until the guest has printed heartbeat `seq`.
-    fn wait_for_heartbeat(&self, name: &str, seq: u64) -> Vec<Heartbeat> {
-        let deadline = Instant::now() + BOOT_TIMEOUT;
-        loop {
-            let beats = self.heartbeats(name);
-            if beats.last().is_some_and(|b| b.seq() >= seq) {
-                return beats;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} never reached heartbeat {seq}: {}",
-                self.console(name)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn agent_pid(&self, host: &str) -> i32 {
-        let path = self.dir.path().join("hosts").join(host).join("agent.pid");
-        std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = self.run(&["lab", "down", "--dir", self.path()]);
-    }
-}
-
-/// Waits until process `pid` has ended (a zombie counts: it runs no more).
-fn wait_gone(pid: i32) {
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    while Path::new(&format!("/proc/{pid}/status")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default()
-            .contains("zombie")
-    {
-        assert!(Instant::now() < deadline, "process {pid} did not end");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Lines that end in a newline (the last may still be being written).
-fn complete_lines(text: &str) -> impl Iterator<Item = &str> {
-    let end = text.rfind('\n').map_or(0, |i| i + 1);
-    text[..end].lines()
-}
-
-/// The JSON lines of a command's standard output.
-fn json_lines(out: &[u8]) -> Vec<Value> {
-    text(out).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
-}
-
-fn migrated(out: &Output) -> Value {
-    json_lines(&out.stdout)
-        .into_iter()
-        .find_map(|v| v.get("migrated").cloned())
-        .unwrap_or_else(|| panic!("no result: {} {}", text(&out.stdout), text(&out.stderr)))
-}
-
-/// Every heartbeat exactly once and in order, no integrity error.
-fn assert_guest_intact(beats: &[Heartbeat], console: &str) {
-    assert!(!console.contains("ERR"), "the guest reported an error:\n{console}");
-    for (i, beat) in beats.iter().enumerate() {
-        assert_eq!(beat.seq(), i as u64, "heartbeat {i} is out of sequence:\n{console}");
-        assert_eq!(beat.get("errors"), 0, "integrity errors:\n{console}");
-    }
-}
 
 #[test]
 fn a_vm_moves_from_host_to_host_while_it_dirties_memory() {
@@ -230,7 +52,7 @@ fn a_target_slow_to_start_the_vm_keeps_it() {
     // The target answers Running before its vCPUs start, and the source's
     // agent confirms at once: the target's agent must keep the VM even though
     // its VMM does not show it running yet.
-    let lab = Lab::up_with_env(&[], &[("VMIG_TEST_FAULT", "slow-start")]);
+    let lab = Lab::up_with_env(3, &[], &[("VMIG_TEST_FAULT", "slow-start")]);
     lab.create("vm1", "hostA", "256M", "fill=32M hb=100");
     lab.wait_for_heartbeat("vm1", 2);
     let out = lab.run(&["migrate", "vm1", "hostB", "--json"]);
@@ -252,6 +74,7 @@ fn a_source_agent_that_dies_at_the_handoff_leaves_one_copy() {
     // tells anyone. Restarted, it must not hold a stale copy that could be
     // started again, and the target's agent confirms the arrival by itself.
     let lab = Lab::up_with_env(
+        3,
         &[],
         &[
             ("VMIG_TEST_FAULT", "agent-exit-before-finish"),
@@ -318,8 +141,7 @@ fn an_agent_restart_keeps_its_vms() {
     lab.wait_for_heartbeat("vm1", 2);
     let pid = lab.vm("vm1")["pid"].as_u64().unwrap();
     let agent = lab.agent_pid("hostA");
-    // SAFETY: kill(2) with plain integers.
-    assert_eq!(unsafe { libc::kill(agent, libc::SIGKILL) }, 0);
+    common::lab::signal(agent, libc::SIGKILL);
     wait_gone(agent);
     let out = lab.run(&["vms"]);
     assert_eq!(out.status.code(), Some(5), "a host without its agent is unreachable");
@@ -388,15 +210,6 @@ fn a_client_without_a_valid_certificate_is_refused() {
     );
 }
 
-/// Starts `vmig migrate VM HOST --json ARGS` in the background.
-fn spawn_migrate(lab: &Lab, vm: &str, host: &str, extra: &[&str]) -> Child {
-    lab.command(&[&["migrate", vm, host, "--json"], extra].concat())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
 /// Waits until `vm` is listed as migrating.
 fn wait_migrating(lab: &Lab, vm: &str) {
     let deadline = Instant::now() + BOOT_TIMEOUT;
@@ -412,7 +225,7 @@ fn a_second_migration_of_a_migrating_vm_is_refused() {
     lab.create("vm1", "hostA", "512M", "fill=256M hb=200");
     lab.wait_for_heartbeat("vm1", 1);
     // 256 MiB at 32 MiB/s: several seconds to try the second.
-    let first = spawn_migrate(&lab, "vm1", "hostB", &["--bandwidth", "32M"]);
+    let first = lab.spawn_migrate("vm1", "hostB", &["--bandwidth", "32M"]);
     wait_migrating(&lab, "vm1");
     let second = lab.run(&["migrate", "vm1", "hostC"]);
     assert_eq!(second.status.code(), Some(8), "{}", text(&second.stderr));
@@ -434,9 +247,9 @@ fn a_hosts_migration_limit_queues_the_excess() {
     }
     lab.wait_for_heartbeat("vm1", 1);
     lab.wait_for_heartbeat("vm2", 1);
-    let first = spawn_migrate(&lab, "vm1", "hostB", &["--bandwidth", "32M"]);
+    let first = lab.spawn_migrate("vm1", "hostB", &["--bandwidth", "32M"]);
     wait_migrating(&lab, "vm1");
-    let second = spawn_migrate(&lab, "vm2", "hostC", &[]);
+    let second = lab.spawn_migrate("vm2", "hostC", &[]);
     let first = first.wait_with_output().unwrap();
     let second = second.wait_with_output().unwrap();
     assert!(first.status.success(), "{}", text(&first.stderr));

@@ -3,6 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod faults;
+pub mod lab;
+pub mod netcut;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

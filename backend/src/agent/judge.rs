@@ -37,8 +37,9 @@ pub enum SourceVerdict {
     /// resuming it here is safe.
     ResumeHere,
     /// The VM did not move, and its VMM here ended (`lost`: killed or
-    /// failed, so the VM runs nowhere; else stopped or ended by its guest).
-    EndedHere { lost: bool, detail: String },
+    /// failed, so the VM runs nowhere; `clean`: stopped on request, or the
+    /// guest powered off; else its guest failed).
+    EndedHere { lost: bool, clean: bool, detail: String },
     /// The target took the VM (`lost_there`: its VMM there has died since).
     /// Whatever is left here must never run again.
     Moved { lost_there: bool },
@@ -104,18 +105,22 @@ fn ended_here(record: Option<&VmmRecord>) -> SourceVerdict {
     match record.and_then(|r| r.exit.as_ref()) {
         None => SourceVerdict::EndedHere {
             lost: true,
+            clean: false,
             detail: "its VMM process died (killed)".into(),
         },
         Some(Exit::Failed { detail }) => SourceVerdict::EndedHere {
             lost: true,
+            clean: false,
             detail: format!("its VMM failed: {detail}"),
         },
         Some(Exit::Stopped { stop }) => SourceVerdict::EndedHere {
             lost: false,
+            clean: stop.is_clean(),
             detail: format!("its VMM ended: {stop}"),
         },
         Some(Exit::NotReceived { detail, .. }) => SourceVerdict::EndedHere {
             lost: true,
+            clean: false,
             detail: detail.clone(),
         },
     }
@@ -230,6 +235,7 @@ mod tests {
                 source("m", &Observed::Gone(None), target),
                 SourceVerdict::EndedHere {
                     lost: true,
+                    clean: false,
                     detail: "its VMM process died (killed)".into()
                 }
             );
@@ -242,7 +248,11 @@ mod tests {
         );
         assert!(matches!(
             source("m", &stopped, None),
-            SourceVerdict::EndedHere { lost: false, .. }
+            SourceVerdict::EndedHere {
+                lost: false,
+                clean: true,
+                ..
+            }
         ));
     }
 

@@ -212,8 +212,10 @@ impl Agent {
                 Some(RunState::Stopped) => VmState::Failed,
             },
         };
+        // An arrival is shown as what its VMM does once it holds the VM (it
+        // runs there, whether or not this agent has confirmed it yet).
         let state = match state {
-            VmState::Running | VmState::Paused | VmState::Unresponsive if record.arrival.is_some() => VmState::Incoming,
+            VmState::Paused | VmState::Unresponsive if record.arrival.is_some() => VmState::Incoming,
             other => other,
         };
         let note = record

@@ -147,6 +147,15 @@ impl Agent {
     /// cannot both pass; the VMM is asked whether it runs without the lock,
     /// and the mark is dropped again if it does not.
     fn claim(&self, name: &str, target: &Peer, id: &str) -> Result<Claim, Failure> {
+        // A VM that arrived a moment ago is confirmed now rather than at the
+        // settler's next look.
+        let arrival = self.vms().get(name).and_then(|vm| {
+            let a = vm.record.arrival.as_ref()?;
+            Some((a.id.clone(), a.source.clone(), vm.dir.clone(), vm.record.pid))
+        });
+        if let Some((arrival, source, dir, pid)) = arrival {
+            self.settle_arrival(name, &arrival, &source, &dir, pid);
+        }
         let (dir, spec, pid) = {
             let mut vms = self.vms();
             let vm: &mut Vm = vms.get_mut(name).ok_or_else(|| Failure::not_found(name))?;
@@ -474,17 +483,19 @@ impl Agent {
                 self.clear_departure(vm, Some(message.clone()));
                 MigrationOutcome::failed(500, Code::Failed, message)
             }
-            SourceVerdict::EndedHere { lost, detail } => {
+            SourceVerdict::EndedHere { lost, clean, detail } => {
                 let _ = self.finish(claim, false);
                 {
                     let mut vms = self.vms();
                     if let Some(vm) = vms.get_mut(vm) {
                         vm.record.pid = None;
                         vm.record.departure = None;
-                        vm.record.ended = Some(Ended {
+                        // A VM stopped on request is just stopped.
+                        vm.record.ended = (!clean).then(|| Ended {
                             lost,
                             detail: detail.clone(),
                         });
+                        vm.record.note = clean.then(|| format!("{detail} during the migration to {target}"));
                         vm.child = false;
                         vm.save();
                     }

@@ -302,6 +302,8 @@ impl VmDir {
             url = self.vmm_record_of(pid).and_then(|r| r.listening);
             url.is_some() && self.status().is_some()
         })?;
+        // It read the token as it started: the file has no use any more.
+        let _ = std::fs::remove_file(&path);
         Ok((child, url.unwrap_or_default()))
     }
 

@@ -489,6 +489,13 @@ pub fn migrate(
             if error.is_in_doubt() {
                 return Err(error);
             }
+            // A cancel shuts the sockets, so what failed next is the cancel
+            // (it is only taken before the switchover: nothing was handed over).
+            let error = if ctx.cancel.requested() {
+                MigrationError::Cancelled
+            } else {
+                error
+            };
             // Rollback: the target never resumed, so the VM continues here.
             if engine.paused
                 && let Err(detail) = vm.resume()
