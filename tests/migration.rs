@@ -285,3 +285,45 @@ fn a_second_migration_of_the_same_vm_is_refused_while_one_runs() {
     assert_eq!(status.code(), Some(1), "the cancelled migration reports failure");
     assert_eq!(from.state(), Some(RunState::Running));
 }
+
+#[test]
+fn the_time_limit_is_honoured_while_a_round_runs() {
+    // 256 MiB at 32 MiB/s is an 8 s first pass; the limit is 2 s.
+    let from = source("hb=20 fill=256M");
+    let (to, url) = Vmm::incoming(&[]);
+    let started = Instant::now();
+    let sent = send(&from, &url, &["--bandwidth", "32M", "--timeout", "2"]);
+    let took = started.elapsed();
+    assert_eq!(sent.code, Some(1), "{}", sent.stderr);
+    assert!(
+        sent.stderr.contains("did not converge within the 2 s"),
+        "{}",
+        sent.stderr
+    );
+    assert!(
+        took < Duration::from_secs(6),
+        "the cancel waited for the round: {took:?}"
+    );
+    assert_eq!(from.state(), Some(RunState::Running), "the VM stays on the source");
+    drop(to);
+
+    let (to, url) = Vmm::incoming(&[]);
+    let sent = send(
+        &from,
+        &url,
+        &["--bandwidth", "32M", "--timeout", "2", "--timeout-action", "force"],
+    );
+    assert_eq!(sent.code, Some(0), "{}", sent.stderr);
+    let report = sent.report();
+    assert!(report["forced"].as_bool().unwrap(), "{report}");
+    // Looked at after every batch: forced within a batch of the limit, and
+    // paused once the round under way drained (5 batches of 1 MiB per
+    // stream at 32 MiB/s: 0.3 s), not at the end of the 8 s pass.
+    let forced_at = report["forced_at_ms"].as_f64().unwrap();
+    assert!((2000.0..2500.0).contains(&forced_at), "forced at {forced_at} ms");
+    let paused_at = report["total_ms"].as_f64().unwrap() - report["downtime_ms"].as_f64().unwrap();
+    assert!(paused_at < forced_at + 1500.0, "paused at {paused_at} ms: {report}");
+    // What was left went with the VM paused; the report says how much.
+    assert!(report["final_round_bytes"].as_u64().unwrap() > 64 << 20, "{report}");
+    assert_continues(&from, &to);
+}

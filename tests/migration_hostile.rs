@@ -109,6 +109,70 @@ fn garbage_connections_do_not_stop_a_receiver_from_taking_a_real_vm() {
 }
 
 #[test]
+fn idle_and_slow_connections_do_not_hold_up_a_sender() {
+    // An agent-prepared receiver (with a token), and anyone on the
+    // migration network connecting first: idle, or dribbling a header.
+    let dir = tempfile::tempdir().unwrap();
+    let token = Token([9u8; 32]);
+    let path = dir.path().join("token");
+    std::fs::write(&path, token.to_hex()).unwrap();
+    let target = Vmm::start_in(
+        tempfile::tempdir().unwrap(),
+        &["--incoming", "tcp:127.0.0.1:0", "--token-file", path.to_str().unwrap()],
+    );
+    let line = target.wait_for_stderr("the incoming address", |l| l.contains("waiting for an incoming VM on "));
+    let url = line.rsplit(' ').next().unwrap().to_string();
+    let idle: Vec<TcpStream> = (0..20).map(|_| connect(&url)).collect();
+    let mut slow = connect(&url);
+    slow.write_all(&[Kind::Hello as u8]).unwrap();
+    let source = Vmm::testguest("128M", 1, "hb=20");
+    source.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() >= 2);
+    let started = std::time::Instant::now();
+    let sent = send(&source, &url, &["--token-file", path.to_str().unwrap()]);
+    assert_eq!(sent.code, Some(0), "{}", sent.stderr);
+    // Before the gate, the sender waited for each idle connection's read
+    // to time out in turn (60 s each).
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    target.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() >= 4);
+    // The idle ones were dropped once their time to speak was up.
+    for mut stream in idle.into_iter().chain([slow]) {
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut byte = [0u8; 1];
+        assert!(
+            matches!(stream.read(&mut byte), Ok(0) | Err(_)),
+            "an idle connection is closed"
+        );
+    }
+}
+
+#[test]
+fn a_receiver_that_no_sender_reaches_ends_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("vmm.json");
+    let mut target = Vmm::start_in(
+        tempfile::tempdir().unwrap(),
+        &[
+            "--incoming",
+            "tcp:127.0.0.1:0",
+            "--accept-timeout",
+            "1",
+            "--record",
+            record.to_str().unwrap(),
+        ],
+    );
+    let status = target.wait_exit(Duration::from_secs(20));
+    assert!(!status.success());
+    assert!(
+        target.stderr_text().contains("no sender came within 1 s"),
+        "{}",
+        target.stderr_text()
+    );
+    let left: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    assert_eq!(left["exit"]["reason"], "not_received", "{left}");
+    assert_eq!(left["exit"]["code"], "no_sender", "{left}");
+}
+
+#[test]
 fn a_receiver_with_a_token_takes_only_the_sender_that_has_it() {
     let dir = tempfile::tempdir().unwrap();
     let token = Token([7u8; 32]);

@@ -516,6 +516,9 @@ pub enum IncomingState {
     /// The target committed and its VMM has since died: the VM is lost there
     /// (and the source's copy must never run again either).
     Lost,
+    /// The target committed and the VM has since stopped there (its VMM was
+    /// stopped on request, or its guest ended): it is the target's, stopped.
+    Stopped,
     /// The target never took the VM, and no process there can any more.
     Gone,
 }

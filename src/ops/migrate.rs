@@ -201,7 +201,7 @@ fn ask_target(target: &Client, plan: &Plan, why: &str) -> Option<Result<MigrateR
         .ok()?;
     let (vm, source, target_name) = (&plan.vm, &plan.source.name, &plan.target.name);
     match info.arrival? {
-        IncomingState::Running => Some(Ok(MigrateResult {
+        IncomingState::Running | IncomingState::Stopped => Some(Ok(MigrateResult {
             id: plan.id.clone(),
             vm: vm.clone(),
             source: source.clone(),

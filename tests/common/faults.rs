@@ -364,7 +364,8 @@ fn check(lab: &Lab, cell: Cell, exit: Option<i32>) -> Result<Seen, String> {
     // The client's word matches the cluster's.
     let truthful = match exit {
         None => true,
-        Some(0) => host == "hostB" && state == "running",
+        // Moved; stopped there since only when its VMM there was stopped.
+        Some(0) => host == "hostB" && (state == "running" || state == "stopped"),
         Some(1) => host == "hostA" && !stderr.contains("is lost"),
         Some(11) => state == "lost" && stderr.contains("lost"),
         Some(5) => host == "hostA",

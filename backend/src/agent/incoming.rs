@@ -105,7 +105,6 @@ impl Agent {
                     if let Some(vm) = vms.get_mut(&name) {
                         vm.record.pid = Some(child.id());
                         vm.incoming_slot = Some(slot);
-                        vm.child = true;
                         vm.save();
                     }
                 }
@@ -153,6 +152,8 @@ impl Agent {
         }
     }
 
+    /// The journal's word on arrival `id`: it arrived (where the VM is now
+    /// is the VM's record's to say), it was lost here, or it never came.
     fn journaled_arrival(&self, id: &str) -> IncomingState {
         let entries = self.journal.entries(id);
         let arrived = |event: &Event| matches!(event, Event::Arrived);
@@ -190,7 +191,11 @@ impl Agent {
                     self.arrival_lost(name, id, &source);
                     IncomingState::Lost
                 }
-                _ => {
+                IncomingState::Stopped => {
+                    self.arrival_stopped(name, id, &source, &dir, pid);
+                    IncomingState::Stopped
+                }
+                IncomingState::Running | IncomingState::Undecided => {
                     self.confirm_arrival(name, id, &source);
                     IncomingState::Running
                 }
@@ -207,6 +212,10 @@ impl Agent {
             IncomingState::Lost => {
                 self.arrival_lost(name, id, &source);
                 IncomingState::Lost
+            }
+            IncomingState::Stopped => {
+                self.arrival_stopped(name, id, &source, &dir, pid);
+                IncomingState::Stopped
             }
             // The source never sent Go (it says the VM stays there), so this
             // receiver cannot commit: end it.
@@ -258,8 +267,19 @@ impl Agent {
             detail: format!("its VMM died after it took the VM from {source}"),
         });
         vm.incoming_slot = None;
-        vm.child = false;
         vm.save();
+    }
+
+    /// The VM arrived and was stopped here since: it is this host's, stopped.
+    fn arrival_stopped(&self, name: &str, id: &str, source: &str, dir: &VmDir, pid: Option<u32>) {
+        self.confirm_arrival(name, id, source);
+        let left = pid.and_then(|pid| dir.vmm_record_of(pid));
+        let mut vms = self.vms();
+        if let Some(vm) = vms.get_mut(name).filter(|vm| vm.record.pid == pid) {
+            vm.record.pid = None;
+            vm.record.ended = super::ended_of(left.as_ref());
+            vm.save();
+        }
     }
 
     /// Settles an arrival from its VMM's facts (the settler, every second).
@@ -279,6 +299,7 @@ impl Agent {
                 self.confirm_arrival(name, id, source);
             }
             IncomingState::Lost => self.arrival_lost(name, id, source),
+            IncomingState::Stopped => self.arrival_stopped(name, id, source, dir, Some(pid)),
             IncomingState::Gone => {
                 // Ended without a commit, or gave up: nothing runs here.
                 if !super::vmm::alive(pid) {

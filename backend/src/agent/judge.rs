@@ -53,7 +53,7 @@ fn after_handoff(target: Option<IncomingState>, if_gone: SourceVerdict) -> Sourc
     match target {
         None => SourceVerdict::AskTarget,
         Some(IncomingState::Undecided) => SourceVerdict::Pending,
-        Some(IncomingState::Running) => SourceVerdict::Moved { lost_there: false },
+        Some(IncomingState::Running | IncomingState::Stopped) => SourceVerdict::Moved { lost_there: false },
         Some(IncomingState::Lost) => SourceVerdict::Moved { lost_there: true },
         Some(IncomingState::Gone) => if_gone,
     }
@@ -153,10 +153,15 @@ pub fn arrival(id: &str, vmm: &Observed) -> IncomingState {
             }
         }
         Observed::Gone(record) => {
-            if committed(record.as_ref().and_then(|r| r.handoff.as_ref())) {
-                IncomingState::Lost
-            } else {
+            let record = record.as_ref();
+            if !committed(record.and_then(|r| r.handoff.as_ref())) {
                 IncomingState::Gone
+            } else if matches!(record.and_then(|r| r.exit.as_ref()), Some(Exit::Stopped { .. })) {
+                // It took the VM, and then the VM was stopped (on request,
+                // or by its guest): not lost, stopped there.
+                IncomingState::Stopped
+            } else {
+                IncomingState::Lost
             }
         }
     }
@@ -364,7 +369,15 @@ mod tests {
             arrival("m", &silent(handoff(Side::Target, "m"))),
             IncomingState::Running
         );
-        // Dead: lost if it had committed, else it never will.
+        // Dead: lost if it had committed, else it never will; stopped if
+        // it committed and then stopped its VM.
+        let stopped = Some(Exit::Stopped {
+            stop: StopReason::Requested,
+        });
+        assert_eq!(
+            arrival("m", &gone(handoff(Side::Target, "m"), stopped)),
+            IncomingState::Stopped
+        );
         assert_eq!(
             arrival("m", &gone(handoff(Side::Target, "m"), None)),
             IncomingState::Lost

@@ -2,10 +2,10 @@
 //!
 //! It runs each VM as its own VMM process (see [`vmm`]), answers the API
 //! ([`crate::api`]) over mutual TLS, reports the host's facts and drives live
-//! migrations agent to agent ([`outgoing`], [`incoming`]). Its state is the
+//! migrations agent to agent (`outgoing`, `incoming`). Its state is the
 //! files under its state directory (VM records, the VMMs' own records, the
 //! [`journal`]), so a restarted agent adopts the VMMs that kept running and
-//! settles the migrations that were under way ([`settle`]). Where a VM is,
+//! settles the migrations that were under way (`settle`). Where a VM is,
 //! it decides from structured state only ([`judge`]).
 
 pub mod config;
@@ -87,9 +87,6 @@ struct Vm {
     record: Record,
     /// Held while it arrives: the target's share of the migration budget.
     incoming_slot: Option<slots::Slot>,
-    /// The VMM is this process's child (a reaper thread waits for it); an
-    /// adopted one is watched by [`settle`].
-    child: bool,
 }
 
 impl Vm {
@@ -98,7 +95,6 @@ impl Vm {
             dir,
             record,
             incoming_slot: None,
-            child: false,
         }
     }
 
@@ -203,7 +199,12 @@ impl Agent {
                 None => VmState::Stopped,
             },
             (Some((_, Observed::Silent { .. })), None) => VmState::Unresponsive,
-            (Some((_, Observed::Gone(_))), None) => VmState::Lost,
+            // Its end is being judged: say what its record says.
+            (Some((_, Observed::Gone(left))), None) => match ended_of(left.as_ref()) {
+                Some(Ended { lost: true, .. }) => VmState::Lost,
+                Some(_) => VmState::Failed,
+                None => VmState::Stopped,
+            },
             (Some((_, Observed::Answers(s))), None) if s.in_doubt.is_some() => VmState::InDoubt,
             (Some((_, Observed::Answers(s))), None) => match s.state {
                 None => VmState::Incoming,
@@ -339,7 +340,6 @@ impl Agent {
             vm.record.pid = Some(child.id());
             vm.record.note = None;
             vm.record.ended = None;
-            vm.child = true;
             vm.save();
             vm.view()
         };
@@ -374,7 +374,6 @@ impl Agent {
         }
         let left = vm.dir.vmm_record_of(pid);
         vm.record.pid = None;
-        vm.child = false;
         vm.incoming_slot = None;
         vm.record.ended = ended_of(left.as_ref());
         vm.save();
@@ -423,7 +422,7 @@ impl Agent {
 }
 
 /// How a VM of this host ended, from its VMM's record (none: killed).
-fn ended_of(record: Option<&VmmRecord>) -> Option<Ended> {
+pub(super) fn ended_of(record: Option<&VmmRecord>) -> Option<Ended> {
     match record.and_then(|r| r.exit.as_ref()) {
         None => Some(Ended {
             lost: true,

@@ -496,7 +496,6 @@ impl Agent {
                             detail: detail.clone(),
                         });
                         vm.record.note = clean.then(|| format!("{detail} during the migration to {target}"));
-                        vm.child = false;
                         vm.save();
                     }
                 }
@@ -545,7 +544,8 @@ impl Agent {
                 Observed::Gone(_) => {}
             }
         }
-        if self.finish(claim, true) == Some(IncomingState::Lost) {
+        let there = self.finish(claim, true);
+        if there == Some(IncomingState::Lost) {
             lost_there = true;
         }
         // The name and its files are freed only once the old VMM has ended,
@@ -562,9 +562,13 @@ impl Agent {
                 format!("{vm} moved to {target}, and its VMM there has died since: {vm} is lost on {target}"),
             );
         }
-        let note = report
-            .is_none()
-            .then(|| format!("its VMM here could not report the move; {target} confirmed that it runs {vm}"));
+        let note = if there == Some(IncomingState::Stopped) {
+            Some(format!("{vm} has been stopped on {target} since it arrived there"))
+        } else {
+            report
+                .is_none()
+                .then(|| format!("its VMM here could not report the move; {target} confirmed that it has {vm}"))
+        };
         MigrationOutcome::moved(MigrateResult {
             id,
             vm: vm.clone(),

@@ -32,12 +32,8 @@ impl Agent {
     }
 
     pub(super) fn settle_all(self: &Arc<Self>) {
-        let views: Vec<(String, View, bool)> = self
-            .vms()
-            .iter()
-            .map(|(name, vm)| (name.clone(), vm.view(), vm.child))
-            .collect();
-        for (name, view, child) in views {
+        let views: Vec<(String, View)> = self.vms().iter().map(|(name, vm)| (name.clone(), vm.view())).collect();
+        for (name, view) in views {
             let record = &view.record;
             if let Some(arrival) = &record.arrival {
                 self.settle_arrival(&name, &arrival.id, &arrival.source, &view.dir, record.pid);
@@ -69,9 +65,10 @@ impl Agent {
                     self.done_settling(&name);
                 }
             } else if let Some(pid) = record.pid
-                && !child
                 && matches!(view.dir.observe(pid), Observed::Gone(_))
             {
+                // An adopted VMM has no reaper; a child's end may have come
+                // while a migration still held the VM. Judged once, either way.
                 self.vmm_ended(&name, pid);
             }
         }

@@ -2,18 +2,24 @@
 //! so that the guest notices a few milliseconds at most, nothing is lost, and
 //! exactly one copy runs whatever happens.
 //!
-//! # Protocol (version 1)
+//! # Protocol (version 3)
 //!
 //! Frames and their parsing are in [`protocol`]. A migration uses `N` TCP
 //! streams; stream 0 is the control stream, and every stream carries pages.
+//! Every connection to a receiver passes its [`gate`] first: it must say its
+//! first frame (Hello, Join, Query or Keepalive) within 3 s, with the
+//! migration's token where one is needed, or it is dropped; connections are
+//! read concurrently, so none can hold up another.
 //!
 //! ```text
 //! sender (source VMM)                         receiver (target VMM)
-//! ── stream 0: Hello{version, session, VM config, CPUID, streams} ──►
+//!    (while the source's agent waits for a slot: Keepalive{token} on new
+//!     connections, each restarting the receiver's accept time)
+//! ── stream 0: Hello{version, session, VM config, CPUID, streams, token} ──►
 //!                                             checks version, config and CPU
 //!                                             compatibility; creates the VM
 //! ◄─────────── Accept  (or Abort{reason}: nothing was sent, nothing changes)
-//! ── streams 1..N: Join{session, index} ─────►
+//! ── streams 1..N: Join{session, index, token} ─►
 //! ── round 0: Memory batches (resident, non-zero pages) on all streams ─►
 //! ── RoundEnd{0} on every stream ────────────►
 //! ◄─────────── RoundDone{0}                    (all streams drained: a later
@@ -22,38 +28,88 @@
 //!    (switch over once the expected downtime is under the limit and the
 //!    dirty set no longer shrinks fast: up to five more live rounds while each
 //!    leaves at most 3/4 of the one before and its pages would take over
-//!    0.5 ms to send paused)
-//! [source pauses its vCPUs]
+//!    0.5 ms to send paused; or at once when the time limit forces it)
+//! [source pauses its vCPUs: the switchover; a cancel is refused from here]
 //! ── final round: last dirty pages, RoundEnd ─► ◄ RoundDone
 //! ── State{vCPUs, irqchip, PIT, clock, devices} ─►
 //!                                             restores it, VM still paused
 //! ◄─────────── Ready
-//! ── Go ──────────────────────────────────────►  records Running (the commit)
+//! [source records its handoff]
+//! ── Go ──────────────────────────────────────►  records its commit, then
+//!                                              Running in its outcomes
 //! ◄─────────── Running                         then starts the vCPUs
-//! [source destroys its copy]
+//! [source ends its copy]
 //! ```
 //!
-//! # Exactly one copy runs
+//! # Timeouts
 //!
-//! The receiver resumes only on `Go`, and only after it holds the complete
-//! state; it records each session's [`protocol::Outcome`] and never changes a
-//! decision once taken. On `Go` it first checks that every vCPU can start,
-//! then records `Running`, answers, and only then starts the vCPUs: the
-//! answer is a commitment, and the source's wake-up never waits behind a
-//! guest that already spins on every core. Should the vCPUs fail to start
-//! after all (a thread that vanished in between), the target halts what did
-//! start and records `Discarded`: a source that did not hear `Running`
-//! resumes, one that did has ended its copy, as if the target had crashed. The source sends `Go` only after `Ready`, and:
-//! - any failure before `Go` is sent proves the target did not resume: the source
-//!   resumes its vCPUs (automatic rollback) and the target discards its copy;
-//! - after `Go`, only `Running` or the receiver's recorded outcome decides. If
-//!   the link fails there, the source asks the receiver on a new connection
-//!   (`Query{session}` → `Outcome`): `Running` means the source is done,
-//!   `Discarded` means it resumes. If the receiver cannot be reached, the source
-//!   stays paused and reports the migration *in doubt*, with the commands that
-//!   resolve it; it never guesses.
-//! - a receiver waiting for `Go` gives up after [`GO_TIMEOUT`] and records
-//!   `Discarded`, so a late `Go` can no longer start a second copy.
+//! Each side waits for the other only so long ([`Timeouts`], set by the
+//! agents' `[timeouts]`): a receiver that no sender reached within
+//! `accept_s` of its start or of the last keepalive ends; a stream on which
+//! nothing moves for `stream_s` has failed on either side (the sender's
+//! writes time out, TCP gives up on unacknowledged data, the receiver's
+//! reads time out); once paused, the sender waits `handoff_s` for each of
+//! RoundDone, Ready and Running, and a receiver holding the state waits
+//! `handoff_s` for Go. The time limit of the migration (`--timeout`) is
+//! looked at after every batch queued and while waiting for the receiver:
+//! it overshoots by at most the batches already queued (5 of 1 MiB per
+//! stream, at the link's rate) and, with `force`, the drain of the round
+//! under way before the pause; what was left is then sent paused, which the
+//! report says (`forced`, `forced_at_ms`, `final_round_bytes`).
+//!
+//! # Exactly one copy
+//!
+//! At most one copy of a VM runs, whichever process dies, stops or restarts
+//! and whichever link drops, at any phase. The argument, in three parts:
+//!
+//! **1. Only one place starts a target copy, and it starts once.** A receiver
+//! starts its vCPUs only in `await_go`, after `Go`, after holding the
+//! complete state, and only after it *committed*: it wrote its commit to its
+//! VMM's record ([`crate::vmm::record`]), then recorded `Running` for the
+//! session in its gate (what `Query` answers), then answered `Running`.
+//! Writing the record and recording `Running` happen under the gate's lock,
+//! exclusive with the process's own end (SIGTERM): a receiver that is
+//! ending cannot commit, and one that committed keeps the VM. A commit is
+//! never taken back: should the vCPUs then fail to start, the VM is lost
+//! there (its record says committed), never handed back. A receiver that
+//! gave up (no Go within `handoff_s`, a stream failed, no sender) records
+//! `Discarded`, and a late Go can no longer commit.
+//!
+//! **2. A source copy runs again only when the target provably never
+//! committed.** The source writes its handoff to its record before it can
+//! send `Go`. Any failure before that proves the target never received
+//! `Go`, so it cannot commit: the source resumes (rollback). After it, the
+//! source resumes only on the target's own word that it discarded the
+//! session: `Outcome = Discarded` from the receiver, or, through the agents,
+//! [`crate::api::IncomingState::Gone`], which an agent answers only when no
+//! receiving VMM of that migration is alive without having committed (it
+//! ended without a commit record, or says it gave up, or the journal says it
+//! was discarded). Silence is never taken for `Gone`: a VMM that is stopped
+//! or does not answer may still act on a `Go` it holds.
+//!
+//! **3. Agents start or keep a copy only from these facts.** A source agent
+//! writes the migration (its id and target) into the VM's record when it
+//! claims the VM, before anything moves, and clears it only once the outcome
+//! is known; while it is there, `vm start` is refused. A restarted agent,
+//! or one whose VMM died or stopped answering, decides where the VM is by
+//! [`crate::agent::judge`]: from the VMM's status, its record, and the
+//! target agent's answer. When the target cannot say, the VM is *in doubt*:
+//! nothing starts it, and the agents keep asking. A target agent keeps an
+//! arrival whose VMM committed, whatever else it hears, and ends a receiver
+//! only when the source says it never sent `Go`.
+//!
+//! So for any fault: before the source's handoff record, only the source
+//! can run the VM (part 1: no Go, no commit); after it, only the target's
+//! commit decides, and the source copy stays stopped until the target
+//! says it never committed (part 2); and no agent restarts a copy without
+//! those facts (part 3). What the matrix in `docs/reliability.md` tries.
+//!
+//! What this does not cover: a host that loses power loses its page cache,
+//! and with it a record written a moment before. A target whose commit was
+//! lost that way had, at most, run the guest for moments before the crash;
+//! its agent then answers `Gone`, and the source, still paused, resumes from
+//! the state it sent: the brief run on the crashed host is lost, as with
+//! any crash, and no two copies ever run at once.
 
 pub mod dirty;
 pub mod fault;
