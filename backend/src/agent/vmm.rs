@@ -334,6 +334,7 @@ impl VmDir {
         let _ = std::fs::remove_file(self.control());
         // A predecessor's record must not be taken for the new VMM's.
         let _ = std::fs::remove_file(self.vmm_record());
+        let _ = std::fs::remove_file(crate::vmm::record::marks_path(&self.vmm_record()));
         command
             .stdin(Stdio::null())
             .stdout(log)

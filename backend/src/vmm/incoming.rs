@@ -90,7 +90,7 @@ fn receive(
             session,
         };
         record
-            .update(|record| record.handoff = Some(handoff))
+            .hand_over(handoff)
             .map_err(|e| format!("cannot write the VMM's record: {e}"))
     };
     match incoming.receive(&mut vm, &mut durable) {

@@ -167,7 +167,7 @@ impl SourceVm for ProcessSource {
             session,
         };
         self.record
-            .update(|record| record.handoff = Some(handoff))
+            .hand_over(handoff)
             .map_err(|e| format!("cannot write the VMM's record: {e}"))
     }
 
