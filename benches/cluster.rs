@@ -8,12 +8,16 @@
 //!
 //! Run with `cargo bench --bench cluster`.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::VMIG;
+use common::lab::Lab;
 use serde_json::Value;
 
-const VMIG: &str = env!("CARGO_BIN_EXE_vmig");
 const RUNS: usize = 21;
 const MIGRATIONS: usize = 11;
 const MIB: f64 = 1048576.0;
@@ -23,52 +27,11 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-fn vmig(dir: &str, args: &[&str]) -> std::process::Output {
-    Command::new(VMIG)
-        .env("VMIG_LAB_DIR", dir)
-        .env_remove("VMIG_INVENTORY")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("cannot run vmig")
-}
-
-fn ok(dir: &str, args: &[&str]) -> String {
-    let out = vmig(dir, args);
-    assert!(
-        out.status.success(),
-        "vmig {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `vmig vm create` of a test-guest VM on `host`.
-fn create(dir: &str, name: &str, host: &str, memory: &str, cmdline: &str) {
-    ok(
-        dir,
-        &[
-            "vm",
-            "create",
-            "--name",
-            name,
-            "--host",
-            host,
-            "--memory",
-            memory,
-            "--kernel",
-            "builtin:testguest",
-            "--cmdline",
-            cmdline,
-        ],
-    );
-}
-
-fn timed(dir: &str, args: &[&str]) -> f64 {
+fn timed(lab: &Lab, args: &[&str]) -> f64 {
     let mut times: Vec<f64> = (0..RUNS)
         .map(|_| {
             let start = Instant::now();
-            ok(dir, args);
+            lab.ok(args);
             start.elapsed().as_secs_f64() * 1000.0
         })
         .collect();
@@ -87,76 +50,41 @@ fn rss(pid: u64) -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-fn agent_pid(dir: &str, host: &str) -> u64 {
-    std::fs::read_to_string(format!("{dir}/hosts/{host}/agent.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-fn vms(dir: &str) -> Vec<Value> {
-    serde_json::from_str::<Value>(&ok(dir, &["vms", "--json"]))
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
-fn wait_filled(dir: &str, vm: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !ok(dir, &["vm", "console", vm]).contains("FILLED") {
-        assert!(Instant::now() < deadline, "{vm} never filled its memory");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Takes the lab down however the benchmark ends: agents and VMs left
-/// behind would skew every later measurement on this machine.
-struct LabGuard(String);
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        let _ = vmig(&self.0, &["lab", "down"]);
-    }
-}
-
 fn main() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_str().unwrap().to_string();
-    let _guard = LabGuard(dir.clone());
-    let dir = dir.as_str();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("vmig cluster benchmark on {} ({cores} cores)", hostname());
-    ok(dir, &["lab", "up", "--hosts", "3", "--vms", "0"]);
+    // Taken down however the benchmark ends: agents and VMs left behind
+    // would skew every later measurement on this machine.
+    let lab = Lab::up(&[]);
+    let dir = lab.path();
 
     // Command latency, with one VM per host to list.
     for (i, host) in ["hostA", "hostB", "hostC"].iter().enumerate() {
         let name = format!("idle{i}");
-        create(dir, &name, host, "64M", "hb=1000");
+        lab.create(&name, host, "64M", "hb=1000");
     }
-    let list = timed(dir, &["vms", "--json"]);
-    let help = timed(dir, &["--help"]);
+    let list = timed(&lab, &["vms", "--json"]);
+    let help = timed(&lab, &["--help"]);
     println!("vmig vms, 3 agents, 3 VMs                  median {list:8.1} ms   (target < 50 ms; {RUNS} runs)");
     println!("vmig --help                                median {help:8.1} ms   (target < 10 ms; {RUNS} runs)");
 
     // Memory per idle VM: the agent's growth, and each VMM beyond guest pages.
-    let agent = agent_pid(dir, "hostB");
+    let agent = lab.agent_pid("hostB") as u64;
     let before = rss(agent);
     const IDLE: usize = 8;
     for i in 0..IDLE {
         let name = format!("mem{i}");
-        create(dir, &name, "hostB", "64M", "hb=1000");
+        lab.create(&name, "hostB", "64M", "hb=1000");
     }
     // Every VM listed once more, so the agent has answered about all of them.
-    let listed = vms(dir);
+    let listed = lab.vms();
     let after = rss(agent);
     let mut vmm_overhead: Vec<f64> = listed
         .iter()
         .filter(|v| v["name"].as_str().is_some_and(|n| n.starts_with("mem")))
         .map(|v| {
             let name = v["name"].as_str().unwrap();
-            let detail: Value = serde_json::from_str(&ok(dir, &["vm", "show", name, "--json"])).unwrap();
+            let detail: Value = serde_json::from_str(&lab.ok(&["vm", "show", name, "--json"])).unwrap();
             let resident = detail["stats"]["memory_resident_bytes"].as_u64().unwrap_or(0);
             rss(v["pid"].as_u64().unwrap()).saturating_sub(resident) as f64 / MIB
         })
@@ -170,21 +98,21 @@ fn main() {
         per_vm_agent + vmm
     );
     for i in 0..IDLE {
-        ok(dir, &["vm", "destroy", &format!("mem{i}")]);
+        lab.ok(&["vm", "destroy", &format!("mem{i}")]);
     }
     for i in 0..3 {
-        ok(dir, &["vm", "destroy", &format!("idle{i}")]);
+        lab.ok(&["vm", "destroy", &format!("idle{i}")]);
     }
 
     // Migration through the agents against the engine alone, same guest, same hosts' loopback.
-    create(dir, "mover", "hostA", "1G", "fill=512M hb=1000");
-    wait_filled(dir, "mover");
+    lab.create("mover", "hostA", "1G", "fill=512M hb=1000");
+    lab.wait_filled("mover");
     let hosts = ["hostB", "hostA"];
     let mut agent_total = Vec::new();
     let mut agent_down = Vec::new();
     let mut agent_parts = Vec::new();
     for i in 0..MIGRATIONS {
-        let out = ok(dir, &["migrate", "mover", hosts[i % 2], "--json"]);
+        let out = lab.ok(&["migrate", "mover", hosts[i % 2], "--json"]);
         let result = out
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -194,7 +122,7 @@ fn main() {
         agent_down.push(result["report"]["downtime_ms"].as_f64().unwrap());
         agent_parts.push(parts(&result["report"]));
     }
-    ok(dir, &["vm", "destroy", "mover"]);
+    lab.ok(&["vm", "destroy", "mover"]);
     let (mut engine_total, mut engine_down, engine_parts) = engine_migrations(dir);
     let at = median(&mut agent_total);
     let ad = median(&mut agent_down);

@@ -129,9 +129,9 @@ complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l name -d 'The VM\'s name, shown to migration peers' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l record -d 'Keep the VMM\'s record in FILE (JSON): the migration handoff it passed and how it ended, for the agent that runs it' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l migration-id -d 'With --incoming: the agents\' id of the migration, for the record' -r
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l accept-timeout -d 'With --incoming: end if no sender has come within S seconds (its agent\'s keepalives extend it)' -r
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l stream-timeout -d 'With --incoming: a stream on which nothing moves for S seconds has failed' -r
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l handoff-timeout -d 'With --incoming: holding the complete state, wait S seconds for Go' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l accept-timeout -d 'A receiving VMM that no sender reached within S seconds ends (the source\'s agent keeps it waiting while it queues)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l stream-timeout -d 'A migration stream on which nothing moves for S seconds has failed' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l handoff-timeout -d 'Each side of the switchover waits S seconds for the other (and a receiver holding the state for Go)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -s V -l version -d 'Print version'
@@ -236,9 +236,9 @@ complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subco
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l hosts -d 'Number of hosts (agents)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l vms -d 'Number of demo VMs, placed round-robin (1 vCPU each, the test guest dirtying memory)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l max-migration-cost -d 'Each host\'s migration cost limit (default: the agent\'s)' -r
-complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l accept-timeout -d 'The agents\' `[timeouts]`: how long a receiving VMM waits for its sender' -r
-complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l stream-timeout -d 'How long a migration stream may be silent' -r
-complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l handoff-timeout -d 'How long each side of the switchover waits for the other' -r
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l accept-timeout -d 'A receiving VMM that no sender reached within S seconds ends (the source\'s agent keeps it waiting while it queues)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l stream-timeout -d 'A migration stream on which nothing moves for S seconds has failed' -r
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l handoff-timeout -d 'Each side of the switchover waits S seconds for the other (and a receiver holding the state for Go)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l dir -d 'Where the lab keeps its files (default: $VMIG_LAB_DIR, else ~/.local/state/vmig/lab)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -s h -l help -d 'Print help'

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::faults::{self, Cell, Fault, Struck};
@@ -24,13 +25,19 @@ fn filled_vm(lab: &Lab) {
     lab.wait_filled("vm1");
 }
 
+/// `vmig migrate vm1 hostB`, held at `point`.
+fn held_migration(lab: &Lab, point: &str, extra: &[&str]) -> Child {
+    lab.arm(point);
+    let client = lab.spawn_migrate("vm1", "hostB", extra);
+    lab.wait_held(point, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("the migration never reached {point}"));
+    client
+}
+
 fn kill_source_agent_mid_copy(signal_number: i32) {
     let lab = faults::lab();
     filled_vm(&lab);
-    lab.arm("first-pass");
-    let client = lab.spawn_migrate("vm1", "hostB", &["--bandwidth", "64M"]);
-    lab.wait_held("first-pass", Duration::from_secs(30))
-        .expect("the copy began");
+    let client = held_migration(&lab, "first-pass", &["--bandwidth", "64M"]);
     let agent = lab.agent_pid("hostA");
     signal(agent, signal_number);
     wait_gone(agent);
@@ -70,10 +77,7 @@ fn a_source_agent_terminated_and_restarted_mid_migration_leaves_one_copy() {
 fn a_client_that_loses_its_agent_reports_where_the_vm_went() {
     let lab = faults::lab();
     filled_vm(&lab);
-    lab.arm("first-pass");
-    let client = lab.spawn_migrate("vm1", "hostB", &["--bandwidth", "64M"]);
-    lab.wait_held("first-pass", Duration::from_secs(30))
-        .expect("the copy began");
+    let client = held_migration(&lab, "first-pass", &["--bandwidth", "64M"]);
     // The source's agent dies for good; its VMM finishes the move.
     let agent = lab.agent_pid("hostA");
     signal(agent, libc::SIGKILL);
@@ -102,10 +106,7 @@ fn a_client_that_loses_its_agent_reports_where_the_vm_went() {
 fn a_killed_source_vmm_is_reported_lost_not_running() {
     let lab = faults::lab();
     filled_vm(&lab);
-    lab.arm("first-pass");
-    let client = lab.spawn_migrate("vm1", "hostB", &["--bandwidth", "64M"]);
-    lab.wait_held("first-pass", Duration::from_secs(30))
-        .expect("the copy began");
+    let client = held_migration(&lab, "first-pass", &["--bandwidth", "64M"]);
     signal(lab.vmm_pid("hostA", "vm1").unwrap(), libc::SIGKILL);
     lab.release("first-pass");
     let out = client.wait_with_output().unwrap();
@@ -132,10 +133,7 @@ fn ctrl_c_cancels_a_migration_before_its_switchover() {
     let lab = faults::lab();
     filled_vm(&lab);
     for sig in [libc::SIGINT, libc::SIGTERM] {
-        lab.arm("first-pass");
-        let client = lab.spawn_migrate("vm1", "hostB", &["--bandwidth", "64M"]);
-        lab.wait_held("first-pass", Duration::from_secs(30))
-            .expect("the copy began");
+        let client = held_migration(&lab, "first-pass", &["--bandwidth", "64M"]);
         signal(client.id() as i32, sig);
         lab.release("first-pass");
         let out = client.wait_with_output().unwrap();
@@ -160,10 +158,7 @@ fn ctrl_c_cancels_a_migration_before_its_switchover() {
 fn a_cancel_from_elsewhere_stops_the_migration() {
     let lab = faults::lab();
     filled_vm(&lab);
-    lab.arm("first-pass");
-    let client = lab.spawn_migrate("vm1", "hostB", &["--bandwidth", "64M"]);
-    lab.wait_held("first-pass", Duration::from_secs(30))
-        .expect("the copy began");
+    let client = held_migration(&lab, "first-pass", &["--bandwidth", "64M"]);
     let said = lab.dir.path().join("cancel.out");
     let canceller = lab
         .command(&["cancel", "vm1", "--json"])
@@ -209,9 +204,7 @@ fn a_cancel_from_elsewhere_stops_the_migration() {
 fn a_cancel_after_the_switchover_began_reports_the_move() {
     let lab = faults::lab();
     filled_vm(&lab);
-    lab.arm("after-go");
-    let client = lab.spawn_migrate("vm1", "hostB", &["--bandwidth", "64M"]);
-    lab.wait_held("after-go", Duration::from_secs(60)).expect("Go was sent");
+    let client = held_migration(&lab, "after-go", &["--bandwidth", "64M"]);
     signal(client.id() as i32, libc::SIGINT);
     // The client asks, hears it is too late, and waits.
     std::thread::sleep(Duration::from_secs(2));
@@ -233,10 +226,7 @@ fn a_cancel_after_the_switchover_began_reports_the_move() {
 fn a_receiver_whose_sender_never_comes_ends_and_leaves_nothing() {
     let lab = faults::lab();
     filled_vm(&lab);
-    lab.arm("prepared");
-    let client = lab.spawn_migrate("vm1", "hostB", &[]);
-    lab.wait_held("prepared", Duration::from_secs(30))
-        .expect("the target prepared");
+    let client = held_migration(&lab, "prepared", &[]);
     let receiver = lab.vmm_pid("hostB", "vm1").expect("a receiving VMM");
     // The token file is gone once the receiver has read it.
     assert!(!lab.vm_files("hostB", "vm1").contains(&"token".to_string()));

@@ -2,7 +2,7 @@
 //! talking to each other (see [`crate::api`] for the protocol).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -124,20 +124,6 @@ impl Client {
         self
     }
 
-    fn connect(&self, addr: &SocketAddr) -> std::io::Result<TcpStream> {
-        let Some(local) = self.local else {
-            return TcpStream::connect_timeout(addr, CONNECT_TIMEOUT);
-        };
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(*addr),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )?;
-        socket.bind(&SocketAddr::new(local, 0).into())?;
-        socket.connect_timeout(&(*addr).into(), CONNECT_TIMEOUT)?;
-        Ok(socket.into())
-    }
-
     /// Sends `request` and returns the final result, handing progress lines to
     /// `progress` as they come.
     pub fn call_with_progress<T: DeserializeOwned>(
@@ -169,7 +155,7 @@ impl Client {
             .map_err(unreachable)?
             .next()
             .ok_or_else(|| unreachable(std::io::ErrorKind::NotFound.into()))?;
-        let tcp = self.connect(&addr).map_err(unreachable)?;
+        let tcp = crate::net::connect(&addr, self.local, CONNECT_TIMEOUT).map_err(unreachable)?;
         let _ = tcp.set_nodelay(true);
         let _ = tcp.set_read_timeout(Some(CONNECT_TIMEOUT));
         let _ = tcp.set_write_timeout(Some(CONNECT_TIMEOUT));

@@ -12,7 +12,9 @@ use crate::exit::Exit;
 use crate::inventory::lab_dir;
 use crate::lab::{Lab, LabOptions};
 use crate::ops::migrate::{self as flow, Plan};
-use vmig_backend::migration::{MigrationOptions, Timeouts};
+use vmig_backend::migration::MigrationOptions;
+
+use super::options::TimeoutArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
@@ -39,15 +41,8 @@ pub struct UpArgs {
     /// Each host's migration cost limit (default: the agent's).
     #[arg(long, value_name = "N")]
     max_migration_cost: Option<u32>,
-    /// The agents' `[timeouts]`: how long a receiving VMM waits for its sender.
-    #[arg(long, value_name = "S", default_value_t = Timeouts::default().accept_s)]
-    accept_timeout: u64,
-    /// How long a migration stream may be silent.
-    #[arg(long, value_name = "S", default_value_t = Timeouts::default().stream_s)]
-    stream_timeout: u64,
-    /// How long each side of the switchover waits for the other.
-    #[arg(long, value_name = "S", default_value_t = Timeouts::default().handoff_s)]
-    handoff_timeout: u64,
+    #[command(flatten)]
+    timeouts: TimeoutArgs,
     #[command(flatten)]
     dir: DirArgs,
 }
@@ -69,14 +64,7 @@ pub fn exec(command: LabCommand) -> Result<Exit> {
     let say = &mut |line: &str| eprintln!("vmig lab: {line}");
     match command {
         LabCommand::Up(args) => {
-            let timeouts = Timeouts {
-                accept_s: args.accept_timeout,
-                stream_s: args.stream_timeout,
-                handoff_s: args.handoff_timeout,
-            };
-            timeouts
-                .validate()
-                .map_err(|e| crate::cli::UsageError(format!("--{e}")))?;
+            let timeouts = args.timeouts.timeouts()?;
             let options = LabOptions {
                 hosts: args.hosts,
                 vms: args.vms,

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::Args;
-use vmig_backend::migration::{MigrationOptions, TimeoutAction};
+use vmig_backend::migration::{MigrationOptions, TimeoutAction, Timeouts};
 use vmig_backend::size::parse_size;
 
 use super::UsageError;
@@ -33,6 +33,39 @@ pub struct MigrationArgs {
     /// they differ (for testing; adds the hashing time to the downtime).
     #[arg(long)]
     pub verify_memory: bool,
+}
+
+/// How long the two sides of a migration wait for each other (the agents'
+/// `[timeouts]`).
+#[derive(Debug, Args)]
+pub struct TimeoutArgs {
+    /// A receiving VMM that no sender reached within S seconds ends (the
+    /// source's agent keeps it waiting while it queues).
+    #[arg(long, value_name = "S", default_value_t = Timeouts::default().accept_s)]
+    pub accept_timeout: u64,
+    /// A migration stream on which nothing moves for S seconds has failed.
+    #[arg(long, value_name = "S", default_value_t = Timeouts::default().stream_s)]
+    pub stream_timeout: u64,
+    /// Each side of the switchover waits S seconds for the other (and a
+    /// receiver holding the state for Go).
+    #[arg(long, value_name = "S", default_value_t = Timeouts::default().handoff_s)]
+    pub handoff_timeout: u64,
+}
+
+impl TimeoutArgs {
+    /// The timeouts; a bad value is a usage error naming its flag.
+    pub fn timeouts(&self) -> Result<Timeouts> {
+        let timeouts = Timeouts {
+            accept_s: self.accept_timeout,
+            stream_s: self.stream_timeout,
+            handoff_s: self.handoff_timeout,
+        };
+        timeouts.validate().map_err(|e| {
+            let flag = e.split('_').next().unwrap_or_default();
+            UsageError(format!("--{flag}-timeout: {e}"))
+        })?;
+        Ok(timeouts)
+    }
 }
 
 impl MigrationArgs {

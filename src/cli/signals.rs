@@ -15,34 +15,14 @@ pub struct Interrupts {
 }
 
 /// From now on SIGINT and SIGTERM set `cancel` (and count) instead of
-/// ending the process. Call it before any other thread is started: threads
-/// inherit the blocked mask, and the signals reach only the waiting thread.
+/// ending the process. Call it before any other thread is started.
 pub fn catch() -> std::io::Result<Interrupts> {
     let interrupts = Interrupts::default();
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t owned by this frame.
-    unsafe { libc::sigemptyset(&mut set) };
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: `set` is a valid sigset_t owned by this frame.
-        unsafe { libc::sigaddset(&mut set, signal) };
-    }
-    // SAFETY: changes only this thread's mask, with a valid set.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc != 0 {
-        return Err(std::io::Error::from_raw_os_error(rc));
-    }
     let seen = interrupts.clone();
-    std::thread::Builder::new().name("signals".into()).spawn(move || {
-        loop {
-            let mut signal = 0;
-            // SAFETY: `set` is initialised and `signal` is a valid out-pointer.
-            if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
-                continue;
-            }
-            seen.count.fetch_add(1, Ordering::SeqCst);
-            seen.cancel.store(true, Ordering::SeqCst);
-        }
+    vmig_backend::signals::forward(&[libc::SIGINT, libc::SIGTERM], move |_| {
+        seen.count.fetch_add(1, Ordering::SeqCst);
+        seen.cancel.store(true, Ordering::SeqCst);
+        true
     })?;
     Ok(interrupts)
 }

@@ -20,18 +20,24 @@ static SERIAL: Mutex<()> = Mutex::new(());
 pub struct Lab {
     pub dir: tempfile::TempDir,
     holds: PathBuf,
+    /// The agents (and their VMMs) may hold at armed points.
+    holding: bool,
     _serial: MutexGuard<'static, ()>,
 }
 
 impl Lab {
-    /// Three hosts, the agents' defaults.
+    /// Three hosts, the agents' defaults, no test hooks.
     pub fn up(extra: &[&str]) -> Self {
-        Self::up_with_env(3, extra, &[])
+        Self::start(3, extra, &[], false)
     }
 
     /// A lab of `hosts` agents whose agents, and the VMMs they start, have
-    /// `env` set (and the hold points armed through [`Lab::arm`]).
+    /// `env` set and the hold points armed through [`Lab::arm`].
     pub fn up_with_env(hosts: usize, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start(hosts, extra, env, true)
+    }
+
+    fn start(hosts: usize, extra: &[&str], env: &[(&str, &str)], holding: bool) -> Self {
         let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
         let dir = tempfile::tempdir().unwrap();
         let holds = dir.path().join("holds");
@@ -39,23 +45,31 @@ impl Lab {
         let lab = Self {
             dir,
             holds,
+            holding,
             _serial: serial,
         };
         let hosts = hosts.to_string();
+        let args = [
+            &["lab", "up", "--hosts", &hosts, "--vms", "0", "--dir", lab.path()],
+            extra,
+        ]
+        .concat();
         let out = lab
-            .command(
-                &[
-                    &["lab", "up", "--hosts", &hosts, "--vms", "0", "--dir", lab.path()],
-                    extra,
-                ]
-                .concat(),
-            )
+            .agents_command(&args)
             .envs(env.iter().copied())
-            .env("VMIG_TEST_HOLDS", &lab.holds)
             .output()
             .expect("cannot run vmig");
         assert!(out.status.success(), "lab up failed: {}", text(&out.stderr));
         lab
+    }
+
+    /// A command that starts agents: they get the hold points if the lab has them.
+    fn agents_command(&self, args: &[&str]) -> Command {
+        let mut command = self.command(args);
+        if self.holding {
+            command.env("VMIG_TEST_HOLDS", &self.holds);
+        }
+        command
     }
 
     pub fn path(&self) -> &str {
@@ -97,8 +111,7 @@ impl Lab {
     /// hold points stay armed for them.
     pub fn restart_agents(&self) {
         let out = self
-            .command(&["lab", "up", "--dir", self.path()])
-            .env("VMIG_TEST_HOLDS", &self.holds)
+            .agents_command(&["lab", "up", "--dir", self.path()])
             .output()
             .expect("cannot run vmig");
         assert!(out.status.success(), "lab up failed: {}", text(&out.stderr));
@@ -200,27 +213,12 @@ impl Lab {
 
     /// The files in `vm`'s directory on `host`.
     pub fn vm_files(&self, host: &str, vm: &str) -> Vec<String> {
-        let dir = self.host_dir(host).join("state/vms").join(vm);
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
+        names_in(&self.host_dir(host).join("state/vms").join(vm))
     }
 
     /// The VMs `host`'s agent keeps files for.
     pub fn vm_dirs(&self, host: &str) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.host_dir(host).join("state/vms"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
+        names_in(&self.host_dir(host).join("state/vms"))
     }
 
     /// `host`'s address (its IP) and API port, from the inventory.
@@ -285,6 +283,18 @@ impl Drop for Lab {
     fn drop(&mut self) {
         let _ = self.run(&["lab", "down", "--dir", self.path()]);
     }
+}
+
+/// The names in directory `dir`, sorted (none when it does not exist).
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 /// Waits until process `pid` has ended (a zombie counts: it runs no more).
@@ -390,9 +400,4 @@ pub fn zombies_of(parent: i32) -> Vec<i32> {
         }
     }
     pids
-}
-
-/// Where `path` is, for messages.
-pub fn show(path: &Path) -> String {
-    path.display().to_string()
 }

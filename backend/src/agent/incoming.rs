@@ -233,8 +233,9 @@ impl Agent {
         }
     }
 
-    /// An arrival becomes this host's VM: its share of the budget is freed.
-    pub(super) fn confirm_arrival(&self, name: &str, id: &str, source: &str) {
+    /// Ends arrival `id` of `name`: journals `event`, frees the budget's
+    /// share it held, and changes the VM's record with `change`.
+    fn end_arrival(&self, name: &str, id: &str, source: &str, event: Event, change: impl FnOnce(&mut Record)) {
         let mut vms = self.vms();
         let Some(vm) = vms
             .get_mut(name)
@@ -242,44 +243,37 @@ impl Agent {
         else {
             return;
         };
-        let _ = self.journal.append(id, name, source, Event::Arrived);
+        let _ = self.journal.append(id, name, source, event);
         vm.record.arrival = None;
         vm.record.note = None;
         vm.incoming_slot = None;
+        change(&mut vm.record);
         vm.save();
+    }
+
+    /// An arrival becomes this host's VM.
+    pub(super) fn confirm_arrival(&self, name: &str, id: &str, source: &str) {
+        self.end_arrival(name, id, source, Event::Arrived, |_| {});
     }
 
     /// The VM arrived and its VMM died since: it is lost here.
     pub(super) fn arrival_lost(&self, name: &str, id: &str, source: &str) {
-        let mut vms = self.vms();
-        let Some(vm) = vms
-            .get_mut(name)
-            .filter(|vm| vm.record.arrival.as_ref().is_some_and(|a| a.id == id))
-        else {
-            return;
-        };
-        let _ = self.journal.append(id, name, source, Event::ArrivedLost);
-        vm.record.arrival = None;
-        vm.record.pid = None;
-        vm.record.note = None;
-        vm.record.ended = Some(Ended {
-            lost: true,
-            detail: format!("its VMM died after it took the VM from {source}"),
+        self.end_arrival(name, id, source, Event::ArrivedLost, |record| {
+            record.pid = None;
+            record.ended = Some(Ended {
+                lost: true,
+                detail: format!("its VMM died after it took the VM from {source}"),
+            });
         });
-        vm.incoming_slot = None;
-        vm.save();
     }
 
     /// The VM arrived and was stopped here since: it is this host's, stopped.
     fn arrival_stopped(&self, name: &str, id: &str, source: &str, dir: &VmDir, pid: Option<u32>) {
-        self.confirm_arrival(name, id, source);
         let left = pid.and_then(|pid| dir.vmm_record_of(pid));
-        let mut vms = self.vms();
-        if let Some(vm) = vms.get_mut(name).filter(|vm| vm.record.pid == pid) {
-            vm.record.pid = None;
-            vm.record.ended = super::ended_of(left.as_ref());
-            vm.save();
-        }
+        self.end_arrival(name, id, source, Event::Arrived, |record| {
+            record.pid = None;
+            record.ended = super::ended_of(left.as_ref());
+        });
     }
 
     /// Settles an arrival from its VMM's facts (the settler, every second).

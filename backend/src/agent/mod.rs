@@ -312,18 +312,8 @@ impl Agent {
         let (dir, spec) = {
             let vms = self.vms();
             let vm = vms.get(name).ok_or_else(|| Failure::not_found(name))?;
-            if let Some(departure) = &vm.record.departure {
-                // It may run on the target: a start here could make a second copy.
-                return Err(Failure::new(
-                    409,
-                    format!(
-                        "{name} cannot start here: migration {} to {} has not settled, and {name} may run there",
-                        departure.id, departure.target.name
-                    ),
-                ));
-            }
-            if vm.record.arrival.is_some() {
-                return Err(Failure::new(409, format!("{name} is still arriving on this host")));
+            if let Some(held) = vm.record.held_by_migration() {
+                return Err(Failure::new(409, held));
             }
             if vm.record.pid.is_some_and(vmm::alive) {
                 return Err(Failure::new(409, format!("{name} is running already")));
@@ -386,17 +376,8 @@ impl Agent {
             // answer within the control timeout is killed.
             let mut vms = self.vms();
             let vm = vms.get_mut(name).ok_or_else(|| Failure::not_found(name))?;
-            if let Some(departure) = &vm.record.departure {
-                return Err(Failure::new(
-                    409,
-                    format!(
-                        "{name} is migrating to {} (migration {})",
-                        departure.target.name, departure.id
-                    ),
-                ));
-            }
-            if vm.record.arrival.is_some() {
-                return Err(Failure::new(409, format!("{name} is still arriving on this host")));
+            if let Some(held) = vm.record.held_by_migration() {
+                return Err(Failure::new(409, held));
             }
             if let Some(pid) = vm.record.pid.take() {
                 if vm.dir.request(&VmmRequest::Shutdown).is_err() {

@@ -159,17 +159,8 @@ impl Agent {
         let (dir, spec, pid) = {
             let mut vms = self.vms();
             let vm: &mut Vm = vms.get_mut(name).ok_or_else(|| Failure::not_found(name))?;
-            if let Some(other) = &vm.record.departure {
-                return Err(Failure::new(
-                    409,
-                    format!(
-                        "{name} is already migrating to {} (migration {}); one migration per VM at a time",
-                        other.target.name, other.id
-                    ),
-                ));
-            }
-            if vm.record.arrival.is_some() {
-                return Err(Failure::new(409, format!("{name} is still arriving on this host")));
+            if let Some(held) = vm.record.held_by_migration() {
+                return Err(Failure::new(409, held));
             }
             let Some(pid) = vm.record.pid else {
                 return Err(not_running(name));

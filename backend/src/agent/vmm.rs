@@ -91,6 +91,22 @@ pub struct Ended {
 }
 
 impl Record {
+    /// Why the VM cannot be started, stopped or migrated now: a migration
+    /// holds it (until the migration settles, the VM may run on its target).
+    pub fn held_by_migration(&self) -> Option<String> {
+        let name = &self.spec.name;
+        if let Some(departure) = &self.departure {
+            return Some(format!(
+                "{name} is already migrating to {} (migration {}); until that has settled, {name} \
+                 cannot be started, stopped or migrated here",
+                departure.target.name, departure.id
+            ));
+        }
+        self.arrival
+            .as_ref()
+            .map(|arrival| format!("{name} is still arriving on this host (migration {})", arrival.id))
+    }
+
     pub fn new(spec: VmSpec) -> Self {
         Self {
             spec,

@@ -102,11 +102,7 @@ pub fn connect_from(
     let addrs = parse_url(url)?;
     let mut last = None;
     for addr in &addrs {
-        let connected = match local {
-            None => TcpStream::connect_timeout(addr, timeout),
-            Some(ip) => bound_connect(ip, addr, timeout),
-        };
-        match connected {
+        match crate::net::connect(addr, local, timeout) {
             Ok(stream) => {
                 tune(&stream);
                 return Ok(stream);
@@ -118,17 +114,6 @@ pub fn connect_from(
         url.to_string(),
         last.unwrap_or_else(|| io::Error::other("no address")),
     ))
-}
-
-fn bound_connect(local: std::net::IpAddr, addr: &SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(*addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    socket.bind(&SocketAddr::new(local, 0).into())?;
-    socket.connect_timeout(&(*addr).into(), timeout)?;
-    Ok(socket.into())
 }
 
 pub fn listen(url: &str) -> Result<TcpListener, TransportError> {

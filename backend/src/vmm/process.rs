@@ -486,38 +486,12 @@ fn console_sink(console: &Console) -> Result<Box<dyn Write + Send>, ProcessError
     })
 }
 
-/// Blocks SIGINT/SIGTERM in this thread (and so in every thread it starts) and
-/// turns them into events on a dedicated thread.
+/// SIGINT and SIGTERM become events of the main loop.
 fn forward_signals(events: Sender<VmmEvent>) -> Result<(), ProcessError> {
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t owned by this frame.
-    unsafe { libc::sigemptyset(&mut set) };
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: `set` is a valid sigset_t owned by this frame.
-        unsafe { libc::sigaddset(&mut set, signal) };
-    }
-    // SAFETY: changes only this thread's mask, with a valid set.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc != 0 {
-        return Err(ProcessError::Signals(std::io::Error::from_raw_os_error(rc)));
-    }
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            loop {
-                let mut signal = 0;
-                // SAFETY: `set` is initialised and `signal` is a valid out-pointer.
-                if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
-                    continue;
-                }
-                if events.send(VmmEvent::Signal(signal)).is_err() {
-                    return;
-                }
-            }
-        })
-        .map_err(ProcessError::Signals)?;
-    Ok(())
+    crate::signals::forward(&[libc::SIGINT, libc::SIGTERM], move |signal| {
+        events.send(VmmEvent::Signal(signal)).is_ok()
+    })
+    .map_err(ProcessError::Signals)
 }
 
 /// An error and its sources on one line, as the operator should see it.

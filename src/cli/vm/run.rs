@@ -4,14 +4,15 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use vmig_backend::migration::Token;
 use vmig_backend::migration::transport::parse_url;
-use vmig_backend::migration::{Timeouts, Token};
 use vmig_backend::size::parse_size;
 use vmig_backend::vmm::boot::{BootConfig, KernelSource};
 use vmig_backend::vmm::process::{self, Console, Launch, VmmOptions};
 use vmig_backend::vmm::{MAX_VCPUS, MachineConfig, Start, memory};
 
 use super::super::UsageError;
+use super::super::options::TimeoutArgs;
 use crate::exit::Exit;
 
 #[derive(Debug, Args)]
@@ -62,16 +63,9 @@ pub struct RunArgs {
     /// With --incoming: the agents' id of the migration, for the record.
     #[arg(long, value_name = "ID", requires = "incoming")]
     migration_id: Option<String>,
-    /// With --incoming: end if no sender has come within S seconds (its
-    /// agent's keepalives extend it).
-    #[arg(long, value_name = "S", default_value_t = Timeouts::default().accept_s)]
-    accept_timeout: u64,
-    /// With --incoming: a stream on which nothing moves for S seconds has failed.
-    #[arg(long, value_name = "S", default_value_t = Timeouts::default().stream_s)]
-    stream_timeout: u64,
-    /// With --incoming: holding the complete state, wait S seconds for Go.
-    #[arg(long, value_name = "S", default_value_t = Timeouts::default().handoff_s)]
-    handoff_timeout: u64,
+    // With --incoming: how long to wait for the sender and on it.
+    #[command(flatten)]
+    timeouts: TimeoutArgs,
 }
 
 fn usage(message: String) -> anyhow::Error {
@@ -82,12 +76,7 @@ pub fn exec(args: &RunArgs) -> Result<Exit> {
     let launch = if let Some(url) = &args.incoming {
         parse_url(url).map_err(|e| usage(format!("--incoming: {e}")))?;
         let token = args.token_file.as_deref().map(read_token).transpose()?;
-        let timeouts = Timeouts {
-            accept_s: args.accept_timeout,
-            stream_s: args.stream_timeout,
-            handoff_s: args.handoff_timeout,
-        };
-        timeouts.validate().map_err(|e| usage(format!("timeouts: {e}")))?;
+        let timeouts = args.timeouts.timeouts()?;
         Launch::Incoming {
             url: url.clone(),
             token,
