@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use vmig_backend::api::{Request, VmInfo};
+use vmig_backend::api::{Request, VmInfo, VmState};
 use vmig_backend::client::{Client, ClientError};
 use vmig_backend::pki;
 
@@ -75,20 +75,32 @@ impl Cluster {
     }
 
     /// Finds the host that holds `vm`; hosts that cannot be asked are named
-    /// in the error when the VM is not found elsewhere.
+    /// in the error when the VM is not found elsewhere. A VM in migration is
+    /// listed by both ends: it is its source's (migrating, or in doubt) until
+    /// its target has it, and the target's `incoming` copy is never taken
+    /// for it.
     pub fn locate(&self, vm: &str) -> Result<Located> {
         let mut failed = None;
+        let mut found: Vec<Located> = Vec::new();
         for (host, answer) in self.ask_all::<Vec<VmInfo>>(&Request::ListVms) {
             match answer {
                 Ok(vms) => {
                     if let Some(info) = vms.into_iter().find(|v| v.name == vm) {
-                        return Ok(Located { host, info });
+                        found.push(Located { host, info });
                     }
                 }
                 Err(e) => {
                     failed.get_or_insert(e);
                 }
             }
+        }
+        let rank = |located: &Located| match located.info.state {
+            VmState::Migrating | VmState::InDoubt => 0,
+            VmState::Incoming => 2,
+            _ => 1,
+        };
+        if let Some(located) = found.into_iter().min_by_key(rank) {
+            return Ok(located);
         }
         match failed {
             // It may be on the host that could not be asked: say why, not "no such VM".

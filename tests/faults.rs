@@ -201,6 +201,52 @@ fn a_cancel_from_elsewhere_stops_the_migration() {
 }
 
 #[test]
+fn a_cancel_finds_the_migrating_vm_on_its_source_not_its_target() {
+    // The target, hostA, comes first in the inventory and lists the VM
+    // as incoming: the commands must take the source's copy.
+    let lab = faults::lab();
+    lab.create("vm1", "hostB", "256M", "fill=96M hb=100");
+    lab.wait_filled("vm1");
+    lab.arm("first-pass");
+    let client = lab.spawn_migrate("vm1", "hostA", &["--bandwidth", "64M"]);
+    lab.wait_held("first-pass", Duration::from_secs(60))
+        .expect("the copy began");
+    let listed: Vec<String> = lab
+        .vms()
+        .iter()
+        .map(|v| format!("{} {}", v["host"], v["state"]))
+        .collect();
+    assert!(listed.iter().any(|l| l.contains("incoming")), "{listed:?}");
+    let said = lab.dir.path().join("cancel.out");
+    let canceller = lab
+        .command(&["cancel", "vm1", "--json"])
+        .stdout(std::fs::File::create(&said).unwrap())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&said)
+        .unwrap_or_default()
+        .contains("\"cancel\"")
+    {
+        assert!(Instant::now() < deadline, "vmig cancel said nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    lab.release("first-pass");
+    let cancelled = canceller.wait_with_output().unwrap();
+    assert_eq!(cancelled.status.code(), Some(1), "{}", text(&cancelled.stderr));
+    assert_eq!(failed(&std::fs::read(&said).unwrap())["code"], "cancelled");
+    let out = client.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let vm = lab.vm("vm1");
+    assert_eq!(
+        (vm["host"].as_str(), vm["state"].as_str()),
+        (Some("hostB"), Some("running")),
+        "{vm}"
+    );
+}
+
+#[test]
 fn a_cancel_after_the_switchover_began_reports_the_move() {
     let lab = faults::lab();
     filled_vm(&lab);

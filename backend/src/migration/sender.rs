@@ -56,11 +56,11 @@ pub enum MigrationError {
     Vm { action: &'static str, detail: String },
     #[error("stream {index} failed: {detail}")]
     Stream { index: u32, detail: String },
-    #[error("did not converge within the {0} s time limit; the VM keeps running on the source")]
+    #[error("did not converge within the {0} s time limit")]
     TimedOut(u64),
     #[error("invalid option: {0}")]
     Options(String),
-    #[error("cancelled; the VM keeps running on the source")]
+    #[error("cancelled")]
     Cancelled,
     #[error(
         "the outcome is in doubt: the target at {target} may or may not have resumed the VM ({detail}); \
