@@ -369,3 +369,50 @@ fn a_representative_subset_of_the_fault_matrix_holds() {
     }
     assert!(broken.is_empty(), "cells that broke a promise:\n{}", broken.join("\n"));
 }
+
+/// A cut whose process was killed is swept before the next lab starts, and
+/// a live process's cut is not.
+#[test]
+fn a_cut_left_by_a_killed_run_is_swept_and_a_live_one_kept() {
+    use common::netcut::{Cut, Flow, sweep_stale};
+    use std::process::Command;
+    let tables = || {
+        let out = Command::new("nft").args(["list", "tables"]).output().unwrap();
+        text(&out.stdout)
+    };
+    // A process that ends at once: its pid names a table it never drops.
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = format!("vmigcut_{dead}_1_0");
+    let status = Command::new("nft")
+        .args(["add", "table", "inet", &stale])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The first naming carried no start time.
+    let legacy = format!("vmigcut{dead}_0");
+    let status = Command::new("nft")
+        .args(["add", "table", "inet", &legacy])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let flow = Flow {
+        daddr: Some("127.0.9.9".parse().unwrap()),
+        dport: Some(9),
+        ..Flow::default()
+    };
+    let live = Cut::new(&[flow]);
+    assert!(tables().contains(&stale) && tables().contains(&legacy));
+    sweep_stale();
+    let left = tables();
+    assert!(!left.contains(&stale), "the stale cut stayed: {left}");
+    assert!(
+        !left.contains(&legacy),
+        "the stale cut of the first naming stayed: {left}"
+    );
+    let name = live.table().to_string();
+    assert!(left.contains(&name), "the live cut went: {left}");
+    drop(live);
+    assert!(!tables().contains(&name));
+}

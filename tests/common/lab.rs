@@ -39,6 +39,9 @@ impl Lab {
 
     fn start(hosts: usize, extra: &[&str], env: &[(&str, &str)], holding: bool) -> Self {
         let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+        // Every lab's hosts have the same addresses: a cut that a killed
+        // run left would cut this lab's links too.
+        super::netcut::sweep_stale();
         let dir = tempfile::tempdir().unwrap();
         let holds = dir.path().join("holds");
         std::fs::create_dir_all(&holds).unwrap();

@@ -3,6 +3,12 @@
 //! until the cut is dropped. Each cut is its own table, so cuts of different
 //! links are independent. On loopback every packet passes the output hook,
 //! so one drop there cuts a direction.
+//!
+//! The tables are kernel state: they outlive a test process that is killed
+//! before its cuts drop (a bench stopped by hand, a machine's session ended
+//! mid-run), and would then cut the links of every lab after it. So a table
+//! is named after the process that made it, its pid and start time, and
+//! [`sweep_stale`] deletes those whose process is gone.
 
 use std::net::IpAddr;
 use std::process::Command;
@@ -81,9 +87,14 @@ pub struct Cut {
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
+/// The prefix of every cut's table name: `vmigcut_PID_START_N`.
+const PREFIX: &str = "vmigcut_";
+
 impl Cut {
     pub fn new(flows: &[Flow]) -> Self {
-        let table = format!("vmigcut{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let pid = std::process::id();
+        let start = start_time(pid).expect("this process has a start time");
+        let table = format!("{PREFIX}{pid}_{start}_{}", NEXT.fetch_add(1, Ordering::Relaxed));
         let mut script =
             format!("add table inet {table}\nadd chain inet {table} out {{ type filter hook output priority 0; }}\n");
         for flow in flows {
@@ -91,6 +102,11 @@ impl Cut {
         }
         nft(&["-f", "-"], Some(&script));
         Self { table }
+    }
+
+    /// The nftables table that holds this cut.
+    pub fn table(&self) -> &str {
+        &self.table
     }
 }
 
@@ -112,6 +128,40 @@ fn nft(args: &[&str], input: Option<&str>) {
     }
     let status = child.wait().unwrap();
     assert!(status.success(), "nft {args:?} failed");
+}
+
+/// Deletes the cuts left by processes that have ended (a pid that is now
+/// another process's has another start time). Does nothing where nft is
+/// missing: there can be no cuts there.
+pub fn sweep_stale() {
+    let Ok(out) = Command::new("nft").args(["list", "tables"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // Also the tables of this module's first naming, `vmigcutPID_N`.
+        let Some(table) = line.strip_prefix("table inet ").filter(|t| t.starts_with("vmigcut")) else {
+            continue;
+        };
+        let mut fields = table.trim_start_matches("vmigcut").trim_start_matches('_').split('_');
+        let pid = fields.next().and_then(|p| p.parse::<u32>().ok());
+        let start = fields.next().and_then(|s| s.parse::<u64>().ok());
+        let alive = match (pid, start, table.starts_with(PREFIX)) {
+            (Some(pid), Some(start), true) => start_time(pid) == Some(start),
+            _ => false,
+        };
+        if !alive {
+            nft(&["delete", "table", "inet", table], None);
+        }
+    }
+}
+
+/// When process `pid` started, in clock ticks after boot (`/proc/PID/stat`'s
+/// 22nd field), or None when there is no such process.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// True when this machine can cut links.
