@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use vmig_backend::migration::MigrationOptions;
-use vmig_backend::vmm::control::{ControlClient, ControlError, Request};
+use vmig_backend::runtime::control::{ControlClient, ControlError, Request};
 
 const VMIG: &str = env!("CARGO_BIN_EXE_vmig");
 const QEMU: &str = "qemu-system-x86_64";

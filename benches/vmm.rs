@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use vmig_backend::vmm::control::{ControlClient, Reply, Request};
+use vmig_backend::runtime::control::{ControlClient, Reply, Request};
 
 const VMIG: &str = env!("CARGO_BIN_EXE_vmig");
 const RUNS: usize = 15;

@@ -28,6 +28,9 @@ _vmig() {
             vmig,help)
                 cmd="vmig__subcmd__help"
                 ;;
+            vmig,history)
+                cmd="vmig__subcmd__history"
+                ;;
             vmig,hosts)
                 cmd="vmig__subcmd__hosts"
                 ;;
@@ -39,6 +42,9 @@ _vmig() {
                 ;;
             vmig,pki)
                 cmd="vmig__subcmd__pki"
+                ;;
+            vmig,run)
+                cmd="vmig__subcmd__run"
                 ;;
             vmig,testguest)
                 cmd="vmig__subcmd__testguest"
@@ -61,6 +67,9 @@ _vmig() {
             vmig__subcmd__help,help)
                 cmd="vmig__subcmd__help__subcmd__help"
                 ;;
+            vmig__subcmd__help,history)
+                cmd="vmig__subcmd__help__subcmd__history"
+                ;;
             vmig__subcmd__help,hosts)
                 cmd="vmig__subcmd__help__subcmd__hosts"
                 ;;
@@ -72,6 +81,9 @@ _vmig() {
                 ;;
             vmig__subcmd__help,pki)
                 cmd="vmig__subcmd__help__subcmd__pki"
+                ;;
+            vmig__subcmd__help,run)
+                cmd="vmig__subcmd__help__subcmd__run"
                 ;;
             vmig__subcmd__help,testguest)
                 cmd="vmig__subcmd__help__subcmd__testguest"
@@ -293,7 +305,7 @@ _vmig() {
 
     case "${cmd}" in
         vmig)
-            opts="-h -V --inventory --help --version migrate cancel hosts vms vm agent pki lab testguest generate help"
+            opts="-h -V --inventory --help --version migrate cancel run history hosts vms vm agent pki lab testguest generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -377,7 +389,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__help)
-            opts="migrate cancel hosts vms vm agent pki lab testguest generate help"
+            opts="migrate cancel run history hosts vms vm agent pki lab testguest generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -433,6 +445,20 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__history)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -561,6 +587,20 @@ _vmig() {
         vmig__subcmd__help__subcmd__pki__subcmd__issue)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__run)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -817,6 +857,40 @@ _vmig() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__history)
+            opts="-h -V --vm --host --run --since --json --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --vm)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1185,6 +1259,24 @@ _vmig() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__run)
+            opts="-h -V --dry-run --yes --json --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --inventory)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

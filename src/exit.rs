@@ -3,6 +3,8 @@
 
 use std::process::ExitCode;
 
+use crate::ops::code::Code;
+
 /// Every exit code vmig uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -37,24 +39,92 @@ pub enum Exit {
     /// The VM is lost: the process that ran its only copy died (the message
     /// says which, and where). Nothing runs it; `vmig vm start` boots it.
     Lost = 11,
+    /// Ctrl-C or SIGTERM interrupted a runbook: the migrations in flight
+    /// were cancelled (each VM stays on its source unless its switchover had
+    /// begun), and nothing more was changed.
+    Interrupted = 12,
 }
 
 impl Exit {
-    /// The table printed in `--help` and the README.
-    pub const TABLE: &'static str = "\
-Exit codes:
-  0  success
-  1  the operation failed (a migration: the VM did not move; the message says where it is)
-  2  invalid command line or input; nothing was done
-  3  KVM unavailable (/dev/kvm missing or not accessible)
-  4  the guest failed (non-zero power-off code, reset, crash)
-  5  a VMM control socket or an agent could not be reached
-  6  a migration's outcome is in doubt: the VM cannot start on its source until it is settled (see the message)
-  7  no such VM or host
-  8  conflict: the VM is already migrating, already exists, is not running, or is in doubt
-  9  authentication failed: certificate missing, wrong or refused
- 10  a config or inventory file is missing or malformed
- 11  the VM is lost: the process that ran its only copy died";
+    /// What each code means: `--help`, the man pages and the README's
+    /// table print these rows (a test holds the README to them).
+    pub const ROWS: &'static [(Exit, &'static str)] = &[
+        (Exit::Ok, "success"),
+        (
+            Exit::Failure,
+            "the operation failed (a migration: the VM did not move; the message says how it is on its source)",
+        ),
+        (Exit::Usage, "invalid command line or input; nothing was done"),
+        (
+            Exit::KvmUnavailable,
+            "KVM unavailable (/dev/kvm missing or not accessible)",
+        ),
+        (
+            Exit::GuestFailed,
+            "the guest failed (non-zero power-off code, reset, crash)",
+        ),
+        (
+            Exit::Unreachable,
+            "a VMM control socket or an agent could not be reached",
+        ),
+        (
+            Exit::InDoubt,
+            "a migration's outcome is in doubt: the VM cannot start on its source until it is settled (see the message)",
+        ),
+        (Exit::NotFound, "no such VM or host"),
+        (
+            Exit::Conflict,
+            "conflict: the VM is already migrating, already exists, already on that host, not running, or in doubt",
+        ),
+        (
+            Exit::Auth,
+            "authentication failed: a certificate is missing, wrong or refused",
+        ),
+        (
+            Exit::Config,
+            "a config or inventory file is missing or malformed (file, line and field named)",
+        ),
+        (
+            Exit::Lost,
+            "the VM is lost: the process that ran its only copy died (the message says which, and where)",
+        ),
+        (
+            Exit::Interrupted,
+            "a runbook was interrupted (Ctrl-C, SIGTERM): its migrations in flight were cancelled",
+        ),
+    ];
+
+    /// The table printed after `--help`.
+    pub fn table() -> String {
+        let mut table = String::from("Exit codes:");
+        for (exit, meaning) in Self::ROWS {
+            table.push_str(&format!("\n {:>2}  {meaning}", *exit as u8));
+        }
+        table
+    }
+
+    /// The exit code of an operator error's code: the one mapping, for
+    /// every command and for runbooks.
+    pub fn of(code: Code) -> Exit {
+        match code {
+            Code::Invalid => Exit::Usage,
+            Code::Config => Exit::Config,
+            Code::Auth => Exit::Auth,
+            Code::Unreachable => Exit::Unreachable,
+            Code::NotFound => Exit::NotFound,
+            Code::Conflict => Exit::Conflict,
+            Code::InDoubt => Exit::InDoubt,
+            Code::Lost => Exit::Lost,
+            Code::Interrupted => Exit::Interrupted,
+            Code::Refused
+            | Code::Cancelled
+            | Code::TimedOut
+            | Code::RolledBack
+            | Code::Stopped
+            | Code::Failed
+            | Code::Script => Exit::Failure,
+        }
+    }
 }
 
 impl From<Exit> for ExitCode {

@@ -34,6 +34,8 @@ pub struct LabOptions {
     pub vm_cmdline: String,
     /// Migration cost limit per host (None: the agent's default).
     pub max_migration_cost: Option<u32>,
+    /// The memory each host gives its VMs.
+    pub memory_per_host: String,
     /// The agents' migration timeouts.
     pub timeouts: Timeouts,
 }
@@ -46,6 +48,7 @@ impl Default for LabOptions {
             vm_memory: "1G".into(),
             vm_cmdline: "fill=768M dirty=64M rate=100 hb=1000".into(),
             max_migration_cost: None,
+            memory_per_host: "6G".into(),
             timeouts: Timeouts::default(),
         }
     }
@@ -174,6 +177,9 @@ impl Lab {
                 state_dir: dir.join("state"),
                 chassis: Some(format!("lab-chassis-{}", index + 1)),
                 link_speed_mbps: 10_000,
+                // The lab's hosts share one machine's memory: each is given
+                // a share, so that free memory differs by what each holds.
+                memory_for_vms: Some(options.memory_per_host.clone()),
                 networks: vec!["lab".into()],
                 storage: Vec::new(),
                 tls: identity,

@@ -2,9 +2,9 @@
 //! The host side (VMM, migration, agent) lives in the `vmig-backend` crate.
 
 pub mod cli;
-pub mod cluster;
 pub mod exit;
 pub mod inventory;
 pub mod lab;
+pub mod lua;
 pub mod ops;
-pub mod progress;
+pub mod render;

@@ -370,6 +370,50 @@ fn a_representative_subset_of_the_fault_matrix_holds() {
     assert!(broken.is_empty(), "cells that broke a promise:\n{}", broken.join("\n"));
 }
 
+/// Nobody can say how the handoff ended: the target's VMM died after Go and
+/// its agent answers no one for longer than the source's agent waits. Then
+/// `vmig migrate` says in doubt (exit 6), the VM cannot be started on its
+/// source, and once the target's agent answers, the agents settle it: the
+/// target never committed, so the VM runs on its source again.
+#[test]
+fn a_handoff_nobody_can_decide_is_in_doubt_until_the_agents_settle_it() {
+    let lab = faults::lab();
+    filled_vm(&lab);
+    lab.arm("after-go");
+    let client = lab.spawn_migrate("vm1", "hostB", &["--bandwidth", "64M"]);
+    let target_vmm = lab
+        .wait_held("after-go", Duration::from_secs(60))
+        .expect("the migration never reached Go");
+    let target_agent = lab.agent_pid("hostB");
+    signal(target_agent, libc::SIGSTOP);
+    signal(target_vmm, libc::SIGKILL);
+    wait_gone(target_vmm);
+    lab.release("after-go");
+    let out = client.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    let line = failed(&out.stdout);
+    // While the target's agent cannot answer, the source holds vm1 in doubt.
+    let on_source = lab.run(&["vms", "--host", "hostA", "--json"]);
+    signal(target_agent, libc::SIGCONT);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert_eq!(line["code"], "in_doubt", "{line}");
+    let on_source: Value = serde_json::from_slice(&on_source.stdout).unwrap();
+    assert_eq!(on_source[0]["state"], "in_doubt", "{on_source}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let vms = lab.vms();
+        assert!(
+            vms.len() <= 1 || vms.iter().filter(|v| v["state"] == "running").count() <= 1,
+            "{vms:?}"
+        );
+        if vms.iter().any(|v| v["host"] == "hostA" && v["state"] == "running") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "vm1 was never settled on hostA: {vms:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A cut whose process was killed is swept before the next lab starts, and
 /// a live process's cut is not.
 #[test]

@@ -60,3 +60,35 @@ fn every_visible_subcommand_has_a_man_page() {
         "hidden commands get no man page"
     );
 }
+
+#[test]
+fn the_readme_and_help_print_the_one_exit_code_table() {
+    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = readme
+        .split("## Exit codes")
+        .nth(1)
+        .expect("the README has an Exit codes section");
+    let rows: Vec<(u8, String)> = section
+        .lines()
+        .take_while(|line| !line.starts_with("## "))
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+            Some((cells.first()?.parse().ok()?, cells.get(1)?.to_string()))
+        })
+        .collect();
+    let code: Vec<(u8, String)> = vmig::exit::Exit::ROWS
+        .iter()
+        .map(|(exit, meaning)| (*exit as u8, meaning.to_string()))
+        .collect();
+    assert_eq!(rows, code, "README.md's exit codes differ from src/exit.rs");
+    let help = Command::new(env!("CARGO_BIN_EXE_vmig")).arg("--help").output().unwrap();
+    // Help wraps long lines: compare the words.
+    let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let help = words(&String::from_utf8(help.stdout).unwrap());
+    for (number, meaning) in &code {
+        assert!(
+            help.contains(&words(&format!("{number} {meaning}"))),
+            "vmig --help lacks exit code {number}: {help}"
+        );
+    }
+}

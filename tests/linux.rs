@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::{Vmm, assets};
+use vmig_backend::runtime::control::{Reply, Request};
 use vmig_backend::vmm::VmState;
-use vmig_backend::vmm::control::{Reply, Request};
 
 fn kernel(name: &str) -> String {
     let path = assets().join("linux").join(name);

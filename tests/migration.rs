@@ -6,8 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{BOOT_TIMEOUT, Heartbeat, Vmm, send};
+use vmig_backend::runtime::control::{Reply, Request};
 use vmig_backend::vmm::RunState;
-use vmig_backend::vmm::control::{Reply, Request};
 
 fn source(cmdline: &str) -> Vmm {
     let vmm = Vmm::testguest("512M", 2, cmdline);
@@ -326,4 +326,34 @@ fn the_time_limit_is_honoured_while_a_round_runs() {
     // What was left went with the VM paused; the report says how much.
     assert!(report["final_round_bytes"].as_u64().unwrap() > 64 << 20, "{report}");
     assert_continues(&from, &to);
+}
+
+/// The target dies after Go, before it could say whether it runs the VM: the
+/// source cannot know, so it stays paused and `vm send` says in doubt (exit
+/// 6) rather than resume a copy that may already run elsewhere.
+#[test]
+fn a_target_that_dies_after_go_leaves_the_source_paused_and_in_doubt() {
+    let from = source("hb=20 fill=32M");
+    let holds = tempfile::tempdir().unwrap();
+    std::fs::write(holds.path().join("after-go.arm"), "").unwrap();
+    let (mut to, url) = Vmm::incoming(&[("VMIG_TEST_HOLDS", holds.path().to_str().unwrap())]);
+    let held = holds.path().join("after-go.held");
+    let sent = std::thread::scope(|scope| {
+        let sending = scope.spawn(|| send(&from, &url, &[]));
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        while !held.exists() {
+            assert!(Instant::now() < deadline, "the target never reached Go");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        to.child.kill().unwrap();
+        to.child.wait().unwrap();
+        sending.join().unwrap()
+    });
+    assert_eq!(sent.code, Some(6), "{}", sent.stderr);
+    assert!(sent.stderr.contains("doubt"), "{}", sent.stderr);
+    assert_eq!(
+        from.state(),
+        Some(RunState::Paused),
+        "the source must not resume on its own"
+    );
 }

@@ -7,8 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{BOOT_TIMEOUT, Vmm};
+use vmig_backend::runtime::control::{Reply, Request};
 use vmig_backend::vmm::RunState;
-use vmig_backend::vmm::control::{Reply, Request};
 
 fn status(vmm: &Vmm) -> RunState {
     vmm.state().expect("a VM")
@@ -149,7 +149,7 @@ fn guest_reports_a_byte_the_host_changed_while_paused() {
 #[test]
 fn writing_memory_of_a_running_vm_is_refused() {
     let vmm = Vmm::testguest("64M", 1, "hb=50");
-    let mut client = vmig_backend::vmm::control::ControlClient::connect(&vmm.control).unwrap();
+    let mut client = vmig_backend::runtime::control::ControlClient::connect(&vmm.control).unwrap();
     let refused = client.request(&Request::WriteMemory {
         gpa: 0x1000,
         hex: "00".into(),

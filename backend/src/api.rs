@@ -24,7 +24,10 @@
 //! the source's agent or, for whether the VM arrived, the target's; `cancel_migration`
 //! stops it unless its switchover has begun. While a migration runs, its
 //! watchers get a `{"progress": {"waiting": ...}}` line at least every
-//! [`KEEPALIVE_EVERY`], so that a client hears a silent agent.
+//! [`KEEPALIVE_EVERY`], so that a client hears a silent agent. A `migrate`
+//! may name the run that asked for it (a `vmig` invocation or a runbook);
+//! the source's journal keeps it, with the name in the asking certificate,
+//! and `history` answers with the agent's journal entries.
 
 use serde::{Deserialize, Serialize};
 
@@ -146,11 +149,27 @@ pub enum Request {
         options: MigrationOptions,
         #[serde(default)]
         id: Option<String>,
+        /// The run (a `vmig` invocation or a runbook) that asked for it,
+        /// kept in the journal.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run: Option<String>,
     },
     /// Watches migration `id` to its end: progress, then the answer its
     /// `migrate` got (or will get).
     WatchMigration {
         id: String,
+    },
+    /// The entries of this agent's journal (`Vec<JournalEntry>`, oldest
+    /// first) at or after `since_ms` (milliseconds since the epoch), of VM
+    /// `vm` and of run `run` when given (a run's filter keeps every entry of
+    /// the migrations it started).
+    History {
+        #[serde(default)]
+        since_ms: Option<u64>,
+        #[serde(default)]
+        vm: Option<String>,
+        #[serde(default)]
+        run: Option<String>,
     },
     /// Where migration `id` is, as this agent knows it ([`MigrationInfo`]).
     Migration {
@@ -401,6 +420,44 @@ impl std::fmt::Display for MigrationPhase {
             MigrationPhase::Ended => "ended",
         })
     }
+}
+
+/// One line of an agent's journal of migrations (`journal.jsonl`, and
+/// the answer to [`Request::History`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// Milliseconds since the epoch.
+    pub at_ms: u64,
+    /// The migration's id.
+    pub id: String,
+    pub vm: String,
+    /// The other host of the migration.
+    pub peer: String,
+    pub event: JournalEvent,
+    /// The run that asked for it (on the source's `started`), when it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// Who asked for it: the name in the operator's certificate (on the
+    /// source's `started`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum JournalEvent {
+    /// Source: the VM was claimed for the migration.
+    Started,
+    /// Source: the migration ended (the outcome its client is told).
+    Ended { outcome: Box<MigrationOutcome> },
+    /// Target: a receiving VMM is about to be started for it.
+    Prepared,
+    /// Target: the VM arrived and is this host's.
+    Arrived,
+    /// Target: the VM arrived and its VMM has since died: it is lost here.
+    ArrivedLost,
+    /// Target: the receiving VMM ended without ever running the VM.
+    Discarded,
 }
 
 /// How a migration ended: the final answer its watchers get.

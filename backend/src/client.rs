@@ -63,6 +63,20 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The host whose agent the call was for.
+    pub fn host(&self) -> &str {
+        match self {
+            ClientError::Unreachable { host, .. }
+            | ClientError::Tls { host, .. }
+            | ClientError::Io { host, .. }
+            | ClientError::Closed { host }
+            | ClientError::Silent { host, .. }
+            | ClientError::Aborted { host }
+            | ClientError::Protocol { host, .. }
+            | ClientError::Status { host, .. } => host,
+        }
+    }
+
     pub fn status(&self) -> Option<u16> {
         match self {
             ClientError::Status { status, .. } => Some(*status),

@@ -10,6 +10,7 @@ pub mod client;
 pub mod migration;
 pub mod net;
 pub mod pki;
+pub mod runtime;
 pub mod signals;
 pub mod size;
 pub mod testguest;

@@ -23,6 +23,14 @@ pub fn exec(args: &AgentArgs) -> Result<Exit> {
     let name = config.name.clone();
     let agent = Agent::new(config).with_context(|| format!("agent {name} cannot start"))?;
     let adopted = agent.list().len();
+    let journal = agent.journal_opened;
+    if journal.dropped > 0 {
+        eprintln!(
+            "vmig agent {name}: the journal had {} unreadable line(s) (a write torn by a crash, or damage): \
+             dropped; {} entries kept",
+            journal.dropped, journal.entries
+        );
+    }
     agent::serve(&agent, |address| {
         eprintln!("vmig agent {name}: API on {address} (mutual TLS), {adopted} VMs known");
     })

@@ -7,10 +7,11 @@ use anyhow::{Context, Result};
 use clap::Args;
 use vmig_backend::migration::MigrationOptions;
 
-use crate::cluster::{Cluster, Conflict};
+use crate::cli::Conflict;
 use crate::exit::Exit;
+use crate::ops::cluster::Cluster;
 use crate::ops::migrate::{self as flow, Plan};
-use crate::progress::Display;
+use crate::render::progress::Display;
 
 #[derive(Debug, Args)]
 #[command(
@@ -34,7 +35,7 @@ pub fn exec(args: &CancelArgs, inventory: Option<&Path>) -> Result<Exit> {
         .migrating_to
         .clone()
         .ok_or_else(|| Conflict(format!("{} is not migrating", args.vm)))?;
-    let target = cluster.inventory.host(&target_name)?.clone();
+    let target = cluster.host(&target_name)?.clone();
     let answer = flow::cancel(&cluster, &located.host, &args.vm)
         .with_context(|| format!("cannot cancel the migration of {}", args.vm))?;
     let json = args.json || !std::io::stderr().is_terminal();
@@ -60,8 +61,9 @@ pub fn exec(args: &CancelArgs, inventory: Option<&Path>) -> Result<Exit> {
         source: located.host,
         target,
         options: MigrationOptions::default(),
+        info: Some(located.info),
     };
-    let result = flow::watch(&cluster, &plan, &mut |event| super::migrate::show(&mut display, event));
+    let result = flow::watch(&cluster, &plan, &mut |event| display.show(event));
     display.finish();
     super::migrate::report(&plan, result, json)
 }

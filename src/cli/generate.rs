@@ -19,7 +19,7 @@ pub fn exec(args: &GenerateArgs) -> Result<()> {
     write_all(&args.out_dir)
 }
 
-/// Writes `man/*.1` and `completions/{vmig.bash,_vmig,vmig.fish}` under `out`.
+/// Writes `man/*.1`, `man/vmig-lua.7` and `completions/{vmig.bash,_vmig,vmig.fish}` under `out`.
 pub fn write_all(out: &Path) -> Result<()> {
     let man_dir = out.join("man");
     let completions_dir = out.join("completions");
@@ -27,6 +27,10 @@ pub fn write_all(out: &Path) -> Result<()> {
     fs::create_dir_all(&completions_dir).with_context(|| format!("cannot create {}", completions_dir.display()))?;
     let command = super::command();
     write_man(&command, "vmig", &man_dir)?;
+    // The Lua reference, from docs/lua.md.
+    let lua = crate::render::roff::man_page("vmig-lua", 7, crate::lua::REFERENCE);
+    let path = man_dir.join("vmig-lua.7");
+    fs::write(&path, lua).with_context(|| format!("cannot write {}", path.display()))?;
     for (shell, file) in [
         (Shell::Bash, "vmig.bash"),
         (Shell::Zsh, "_vmig"),

@@ -8,8 +8,8 @@ use clap::Args;
 use vmig_backend::api::{HostFacts, Request};
 use vmig_backend::size::format_size;
 
-use crate::cluster::Cluster;
 use crate::exit::Exit;
+use crate::ops::cluster::Cluster;
 
 #[derive(Debug, Args)]
 #[command(after_help = "A host whose agent cannot be asked is listed as unreachable \

@@ -1,18 +1,17 @@
 //! `vmig lab`: a cluster of agents on this machine, for trying vmig out.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use vmig_backend::api::{Request, VmInfo};
+use vmig_backend::api::Request;
 
-use crate::cluster::Cluster;
 use crate::exit::Exit;
 use crate::inventory::lab_dir;
 use crate::lab::{Lab, LabOptions};
-use crate::ops::migrate::{self as flow, Plan};
-use vmig_backend::migration::MigrationOptions;
+use crate::lua::Runbook;
+use crate::ops::cluster::Cluster;
 
 use super::options::TimeoutArgs;
 
@@ -20,7 +19,7 @@ use super::options::TimeoutArgs;
 pub enum LabCommand {
     /// Start the lab: agents hostA, hostB, ... on loopback addresses, and demo VMs vm1, vm2, ...
     Up(UpArgs),
-    /// Bring the lab up if needed and live-migrate vm1 to the next host, with progress.
+    /// Bring the lab up if needed and evacuate vm1's host with runbooks/evacuate.lua, with progress bars.
     Demo(DirArgs),
     /// Stop every VM and agent of the lab and remove its files.
     Down(DirArgs),
@@ -86,49 +85,48 @@ pub fn exec(command: LabCommand) -> Result<Exit> {
     }
 }
 
-/// The main job in one command: VMs migrating between hosts live.
+/// The evacuation runbook, built in: the demo runs it wherever vmig is.
+const EVACUATE: &str = include_str!("../../runbooks/evacuate.lua");
+
+/// The main job in one command: the lab up, and the host of vm1 evacuated
+/// by the runbook an operator would run, its VMs moving live.
 fn demo(lab: &Lab, say: &mut dyn FnMut(&str)) -> Result<Exit> {
     lab.up(&LabOptions::default(), say)?;
     let inventory = lab.inventory_path();
     let cluster = Cluster::open(Some(&inventory))?;
     let vm1 = cluster.locate("vm1")?;
-    // Migrate a guest that has filled its memory: the interesting case.
-    let client = cluster.client(&vm1.host);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::time::Instant::now() < deadline {
-        let console: String = client.call(Request::Console {
-            name: "vm1".into(),
-            bytes: 1 << 20,
-        })?;
-        if console.contains("FILLED") {
-            break;
+    // Migrate guests that have filled their memory: the interesting case.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (vms, _) = cluster.vms();
+    for vm in vms.iter().filter(|vm| vm.host == vm1.host.name) {
+        let client = cluster.host_client(&vm.host)?;
+        while Instant::now() < deadline {
+            let console: String = client.call(Request::Console {
+                name: vm.name.clone(),
+                bytes: 1 << 20,
+            })?;
+            if console.contains("FILLED") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let hosts = &cluster.inventory.hosts;
-    let here = hosts.iter().position(|h| h.name == vm1.host.name).unwrap_or(0);
-    let next = hosts[(here + 1) % hosts.len()].name.clone();
-    say(&format!("vmig migrate vm1 {next}"));
-    let plan = Plan {
-        id: flow::new_id(),
-        vm: "vm1".into(),
-        source: vm1.host.clone(),
-        target: cluster.inventory.host(&next)?.clone(),
-        options: MigrationOptions::default(),
+    let host = vm1.host.name.clone();
+    say(&format!("vmig run runbooks/evacuate.lua {host}"));
+    let runbook = Runbook::from_source("runbooks/evacuate.lua", EVACUATE.to_string())?;
+    // The demo is asked for by name: it needs no question.
+    let how = super::run::How {
+        yes: true,
+        ..Default::default()
     };
-    let exit = super::migrate::run(&cluster, &plan, !std::io::stderr().is_terminal())?;
-    let vms: Vec<VmInfo> = cluster
-        .ask_all::<Vec<VmInfo>>(&Request::ListVms)
-        .into_iter()
-        .filter_map(|(_, list)| list.ok())
-        .flatten()
-        .collect();
+    let exit = super::run::run(&runbook, "runbooks/evacuate.lua", &[host], Some(&inventory), &how)?;
+    let (vms, _) = cluster.vms();
     for vm in vms {
         say(&format!("{} {} on {}", vm.name, vm.state, vm.host));
     }
     say(&format!(
-        "try: vmig vms; vmig migrate vm2 {}; vmig vm console vm1; vmig lab down",
-        hosts[0].name
+        "try: vmig vms; vmig migrate vm2 {}; vmig run runbooks/rebalance.lua --dry-run; vmig lab down",
+        cluster.inventory.hosts[0].name
     ));
     Ok(exit)
 }

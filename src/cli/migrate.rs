@@ -2,19 +2,21 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use vmig_backend::api::{HostFacts, MigrateProgress, MigrateResult, Request};
+use vmig_backend::api::MigrateResult;
 use vmig_backend::size::format_size;
 
 use crate::cli::options::MigrationArgs;
 use crate::cli::signals;
-use crate::cluster::{Cluster, Conflict};
 use crate::exit::Exit;
-use crate::ops::migrate::{self as flow, Event, MigrateError, Plan};
-use crate::progress::{Display, print_report};
+use crate::ops::cluster::Cluster;
+use crate::ops::migrate::{self as flow, MigrateError, Outcome, Plan};
+use crate::ops::run::{Consent, Run};
+use crate::render::progress::{Display, failed_line, failure_message, migrated_line, print_report};
 
 #[derive(Debug, Args)]
 #[command(
@@ -45,115 +47,79 @@ pub struct MigrateArgs {
 pub fn exec(args: &MigrateArgs, inventory: Option<&Path>) -> Result<Exit> {
     let options = args.limits.options()?;
     let cluster = Cluster::open(inventory)?;
-    let target = cluster.inventory.host(&args.host)?.clone();
-    let located = cluster.locate(&args.vm)?;
-    let source = located.host;
-    if source.name == target.name {
-        return Err(Conflict(format!("{} runs on {} already", args.vm, target.name)).into());
-    }
+    let plan = flow::plan(&cluster, &args.vm, &args.host, options)?;
     let json = args.json || !std::io::stderr().is_terminal();
     if args.dry_run {
-        let facts: HostFacts = cluster
-            .client(&target)
-            .call(Request::Host)
-            .with_context(|| format!("cannot ask {}", target.name))?;
-        let need = located.info.memory_bytes;
-        let mut out = std::io::stdout().lock();
-        if facts.memory_available_bytes < need {
-            anyhow::bail!(
-                "{} has {} of memory available; {} needs {}",
-                target.name,
-                format_size(facts.memory_available_bytes),
-                args.vm,
-                format_size(need)
-            );
-        }
-        if json {
-            writeln!(
-                out,
-                "{}",
-                serde_json::json!({ "dry_run": { "vm": args.vm, "source": source.name, "target": target.name, "state": located.info.state } })
-            )?;
-        } else {
-            writeln!(
-                out,
-                "would migrate {} ({}, {}) from {} to {}; {} is reachable and has {} available",
-                args.vm,
-                located.info.state,
-                format_size(need),
-                source.name,
-                target.name,
-                target.name,
-                format_size(facts.memory_available_bytes)
-            )?;
-        }
-        return Ok(Exit::Ok);
+        return dry_run(&cluster, &plan, json);
     }
-    let plan = Plan {
-        id: flow::new_id(),
-        vm: args.vm.clone(),
-        source,
-        target,
-        options,
-    };
     run(&cluster, &plan, json)
+}
+
+/// `--dry-run`: the target can be asked and has the memory; nothing moves.
+fn dry_run(cluster: &Cluster, plan: &Plan, json: bool) -> Result<Exit> {
+    let facts = cluster.facts(&plan.target.name)?;
+    let need = plan.info.as_ref().map_or(0, |info| info.memory_bytes);
+    if facts.memory_available_bytes < need {
+        anyhow::bail!(
+            "{} has {} of memory available; {} needs {}",
+            plan.target.name,
+            format_size(facts.memory_available_bytes),
+            plan.vm,
+            format_size(need)
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    let state = plan.info.as_ref().map(|info| info.state);
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "dry_run": { "vm": plan.vm, "source": plan.source.name, "target": plan.target.name, "state": state } })
+        )?;
+    } else {
+        writeln!(
+            out,
+            "would migrate {} ({}, {}) from {} to {}; {} is reachable and has {} available",
+            plan.vm,
+            state.map_or_else(|| "?".to_string(), |s| s.to_string()),
+            format_size(need),
+            plan.source.name,
+            plan.target.name,
+            plan.target.name,
+            format_size(facts.memory_available_bytes)
+        )?;
+    }
+    Ok(Exit::Ok)
 }
 
 /// Runs `plan` with progress on the terminal (or JSON lines), Ctrl-C and
 /// SIGTERM cancelling it; reports the outcome and returns its exit code.
 pub fn run(cluster: &Cluster, plan: &Plan, json: bool) -> Result<Exit> {
     let interrupts = signals::catch().context("cannot catch Ctrl-C")?;
-    let mut display = Display::new(json);
+    // The command names its one change: it needs no other consent.
+    let run = Run::new(false, Consent::Given, Arc::clone(&interrupts.cancel));
+    let size = plan.info.as_ref().map_or(1, |info| info.memory_bytes);
+    let mut display = Display::new(json).tagged(&plan.id, &plan.vm).sized(size);
     let mut seen = 0;
-    let result = flow::migrate(
-        cluster,
-        plan,
-        &mut |event| {
-            let count = interrupts.count.load(Ordering::SeqCst);
-            if count > seen {
-                seen = count;
-                if count == 1 {
-                    display.note("cancelling", &serde_json::json!({ "cancelling": { "id": plan.id } }));
-                }
+    let result = flow::migrate(&run, cluster, plan, &mut |event| {
+        let count = interrupts.count.load(Ordering::SeqCst);
+        if count > seen {
+            seen = count;
+            if count == 1 {
+                display.note("cancelling", &serde_json::json!({ "cancelling": { "id": plan.id } }));
             }
-            show(&mut display, event);
-        },
-        &interrupts.cancel,
-    );
-    display.finish();
-    report(plan, result, json)
-}
-
-/// Draws one event of a migration.
-pub fn show(display: &mut Display, event: &Event) {
-    match event {
-        Event::Progress(MigrateProgress::Engine(p)) => display.update(p),
-        Event::Progress(MigrateProgress::Started { id }) => display.note(
-            &format!("migration {id}"),
-            &serde_json::json!({ "started": { "id": id } }),
-        ),
-        Event::Progress(MigrateProgress::Queued { host, position }) => display.note(
-            &format!("queued on {host} (#{position})"),
-            &serde_json::json!({ "queued": { "host": host, "position": position } }),
-        ),
-        Event::Progress(MigrateProgress::Prepared { target }) => display.note(
-            &format!("{target} ready"),
-            &serde_json::json!({ "prepared": { "target": target } }),
-        ),
-        Event::Progress(MigrateProgress::Waiting { .. }) => display.tick(),
-        Event::Progress(MigrateProgress::Cancelling { accepted }) | Event::Cancel { accepted } => {
-            let text = if *accepted {
-                "cancelling"
-            } else {
-                "too late to cancel: the switchover has begun; waiting for its outcome"
-            };
-            display.note(text, &serde_json::json!({ "cancel": { "accepted": accepted } }));
         }
-        Event::Asking { host, why } => display.note(
-            &format!("asking {host} ({why})"),
-            &serde_json::json!({ "asking": { "host": host, "why": why } }),
-        ),
+        display.show(event);
+    });
+    if result.is_ok() {
+        display.complete();
     }
+    display.finish();
+    let result = result.map(|outcome| match outcome {
+        Outcome::Moved(result) => *result,
+        Outcome::Planned => unreachable!("not a dry run"),
+    });
+    report(plan, result, json)
 }
 
 /// Prints a migration's outcome (JSON lines on standard output with
@@ -167,25 +133,18 @@ pub fn report(plan: &Plan, result: Result<MigrateResult, MigrateError>, json: bo
         Err(error) => error,
     };
     let code = error.code();
-    let message = format!(
-        "migration {} of {} to {}: {:#}",
-        plan.id,
-        plan.vm,
-        plan.target.name,
-        anyhow::Error::new(error)
-    );
+    let message = failure_message(plan, &error);
     if json {
-        let line = serde_json::json!({ "failed": { "id": plan.id, "vm": plan.vm, "code": code, "message": message } });
-        let _ = writeln!(std::io::stdout().lock(), "{line}");
+        let _ = writeln!(std::io::stdout().lock(), "{}", failed_line(plan, code, &message));
     }
     eprintln!("vmig: {message}");
-    Ok(super::exit_for_code(code))
+    Ok(Exit::of(code))
 }
 
 fn print_moved(plan: &Plan, result: &MigrateResult, json: bool) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        writeln!(out, "{}", serde_json::json!({ "migrated": result }))?;
+        writeln!(out, "{}", migrated_line(result))?;
         return Ok(());
     }
     match &result.report {

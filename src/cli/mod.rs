@@ -4,11 +4,13 @@
 mod agent;
 mod cancel;
 mod generate;
+mod history;
 mod hosts;
 mod lab;
 mod migrate;
 mod options;
 mod pki;
+mod run;
 mod signals;
 mod testguest;
 mod vm;
@@ -18,17 +20,19 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use vmig_backend::agent::config::ConfigError;
-use vmig_backend::api::Code;
 use vmig_backend::client::ClientError;
+use vmig_backend::runtime::control::ControlError;
 use vmig_backend::vmm::VmError;
-use vmig_backend::vmm::control::ControlError;
 
 use crate::exit::Exit;
 use crate::inventory::InventoryError;
+use crate::ops::cluster::ClusterError;
+use crate::ops::code::Code as OpsCode;
+use crate::ops::migrate::MigrateError;
 
 /// Move running KVM virtual machines between hosts, live.
 #[derive(Debug, Parser)]
-#[command(name = "vmig", version, about, after_help = Exit::TABLE, propagate_version = true)]
+#[command(name = "vmig", version, about, after_help = Exit::table(), propagate_version = true)]
 pub struct Cli {
     /// The inventory file (default: $VMIG_INVENTORY, ./vmig.toml,
     /// ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab's).
@@ -44,6 +48,10 @@ enum Command {
     Migrate(migrate::MigrateArgs),
     /// Cancel a VM's running migration, and report how it ended.
     Cancel(cancel::CancelArgs),
+    /// Run a Lua runbook: scripted maintenance with the same functions, bars or JSON lines.
+    Run(run::RunArgs),
+    /// Past migrations, from every agent's journal.
+    History(history::HistoryArgs),
     /// List the cluster's hosts and their facts.
     Hosts(hosts::HostsArgs),
     /// List the cluster's VMs and where they run.
@@ -80,6 +88,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Migrate(args) => migrate::exec(&args, inventory),
         Command::Cancel(args) => cancel::exec(&args, inventory),
+        Command::Run(args) => run::exec(&args, inventory),
+        Command::History(args) => history::exec(&args, inventory),
         Command::Hosts(args) => hosts::exec(&args, inventory),
         Command::Vms(args) => vms::exec(&args, inventory),
         Command::Vm(command) => vm::exec(command, inventory),
@@ -120,11 +130,17 @@ fn classify(error: &anyhow::Error) -> Exit {
         if cause.downcast_ref::<UsageError>().is_some() {
             return Exit::Usage;
         }
-        if cause.downcast_ref::<crate::cluster::NotFound>().is_some() {
-            return Exit::NotFound;
-        }
-        if cause.downcast_ref::<crate::cluster::Conflict>().is_some() {
+        if cause.downcast_ref::<Conflict>().is_some() {
             return Exit::Conflict;
+        }
+        if let Some(error) = cause.downcast_ref::<ClusterError>() {
+            return Exit::of(error.code());
+        }
+        if let Some(error) = cause.downcast_ref::<MigrateError>() {
+            return Exit::of(error.code());
+        }
+        if let Some(error) = cause.downcast_ref::<crate::lua::RunbookError>() {
+            return Exit::of(error.code());
         }
         if let Some(error) = cause.downcast_ref::<ClientError>() {
             return exit_for(error);
@@ -147,35 +163,15 @@ fn classify(error: &anyhow::Error) -> Exit {
 
 /// The exit code for an agent's answer or a failure to get one.
 pub fn exit_for(error: &ClientError) -> Exit {
-    match error {
-        ClientError::Status { code, .. } => exit_for_code(*code),
-        ClientError::Tls { .. } => Exit::Auth,
-        ClientError::Unreachable { .. } => Exit::Unreachable,
-        _ => Exit::Failure,
-    }
-}
-
-/// The exit code for an outcome's code: the one table, for every command.
-pub fn exit_for_code(code: Code) -> Exit {
-    match code {
-        Code::Invalid => Exit::Usage,
-        Code::Forbidden => Exit::Auth,
-        Code::NotFound => Exit::NotFound,
-        Code::Conflict => Exit::Conflict,
-        Code::Unavailable => Exit::Unreachable,
-        Code::InDoubt => Exit::InDoubt,
-        Code::Lost => Exit::Lost,
-        Code::Failed
-        | Code::RolledBack
-        | Code::Cancelled
-        | Code::TimedOut
-        | Code::Refused
-        | Code::Stopped
-        | Code::Unknown => Exit::Failure,
-    }
+    Exit::of(OpsCode::of_client(error))
 }
 
 /// Input that is wrong before anything starts (exit code 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+/// The request conflicts with where or how the VM is (exit code 8).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Conflict(pub String);

@@ -8,8 +8,8 @@ use clap::Args;
 use vmig_backend::api::{Request, VmInfo};
 use vmig_backend::size::format_size;
 
-use crate::cluster::Cluster;
 use crate::exit::Exit;
+use crate::ops::cluster::Cluster;
 
 #[derive(Debug, Args)]
 #[command(

@@ -14,11 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use vmig_backend::api::{Cancelled, Code, IncomingState, MigrateProgress, MigrateResult, MigrationInfo, Peer, Request};
+use vmig_backend::api::{self, Cancelled, IncomingState, MigrateProgress, MigrateResult, MigrationInfo, Peer, Request};
 use vmig_backend::client::{Client, ClientError};
 use vmig_backend::migration::MigrationOptions;
 
-use crate::cluster::Cluster;
+use super::cluster::{Cluster, ClusterError, Located};
+use super::code::Code;
+use super::run::{Change, Go, Run, RunError};
 use crate::inventory::HostEntry;
 
 /// How long a watch waits for the agent's next line before it counts the
@@ -35,6 +37,51 @@ pub struct Plan {
     pub source: HostEntry,
     pub target: HostEntry,
     pub options: MigrationOptions,
+    /// The VM as its source listed it when the plan was made.
+    pub info: Option<api::VmInfo>,
+}
+
+impl Plan {
+    /// The change this plan makes.
+    pub fn change(&self) -> Change {
+        Change::Migrate {
+            vm: self.vm.clone(),
+            from: self.source.name.clone(),
+            to: self.target.name.clone(),
+        }
+    }
+}
+
+/// Checks a migration of `vm` to `host` before anything is asked of an
+/// agent that changes anything: the options, the target's name, where the
+/// VM is (one request per host), and that it is not there already.
+pub fn plan(cluster: &Cluster, vm: &str, host: &str, options: MigrationOptions) -> Result<Plan, MigrateError> {
+    options.validate().map_err(MigrateError::Options)?;
+    let target = cluster.host(host)?.clone();
+    let Located { host: source, info } = cluster.locate(vm)?;
+    if source.name == target.name {
+        return Err(MigrateError::AlreadyThere {
+            vm: vm.to_string(),
+            host: target.name,
+        });
+    }
+    Ok(Plan {
+        id: new_id(),
+        vm: vm.to_string(),
+        source,
+        target,
+        options,
+        info: Some(info),
+    })
+}
+
+/// How a migration that did not fail ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The VM runs on its target.
+    Moved(Box<MigrateResult>),
+    /// A dry run: nothing was asked; the plan holds the move.
+    Planned,
 }
 
 /// What happens, as it happens.
@@ -51,10 +98,22 @@ pub enum Event {
 /// How a migration did not end with the VM on its target.
 #[derive(Debug, Error)]
 pub enum MigrateError {
+    /// A migration option is out of range (the message names it).
+    #[error("invalid migration option {0}")]
+    Options(String),
+    /// The VM or the target could not be found, or the hosts asked.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("{vm} runs on {host} already")]
+    AlreadyThere { vm: String, host: String },
+    /// The run did not let it start (dry run aside): no consent, declined,
+    /// interrupted.
+    #[error(transparent)]
+    Run(#[from] RunError),
     /// An agent's answer: a refusal before anything started, or the
     /// migration's outcome.
     #[error("{message}")]
-    Outcome { code: Code, message: String },
+    Outcome { code: api::Code, message: String },
     /// The source's agent could not be reached: nothing was started.
     #[error("nothing was started")]
     NotStarted(#[source] ClientError),
@@ -69,8 +128,12 @@ impl MigrateError {
     /// The stable code scripts decide on.
     pub fn code(&self) -> Code {
         match self {
-            MigrateError::Outcome { code, .. } => *code,
-            MigrateError::NotStarted(e) => e.code().unwrap_or(Code::Unavailable),
+            MigrateError::Options(_) => Code::Invalid,
+            MigrateError::Cluster(e) => e.code(),
+            MigrateError::AlreadyThere { .. } => Code::Conflict,
+            MigrateError::Run(e) => e.code(),
+            MigrateError::Outcome { code, .. } => Code::of_api(*code),
+            MigrateError::NotStarted(e) => Code::of_client(e),
             MigrateError::Unknown { .. } => Code::InDoubt,
         }
     }
@@ -87,12 +150,29 @@ pub fn new_id() -> String {
     vmig_backend::agent::migrations::new_id()
 }
 
-/// Runs `plan`: starts it on the source's agent and follows it to its end.
-/// `cancel` is looked at with every line; once set, the migration is
-/// cancelled (unless its switchover has begun: then it ends as it ends).
+/// Runs `plan` as part of `run`: once the run lets it (under a dry run it
+/// only joins the plan), starts it on the source's agent and follows it to
+/// its end. The run's cancel is looked at with every line; once set, the
+/// migration is cancelled (unless its switchover has begun: then it ends
+/// as it ends).
 pub fn migrate(
+    run: &Run,
     cluster: &Cluster,
     plan: &Plan,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<Outcome, MigrateError> {
+    if run.change(plan.change())? == Go::DryRun {
+        return Ok(Outcome::Planned);
+    }
+    start(cluster, plan, Some(&run.id), on_event, run.cancel()).map(|result| Outcome::Moved(Box::new(result)))
+}
+
+/// Starts `plan` on the source's agent and follows it to its end; `cancel`
+/// is looked at with every line.
+fn start(
+    cluster: &Cluster,
+    plan: &Plan,
+    run: Option<&str>,
     on_event: &mut dyn FnMut(&Event),
     cancel: &Arc<AtomicBool>,
 ) -> Result<MigrateResult, MigrateError> {
@@ -105,6 +185,7 @@ pub fn migrate(
         },
         options: plan.options.clone(),
         id: Some(plan.id.clone()),
+        run: run.map(str::to_string),
     };
     let mut canceller = Canceller::new(cluster, plan, cancel);
     let first = source.call_until::<MigrateResult>(request, &mut |line| {
@@ -153,14 +234,15 @@ pub fn follow(
         match watched {
             Ok(result) => return Ok(result),
             Err(ClientError::Status {
-                code: Code::NotFound, ..
+                code: api::Code::NotFound,
+                ..
             }) => {
                 // Its agent never took the request (it was lost on the way);
                 // asked more than once, in case it restarted that instant.
                 unknown_at_source += 1;
                 if unknown_at_source >= 3 {
                     return Err(MigrateError::Outcome {
-                        code: Code::Failed,
+                        code: api::Code::Failed,
                         message: format!(
                             "{}'s agent never received the migration; nothing was started, and {} stays on {}",
                             plan.source.name, plan.vm, plan.source.name
@@ -213,7 +295,7 @@ fn ask_target(target: &Client, plan: &Plan, why: &str) -> Option<Result<MigrateR
             )),
         })),
         IncomingState::Lost => Some(Err(MigrateError::Outcome {
-            code: Code::Lost,
+            code: api::Code::Lost,
             message: format!(
                 "{vm} moved to {target_name}, and its VMM there has died since: {vm} is lost on {target_name}"
             ),
@@ -221,7 +303,7 @@ fn ask_target(target: &Client, plan: &Plan, why: &str) -> Option<Result<MigrateR
         // The target gave up and can never run it: the VM did not move. Its
         // state on the source is the source's to say, once it answers.
         IncomingState::Gone => Some(Err(MigrateError::Outcome {
-            code: Code::Failed,
+            code: api::Code::Failed,
             message: format!(
                 "{vm} did not move: {target_name} never ran it and gave its copy up; {source}'s agent does not \
                  answer ({why}), so whether {vm} still runs there is not known yet (`vmig vms`)"

@@ -1,6 +1,10 @@
-//! The operator library: what every front end calls (the command line now,
-//! Lua runbooks next). It returns typed results, with a stable code where an
+//! The operator library: what every front end calls (the command line, Lua
+//! runbooks). It returns typed results, with a stable [`code::Code`] where an
 //! outcome reaches a script, and plain-data events; it knows nothing of
-//! flags, terminals or progress bars.
+//! flags, terminals, Lua or progress bars.
 
+pub mod cluster;
+pub mod code;
+pub mod history;
 pub mod migrate;
+pub mod run;

@@ -75,6 +75,11 @@ impl Lab {
         command
     }
 
+    /// The lab's own temporary directory (tests may put files there).
+    pub fn dir_path(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub fn path(&self) -> &str {
         self.dir.path().to_str().unwrap()
     }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use vmig_backend::vmm::control::{ControlClient, Reply, Request};
+use vmig_backend::runtime::control::{ControlClient, Reply, Request};
 
 pub const VMIG: &str = env!("CARGO_BIN_EXE_vmig");
 

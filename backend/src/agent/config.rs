@@ -63,6 +63,11 @@ pub struct AgentConfig {
     pub chassis: Option<String>,
     #[serde(default = "default_link_speed")]
     pub link_speed_mbps: u64,
+    /// Memory this host gives its VMs ("64G"): the facts then report it as
+    /// the total and it less the memory of the VMs it holds as available.
+    /// Without it, the host's own total and available memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_for_vms: Option<String>,
     #[serde(default)]
     pub networks: Vec<String>,
     #[serde(default)]
@@ -122,6 +127,9 @@ impl AgentConfig {
     pub fn parse(text: &str) -> Result<Self, String> {
         let config: Self = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         crate::api::validate_name(&config.name).map_err(|e| format!("field `name`: {e}"))?;
+        if let Some(size) = &config.memory_for_vms {
+            crate::size::parse_size(size).map_err(|e| format!("field `memory_for_vms`: {e}"))?;
+        }
         if config.link_speed_mbps == 0 {
             return Err("field `link_speed_mbps`: must be more than 0".into());
         }
@@ -133,6 +141,13 @@ impl AgentConfig {
             .validate()
             .map_err(|e| format!("section `timeouts`: {e}"))?;
         Ok(config)
+    }
+
+    /// The memory given to VMs, when the config sets it.
+    pub fn memory_for_vms(&self) -> Option<u64> {
+        self.memory_for_vms
+            .as_deref()
+            .and_then(|size| crate::size::parse_size(size).ok())
     }
 
     pub fn migration_ip(&self) -> IpAddr {

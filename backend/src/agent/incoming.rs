@@ -20,7 +20,7 @@ use super::vmm::{Arrival, Ended, Observed, Record, VmDir};
 use super::{Agent, Failure, Vm};
 use crate::api::{IncomingState, MigrateProgress, MigrationPhase, Prepared, VmSpec};
 use crate::migration::Token;
-use crate::vmm::process::chain;
+use crate::runtime::process::chain;
 
 /// How often a waiting `prepare_incoming` tells its caller it still waits.
 const WAITING_EVERY: Duration = Duration::from_secs(1);

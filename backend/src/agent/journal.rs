@@ -5,8 +5,11 @@
 //! (`incoming_state` for a migration it prepared and since forgot), and
 //! `vmig` the answer to "what became of migration ID".
 //!
-//! Entries are only ever appended; a line that does not parse (a crash in
-//! the middle of a write) is skipped.
+//! Entries are only ever appended, each fsync'd before the agent acts on
+//! it; a line that does not parse (a crash in the middle of a write) is
+//! skipped, and counted when the agent starts. The journal is bounded: once
+//! `journal.jsonl` passes [`ROTATE_AT`] bytes it becomes `journal.1.jsonl`
+//! (the one before is dropped) and a new file starts; both are read.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -14,99 +17,168 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+pub use crate::api::{JournalEntry as Entry, JournalEvent as Event};
 
-use crate::api::MigrationOutcome;
+/// The size past which the journal starts a new file (the previous one is
+/// kept, so at most twice this is on disk).
+pub const ROTATE_AT: u64 = 8 << 20;
 
-/// One line of the journal.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Entry {
-    /// Milliseconds since the epoch.
-    pub at_ms: u64,
-    /// The migration's id.
-    pub id: String,
-    pub vm: String,
-    /// The other host of the migration.
-    pub peer: String,
-    pub event: Event,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum Event {
-    /// Source: the VM was claimed for the migration.
-    Started,
-    /// Source: the migration ended (the outcome its client is told).
-    Ended { outcome: Box<MigrationOutcome> },
-    /// Target: a receiving VMM is about to be started for it.
-    Prepared,
-    /// Target: the VM arrived and is this host's.
-    Arrived,
-    /// Target: the VM arrived and its VMM has since died: it is lost here.
-    ArrivedLost,
-    /// Target: the receiving VMM ended without ever running the VM.
-    Discarded,
-}
-
-/// The journal file, shared by the agent's threads.
+/// The journal files, shared by the agent's threads.
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
+    previous: PathBuf,
+    rotate_at: u64,
     file: Mutex<File>,
+}
+
+/// What [`Journal::open`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Opened {
+    pub entries: usize,
+    /// Lines that did not parse: torn by a crash, or damaged.
+    pub dropped: usize,
+}
+
+/// Which entries [`Journal::history`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub since_ms: Option<u64>,
+    pub vm: Option<String>,
+    pub run: Option<String>,
 }
 
 impl Journal {
     pub fn open(state_dir: &Path) -> std::io::Result<Self> {
+        Self::open_with(state_dir, ROTATE_AT).map(|(journal, _)| journal)
+    }
+
+    /// Opens the journal, rotating at `rotate_at` bytes; says how many
+    /// entries it holds and how many lines it could not read.
+    pub fn open_with(state_dir: &Path, rotate_at: u64) -> std::io::Result<(Self, Opened)> {
         let path = state_dir.join("journal.jsonl");
+        let previous = state_dir.join("journal.1.jsonl");
         let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
         // A line torn by a crash is ended, so that the next entry starts a line.
         if last_byte(&path)?.is_some_and(|b| b != b'\n') {
             file.write_all(b"\n")?;
         }
-        Ok(Self {
+        let journal = Self {
             path,
+            previous,
+            rotate_at,
             file: Mutex::new(file),
-        })
+        };
+        let mut opened = Opened::default();
+        journal.scan(|line| {
+            if serde_json::from_str::<Entry>(line).is_ok() {
+                opened.entries += 1;
+            } else if !line.trim().is_empty() {
+                opened.dropped += 1;
+            }
+        });
+        Ok((journal, opened))
     }
 
     /// Appends an event of migration `id` and makes it durable.
     pub fn append(&self, id: &str, vm: &str, peer: &str, event: Event) -> std::io::Result<()> {
-        let entry = Entry {
-            at_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-            id: id.to_string(),
-            vm: vm.to_string(),
-            peer: peer.to_string(),
-            event,
-        };
-        let mut line = serde_json::to_vec(&entry).map_err(std::io::Error::other)?;
+        self.write(&entry(id, vm, peer, event))
+    }
+
+    /// Appends the start of migration `id`, asked for by `by` in `run`.
+    pub fn started(&self, id: &str, vm: &str, peer: &str, run: Option<&str>, by: Option<&str>) -> std::io::Result<()> {
+        let mut started = entry(id, vm, peer, Event::Started);
+        started.run = run.map(str::to_string);
+        started.by = by.map(str::to_string);
+        self.write(&started)
+    }
+
+    fn write(&self, entry: &Entry) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
         line.push(b'\n');
         let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        if file.metadata()?.len() >= self.rotate_at {
+            // The full file becomes the previous one, made durable by the
+            // rename's directory entry before anything is written anew.
+            std::fs::rename(&self.path, &self.previous)?;
+            *file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            if let Some(dir) = self.path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+        }
         file.write_all(&line)?;
         file.sync_data()
     }
 
+    /// Calls `each` with every line, the previous file's first.
+    fn scan(&self, mut each: impl FnMut(&str)) {
+        let _writing = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        for path in [&self.previous, &self.path] {
+            let Ok(file) = File::open(path) else {
+                continue;
+            };
+            for line in BufReader::new(file).lines().map_while(Result::ok) {
+                each(&line);
+            }
+        }
+    }
+
     /// Every entry of migration `id`, oldest first.
     pub fn entries(&self, id: &str) -> Vec<Entry> {
-        let _writing = self.file.lock().unwrap_or_else(PoisonError::into_inner);
-        let Ok(file) = File::open(&self.path) else {
-            return Vec::new();
-        };
         // A cheap test before parsing: most lines are other migrations'.
         let needle = format!("\"id\":{}", serde_json::Value::String(id.to_string()));
-        BufReader::new(file)
-            .lines()
-            .map_while(Result::ok)
-            .filter(|line| line.contains(&needle))
-            .filter_map(|line| serde_json::from_str::<Entry>(&line).ok())
-            .filter(|entry| entry.id == id)
-            .collect()
+        let mut entries = Vec::new();
+        self.scan(|line| {
+            if line.contains(&needle)
+                && let Ok(entry) = serde_json::from_str::<Entry>(line)
+                && entry.id == id
+            {
+                entries.push(entry);
+            }
+        });
+        entries
     }
 
     /// The last entry of migration `id`, if any.
     pub fn last(&self, id: &str) -> Option<Entry> {
         self.entries(id).pop()
+    }
+
+    /// The entries `filter` asks for, oldest first. A run's filter keeps
+    /// every entry of the migrations that run started.
+    pub fn history(&self, filter: &Filter) -> Vec<Entry> {
+        let mut entries = Vec::new();
+        self.scan(|line| {
+            if let Ok(entry) = serde_json::from_str::<Entry>(line)
+                && filter.since_ms.is_none_or(|since| entry.at_ms >= since)
+                && filter.vm.as_ref().is_none_or(|vm| *vm == entry.vm)
+            {
+                entries.push(entry);
+            }
+        });
+        if let Some(run) = &filter.run {
+            let ids: std::collections::HashSet<String> = entries
+                .iter()
+                .filter(|e| e.run.as_ref() == Some(run))
+                .map(|e| e.id.clone())
+                .collect();
+            entries.retain(|e| ids.contains(&e.id));
+        }
+        entries
+    }
+}
+
+fn entry(id: &str, vm: &str, peer: &str, event: Event) -> Entry {
+    Entry {
+        at_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        id: id.to_string(),
+        vm: vm.to_string(),
+        peer: peer.to_string(),
+        event,
+        run: None,
+        by: None,
     }
 }
 
@@ -140,12 +212,65 @@ mod tests {
             .unwrap()
             .write_all(b"{\"at_ms\":1,\"id\":\"m-1\",\"vm\"")
             .unwrap();
-        let journal = Journal::open(dir.path()).unwrap();
+        let (journal, opened) = Journal::open_with(dir.path(), ROTATE_AT).unwrap();
+        assert_eq!(opened, Opened { entries: 2, dropped: 1 });
         journal.append("m-2", "vm2", "hostC", Event::Discarded).unwrap();
         journal.append("m-1", "vm1", "hostB", Event::Arrived).unwrap();
         let events: Vec<Event> = journal.entries("m-1").into_iter().map(|e| e.event).collect();
         assert_eq!(events, vec![Event::Started, Event::Arrived]);
         assert_eq!(journal.last("m-2").map(|e| e.event), Some(Event::Discarded));
         assert_eq!(journal.last("m-3"), None);
+    }
+
+    #[test]
+    fn a_full_journal_rotates_and_both_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open_with(dir.path(), 1024).unwrap();
+        for n in 0..40 {
+            journal
+                .started(
+                    &format!("m-{n}"),
+                    "vm1",
+                    "hostB",
+                    Some(if n % 2 == 0 { "r-even" } else { "r-odd" }),
+                    Some("alice"),
+                )
+                .unwrap();
+            journal
+                .append(&format!("m-{n}"), "vm1", "hostB", Event::Discarded)
+                .unwrap();
+        }
+        let size = |name: &str| std::fs::metadata(dir.path().join(name)).map_or(0, |m| m.len());
+        assert!(size("journal.jsonl") <= 1024 + 512, "{}", size("journal.jsonl"));
+        assert!(size("journal.1.jsonl") >= 1024);
+        // The oldest went with the second rotation; the newest are all there.
+        let all = journal.history(&Filter::default());
+        assert!(all.len() < 80 && all.len() >= 10, "{}", all.len());
+        assert_eq!(all.last().unwrap().id, "m-39");
+        assert_eq!(journal.entries("m-39").len(), 2);
+        let odd = journal.history(&Filter {
+            run: Some("r-odd".into()),
+            ..Filter::default()
+        });
+        assert!(
+            odd.iter()
+                .all(|e| e.id.trim_start_matches("m-").parse::<u32>().unwrap() % 2 == 1)
+        );
+        assert!(
+            odd.iter().any(|e| e.event == Event::Discarded),
+            "a run's filter keeps its migrations' ends"
+        );
+        let since = all[all.len() - 2].at_ms;
+        assert!(
+            journal
+                .history(&Filter {
+                    since_ms: Some(since),
+                    ..Filter::default()
+                })
+                .len()
+                >= 2
+        );
+        assert_eq!(all.last().unwrap().by, None);
+        assert_eq!(journal.entries("m-39")[0].by.as_deref(), Some("alice"));
     }
 }

@@ -1,6 +1,6 @@
 //! Where is a VM after (or during) a migration? Decided from structured facts
 //! only: what its VMM answers, or the record it left (see
-//! [`crate::vmm::record`]), and the other agent's word. Never from a log
+//! [`crate::runtime::record`]), and the other agent's word. Never from a log
 //! line, an error message, or the absence of an answer: a VMM that does not
 //! answer may still act, so silence never proves that a copy is gone.
 //!
@@ -15,8 +15,8 @@
 
 use crate::api::IncomingState;
 use crate::migration::gate::Phase;
-use crate::vmm::control::MigrationEnd;
-use crate::vmm::record::{Exit, Handoff, Side, VmmRecord};
+use crate::runtime::control::MigrationEnd;
+use crate::runtime::record::{Exit, Handoff, Side, VmmRecord};
 
 use super::vmm::Observed;
 
@@ -170,9 +170,9 @@ pub fn arrival(id: &str, vmm: &Observed) -> IncomingState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::control::{Failure, IncomingStatus, VmStatus};
+    use crate::runtime::event::StopReason;
     use crate::vmm::RunState;
-    use crate::vmm::control::{Failure, IncomingStatus, VmStatus};
-    use crate::vmm::event::StopReason;
 
     fn status() -> VmStatus {
         VmStatus {

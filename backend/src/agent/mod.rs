@@ -30,9 +30,9 @@ pub use config::AgentConfig;
 pub use server::serve;
 
 use crate::api::{Code, VmDetail, VmInfo, VmSpec, VmState};
+use crate::runtime::control::{Reply, Request as VmmRequest};
+use crate::runtime::record::{Exit, VmmRecord};
 use crate::vmm::RunState;
-use crate::vmm::control::{Reply, Request as VmmRequest};
-use crate::vmm::record::{Exit, VmmRecord};
 use journal::Journal;
 use migrations::Migrations;
 use slots::Slots;
@@ -129,6 +129,8 @@ pub struct Agent {
     tls_client: Arc<rustls::ClientConfig>,
     migrations: Migrations,
     journal: Journal,
+    /// What the journal held when the agent started.
+    pub journal_opened: journal::Opened,
     /// VMs whose departure a settler thread is deciding.
     settling: Mutex<std::collections::BTreeSet<String>>,
 }
@@ -143,7 +145,8 @@ impl Agent {
         };
         let vms_dir = config.state_dir.join("vms");
         std::fs::create_dir_all(&vms_dir).map_err(state_error(&vms_dir))?;
-        let journal = Journal::open(&config.state_dir).map_err(state_error(&config.state_dir))?;
+        let (journal, journal_opened) =
+            Journal::open_with(&config.state_dir, journal::ROTATE_AT).map_err(state_error(&config.state_dir))?;
         let exe = std::env::current_exe().map_err(AgentError::Exe)?;
         let tls_client = crate::pki::client_config(&config.tls)?;
         let slots = Slots::new(config.max_migration_cost());
@@ -168,6 +171,7 @@ impl Agent {
             tls_client,
             migrations: Migrations::default(),
             journal,
+            journal_opened,
             settling: Mutex::new(std::collections::BTreeSet::new()),
         });
         // VMMs that ended while the agent was down, and migrations that were
@@ -251,6 +255,15 @@ impl Agent {
             .ok_or_else(|| Failure::not_found(name))
     }
 
+    /// The memory of each VM this host holds (arriving ones included), from
+    /// the records alone: no VMM is asked.
+    pub fn vm_memory(&self) -> Vec<u64> {
+        self.vms()
+            .values()
+            .map(|vm| crate::size::parse_size(&vm.record.spec.memory).unwrap_or(0))
+            .collect()
+    }
+
     pub fn list(&self) -> Vec<VmInfo> {
         let views: Vec<View> = self.vms().values().map(Vm::view).collect();
         views.iter().map(|vm| self.info(vm)).collect()
@@ -292,7 +305,7 @@ impl Agent {
             let dir = VmDir::new(&self.config.state_dir, &spec.name);
             let record = Record::new(spec.clone());
             dir.save(&record)
-                .map_err(|e| Failure::new(500, crate::vmm::process::chain(&e)))?;
+                .map_err(|e| Failure::new(500, crate::runtime::process::chain(&e)))?;
             vms.insert(spec.name.clone(), Vm::new(dir, record));
         }
         if start {
@@ -321,9 +334,12 @@ impl Agent {
             (vm.dir.clone(), vm.record.spec.clone())
         };
         // The VMM is started without holding the lock: a boot takes a while.
-        let child = dir
-            .spawn_boot(&self.exe, &spec)
-            .map_err(|e| Failure::new(500, format!("cannot start {name}: {}", crate::vmm::process::chain(&e))))?;
+        let child = dir.spawn_boot(&self.exe, &spec).map_err(|e| {
+            Failure::new(
+                500,
+                format!("cannot start {name}: {}", crate::runtime::process::chain(&e)),
+            )
+        })?;
         let view = {
             let mut vms = self.vms();
             let vm = vms.get_mut(name).ok_or_else(|| Failure::not_found(name))?;
@@ -393,7 +409,13 @@ impl Agent {
     }
 
     pub fn destroy(&self, name: &str) -> Result<(), Failure> {
+        let pid = self.vms().get(name).and_then(|vm| vm.record.pid);
         self.stop(name)?;
+        // The VMM writes its last record as it ends: its directory can only
+        // go once it has (else the removal races the write and leaves it).
+        if let Some(pid) = pid {
+            vmm::wait_gone(pid, DESTROY_WAIT);
+        }
         let mut vms = self.vms();
         if let Some(vm) = vms.remove(name) {
             vm.dir.remove();
@@ -401,6 +423,9 @@ impl Agent {
         Ok(())
     }
 }
+
+/// How long a destroyed VM's VMM has to end before it is killed.
+const DESTROY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How a VM of this host ended, from its VMM's record (none: killed).
 pub(super) fn ended_of(record: Option<&VmmRecord>) -> Option<Ended> {

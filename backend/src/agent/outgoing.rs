@@ -37,9 +37,9 @@ use crate::api::{
 use crate::client::{Client, ClientError};
 use crate::migration::fault::{self, Fault, Hold};
 use crate::migration::{MigrationOptions, Report, Token, gate};
+use crate::runtime::control::{ControlClient, ControlError, Failure as VmmFailure, Reply, Request as VmmRequest};
+use crate::runtime::process::chain;
 use crate::vmm::RunState;
-use crate::vmm::control::{ControlClient, ControlError, Failure as VmmFailure, Reply, Request as VmmRequest};
-use crate::vmm::process::chain;
 
 /// How much console output follows a VM to its new host.
 const CONSOLE_HISTORY: u64 = 1 << 20;
@@ -92,6 +92,8 @@ impl Agent {
         target: &Peer,
         mut options: MigrationOptions,
         id: Option<String>,
+        run: Option<&str>,
+        by: Option<&str>,
     ) -> Result<Arc<Migration>, Failure> {
         if target.name == self.config.name {
             return Err(Failure::new(409, format!("{name} runs on {} already", target.name)));
@@ -125,7 +127,7 @@ impl Agent {
                 return Err(failure);
             }
         };
-        let _ = self.journal.append(&id, name, &target.name, Event::Started);
+        let _ = self.journal.started(&id, name, &target.name, run, by);
         let agent = Arc::clone(self);
         let running = Arc::clone(&migration);
         let started = std::thread::Builder::new()

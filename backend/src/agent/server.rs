@@ -169,10 +169,7 @@ fn handle<S: Write>(
         )));
     }
     Some(match request {
-        Request::Host => {
-            let vms = agent.vms().len();
-            ok(facts::gather(&agent.config, vms, agent.slots.usage()))
-        }
+        Request::Host => ok(facts::gather(&agent.config, &agent.vm_memory(), agent.slots.usage())),
         Request::ListVms => ok(agent.list()),
         Request::CreateVm { spec, start } => answer(agent.create(&spec, start)),
         Request::StartVm { name } => answer(agent.start(&name)),
@@ -185,7 +182,8 @@ fn handle<S: Write>(
             target,
             options,
             id,
-        } => match agent.migrate_out(&name, &target, options, id) {
+            run,
+        } => match agent.migrate_out(&name, &target, options, id, run.as_deref(), Some(&peer.name)) {
             Ok(migration) => return watch(&migration, out),
             Err(failure) => failed(failure),
         },
@@ -197,6 +195,9 @@ fn handle<S: Write>(
             },
         },
         Request::Migration { id } => answer(migration_info(agent, &id)),
+        Request::History { since_ms, vm, run } => {
+            ok(agent.journal.history(&super::journal::Filter { since_ms, vm, run }))
+        }
         Request::CancelMigration { name } => answer(agent.cancel_migration(&name)),
         Request::PrepareIncoming {
             spec,

@@ -3,11 +3,12 @@
 //! Each VM has a directory under `<state_dir>/vms/<name>/`: `vm.json` (its
 //! spec, the VMM's pid and the migration it is in, rewritten atomically),
 //! `vmm.json` (the VMM's own record: the handoff it passed and how it ended,
-//! see [`crate::vmm::record`]), `control.sock`, `console.log`, `vmm.log` (the
+//! see [`crate::runtime::record`]), `control.sock`, `console.log`, `vmm.log` (the
 //! VMM's messages, for people only) and, while it is arriving, `token`
 //! (0600). VMMs run in their own process group, so they outlive the agent;
 //! a restarted agent finds them through these files.
 
+use crate::runtime::launch::{Launch, LaunchStart};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -21,8 +22,8 @@ use thiserror::Error;
 
 use crate::api::{Peer, VmSpec};
 use crate::migration::{Timeouts, Token};
-use crate::vmm::control::{ControlClient, Reply, Request, VmStatus};
-use crate::vmm::record::VmmRecord;
+use crate::runtime::control::{ControlClient, Reply, Request, VmStatus};
+use crate::runtime::record::VmmRecord;
 
 /// How long a new VMM may take to open its control socket.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -166,7 +167,7 @@ impl VmDir {
         self.path.join("token")
     }
 
-    /// The VMM's record (see [`crate::vmm::record`]).
+    /// The VMM's record (see [`crate::runtime::record`]).
     pub fn vmm_record(&self) -> PathBuf {
         self.path.join("vmm.json")
     }
@@ -234,7 +235,7 @@ impl VmDir {
     }
 
     /// One request to the VMM, answered within `timeout`.
-    pub fn request(&self, request: &Request) -> Result<Reply, crate::vmm::control::ControlError> {
+    pub fn request(&self, request: &Request) -> Result<Reply, crate::runtime::control::ControlError> {
         let mut client = ControlClient::connect(&self.control())?;
         client.set_timeout(Some(Duration::from_secs(10)))?;
         client.request(request)
@@ -264,13 +265,17 @@ impl VmDir {
 
     /// Starts a VMM that boots `spec`.
     pub fn spawn_boot(&self, exe: &Path, spec: &VmSpec) -> Result<Child, VmmError> {
-        let mut command = self.command(exe, &spec.name);
-        command
-            .args(["--kernel", &spec.kernel, "--memory", &spec.memory])
-            .args(["--vcpus", &spec.vcpus.to_string(), "--cmdline", &spec.cmdline]);
-        if let Some(initrd) = &spec.initrd {
-            command.args(["--initrd", initrd]);
-        }
+        let command = self.command(
+            exe,
+            &spec.name,
+            LaunchStart::Boot {
+                kernel: spec.kernel.clone(),
+                initrd: spec.initrd.clone(),
+                cmdline: spec.cmdline.clone(),
+                memory: spec.memory.clone(),
+                vcpus: spec.vcpus,
+            },
+        );
         let mut child = self.spawn(command)?;
         self.wait_ready(&mut child, || self.status().is_some())?;
         Ok(child)
@@ -305,12 +310,16 @@ impl VmDir {
             std::net::IpAddr::V4(ip) => format!("tcp:{ip}:0"),
             std::net::IpAddr::V6(ip) => format!("tcp:[{ip}]:0"),
         };
-        let mut command = self.command(exe, name);
-        command.args(["--incoming", &listen]).arg("--token-file").arg(&path);
-        command.args(["--migration-id", migration]);
-        command.args(["--accept-timeout", &timeouts.accept_s.to_string()]);
-        command.args(["--stream-timeout", &timeouts.stream_s.to_string()]);
-        command.args(["--handoff-timeout", &timeouts.handoff_s.to_string()]);
+        let command = self.command(
+            exe,
+            name,
+            LaunchStart::Incoming {
+                listen,
+                token_file: Some(path.clone()),
+                migration_id: Some(migration.to_string()),
+                timeouts: *timeouts,
+            },
+        );
         let mut child = self.spawn(command)?;
         let pid = child.id();
         let mut url = None;
@@ -323,16 +332,16 @@ impl VmDir {
         Ok((child, url.unwrap_or_default()))
     }
 
-    fn command(&self, exe: &Path, name: &str) -> Command {
+    fn command(&self, exe: &Path, name: &str, start: LaunchStart) -> Command {
+        let launch = Launch {
+            name: name.to_string(),
+            control: Some(self.control()),
+            console: Some(self.console()),
+            record: Some(self.vmm_record()),
+            start,
+        };
         let mut command = Command::new(exe);
-        command
-            .args(["vm", "run", "--name", name])
-            .arg("--control")
-            .arg(self.control())
-            .arg("--console")
-            .arg(self.console())
-            .arg("--record")
-            .arg(self.vmm_record());
+        command.args(launch.args());
         command
     }
 
@@ -350,7 +359,7 @@ impl VmDir {
         let _ = std::fs::remove_file(self.control());
         // A predecessor's record must not be taken for the new VMM's.
         let _ = std::fs::remove_file(self.vmm_record());
-        let _ = std::fs::remove_file(crate::vmm::record::marks_path(&self.vmm_record()));
+        let _ = std::fs::remove_file(crate::runtime::record::marks_path(&self.vmm_record()));
         command
             .stdin(Stdio::null())
             .stdout(log)
@@ -411,6 +420,22 @@ pub fn stopped(pid: u32) -> bool {
         stat.rsplit_once(')')
             .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
     })
+}
+
+/// Waits until process `pid` has ended (or is a zombie), at most `limit`;
+/// then kills it and waits for that.
+pub fn wait_gone(pid: u32, limit: Duration) {
+    let poll = |limit: Duration| {
+        let deadline = Instant::now() + limit;
+        while alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    poll(limit);
+    if alive(pid) {
+        kill(pid);
+        poll(Duration::from_secs(1));
+    }
 }
 
 pub fn kill(pid: u32) {

@@ -65,7 +65,7 @@
 //! **1. Only one place starts a target copy, and it starts once.** A receiver
 //! starts its vCPUs only in `await_go`, after `Go`, after holding the
 //! complete state, and only after it *committed*: it wrote its commit to its
-//! VMM's record ([`crate::vmm::record`]), then recorded `Running` for the
+//! VMM's record ([`crate::runtime::record`]), then recorded `Running` for the
 //! session in its gate (what `Query` answers), then answered `Running`.
 //! Writing the record and recording `Running` happen under the gate's lock,
 //! exclusive with the process's own end (SIGTERM): a receiver that is

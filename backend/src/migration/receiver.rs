@@ -20,7 +20,7 @@ use super::protocol::{
 };
 use super::transport;
 use crate::vmm::memory::GuestMemory;
-use crate::vmm::{MachineConfig, VmState, memory};
+use crate::vmm::{MachineConfig, VmState, cpuid, memory};
 
 /// How long a receiver that discarded a VM after Ready keeps answering queries.
 const LINGER: Duration = Duration::from_secs(15);
@@ -105,21 +105,6 @@ pub fn accept(gate: Gate, timeouts: Timeouts) -> Result<Incoming, ReceiveError> 
     })
 }
 
-/// Feature registers a guest may rely on: (leaf, subleaf, register index, bits
-/// that the VMM itself sets or that mirror guest control registers).
-const FEATURE_REGISTERS: [(u32, u32, usize, u32); 10] = [
-    (0x1, 0, 2, (1 << 27) | (1 << 31)), // ecx, minus OSXSAVE and hypervisor
-    (0x1, 0, 3, (1 << 9) | (1 << 28)),  // edx, minus APIC (per-vCPU state) and HTT
-    (0x7, 0, 1, 0),                     // ebx
-    (0x7, 0, 2, 1 << 4),                // ecx, minus OSPKE
-    (0x7, 0, 3, 0),                     // edx
-    (0x7, 1, 0, 0),                     // eax
-    (0xd, 1, 0, 0),                     // eax: XSAVE variants
-    (0x8000_0001, 0, 2, 0),             // ecx
-    (0x8000_0001, 0, 3, 0),             // edx
-    (0x8000_0008, 0, 1, 0),             // ebx
-];
-
 fn register(leaf: &CpuidLeaf, index: usize) -> u32 {
     [leaf.eax, leaf.ebx, leaf.ecx, leaf.edx][index]
 }
@@ -137,9 +122,8 @@ pub fn check_cpu(source: &[CpuidLeaf], local: &CpuId) -> Result<(), String> {
     if vendor(source) != vendor(&local) {
         return Err("the CPU vendor differs between the hosts".into());
     }
-    let names = ["eax", "ebx", "ecx", "edx"];
     let mut missing = Vec::new();
-    for (function, index, reg, ignore) in FEATURE_REGISTERS {
+    for (function, index, reg, ignore) in cpuid::FEATURE_REGISTERS {
         let Some(wanted) = find(source, function, index) else {
             continue;
         };
@@ -148,11 +132,14 @@ pub fn check_cpu(source: &[CpuidLeaf], local: &CpuId) -> Result<(), String> {
         if lacking != 0 {
             let bits: Vec<String> = (0..32)
                 .filter(|b| lacking & (1 << b) != 0)
-                .map(|b| b.to_string())
+                .map(|b| match cpuid::feature_name(function, index, reg, b) {
+                    Some(name) => format!("{b} ({name})"),
+                    None => b.to_string(),
+                })
                 .collect();
             missing.push(format!(
                 "leaf {function:#x}.{index} {} bits {}",
-                names[reg],
+                cpuid::REGISTER_NAMES[reg],
                 bits.join(",")
             ));
         }

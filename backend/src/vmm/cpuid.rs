@@ -102,6 +102,123 @@ pub fn for_vcpu(base: &CpuId, index: u8, count: u8, masks: &[CpuidMask]) -> Resu
     CpuId::from_entries(&entries).map_err(CpuidError::Build)
 }
 
+/// CPUID feature bits by the names /proc/cpuinfo uses: (leaf, subleaf,
+/// register 0..=3 for eax..edx, bit, name).
+pub const FEATURES: &[(u32, u32, usize, u32, &str)] = &[
+    (1, 0, 3, 0, "fpu"),
+    (1, 0, 3, 4, "tsc"),
+    (1, 0, 3, 5, "msr"),
+    (1, 0, 3, 6, "pae"),
+    (1, 0, 3, 8, "cx8"),
+    (1, 0, 3, 9, "apic"),
+    (1, 0, 3, 15, "cmov"),
+    (1, 0, 3, 19, "clflush"),
+    (1, 0, 3, 23, "mmx"),
+    (1, 0, 3, 24, "fxsr"),
+    (1, 0, 3, 25, "sse"),
+    (1, 0, 3, 26, "sse2"),
+    (1, 0, 2, 0, "pni"),
+    (1, 0, 2, 1, "pclmulqdq"),
+    (1, 0, 2, 9, "ssse3"),
+    (1, 0, 2, 12, "fma"),
+    (1, 0, 2, 13, "cx16"),
+    (1, 0, 2, 15, "pdcm"),
+    (1, 0, 2, 19, "sse4_1"),
+    (1, 0, 2, 20, "sse4_2"),
+    (1, 0, 2, 21, "x2apic"),
+    (1, 0, 2, 22, "movbe"),
+    (1, 0, 2, 23, "popcnt"),
+    (1, 0, 2, 24, "tsc_deadline_timer"),
+    (1, 0, 2, 25, "aes"),
+    (1, 0, 2, 26, "xsave"),
+    (1, 0, 2, 28, "avx"),
+    (1, 0, 2, 29, "f16c"),
+    (1, 0, 2, 30, "rdrand"),
+    (7, 0, 1, 0, "fsgsbase"),
+    (7, 0, 1, 3, "bmi1"),
+    (7, 0, 1, 5, "avx2"),
+    (7, 0, 1, 7, "smep"),
+    (7, 0, 1, 8, "bmi2"),
+    (7, 0, 1, 9, "erms"),
+    (7, 0, 1, 10, "invpcid"),
+    (7, 0, 1, 16, "avx512f"),
+    (7, 0, 1, 17, "avx512dq"),
+    (7, 0, 1, 18, "rdseed"),
+    (7, 0, 1, 19, "adx"),
+    (7, 0, 1, 20, "smap"),
+    (7, 0, 1, 23, "clflushopt"),
+    (7, 0, 1, 24, "clwb"),
+    (7, 0, 1, 28, "avx512cd"),
+    (7, 0, 1, 29, "sha_ni"),
+    (7, 0, 1, 30, "avx512bw"),
+    (7, 0, 1, 31, "avx512vl"),
+    (7, 0, 2, 1, "avx512vbmi"),
+    (7, 0, 2, 2, "umip"),
+    (7, 0, 2, 3, "pku"),
+    (7, 0, 2, 8, "gfni"),
+    (7, 0, 2, 9, "vaes"),
+    (7, 0, 2, 10, "vpclmulqdq"),
+    (7, 0, 2, 22, "rdpid"),
+    (7, 0, 3, 4, "fsrm"),
+    (7, 0, 3, 26, "ibrs"),
+    (7, 0, 3, 31, "ssbd"),
+    (0xd, 1, 0, 0, "xsaveopt"),
+    (0xd, 1, 0, 1, "xsavec"),
+    (0xd, 1, 0, 3, "xsaves"),
+    (0x8000_0001, 0, 2, 0, "lahf_lm"),
+    (0x8000_0001, 0, 2, 5, "abm"),
+    (0x8000_0001, 0, 2, 6, "sse4a"),
+    (0x8000_0001, 0, 2, 8, "3dnowprefetch"),
+    (0x8000_0001, 0, 3, 11, "syscall"),
+    (0x8000_0001, 0, 3, 20, "nx"),
+    (0x8000_0001, 0, 3, 26, "pdpe1gb"),
+    (0x8000_0001, 0, 3, 27, "rdtscp"),
+    (0x8000_0001, 0, 3, 29, "lm"),
+];
+
+/// The registers a guest's features are in, which a receiving host must
+/// offer (every bit the source offered): (leaf, subleaf, register index,
+/// bits that the VMM itself sets or that mirror guest control registers,
+/// which are not compared).
+pub const FEATURE_REGISTERS: [(u32, u32, usize, u32); 10] = [
+    (0x1, 0, 2, (1 << 27) | (1 << 31)), // ecx, minus OSXSAVE and hypervisor
+    (0x1, 0, 3, (1 << 9) | (1 << 28)),  // edx, minus APIC (per-vCPU state) and HTT
+    (0x7, 0, 1, 0),                     // ebx
+    (0x7, 0, 2, 1 << 4),                // ecx, minus OSPKE
+    (0x7, 0, 3, 0),                     // edx
+    (0x7, 1, 0, 0),                     // eax
+    (0xd, 1, 0, 0),                     // eax: XSAVE variants
+    (0x8000_0001, 0, 2, 0),             // ecx
+    (0x8000_0001, 0, 3, 0),             // edx
+    (0x8000_0008, 0, 1, 0),             // ebx
+];
+
+/// The names of CPUID registers by index.
+pub const REGISTER_NAMES: [&str; 4] = ["eax", "ebx", "ecx", "edx"];
+
+/// The name of a feature bit, when it has one.
+pub fn feature_name(leaf: u32, subleaf: u32, register: usize, bit: u32) -> Option<&'static str> {
+    FEATURES
+        .iter()
+        .find(|f| (f.0, f.1, f.2, f.3) == (leaf, subleaf, register, bit))
+        .map(|f| f.4)
+}
+
+/// The named features a CPUID table offers.
+pub fn feature_names(entries: &[kvm_cpuid_entry2]) -> Vec<String> {
+    let register = |leaf: u32, sub: u32, reg: usize| {
+        entries
+            .iter()
+            .find(|e| e.function == leaf && e.index == sub)
+            .map_or(0, |e| [e.eax, e.ebx, e.ecx, e.edx][reg])
+    };
+    FEATURES
+        .iter()
+        .filter(|(leaf, sub, reg, bit, _)| register(*leaf, *sub, *reg) & (1 << bit) != 0)
+        .map(|(.., name)| (*name).to_string())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +255,19 @@ mod tests {
         assert_eq!(leaves[2].ebx, 4);
         assert_eq!(leaves[3].ebx & (1 << 5), 0);
         assert_eq!(leaves[3].ebx | (1 << 5), 0xffff_ffff);
+    }
+
+    #[test]
+    fn every_named_feature_is_in_a_register_a_receiver_compares() {
+        for (leaf, sub, reg, bit, name) in FEATURES {
+            assert!(
+                FEATURE_REGISTERS
+                    .iter()
+                    .any(|(l, s, r, _)| (l, s, r) == (leaf, sub, reg)),
+                "{name} (leaf {leaf:#x}.{sub} {} bit {bit}) is not compared by the receiver",
+                REGISTER_NAMES[*reg]
+            );
+        }
+        assert_eq!(feature_name(7, 0, 1, 5), Some("avx2"));
     }
 }

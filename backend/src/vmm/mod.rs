@@ -1,25 +1,24 @@
 //! A small KVM virtual machine monitor: one VM, its memory, vCPU threads and
 //! legacy devices, with pause/resume and save/restore of the whole machine.
 
+//!
+//! It knows nothing of migration or of the process that runs it: the VMM
+//! process ([`crate::runtime`]) owns a [`Vm`], and the migration engine
+//! works on it through the traits of [`crate::migration`].
+
 pub mod boot;
-pub mod control;
 pub mod cpuid;
 pub mod devices;
-pub mod event;
-mod incoming;
 pub mod layout;
 pub mod memory;
-mod outgoing;
-pub mod process;
-pub mod record;
 pub mod regs;
 pub mod snapshot;
 pub mod state;
+pub mod stop;
 pub mod vcpu;
 
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::mpsc::Sender;
 use std::time::Instant;
 
 use kvm_bindings::{
@@ -33,11 +32,11 @@ use vmm_sys_util::eventfd::EventFd;
 
 use self::boot::{BootConfig, BootError};
 use self::devices::{PortIoBus, SerialConsole};
-use self::event::VmmEvent;
 use self::memory::{GuestMemory, MemoryError};
 use self::regs::RegsError;
 use self::state::{IrqchipState, STATE_FORMAT};
 pub use self::state::{MachineConfig, VmState};
+use self::stop::Stops;
 use self::vcpu::{VcpuContext, VcpuError, VcpuHandle, VcpuState};
 
 /// The KVM device node.
@@ -81,6 +80,8 @@ pub enum VmError {
     DeviceState(#[from] devices::serial::SerialStateError),
     #[error("the VM is {0}, which does not allow this")]
     WrongState(RunState),
+    #[error("vCPU {0} has ended")]
+    VcpuEnded(usize),
     #[error(
         "saved machine does not match: it has {saved_memory} bytes and {saved_vcpus} vCPUs, \
          this VM {memory} bytes and {vcpus} vCPUs"
@@ -179,7 +180,7 @@ impl Vm {
     pub fn create(
         machine: MachineConfig,
         console: Box<dyn Write + Send>,
-        events: Sender<VmmEvent>,
+        stops: Stops,
         start: Start,
     ) -> Result<Self, VmError> {
         memory::validate_size(machine.memory_bytes)?;
@@ -220,7 +221,7 @@ impl Vm {
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
         fd.register_irqfd(&serial_irq, devices::SERIAL_IRQ)
             .map_err(kvm_err("register the serial interrupt"))?;
-        let bus = Arc::new(PortIoBus::new(SerialConsole::new(serial_irq, console), events.clone()));
+        let bus = Arc::new(PortIoBus::new(SerialConsole::new(serial_irq, console), stops.clone()));
 
         let supported = cpuid::supported(&kvm)?;
         let mut vcpu_fds: Vec<(VcpuFd, Vec<kvm_bindings::kvm_cpuid_entry2>)> =
@@ -261,7 +262,7 @@ impl Vm {
         let xsave_size = usize::try_from(fd.check_extension_int(Cap::Xsave2)).unwrap_or(0);
         let context = VcpuContext {
             bus: Arc::clone(&bus),
-            events,
+            stops,
             msr_indices: Arc::new(
                 kvm.get_msr_index_list()
                     .map_err(kvm_err("list MSRs"))?
@@ -315,6 +316,32 @@ impl Vm {
 
     pub fn state(&self) -> RunState {
         self.state
+    }
+
+    /// Whether [`Vm::resume`] could start it now: created or paused, and
+    /// every vCPU thread alive.
+    pub fn can_resume(&self) -> Result<(), VmError> {
+        if !matches!(self.state, RunState::Created | RunState::Paused) {
+            return Err(VmError::WrongState(self.state));
+        }
+        match self.vcpus.iter().position(|vcpu| !vcpu.alive()) {
+            Some(index) => Err(VmError::VcpuEnded(index)),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops it for good: pauses whatever did start; vCPUs that cannot
+    /// answer are ended.
+    pub fn halt(&mut self) {
+        for vcpu in &self.vcpus {
+            let _ = vcpu.request_pause();
+        }
+        for vcpu in &mut self.vcpus {
+            if vcpu.wait_done().is_err() {
+                vcpu.finish();
+            }
+        }
+        self.state = RunState::Stopped;
     }
 
     pub fn memory(&self) -> &GuestMemory {
@@ -541,43 +568,6 @@ impl Vm {
     }
 }
 
-impl crate::migration::receiver::TargetVm for Vm {
-    fn memory(&self) -> &GuestMemory {
-        &self.memory
-    }
-
-    fn restore(&mut self, state: VmState) -> Result<(), String> {
-        Vm::restore(self, state).map_err(|e| process::chain(&e))
-    }
-
-    fn can_resume(&self) -> Result<(), String> {
-        if !matches!(self.state, RunState::Created | RunState::Paused) {
-            return Err(VmError::WrongState(self.state).to_string());
-        }
-        match self.vcpus.iter().position(|vcpu| !vcpu.alive()) {
-            Some(index) => Err(format!("vCPU {index} has ended")),
-            None => Ok(()),
-        }
-    }
-
-    fn resume(&mut self) -> Result<(), String> {
-        Vm::resume(self).map_err(|e| process::chain(&e))
-    }
-
-    fn halt(&mut self) {
-        // Pause whatever did start; vCPUs that cannot answer are ended.
-        for vcpu in &self.vcpus {
-            let _ = vcpu.request_pause();
-        }
-        for vcpu in &mut self.vcpus {
-            if vcpu.wait_done().is_err() {
-                vcpu.finish();
-            }
-        }
-        self.state = RunState::Stopped;
-    }
-}
-
 impl Drop for Vm {
     fn drop(&mut self) {
         for vcpu in &mut self.vcpus {
@@ -588,13 +578,11 @@ impl Drop for Vm {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::mpsc::channel;
-
     use super::*;
     use crate::vmm::boot::KernelSource;
 
-    fn boot_testguest(cmdline: &str, vcpus: u8) -> (Vm, std::sync::mpsc::Receiver<VmmEvent>) {
-        let (events, inbox) = channel();
+    fn boot_testguest(cmdline: &str, vcpus: u8) -> (Vm, std::sync::mpsc::Receiver<stop::StopReason>) {
+        let (events, inbox) = Stops::channel();
         let machine = MachineConfig {
             memory_bytes: 128 << 20,
             vcpus,
@@ -636,7 +624,7 @@ mod tests {
 
         let mut image = tempfile::tempfile().unwrap();
         memory::save_image(vm.memory(), &mut image).unwrap();
-        let (events, _inbox) = channel();
+        let (events, _inbox) = Stops::channel();
         let restored = Vm::create(
             state.machine.clone(),
             Box::new(std::io::sink()),
@@ -736,7 +724,7 @@ mod tests {
         ));
         // A machine of another size cannot take this state.
         state.machine.vcpus = 1;
-        let (events, _inbox) = channel();
+        let (events, _inbox) = Stops::channel();
         let other = MachineConfig {
             memory_bytes: 256 << 20,
             vcpus: 1,

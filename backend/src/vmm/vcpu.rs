@@ -24,7 +24,7 @@ use thiserror::Error;
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use super::devices::PortIoBus;
-use super::event::{StopReason, VmmEvent};
+use super::stop::{StopReason, Stops};
 
 #[derive(Debug, Error)]
 pub enum VcpuError {
@@ -140,7 +140,7 @@ pub struct VcpuCounters {
 #[derive(Debug, Clone)]
 pub struct VcpuContext {
     pub bus: Arc<PortIoBus>,
-    pub events: Sender<VmmEvent>,
+    pub stops: Stops,
     /// MSRs to save, from `KVM_GET_MSR_INDEX_LIST`.
     pub msr_indices: Arc<Vec<u32>>,
     /// Size in bytes of the XSAVE area (`KVM_CAP_XSAVE2`, at least 4096).
@@ -576,7 +576,7 @@ impl Vcpu {
         match stop {
             Some(reason) => {
                 self.stopped = true;
-                let _ = self.context.events.send(VmmEvent::Stopped(reason));
+                self.context.stops.report(reason);
                 Served::Stopped
             }
             None => Served::Other,

@@ -10,8 +10,8 @@ use vmig_backend::api::{HostFacts, Request, VmDetail, VmInfo, VmSpec};
 use vmig_backend::size::format_size;
 
 use crate::cli::UsageError;
-use crate::cluster::Cluster;
 use crate::exit::Exit;
+use crate::ops::cluster::Cluster;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
@@ -98,7 +98,7 @@ pub fn create(args: &CreateArgs, inventory: Option<&Path>) -> Result<Exit> {
     spec.validate().map_err(|e| UsageError(format!("--{e}")))?;
     let cluster = Cluster::open(inventory)?;
     if let Ok(found) = cluster.locate(&spec.name) {
-        return Err(crate::cluster::Conflict(format!(
+        return Err(crate::cli::Conflict(format!(
             "a VM named {} exists on {} already",
             spec.name, found.host.name
         ))

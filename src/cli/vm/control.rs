@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use vmig_backend::runtime::control::{ControlClient, Reply, Request};
 use vmig_backend::size::format_size;
-use vmig_backend::vmm::control::{ControlClient, Reply, Request};
 
 use crate::exit::Exit;
 

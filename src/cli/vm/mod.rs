@@ -43,7 +43,7 @@ pub enum VmCommand {
 }
 
 pub fn exec(command: VmCommand, inventory: Option<&std::path::Path>) -> Result<Exit> {
-    use vmig_backend::vmm::control::Request;
+    use vmig_backend::runtime::control::Request;
     match command {
         VmCommand::Create(args) => cluster::create(&args, inventory),
         VmCommand::Start(args) => cluster::lifecycle(&args, inventory, cluster::Lifecycle::Start),

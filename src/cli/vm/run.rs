@@ -6,9 +6,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use vmig_backend::migration::Token;
 use vmig_backend::migration::transport::parse_url;
+use vmig_backend::runtime::process::{self, Console, Launch, VmmOptions};
 use vmig_backend::size::parse_size;
 use vmig_backend::vmm::boot::{BootConfig, KernelSource};
-use vmig_backend::vmm::process::{self, Console, Launch, VmmOptions};
 use vmig_backend::vmm::{MAX_VCPUS, MachineConfig, Start, memory};
 
 use super::super::UsageError;
@@ -151,4 +151,71 @@ fn new_machine(args: &RunArgs) -> Result<(MachineConfig, Start)> {
         };
         (machine, Start::Boot(boot))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{Args, FromArgMatches};
+    use vmig_backend::migration::Timeouts;
+    use vmig_backend::runtime::launch::{Launch, LaunchStart};
+
+    use super::*;
+
+    /// What the agent launches, as this parser reads it.
+    fn parse(launch: &Launch) -> RunArgs {
+        let args = launch.args();
+        assert_eq!(&args[..2], ["vm", "run"]);
+        let vm = crate::cli::command().find_subcommand("vm").unwrap().clone();
+        assert!(vm.find_subcommand("run").is_some());
+        let command = RunArgs::augment_args(clap::Command::new("run"));
+        let matches = command
+            .try_get_matches_from(std::iter::once("run".into()).chain(args[2..].iter().cloned()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        RunArgs::from_arg_matches(&matches).unwrap()
+    }
+
+    #[test]
+    fn the_launch_line_is_what_vm_run_parses() {
+        let boot = Launch {
+            name: "vm1".into(),
+            control: Some("/run/c.sock".into()),
+            console: Some("/run/console".into()),
+            record: Some("/run/vmm.json".into()),
+            start: LaunchStart::Boot {
+                kernel: "builtin:testguest".into(),
+                initrd: Some("/boot/initrd".into()),
+                cmdline: "fill=1M --odd".into(),
+                memory: "256M".into(),
+                vcpus: 3,
+            },
+        };
+        let args = parse(&boot);
+        assert_eq!(args.name, "vm1");
+        assert_eq!(args.control.as_deref(), Some(std::path::Path::new("/run/c.sock")));
+        assert_eq!(args.record.as_deref(), Some(std::path::Path::new("/run/vmm.json")));
+        assert_eq!(args.kernel.as_deref(), Some("builtin:testguest"));
+        assert_eq!(args.cmdline, "fill=1M --odd");
+        assert_eq!((args.memory.as_str(), args.vcpus), ("256M", 3));
+        assert_eq!(args.initrd.as_deref(), Some(std::path::Path::new("/boot/initrd")));
+
+        let timeouts = Timeouts {
+            accept_s: 7,
+            stream_s: 8,
+            handoff_s: 9,
+        };
+        let incoming = Launch {
+            start: LaunchStart::Incoming {
+                listen: "tcp:127.0.0.1:0".into(),
+                token_file: Some("/run/token".into()),
+                migration_id: Some("m-1".into()),
+                timeouts,
+            },
+            ..boot
+        };
+        let args = parse(&incoming);
+        assert_eq!(args.incoming.as_deref(), Some("tcp:127.0.0.1:0"));
+        assert_eq!(args.token_file.as_deref(), Some(std::path::Path::new("/run/token")));
+        assert_eq!(args.migration_id.as_deref(), Some("m-1"));
+        assert_eq!(args.timeouts.timeouts().unwrap(), timeouts);
+    }
 }

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use vmig_backend::vmm::control::{ControlClient, ControlError, Reply, Request};
+use vmig_backend::runtime::control::{ControlClient, ControlError, Reply, Request};
 
 use crate::cli::options::MigrationArgs;
 use crate::exit::Exit;
-use crate::progress::{Display, print_report};
+use crate::render::progress::{Display, print_report};
 
 #[derive(Debug, Args)]
 #[command(

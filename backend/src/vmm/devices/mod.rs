@@ -5,11 +5,10 @@
 pub mod serial;
 
 use std::sync::Mutex;
-use std::sync::mpsc::Sender;
 
 use serde::{Deserialize, Serialize};
 
-use super::event::{StopReason, VmmEvent};
+use super::stop::{StopReason, Stops};
 pub use serial::{SerialConsole, SerialState};
 
 /// COM1.
@@ -31,14 +30,14 @@ pub struct DevicesState {
 #[derive(Debug)]
 pub struct PortIoBus {
     serial: Mutex<SerialConsole>,
-    events: Sender<VmmEvent>,
+    stops: Stops,
 }
 
 impl PortIoBus {
-    pub fn new(serial: SerialConsole, events: Sender<VmmEvent>) -> Self {
+    pub fn new(serial: SerialConsole, stops: Stops) -> Self {
         Self {
             serial: Mutex::new(serial),
-            events,
+            stops,
         }
     }
 
@@ -74,12 +73,10 @@ impl PortIoBus {
                 }
             }
             DEBUG_EXIT_PORT if !data.is_empty() => {
-                let _ = self
-                    .events
-                    .send(VmmEvent::Stopped(StopReason::PowerOff { code: data[0] }));
+                self.stops.report(StopReason::PowerOff { code: data[0] });
             }
             I8042_COMMAND if data.first() == Some(&I8042_RESET) => {
-                let _ = self.events.send(VmmEvent::Stopped(StopReason::Reset));
+                self.stops.report(StopReason::Reset);
             }
             _ => {}
         }

@@ -32,9 +32,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::event::VmmEvent;
-use super::snapshot::SnapshotInfo;
-use super::{RunState, VmStats};
 use crate::migration::{MigrationOptions, Progress, Report};
+use crate::vmm::snapshot::SnapshotInfo;
+use crate::vmm::{RunState, VmStats};
 
 /// Longest request line accepted.
 const MAX_LINE: usize = 1 << 20;

@@ -9,10 +9,10 @@ use std::sync::mpsc::Sender;
 use super::event::{NotReceived, VmmEvent};
 use super::process::chain;
 use super::record::{Handoff, RecordFile, Side};
-use super::{Start, Vm};
 use crate::migration::gate::{Gate, GateHandle};
 use crate::migration::protocol::Outcome;
 use crate::migration::{Timeouts, Token, receiver};
+use crate::vmm::{Start, Vm};
 
 /// A receiving VMM's view of its migration.
 #[derive(Debug)]
@@ -62,8 +62,8 @@ fn receive(
         committed: false,
     };
     let incoming = receiver::accept(gate, timeouts).map_err(|e| not_received(e.code(), chain(&e)))?;
-    let checked = super::open_kvm().map_err(|e| chain(&e)).and_then(|kvm| {
-        let local = super::cpuid::supported(&kvm).map_err(|e| chain(&e))?;
+    let checked = crate::vmm::open_kvm().map_err(|e| chain(&e)).and_then(|kvm| {
+        let local = crate::vmm::cpuid::supported(&kvm).map_err(|e| chain(&e))?;
         let xsave = u32::try_from(kvm.check_extension_int(kvm_ioctls::Cap::Xsave2)).unwrap_or(0);
         incoming.check(&local, xsave)
     });
@@ -74,7 +74,7 @@ fn receive(
             return Err(not_received("refused", format!("refused the VM: {reason}")));
         }
     };
-    let mut vm = match Vm::create(machine, console, events.clone(), Start::Incoming) {
+    let mut vm = match Vm::create(machine, console, super::event::stops(events), Start::Incoming) {
         Ok(vm) => vm,
         Err(e) => {
             let reason = chain(&e);
@@ -100,5 +100,28 @@ fn receive(
             detail: chain(&e),
             committed: handle.outcome(session) == Outcome::Running,
         }),
+    }
+}
+
+/// The engine's receiving side works on the VM through this.
+impl receiver::TargetVm for Vm {
+    fn memory(&self) -> &crate::vmm::memory::GuestMemory {
+        Vm::memory(self)
+    }
+
+    fn restore(&mut self, state: crate::vmm::VmState) -> Result<(), String> {
+        Vm::restore(self, state).map_err(|e| chain(&e))
+    }
+
+    fn can_resume(&self) -> Result<(), String> {
+        Vm::can_resume(self).map_err(|e| chain(&e))
+    }
+
+    fn resume(&mut self) -> Result<(), String> {
+        Vm::resume(self).map_err(|e| chain(&e))
+    }
+
+    fn halt(&mut self) {
+        Vm::halt(self);
     }
 }

@@ -1,4 +1,7 @@
-//! What the VMM's main loop reacts to, and why a VM stopped.
+//! How a VM says that it stopped by itself (the guest powered off, reset or
+//! faulted) or why it was stopped: [`StopReason`], reported to [`Stops`].
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -43,48 +46,32 @@ impl std::fmt::Display for StopReason {
     }
 }
 
-/// Everything that wakes the VMM's main loop.
-#[derive(Debug)]
-pub enum VmmEvent {
-    /// The guest (through a device or a vCPU exit) ended the VM.
-    Stopped(StopReason),
-    /// A request arrived on the control socket; answer on the sender.
-    Control(
-        super::control::Request,
-        std::sync::mpsc::Sender<super::control::Response>,
-    ),
-    /// SIGINT or SIGTERM.
-    Signal(i32),
-    /// The migration engine needs the source VM paused, resumed or saved.
-    Source(SourceRequest, std::sync::mpsc::Sender<Result<SourceReply, String>>),
-    /// An outgoing migration ended.
-    MigrationEnded(Result<crate::migration::Report, crate::migration::sender::MigrationError>),
-    /// An incoming migration ended: the VM runs here, or the attempt failed.
-    Received(Result<super::Vm, NotReceived>),
+/// Where a VM reports that it stopped: the owner of the VM (a VMM
+/// process's main loop) decides what follows.
+#[derive(Clone)]
+pub struct Stops(Arc<dyn Fn(StopReason) + Send + Sync>);
+
+impl Stops {
+    pub fn new(report: impl Fn(StopReason) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(report))
+    }
+
+    /// Stops reported into a channel (for tests, and owners that wait).
+    pub fn channel() -> (Self, std::sync::mpsc::Receiver<StopReason>) {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let stops = Self::new(move |reason| {
+            let _ = sender.send(reason);
+        });
+        (stops, receiver)
+    }
+
+    pub fn report(&self, reason: StopReason) {
+        (self.0)(reason);
+    }
 }
 
-/// Why a receiving VMM holds no VM.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NotReceived {
-    /// A stable name ([`crate::migration::receiver::ReceiveError::code`]).
-    pub code: String,
-    pub detail: String,
-    /// It had committed: the VM was this VMM's, and is lost.
-    pub committed: bool,
-}
-
-/// What the migration engine asks of the source VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceRequest {
-    Pause,
-    Resume,
-    SaveState,
-    /// Keep the vCPUs off the CPU for this long (auto-converge).
-    Hold(std::time::Duration),
-}
-
-#[derive(Debug)]
-pub enum SourceReply {
-    Done,
-    State(Box<super::VmState>),
+impl std::fmt::Debug for Stops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stops")
+    }
 }

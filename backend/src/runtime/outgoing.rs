@@ -8,11 +8,11 @@ use super::control::{Failure, MigrationEnd, Reply, Response};
 use super::event::{SourceReply, SourceRequest, VmmEvent};
 use super::process::chain;
 use super::record::{Handoff, RecordFile, Side};
-use super::{RunState, Vm, VmState};
 use crate::migration::protocol::CpuidLeaf;
 use crate::migration::sender::{self, Cancel, MigrationError, SourceContext, SourceVm};
 use crate::migration::transport;
 use crate::migration::{MigrationOptions, Report};
+use crate::vmm::{RunState, Vm, VmState};
 
 /// An outgoing migration in progress.
 #[derive(Debug)]

@@ -27,10 +27,10 @@ use super::event::{NotReceived, StopReason, VmmEvent};
 use super::incoming::{self, Receiving};
 use super::outgoing::{self, Ended, Outgoing};
 use super::record::{Exit, RecordFile};
-use super::snapshot::{self, SnapshotError};
-use super::{MachineConfig, RunState, Start, Vm, VmError};
 use crate::migration::transport::{self, TransportError};
 use crate::migration::{Timeouts, Token};
+use crate::vmm::snapshot::{self, SnapshotError};
+use crate::vmm::{MachineConfig, RunState, Start, Vm, VmError};
 
 /// Where the guest's serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,7 +133,7 @@ fn run_vm(
     // priority than the guest's vCPU threads, which reset theirs: on a busy
     // host a pause, a state capture or a handoff then waits microseconds for
     // a CPU, not a scheduler time slice. Without the privilege, all stay equal.
-    super::vcpu::set_thread_nice(VMM_NICE);
+    crate::vmm::vcpu::set_thread_nice(VMM_NICE);
     let (events, inbox) = channel();
     forward_signals(events.clone())?;
     let listener = options.control.as_deref().map(control::bind).transpose()?;
@@ -156,7 +156,7 @@ fn run_vm(
     let mut ready = Ready { incoming: None };
     match options.launch {
         Launch::New { machine, start } => {
-            let mut vm = Vm::create(machine, sink, events.clone(), start)?;
+            let mut vm = Vm::create(machine, sink, super::event::stops(&events), start)?;
             vm.resume()?;
             vmm.vm = Some(vm);
         }
