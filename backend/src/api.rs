@@ -38,6 +38,9 @@ use crate::pki::Role;
 pub const API_VERSION: u32 = 1;
 /// Longest request line an agent reads.
 pub const MAX_REQUEST: usize = 1 << 20;
+/// Longest answer line a client reads: the largest answer is a `history`,
+/// at most the two journal files (2 × [`crate::agent::journal::ROTATE_AT`]).
+pub const MAX_ANSWER: usize = 64 << 20;
 /// The longest a watcher of a running migration goes without a line.
 pub const KEEPALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -493,7 +496,7 @@ impl MigrationOutcome {
     pub fn answer(&self) -> Answer {
         Answer {
             status: self.status,
-            result: self.result.as_ref().and_then(|r| serde_json::to_value(r).ok()),
+            result: self.result.as_ref().and_then(|r| serde_json::value::to_raw_value(r).ok()),
             error: self.message.clone(),
             code: self.code,
         }
@@ -584,8 +587,9 @@ pub enum IncomingState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Answer {
     pub status: u16,
+    /// Kept as JSON text: written (and read) in one pass, however large.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<serde_json::Value>,
+    pub result: Option<Box<serde_json::value::RawValue>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

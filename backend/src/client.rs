@@ -6,10 +6,12 @@ use std::net::{IpAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use thiserror::Error;
 
-use crate::api::{API_VERSION, Code, Envelope, Line, MAX_REQUEST, MigrateProgress, Request};
+use crate::api::{API_VERSION, Code, Envelope, MAX_ANSWER, MigrateProgress, Request};
 use crate::pki::{self, PkiError};
 
 /// How long a connection attempt may take.
@@ -102,6 +104,21 @@ impl ClientError {
     }
 }
 
+/// An answer line ([`crate::api::Line`]) as the client reads it.
+#[derive(Deserialize)]
+struct RawLine<'a> {
+    #[serde(default)]
+    progress: Option<MigrateProgress>,
+    #[serde(default)]
+    status: Option<u16>,
+    #[serde(default, borrow)]
+    result: Option<&'a RawValue>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    code: Option<Code>,
+}
+
 /// One agent to talk to.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -191,13 +208,13 @@ impl Client {
         line.push(b'\n');
         tls.write_all(&line).map_err(|e| self.lost(e))?;
         tls.flush().map_err(|e| self.lost(e))?;
-        let mut reader = BufReader::new(tls);
+        let mut reader = BufReader::with_capacity(64 << 10, tls);
         let mut text = String::new();
         loop {
             text.clear();
             let n = reader
                 .by_ref()
-                .take(MAX_REQUEST as u64)
+                .take(MAX_ANSWER as u64)
                 .read_line(&mut text)
                 .map_err(|e| {
                     // A peer that rejects our certificate says so after the handshake.
@@ -215,27 +232,41 @@ impl Client {
                     host: self.host.clone(),
                 });
             }
-            let line: Line = serde_json::from_str(&text).map_err(|e| self.protocol(e.to_string()))?;
+            // One pass over the line, the result kept raw: an answer can be
+            // megabytes (a history), parsed once, straight into `T`.
+            let line: RawLine<'_> = serde_json::from_str(&text).map_err(|e| self.protocol(e.to_string()))?;
             match line {
-                Line::Progress { progress: p } => {
+                RawLine {
+                    progress: Some(p), ..
+                } => {
                     if !progress(p) {
                         return Err(ClientError::Aborted {
                             host: self.host.clone(),
                         });
                     }
                 }
-                Line::Answer(answer) if answer.status == 200 => {
-                    let value = answer.result.unwrap_or(serde_json::Value::Null);
-                    return serde_json::from_value(value).map_err(|e| self.protocol(e.to_string()));
+                RawLine {
+                    status: Some(200),
+                    result,
+                    ..
+                } => {
+                    let raw = result.map_or("null", RawValue::get);
+                    return serde_json::from_str(raw).map_err(|e| self.protocol(e.to_string()));
                 }
-                Line::Answer(answer) => {
+                RawLine {
+                    status: Some(status),
+                    error,
+                    code,
+                    ..
+                } => {
                     return Err(ClientError::Status {
                         host: self.host.clone(),
-                        status: answer.status,
-                        code: answer.code.unwrap_or_else(|| Code::of_status(answer.status)),
-                        message: answer.error.unwrap_or_else(|| format!("status {}", answer.status)),
+                        status,
+                        code: code.unwrap_or_else(|| Code::of_status(status)),
+                        message: error.unwrap_or_else(|| format!("status {status}")),
                     });
                 }
+                RawLine { .. } => return Err(self.protocol("a line that is neither progress nor an answer".into())),
             }
         }
     }

@@ -111,7 +111,7 @@ impl<S: Write> LineWriter<'_, S> {
 }
 
 fn ok(value: impl Serialize) -> Answer {
-    match serde_json::to_value(value) {
+    match serde_json::value::to_raw_value(&value) {
         Ok(result) => Answer {
             status: 200,
             result: Some(result),
