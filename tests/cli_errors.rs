@@ -97,3 +97,52 @@ fn missing_or_forbidden_kvm_is_one_clear_line_and_exit_code_3() {
         assert_eq!(text.trim().lines().count(), 1, "{what}: one line: {text}");
     }
 }
+
+/// Migration options are checked before anything is asked of an agent or a
+/// VMM: with no inventory and no control socket to reach, a bad option is
+/// still exit 2 (not the 10 or 5 that asking would give), naming the flag.
+#[test]
+fn bad_migration_options_are_refused_before_anything_is_asked() {
+    for (args, flag) in [
+        (
+            &[
+                "--inventory",
+                "/nonexistent/vmig.toml",
+                "migrate",
+                "vm1",
+                "hostB",
+                "--streams",
+                "0",
+            ][..],
+            "--streams",
+        ),
+        (
+            &[
+                "--inventory",
+                "/nonexistent/vmig.toml",
+                "migrate",
+                "vm1",
+                "hostB",
+                "--bandwidth",
+                "1K",
+            ][..],
+            "--bandwidth",
+        ),
+        (
+            &[
+                "vm",
+                "send",
+                "--control",
+                "/nonexistent.sock",
+                "tcp:127.0.0.1:1",
+                "--streams",
+                "0",
+            ][..],
+            "--streams",
+        ),
+    ] {
+        let out = vmig(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(flag), "{args:?}: {}", stderr(&out));
+    }
+}

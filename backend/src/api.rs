@@ -496,7 +496,10 @@ impl MigrationOutcome {
     pub fn answer(&self) -> Answer {
         Answer {
             status: self.status,
-            result: self.result.as_ref().and_then(|r| serde_json::value::to_raw_value(r).ok()),
+            result: self
+                .result
+                .as_ref()
+                .and_then(|r| serde_json::value::to_raw_value(r).ok()),
             error: self.message.clone(),
             code: self.code,
         }

@@ -236,9 +236,7 @@ impl Client {
             // megabytes (a history), parsed once, straight into `T`.
             let line: RawLine<'_> = serde_json::from_str(&text).map_err(|e| self.protocol(e.to_string()))?;
             match line {
-                RawLine {
-                    progress: Some(p), ..
-                } => {
+                RawLine { progress: Some(p), .. } => {
                     if !progress(p) {
                         return Err(ClientError::Aborted {
                             host: self.host.clone(),
