@@ -120,6 +120,12 @@ pub mod sender;
 pub mod stats;
 pub mod transport;
 
+/// What the VM's side of the engine could not do, through the
+/// [`sender::SourceVm`] and [`receiver::TargetVm`] seams: the VMM's own
+/// error, kept whole, so that its causes reach the message and a caller can
+/// look at its type.
+pub type VmSideError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};

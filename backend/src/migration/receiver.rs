@@ -10,7 +10,6 @@ use kvm_bindings::CpuId;
 use thiserror::Error;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use super::Timeouts;
 use super::dirty;
 use super::fault::{self, Fault, Hold};
 use super::gate::{Gate, GateHandle, NoSender, Phase};
@@ -19,6 +18,7 @@ use super::protocol::{
     RANGE_ZERO,
 };
 use super::transport;
+use super::{Timeouts, VmSideError};
 use crate::vmm::memory::GuestMemory;
 use crate::vmm::{MachineConfig, VmState, cpuid, memory};
 
@@ -33,8 +33,12 @@ pub enum ReceiveError {
     Refused(String),
     #[error("the machine state is invalid")]
     State(#[source] crate::vmm::state::StateError),
-    #[error("the VM could not {action}: {detail}")]
-    Vm { action: &'static str, detail: String },
+    #[error("the VM could not {action}")]
+    Vm {
+        action: &'static str,
+        #[source]
+        source: VmSideError,
+    },
     #[error("stream {index}: {detail}")]
     Stream { index: u32, detail: String },
     #[error("no sender came within {waited_s} s")]
@@ -64,11 +68,11 @@ impl ReceiveError {
 /// What the engine needs from the VMM that will run the VM.
 pub trait TargetVm {
     fn memory(&self) -> &GuestMemory;
-    fn restore(&mut self, state: VmState) -> Result<(), String>;
+    fn restore(&mut self, state: VmState) -> Result<(), VmSideError>;
     /// Whether `resume` can start every vCPU: checked before the commit, so
     /// that once `Running` is sent nothing is left that can fail.
-    fn can_resume(&self) -> Result<(), String>;
-    fn resume(&mut self) -> Result<(), String>;
+    fn can_resume(&self) -> Result<(), VmSideError>;
+    fn resume(&mut self) -> Result<(), VmSideError>;
     /// Stops every vCPU for good: a resume that failed half way must not
     /// leave part of the VM running here while the source resumes.
     fn halt(&mut self);
@@ -368,9 +372,9 @@ impl Incoming {
                             "the state is for another machine than announced".into(),
                         ));
                     }
-                    vm.restore(state).map_err(|detail| ReceiveError::Vm {
+                    vm.restore(state).map_err(|source| ReceiveError::Vm {
                         action: "restore the state",
-                        detail,
+                        source,
                     })?;
                     for worker in workers.drain(..) {
                         let _ = worker.join();
@@ -426,11 +430,11 @@ impl Incoming {
             Err(e) => return Err(e.into()),
         }
         fault::hold(Hold::AfterGo);
-        if let Err(detail) = vm.can_resume() {
+        if let Err(source) = vm.can_resume() {
             vm.halt();
             return Err(ReceiveError::Vm {
                 action: "resume",
-                detail,
+                source,
             });
         }
         // The commit: record the decision where the agent will find it, then
@@ -443,7 +447,7 @@ impl Incoming {
             vm.halt();
             return Err(ReceiveError::Vm {
                 action: "commit",
-                detail,
+                source: detail.into(),
             });
         }
         if fault == Some(Fault::CloseAfterGo) {
@@ -454,7 +458,7 @@ impl Incoming {
         if fault == Some(Fault::SlowStart) {
             std::thread::sleep(Duration::from_secs(1));
         }
-        if let Err(detail) = vm.resume() {
+        if let Err(source) = vm.resume() {
             // Nothing left that could fail was expected to (every vCPU thread
             // was there a moment ago). Stop whatever did start. The record
             // keeps saying committed: a source that heard Running has ended
@@ -464,7 +468,7 @@ impl Incoming {
             vm.halt();
             return Err(ReceiveError::Vm {
                 action: "resume after the commit",
-                detail,
+                source,
             });
         }
         Ok(())

@@ -19,7 +19,7 @@ use super::protocol::{
 };
 use super::stats::{Phase, Progress, Report};
 use super::transport::{self, Piece, TransportError};
-use super::{MigrationOptions, TimeoutAction};
+use super::{MigrationOptions, TimeoutAction, VmSideError};
 use crate::vmm::memory::GuestMemory;
 use crate::vmm::{MachineConfig, VmState};
 
@@ -52,8 +52,12 @@ pub enum MigrationError {
     Refused(String),
     #[error("dirty page tracking")]
     Dirty(#[from] DirtyError),
-    #[error("the source VM could not {action}: {detail}")]
-    Vm { action: &'static str, detail: String },
+    #[error("the source VM could not {action}")]
+    Vm {
+        action: &'static str,
+        #[source]
+        source: VmSideError,
+    },
     #[error("stream {index} failed: {detail}")]
     Stream { index: u32, detail: String },
     #[error("did not converge within the {0} s time limit")]
@@ -68,10 +72,11 @@ pub enum MigrationError {
     )]
     InDoubt { target: String, detail: String },
     /// The migration failed and resuming the source failed too.
-    #[error("{failure}; then resuming the VM here failed: {detail}")]
+    #[error("{failure}; then resuming the VM here failed")]
     NotResumed {
         failure: Box<MigrationError>,
-        detail: String,
+        #[source]
+        source: VmSideError,
     },
 }
 
@@ -102,12 +107,12 @@ pub trait SourceVm: Sync {
     /// next instant, that `Go` for `session` is about to be sent: from then
     /// on the VM may run on the target, and this copy must never resume
     /// unless the target says it discarded its own.
-    fn handoff(&self, session: u64) -> Result<(), String>;
-    fn pause(&self) -> Result<(), String>;
-    fn resume(&self) -> Result<(), String>;
+    fn handoff(&self, session: u64) -> Result<(), VmSideError>;
+    fn pause(&self) -> Result<(), VmSideError>;
+    fn resume(&self) -> Result<(), VmSideError>;
     /// Keeps the vCPUs off the CPU for `duration` (returns at once).
-    fn hold(&self, duration: Duration) -> Result<(), String>;
-    fn save_state(&self) -> Result<VmState, String>;
+    fn hold(&self, duration: Duration) -> Result<(), VmSideError>;
+    fn save_state(&self) -> Result<VmState, VmSideError>;
 }
 
 /// The source VM's identity and memory.
@@ -498,11 +503,11 @@ pub fn migrate(
             };
             // Rollback: the target never resumed, so the VM continues here.
             if engine.paused
-                && let Err(detail) = vm.resume()
+                && let Err(source) = vm.resume()
             {
                 return Err(MigrationError::NotResumed {
                     failure: Box::new(error),
-                    detail,
+                    source,
                 });
             }
             Err(error)
@@ -927,9 +932,9 @@ impl Engine<'_> {
             return Err(MigrationError::Cancelled);
         }
         let pause_at = Instant::now();
-        self.vm.pause().map_err(|detail| MigrationError::Vm {
+        self.vm.pause().map_err(|source| MigrationError::Vm {
             action: "pause",
-            detail,
+            source,
         })?;
         self.paused = true;
         round += 1;
@@ -947,13 +952,13 @@ impl Engine<'_> {
             .options
             .verify_memory
             .then(|| dirty::content_hash(&self.ctx.memory));
-        let state = self.vm.save_state().map_err(|detail| MigrationError::Vm {
+        let state = self.vm.save_state().map_err(|source| MigrationError::Vm {
             action: "save its state",
-            detail,
+            source,
         })?;
         let encoded = state.encode().map_err(|e| MigrationError::Vm {
             action: "encode its state",
-            detail: e.to_string(),
+            source: Box::new(e),
         })?;
         self.submit(
             0,
@@ -1003,9 +1008,9 @@ impl Engine<'_> {
     fn commit(&mut self) -> Result<Option<SystemTime>, MigrationError> {
         // Written down before Go can leave: should this process die from
         // here on, its agent knows the target may run the VM.
-        self.vm.handoff(self.session).map_err(|detail| MigrationError::Vm {
+        self.vm.handoff(self.session).map_err(|source| MigrationError::Vm {
             action: "record the handoff",
-            detail,
+            source,
         })?;
         let handoff = self.options.timeouts.handoff();
         let sent = self.submit(
@@ -1037,7 +1042,7 @@ impl Engine<'_> {
             Some(Outcome::Running) => Ok(None),
             Some(Outcome::Discarded) => Err(MigrationError::Vm {
                 action: "hand over",
-                detail: format!("the target discarded the VM ({first})"),
+                source: format!("the target discarded the VM ({first})").into(),
             }),
             _ => Err(MigrationError::InDoubt {
                 target: self.url.clone(),

@@ -15,7 +15,10 @@ pub enum VmmEvent {
     /// SIGINT or SIGTERM.
     Signal(i32),
     /// The migration engine needs the source VM paused, resumed or saved.
-    Source(SourceRequest, std::sync::mpsc::Sender<Result<SourceReply, String>>),
+    Source(
+        SourceRequest,
+        std::sync::mpsc::Sender<Result<SourceReply, crate::migration::VmSideError>>,
+    ),
     /// An outgoing migration ended.
     MigrationEnded(Result<crate::migration::Report, crate::migration::sender::MigrationError>),
     /// An incoming migration ended: the VM runs here, or the attempt failed.

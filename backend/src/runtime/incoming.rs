@@ -11,7 +11,7 @@ use super::process::chain;
 use super::record::{Handoff, RecordFile, Side};
 use crate::migration::gate::{Gate, GateHandle};
 use crate::migration::protocol::Outcome;
-use crate::migration::{Timeouts, Token, receiver};
+use crate::migration::{Timeouts, Token, VmSideError, receiver};
 use crate::vmm::{Start, Vm};
 
 /// A receiving VMM's view of its migration.
@@ -109,16 +109,16 @@ impl receiver::TargetVm for Vm {
         Vm::memory(self)
     }
 
-    fn restore(&mut self, state: crate::vmm::VmState) -> Result<(), String> {
-        Vm::restore(self, state).map_err(|e| chain(&e))
+    fn restore(&mut self, state: crate::vmm::VmState) -> Result<(), VmSideError> {
+        Ok(Vm::restore(self, state)?)
     }
 
-    fn can_resume(&self) -> Result<(), String> {
-        Vm::can_resume(self).map_err(|e| chain(&e))
+    fn can_resume(&self) -> Result<(), VmSideError> {
+        Ok(Vm::can_resume(self)?)
     }
 
-    fn resume(&mut self) -> Result<(), String> {
-        Vm::resume(self).map_err(|e| chain(&e))
+    fn resume(&mut self) -> Result<(), VmSideError> {
+        Ok(Vm::resume(self)?)
     }
 
     fn halt(&mut self) {

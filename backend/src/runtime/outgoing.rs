@@ -11,7 +11,7 @@ use super::record::{Handoff, RecordFile, Side};
 use crate::migration::protocol::CpuidLeaf;
 use crate::migration::sender::{self, Cancel, MigrationError, SourceContext, SourceVm};
 use crate::migration::transport;
-use crate::migration::{MigrationOptions, Report};
+use crate::migration::{MigrationOptions, Report, VmSideError};
 use crate::vmm::{RunState, Vm, VmState};
 
 /// An outgoing migration in progress.
@@ -150,59 +150,67 @@ struct ProcessSource {
 }
 
 impl ProcessSource {
-    fn ask(&self, request: SourceRequest) -> Result<SourceReply, String> {
+    fn ask(&self, request: SourceRequest) -> Result<SourceReply, VmSideError> {
         let (reply_to, reply) = channel();
         self.events
             .send(VmmEvent::Source(request, reply_to))
-            .map_err(|_| "the VMM is shutting down".to_string())?;
-        reply.recv().map_err(|_| "the VMM is shutting down".to_string())?
+            .map_err(|_| SourceError::Ending)?;
+        reply.recv().map_err(|_| SourceError::Ending)?
     }
 }
 
+/// Why the main loop could not do what the engine asked of the source VM.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("the VMM is shutting down")]
+    Ending,
+    #[error("the VM is gone")]
+    NoVm,
+    #[error("no state was returned")]
+    NoState,
+    #[error("cannot write the VMM's record")]
+    Record(#[source] std::io::Error),
+}
+
 impl SourceVm for ProcessSource {
-    fn handoff(&self, session: u64) -> Result<(), String> {
+    fn handoff(&self, session: u64) -> Result<(), VmSideError> {
         let handoff = Handoff {
             side: Side::Source,
             migration: self.migration.clone(),
             session,
         };
-        self.record
-            .hand_over(handoff)
-            .map_err(|e| format!("cannot write the VMM's record: {e}"))
+        Ok(self.record.hand_over(handoff).map_err(SourceError::Record)?)
     }
 
-    fn pause(&self) -> Result<(), String> {
+    fn pause(&self) -> Result<(), VmSideError> {
         self.ask(SourceRequest::Pause).map(drop)
     }
 
-    fn resume(&self) -> Result<(), String> {
+    fn resume(&self) -> Result<(), VmSideError> {
         self.ask(SourceRequest::Resume).map(drop)
     }
 
-    fn hold(&self, duration: std::time::Duration) -> Result<(), String> {
+    fn hold(&self, duration: std::time::Duration) -> Result<(), VmSideError> {
         self.ask(SourceRequest::Hold(duration)).map(drop)
     }
 
-    fn save_state(&self) -> Result<VmState, String> {
+    fn save_state(&self) -> Result<VmState, VmSideError> {
         match self.ask(SourceRequest::SaveState)? {
             SourceReply::State(state) => Ok(*state),
-            SourceReply::Done => Err("no state returned".into()),
+            SourceReply::Done => Err(SourceError::NoState.into()),
         }
     }
 }
 
 /// The main loop's side of [`ProcessSource`]'s requests.
-pub(super) fn handle_source(vm: Option<&mut Vm>, request: SourceRequest) -> Result<SourceReply, String> {
-    let vm = vm.ok_or("the VM is gone")?;
-    match request {
+pub(super) fn handle_source(vm: Option<&mut Vm>, request: SourceRequest) -> Result<SourceReply, VmSideError> {
+    let vm = vm.ok_or(SourceError::NoVm)?;
+    Ok(match request {
         // A migration's pause: the state is saved next, so the vCPUs
         // take theirs as they stop.
-        SourceRequest::Pause => vm.pause_capturing().map(|()| SourceReply::Done).map_err(|e| chain(&e)),
-        SourceRequest::Resume => vm.resume().map(|()| SourceReply::Done).map_err(|e| chain(&e)),
-        SourceRequest::SaveState => vm
-            .save_state()
-            .map(|state| SourceReply::State(Box::new(state)))
-            .map_err(|e| chain(&e)),
-        SourceRequest::Hold(duration) => vm.hold(duration).map(|()| SourceReply::Done).map_err(|e| chain(&e)),
-    }
+        SourceRequest::Pause => vm.pause_capturing().map(|()| SourceReply::Done)?,
+        SourceRequest::Resume => vm.resume().map(|()| SourceReply::Done)?,
+        SourceRequest::SaveState => vm.save_state().map(|state| SourceReply::State(Box::new(state)))?,
+        SourceRequest::Hold(duration) => vm.hold(duration).map(|()| SourceReply::Done)?,
+    })
 }
