@@ -136,16 +136,10 @@ impl Code {
     }
 }
 
-/// An error and its causes, as one line (what scripts and JSON lines get).
+/// An error and its causes, as one line (what scripts and JSON lines get):
+/// the same words the VMM processes and agents use.
 pub fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    vmig_backend::runtime::process::chain(error)
 }
 
 impl fmt::Display for Code {
