@@ -43,6 +43,9 @@ _vmig() {
             vmig,pki)
                 cmd="vmig__subcmd__pki"
                 ;;
+            vmig,precheck)
+                cmd="vmig__subcmd__precheck"
+                ;;
             vmig,run)
                 cmd="vmig__subcmd__run"
                 ;;
@@ -81,6 +84,9 @@ _vmig() {
                 ;;
             vmig__subcmd__help,pki)
                 cmd="vmig__subcmd__help__subcmd__pki"
+                ;;
+            vmig__subcmd__help,precheck)
+                cmd="vmig__subcmd__help__subcmd__precheck"
                 ;;
             vmig__subcmd__help,run)
                 cmd="vmig__subcmd__help__subcmd__run"
@@ -305,7 +311,7 @@ _vmig() {
 
     case "${cmd}" in
         vmig)
-            opts="-h -V --inventory --help --version migrate cancel run history hosts vms vm agent pki lab testguest generate help"
+            opts="-h -V --inventory --help --version migrate precheck cancel run history hosts vms vm agent pki lab testguest generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -389,7 +395,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__help)
-            opts="migrate cancel run history hosts vms vm agent pki lab testguest generate help"
+            opts="migrate precheck cancel run history hosts vms vm agent pki lab testguest generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -587,6 +593,20 @@ _vmig() {
         vmig__subcmd__help__subcmd__pki__subcmd__issue)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__precheck)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -1259,6 +1279,24 @@ _vmig() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__precheck)
+            opts="-h -V --json --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --inventory)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

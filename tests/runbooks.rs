@@ -583,3 +583,90 @@ vmig.history({ host = "hostC" })
     lab.restart_agents();
     assert_eq!(hosts_of(&lab), [("vm1".into(), "hostA".into(), "running".into())]);
 }
+
+#[test]
+fn precheck_names_the_rule_and_the_fix_and_each_host_gets_a_verdict() {
+    let lab = Lab::up(&[]);
+    for (name, host) in [("db1", "hostA"), ("db2", "hostB")] {
+        lab.ok(&[
+            "vm",
+            "create",
+            "--name",
+            name,
+            "--host",
+            host,
+            "--kernel",
+            "builtin:testguest",
+            "--memory",
+            "64M",
+            "--cmdline",
+            "hb=1000",
+            "--redundancy-group",
+            "db",
+        ]);
+    }
+    // hostB is db2's chassis: db1 must not join it there.
+    let out = lab.run(&["precheck", "db1", "hostB", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let verdict: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verdict["ok"], false);
+    let error = &verdict["errors"][0];
+    assert_eq!(error["rule"], "redundancy.chassis", "{verdict}");
+    assert!(error["message"].as_str().unwrap().contains("db2"), "{error}");
+    assert!(
+        error["facts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["origin"] == "declared" && f["name"] == "hostB.chassis"),
+        "{error}"
+    );
+    let out = lab.run(&["precheck", "db1", "hostC"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(
+        text(&out.stdout).contains("can move: every check passed"),
+        "{}",
+        show(&out)
+    );
+    // Every other host: a table, exit 0 since one host can take it.
+    let table = lab.run(&["precheck", "db1"]);
+    assert_eq!(table.status.code(), Some(0), "{}", show(&table));
+    let table = text(&table.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("hostB") && l.contains("blocked") && l.contains("redundancy.chassis")),
+        "{table}"
+    );
+    assert!(
+        table.lines().any(|l| l.starts_with("hostC") && l.contains(" ok")),
+        "{table}"
+    );
+    assert_eq!(lab.run(&["precheck", "db1", "hostA"]).status.code(), Some(8));
+    assert_eq!(lab.run(&["precheck", "db1", "hostZ"]).status.code(), Some(7));
+    assert_eq!(lab.run(&["precheck", "nosuch", "hostB"]).status.code(), Some(7));
+    // The same from Lua, and a stopped VM cannot move live.
+    lab.ok(&["vm", "stop", "db2"]);
+    let file = script(
+        lab.dir_path(),
+        "pre.lua",
+        r#"
+local v = vmig.precheck("db2", "hostC")
+assert(not v.ok and v.errors[1].rule == "vm.stable", v.errors[1] and v.errors[1].rule)
+assert(v.errors[1].message:match("start it"), v.errors[1].message)
+assert(vmig.precheck("db1", "hostC").ok)
+local ok, e = pcall(vmig.precheck, "db1", "hostA")
+assert(not ok and e.code == "conflict", tostring(e))
+"#,
+    );
+    let out = lab.run(&["run", &file]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        hosts_of(&lab),
+        [
+            ("db1".into(), "hostA".into(), "running".into()),
+            ("db2".into(), "hostB".into(), "stopped".into())
+        ],
+        "a precheck changed something"
+    );
+}

@@ -341,6 +341,9 @@ pub struct VmInfo {
     /// What became of the last migration that did not move it, or why it
     /// is not running, if it is not.
     pub note: Option<String>,
+    /// Its redundancy group (VMs of one group must not share a chassis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redundancy_group: Option<String>,
 }
 
 /// `vmig vm show`: the definition, the summary and the VMM's own figures.

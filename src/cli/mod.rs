@@ -10,6 +10,7 @@ mod lab;
 mod migrate;
 mod options;
 mod pki;
+mod precheck;
 mod run;
 mod signals;
 mod testguest;
@@ -46,6 +47,8 @@ pub struct Cli {
 enum Command {
     /// Live-migrate a VM to another host, with progress.
     Migrate(migrate::MigrateArgs),
+    /// Check whether a VM can move to a host (or to each), rule by rule.
+    Precheck(precheck::PrecheckArgs),
     /// Cancel a VM's running migration, and report how it ended.
     Cancel(cancel::CancelArgs),
     /// Run a Lua runbook: scripted maintenance with the same functions, bars or JSON lines.
@@ -87,6 +90,7 @@ pub fn main() -> ExitCode {
     let inventory = cli.inventory.as_deref();
     let result = match cli.command {
         Command::Migrate(args) => migrate::exec(&args, inventory),
+        Command::Precheck(args) => precheck::exec(&args, inventory),
         Command::Cancel(args) => cancel::exec(&args, inventory),
         Command::Run(args) => run::exec(&args, inventory),
         Command::History(args) => history::exec(&args, inventory),
@@ -137,6 +141,9 @@ fn classify(error: &anyhow::Error) -> Exit {
             return Exit::of(error.code());
         }
         if let Some(error) = cause.downcast_ref::<MigrateError>() {
+            return Exit::of(error.code());
+        }
+        if let Some(error) = cause.downcast_ref::<crate::ops::precheck::PrecheckError>() {
             return Exit::of(error.code());
         }
         if let Some(error) = cause.downcast_ref::<crate::lua::RunbookError>() {

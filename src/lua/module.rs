@@ -33,6 +33,7 @@ pub const FUNCTIONS: &[&str] = &[
     "vm",
     "migrate",
     "parallel",
+    "precheck",
     "history",
     "confirm",
     "sleep",
@@ -158,6 +159,7 @@ pub fn raw(lua: &Lua, context: &Arc<Context>) -> mlua::Result<Table> {
     add(lua, &raw, context, "vm", vm)?;
     add(lua, &raw, context, "migrate", migrate)?;
     add(lua, &raw, context, "parallel", parallel)?;
+    add(lua, &raw, context, "precheck", precheck)?;
     add(lua, &raw, context, "history", history)?;
     add(lua, &raw, context, "confirm", confirm)?;
     add(lua, &raw, context, "sleep", sleep)?;
@@ -573,6 +575,15 @@ fn parallel(lua: &Lua, context: &Context, args: &MultiValue) -> Result<Value, Fa
             .map_err(|e| Fail::new(Code::Failed, e.to_string()))?;
     }
     Ok(Value::Table(list))
+}
+
+fn precheck(lua: &Lua, context: &Context, args: &MultiValue) -> Result<Value, Fail> {
+    let vm = string_arg(args, 1, "precheck", "vm")?;
+    let host = string_arg(args, 2, "precheck", "host")?;
+    let cluster = context.cluster()?;
+    let verdict = crate::ops::precheck::precheck(&cluster, &vm, &host)
+        .map_err(|e| Fail::new(e.code(), chain(&e)).vm(&vm).host(&host))?;
+    to_lua(lua, &verdict)
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -7,4 +7,5 @@ pub mod cluster;
 pub mod code;
 pub mod history;
 pub mod migrate;
+pub mod precheck;
 pub mod run;

@@ -244,6 +244,7 @@ impl Agent {
             migrating_to: record.departure.as_ref().map(|d| d.target.name.clone()),
             migration: record.departure.as_ref().map(|d| d.id.clone()),
             note,
+            redundancy_group: record.spec.redundancy_group.clone(),
         }
     }
 
@@ -258,10 +259,7 @@ impl Agent {
     /// The memory of each VM this host holds (arriving ones included), from
     /// the records alone: no VMM is asked.
     pub fn vm_memory(&self) -> Vec<u64> {
-        self.vms()
-            .values()
-            .map(|vm| crate::size::parse_size(&vm.record.spec.memory).unwrap_or(0))
-            .collect()
+        self.vms().values().map(|vm| vm.record.spec.memory_bytes()).collect()
     }
 
     pub fn list(&self) -> Vec<VmInfo> {

@@ -1,0 +1,107 @@
+//! `vmig precheck VM [HOST]`: whether a VM can move, rule by rule.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::exit::Exit;
+use crate::ops::cluster::Cluster;
+use crate::ops::precheck::{self, Finding, Verdict};
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Each finding has a stable rule id, a severity and a message that names \
+    the fix, with the facts it used (measured by an agent, or declared in a config). An error \
+    blocks the move; a warning only says it may go badly. Rules: vm.stable, host.versions, \
+    network.family, capacity.memory, capacity.name, cpu.features, cpu.pmu, redundancy.chassis, \
+    concurrency.budget.\n\n\
+    Exit code: 0 the move can start (with HOST: no errors; without: some host has none); 1 it \
+    cannot; 7 unknown VM or host; 5 a host could not be asked.\n\n\
+    Examples:\n  vmig precheck vm1 hostB\n  vmig precheck vm1          # every other host, a table\n  \
+    vmig precheck vm1 hostB --json"
+)]
+pub struct PrecheckArgs {
+    /// The VM to move.
+    vm: String,
+    /// The host to check (default: every other host).
+    host: Option<String>,
+    /// Print the verdicts as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn exec(args: &PrecheckArgs, inventory: Option<&Path>) -> Result<Exit> {
+    let cluster = Cluster::open(inventory)?;
+    let mut out = std::io::stdout().lock();
+    if let Some(host) = &args.host {
+        let verdict = precheck::precheck(&cluster, &args.vm, host)?;
+        if args.json {
+            writeln!(out, "{}", serde_json::to_string(&verdict)?)?;
+        } else {
+            print_verdict(&mut out, &verdict)?;
+        }
+        return Ok(if verdict.ok { Exit::Ok } else { Exit::Failure });
+    }
+    let all = precheck::precheck_all(&cluster, &args.vm)?;
+    let mut exit = Exit::Failure;
+    let mut json = Vec::new();
+    if !args.json {
+        writeln!(out, "{:<10} {:<8} DETAIL", "HOST", "VERDICT")?;
+    }
+    for (host, verdict) in all {
+        match verdict {
+            Ok(verdict) => {
+                if verdict.ok {
+                    exit = Exit::Ok;
+                }
+                if args.json {
+                    json.push(serde_json::to_value(&verdict)?);
+                    continue;
+                }
+                let (word, detail) = match (verdict.errors.first(), verdict.warnings.len()) {
+                    (Some(first), _) => ("blocked", format!("{}: {}", first.rule, first.message)),
+                    (None, 0) => ("ok", String::new()),
+                    (None, n) => ("warnings", format!("{n}: {}", verdict.warnings[0].rule)),
+                };
+                writeln!(out, "{host:<10} {word:<8} {detail}")?;
+            }
+            Err(error) => {
+                let message = crate::ops::code::describe(&error);
+                if args.json {
+                    json.push(serde_json::json!({ "target": host, "code": error.code(), "error": message }));
+                } else {
+                    writeln!(out, "{host:<10} {:<8} {message}", error.code())?;
+                }
+            }
+        }
+    }
+    if args.json {
+        writeln!(out, "{}", serde_json::Value::Array(json))?;
+    }
+    Ok(exit)
+}
+
+fn print_verdict(out: &mut impl Write, verdict: &Verdict) -> Result<()> {
+    let line = |out: &mut dyn Write, finding: &Finding, word: &str| {
+        writeln!(out, "{word:<8} {:<19} {}", finding.rule, finding.message)
+    };
+    for finding in &verdict.errors {
+        line(out, finding, "error")?;
+    }
+    for finding in &verdict.warnings {
+        line(out, finding, "warning")?;
+    }
+    let summary = match (verdict.errors.len(), verdict.warnings.len()) {
+        (0, 0) => "can move: every check passed".to_string(),
+        (0, w) => format!("can move, with {w} warning(s)"),
+        (e, w) => format!("cannot move: {e} error(s), {w} warning(s)"),
+    };
+    writeln!(
+        out,
+        "{} from {} to {}: {summary}",
+        verdict.vm, verdict.source, verdict.target
+    )?;
+    Ok(())
+}

@@ -1,0 +1,452 @@
+//! The compatibility rules, each a pure function over the facts of one
+//! move: what it finds, how grave, in the words of the fix, and the facts it
+//! used (measured by an agent, or declared in a config).
+
+use serde::Serialize;
+use vmig_backend::api::{HostFacts, VmInfo, VmState};
+use vmig_backend::size::format_size;
+
+/// Everything the rules look at for moving `vm` from `source` to `target`.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub vm: VmInfo,
+    pub source: HostFacts,
+    pub target: HostFacts,
+    /// Every VM of the cluster that answered, with the chassis of its host
+    /// (declared), for the redundancy rule.
+    pub placed: Vec<(VmInfo, Option<String>)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// The move cannot happen; nothing is started.
+    Error,
+    /// It may go badly; it needs `--force` (`force = true` in Lua).
+    Warning,
+}
+
+/// Where a fact comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// An agent measured it (KVM, the kernel, its own state).
+    Measured,
+    /// A config says so (agent.toml, the VM's definition).
+    Declared,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fact {
+    pub name: String,
+    pub value: serde_json::Value,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    /// Stable: scripts and docs name rules by it.
+    pub rule: &'static str,
+    pub severity: Severity,
+    pub message: String,
+    pub facts: Vec<Fact>,
+}
+
+fn fact(name: impl Into<String>, value: impl Serialize, origin: Origin) -> Fact {
+    Fact {
+        name: name.into(),
+        value: serde_json::to_value(value).unwrap_or_default(),
+        origin,
+    }
+}
+
+fn error(rule: &'static str, message: String, facts: Vec<Fact>) -> Option<Finding> {
+    Some(Finding {
+        rule,
+        severity: Severity::Error,
+        message,
+        facts,
+    })
+}
+
+fn warning(rule: &'static str, message: String, facts: Vec<Fact>) -> Option<Finding> {
+    Some(Finding {
+        rule,
+        severity: Severity::Warning,
+        message,
+        facts,
+    })
+}
+
+/// A rule: its id and its check.
+pub type Rule = (&'static str, fn(&Facts) -> Option<Finding>);
+
+/// Every rule, in the order they are reported.
+pub const RULES: &[Rule] = &[
+    ("vm.stable", vm_stable),
+    ("host.versions", versions),
+    ("network.family", network_family),
+    ("capacity.memory", capacity_memory),
+    ("capacity.name", name_clash),
+    ("cpu.features", cpu_features),
+    ("cpu.pmu", pmu),
+    ("redundancy.chassis", redundancy),
+    ("concurrency.budget", concurrency),
+];
+
+/// The findings for `facts`, errors and warnings, in rule order.
+pub fn check(facts: &Facts) -> Vec<Finding> {
+    RULES.iter().filter_map(|(_, rule)| rule(facts)).collect()
+}
+
+fn vm_stable(f: &Facts) -> Option<Finding> {
+    let (vm, state) = (&f.vm.name, f.vm.state);
+    let fix = match state {
+        VmState::Running => return None,
+        VmState::Migrating => format!("{vm} is migrating already: wait for it to end, or `vmig cancel {vm}`"),
+        VmState::InDoubt => format!("{vm}'s last migration is in doubt: the agents settle it; see `vmig vms`"),
+        VmState::Paused => format!("{vm} is paused: resume it first (`vmig vm start {vm}`)"),
+        VmState::Stopped | VmState::Failed | VmState::Lost => {
+            format!("{vm} is {state}: only a running VM moves live; start it first (`vmig vm start {vm}`)")
+        }
+        VmState::Incoming | VmState::Unresponsive => format!("{vm} is {state}: wait until it runs"),
+    };
+    error("vm.stable", fix, vec![fact("vm.state", state, Origin::Measured)])
+}
+
+fn versions(f: &Facts) -> Option<Finding> {
+    let (s, t) = (&f.source, &f.target);
+    if s.api_version == t.api_version && s.migration_protocol == t.migration_protocol {
+        return None;
+    }
+    error(
+        "host.versions",
+        format!(
+            "{} speaks API {} and migration protocol {}, {} speaks {} and {}: upgrade the older agent",
+            s.name, s.api_version, s.migration_protocol, t.name, t.api_version, t.migration_protocol
+        ),
+        vec![
+            fact(format!("{}.agent_version", s.name), &s.agent_version, Origin::Measured),
+            fact(format!("{}.agent_version", t.name), &t.agent_version, Origin::Measured),
+        ],
+    )
+}
+
+fn network_family(f: &Facts) -> Option<Finding> {
+    let (s, t) = (&f.source, &f.target);
+    if s.management_families
+        .iter()
+        .any(|fam| t.management_families.contains(fam))
+    {
+        return None;
+    }
+    error(
+        "network.family",
+        format!(
+            "{}'s management network is {} and {}'s is {}: both must use one IP address family; \
+             give {} an address of the other family",
+            s.name,
+            s.management_families.join("+"),
+            t.name,
+            t.management_families.join("+"),
+            t.name
+        ),
+        vec![
+            fact(
+                format!("{}.management_families", s.name),
+                &s.management_families,
+                Origin::Measured,
+            ),
+            fact(
+                format!("{}.management_families", t.name),
+                &t.management_families,
+                Origin::Measured,
+            ),
+        ],
+    )
+}
+
+fn capacity_memory(f: &Facts) -> Option<Finding> {
+    let (need, free) = (f.vm.memory_bytes, f.target.memory_available_bytes);
+    if free >= need {
+        return None;
+    }
+    error(
+        "capacity.memory",
+        format!(
+            "{} has {} free for VMs; {} needs {}: free memory there or choose another host",
+            f.target.name,
+            format_size(free),
+            f.vm.name,
+            format_size(need)
+        ),
+        vec![
+            fact("vm.memory_bytes", need, Origin::Declared),
+            fact(
+                format!("{}.memory_available_bytes", f.target.name),
+                free,
+                Origin::Measured,
+            ),
+        ],
+    )
+}
+
+fn name_clash(f: &Facts) -> Option<Finding> {
+    let clash = f
+        .placed
+        .iter()
+        .any(|(vm, _)| vm.name == f.vm.name && vm.host == f.target.name && vm.state != VmState::Incoming);
+    if !clash {
+        return None;
+    }
+    error(
+        "capacity.name",
+        format!(
+            "{} already holds a VM named {}: destroy or rename one of them",
+            f.target.name, f.vm.name
+        ),
+        vec![fact("vm.name", &f.vm.name, Origin::Declared)],
+    )
+}
+
+fn cpu_features(f: &Facts) -> Option<Finding> {
+    let (s, t) = (&f.source, &f.target);
+    if s.cpu_vendor != t.cpu_vendor {
+        return error(
+            "cpu.features",
+            format!(
+                "{} is {} and {} is {}: a VM cannot move between CPU vendors",
+                s.name, s.cpu_vendor, t.name, t.cpu_vendor
+            ),
+            vec![
+                fact(format!("{}.cpu_vendor", s.name), &s.cpu_vendor, Origin::Measured),
+                fact(format!("{}.cpu_vendor", t.name), &t.cpu_vendor, Origin::Measured),
+            ],
+        );
+    }
+    let missing: Vec<&String> = s.cpu_features.iter().filter(|x| !t.cpu_features.contains(x)).collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let names: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+    error(
+        "cpu.features",
+        format!(
+            "{}'s KVM does not offer {} that {}'s guests see: start the VM with a CPU baseline both hosts \
+             offer, or choose another host",
+            t.name,
+            names.join(", "),
+            s.name
+        ),
+        vec![fact(
+            format!("{}.cpu_features missing", t.name),
+            &names,
+            Origin::Measured,
+        )],
+    )
+}
+
+fn pmu(f: &Facts) -> Option<Finding> {
+    let (s, t) = (&f.source, &f.target);
+    if t.pmu_version >= s.pmu_version {
+        return None;
+    }
+    warning(
+        "cpu.pmu",
+        format!(
+            "{} offers guests performance counters of version {} and {} only {}: a guest that uses \
+             them may fail after the move",
+            s.name, s.pmu_version, t.name, t.pmu_version
+        ),
+        vec![
+            fact(format!("{}.pmu_version", s.name), s.pmu_version, Origin::Measured),
+            fact(format!("{}.pmu_version", t.name), t.pmu_version, Origin::Measured),
+        ],
+    )
+}
+
+fn redundancy(f: &Facts) -> Option<Finding> {
+    let group = f.vm.redundancy_group.as_ref()?;
+    let chassis = f.target.chassis.as_ref()?;
+    let sibling = f.placed.iter().find(|(vm, host_chassis)| {
+        vm.name != f.vm.name && vm.redundancy_group.as_ref() == Some(group) && host_chassis.as_ref() == Some(chassis)
+    })?;
+    error(
+        "redundancy.chassis",
+        format!(
+            "{} and {} are in redundancy group {group}, and {} would put both in chassis {chassis}: \
+             choose a host in another chassis",
+            f.vm.name, sibling.0.name, f.target.name
+        ),
+        vec![
+            fact("vm.redundancy_group", group, Origin::Declared),
+            fact(format!("{}.chassis", f.target.name), chassis, Origin::Declared),
+            fact(format!("{}.host", sibling.0.name), &sibling.0.host, Origin::Measured),
+        ],
+    )
+}
+
+fn concurrency(f: &Facts) -> Option<Finding> {
+    let busy = |h: &HostFacts| h.migration_cost_in_use >= h.migration_cost_limit;
+    let full: Vec<&HostFacts> = [&f.source, &f.target].into_iter().filter(|h| busy(h)).collect();
+    if full.is_empty() {
+        return None;
+    }
+    let what: Vec<String> = full
+        .iter()
+        .map(|h| {
+            format!(
+                "{} uses {} of its {} migration cost ({} queued)",
+                h.name, h.migration_cost_in_use, h.migration_cost_limit, h.migrations_queued
+            )
+        })
+        .collect();
+    warning(
+        "concurrency.budget",
+        format!("the move would wait in a queue: {}", what.join("; ")),
+        full.iter()
+            .map(|h| {
+                fact(
+                    format!("{}.migration_cost_in_use", h.name),
+                    h.migration_cost_in_use,
+                    Origin::Measured,
+                )
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str) -> HostFacts {
+        HostFacts {
+            name: name.into(),
+            agent_version: "0.1.0".into(),
+            api_version: 1,
+            migration_protocol: 3,
+            cpu_vendor: "GenuineIntel".into(),
+            cpu_model: "model".into(),
+            cpu_features: vec!["sse2".into(), "avx2".into()],
+            pmu_version: 2,
+            memory_total_bytes: 8 << 30,
+            memory_available_bytes: 4 << 30,
+            chassis: Some(format!("chassis-{name}")),
+            management_families: vec!["ipv4".into()],
+            migration_address: "10.0.0.1".into(),
+            link_speed_mbps: 10_000,
+            networks: vec![],
+            storage: vec![],
+            vms: 0,
+            migration_cost_in_use: 0,
+            migration_cost_limit: 8,
+            migrations_queued: 0,
+        }
+    }
+
+    fn vm(name: &str, host: &str) -> VmInfo {
+        VmInfo {
+            name: name.into(),
+            host: host.into(),
+            state: VmState::Running,
+            vcpus: 1,
+            memory_bytes: 1 << 30,
+            pid: Some(1),
+            migrating_to: None,
+            migration: None,
+            note: None,
+            redundancy_group: None,
+        }
+    }
+
+    fn facts() -> Facts {
+        Facts {
+            vm: vm("vm1", "hostA"),
+            source: host("hostA"),
+            target: host("hostB"),
+            placed: vec![(vm("vm1", "hostA"), Some("chassis-hostA".into()))],
+        }
+    }
+
+    fn rules_of(f: &Facts) -> Vec<(&'static str, Severity)> {
+        check(f).into_iter().map(|x| (x.rule, x.severity)).collect()
+    }
+
+    #[test]
+    fn a_compatible_move_has_no_findings() {
+        assert!(check(&facts()).is_empty());
+    }
+
+    #[test]
+    fn each_rule_trips_on_its_fact() {
+        let mut f = facts();
+        f.vm.state = VmState::Migrating;
+        assert_eq!(rules_of(&f), [("vm.stable", Severity::Error)]);
+
+        let mut f = facts();
+        f.target.migration_protocol = 2;
+        assert_eq!(rules_of(&f), [("host.versions", Severity::Error)]);
+
+        let mut f = facts();
+        f.target.management_families = vec!["ipv6".into()];
+        let found = check(&f);
+        assert_eq!(found[0].rule, "network.family");
+        assert!(found[0].message.contains("ipv4") && found[0].message.contains("ipv6"));
+
+        let mut f = facts();
+        f.target.memory_available_bytes = 512 << 20;
+        assert_eq!(rules_of(&f), [("capacity.memory", Severity::Error)]);
+
+        let mut f = facts();
+        f.placed.push((vm("vm1", "hostB"), None));
+        assert_eq!(rules_of(&f), [("capacity.name", Severity::Error)]);
+
+        let mut f = facts();
+        f.target.cpu_features = vec!["sse2".into()];
+        let found = check(&f);
+        assert_eq!((found[0].rule, found.len()), ("cpu.features", 1));
+        assert!(found[0].message.contains("avx2"), "{}", found[0].message);
+        f.target.cpu_vendor = "AuthenticAMD".into();
+        assert!(check(&f)[0].message.contains("vendors"));
+
+        let mut f = facts();
+        f.target.pmu_version = 0;
+        assert_eq!(rules_of(&f), [("cpu.pmu", Severity::Warning)]);
+
+        let mut f = facts();
+        f.vm.redundancy_group = Some("db".into());
+        let mut sibling = vm("vm2", "hostC");
+        sibling.redundancy_group = Some("db".into());
+        f.placed.push((sibling, Some("chassis-hostB".into())));
+        let found = check(&f);
+        assert_eq!(
+            (found[0].rule, found[0].severity),
+            ("redundancy.chassis", Severity::Error)
+        );
+        assert!(found[0].message.contains("vm2"));
+        f.target.chassis = Some("chassis-other".into());
+        assert!(check(&f).is_empty(), "another chassis is fine");
+
+        let mut f = facts();
+        f.target.migration_cost_in_use = 8;
+        f.target.migrations_queued = 2;
+        let found = check(&f);
+        assert_eq!(
+            (found[0].rule, found[0].severity),
+            ("concurrency.budget", Severity::Warning)
+        );
+        assert!(found[0].message.contains("2 queued"));
+    }
+
+    #[test]
+    fn rule_ids_are_unique_and_each_finding_names_its_facts() {
+        let mut ids: Vec<&str> = RULES.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), RULES.len());
+        let mut f = facts();
+        f.target.memory_available_bytes = 0;
+        assert!(check(&f).iter().all(|x| !x.facts.is_empty()));
+    }
+}
