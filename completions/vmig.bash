@@ -1115,7 +1115,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__migrate)
-            opts="-h -V --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --dry-run --json --inventory --help --version"
+            opts="-h -V --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --dry-run --force --json --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

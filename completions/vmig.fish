@@ -50,7 +50,8 @@ force\t''"
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l no-auto-converge -d 'Do not throttle the vCPUs of a guest that dirties memory faster than the link sends'
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l verify-memory -d 'Hash guest memory on both sides at switchover and refuse the handoff if they differ (for testing; adds the hashing time to the downtime)'
-complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l dry-run -d 'Check that the move could start, and say what it would do; move nothing'
+complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l dry-run -d 'Check that the move could start (the prechecks), and say what it would do; move nothing'
+complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l force -d 'Move despite the prechecks\' warnings (never despite an error)'
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l json -d 'Print progress and the result as JSON lines (the default without a terminal)'
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -s V -l version -d 'Print version'

@@ -249,7 +249,15 @@ fn a_hosts_migration_limit_queues_the_excess() {
     lab.wait_for_heartbeat("vm2", 1);
     let first = lab.spawn_migrate("vm1", "hostB", &["--bandwidth", "32M"]);
     wait_migrating(&lab, "vm1");
-    let second = lab.spawn_migrate("vm2", "hostC", &[]);
+    // A move that would queue is a precheck warning: it needs --force.
+    let refused = lab.run(&["migrate", "vm2", "hostC"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("concurrency.budget") && text(&refused.stderr).contains("--force"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let second = lab.spawn_migrate("vm2", "hostC", &["--force"]);
     let first = first.wait_with_output().unwrap();
     let second = second.wait_with_output().unwrap();
     assert!(first.status.success(), "{}", text(&first.stderr));

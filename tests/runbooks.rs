@@ -643,6 +643,17 @@ fn precheck_names_the_rule_and_the_fix_and_each_host_gets_a_verdict() {
         "{table}"
     );
     assert_eq!(lab.run(&["precheck", "db1", "hostA"]).status.code(), Some(8));
+    // Stage one of every move: the error stops `vmig migrate` (and --force
+    // does not override an error).
+    let blocked = lab.run(&["migrate", "db1", "hostB", "--force"]);
+    assert_eq!(blocked.status.code(), Some(1), "{}", show(&blocked));
+    assert!(
+        text(&blocked.stderr).contains("redundancy.chassis"),
+        "{}",
+        show(&blocked)
+    );
+    let dry = lab.run(&["migrate", "db1", "hostB", "--dry-run"]);
+    assert_eq!(dry.status.code(), Some(1), "{}", show(&dry));
     assert_eq!(lab.run(&["precheck", "db1", "hostZ"]).status.code(), Some(7));
     assert_eq!(lab.run(&["precheck", "nosuch", "hostB"]).status.code(), Some(7));
     // The same from Lua, and a stopped VM cannot move live.
@@ -657,6 +668,8 @@ assert(v.errors[1].message:match("start it"), v.errors[1].message)
 assert(vmig.precheck("db1", "hostC").ok)
 local ok, e = pcall(vmig.precheck, "db1", "hostA")
 assert(not ok and e.code == "conflict", tostring(e))
+ok, e = pcall(vmig.migrate, "db1", "hostB", { force = true })
+assert(not ok and e.code == "refused" and e.message:match("redundancy.chassis"), tostring(e))
 "#,
     );
     let out = lab.run(&["run", &file]);

@@ -62,6 +62,7 @@ pub fn exec(args: &CancelArgs, inventory: Option<&Path>) -> Result<Exit> {
         target,
         options: MigrationOptions::default(),
         info: Some(located.info),
+        force: false,
     };
     let result = flow::watch(&cluster, &plan, &mut |event| display.show(event));
     display.finish();

@@ -25,6 +25,8 @@ use crate::render::progress::{Display, failed_line, failure_message, migrated_li
     (whether HOST runs it is not known yet; it cannot start on its source until the agents settle it); \
     7 unknown VM or host; 8 the VM is already migrating, already on HOST or not running; 11 lost \
     (the process that ran its only copy died).\n\n\
+    The prechecks (`vmig precheck`) run first: an error stops the move before anything is \
+    asked of the target (exit 1, or 8 when the VM is busy), and a warning needs --force.\n\n\
     Ctrl-C or SIGTERM cancels the migration, unless its switchover has begun: then vmig waits for \
     the outcome and reports it. `vmig cancel VM` does the same from elsewhere.\n\n\
     Examples:\n  vmig migrate vm1 hostB\n  vmig migrate vm1 hostB --downtime-ms 20 --bandwidth 500M --json"
@@ -36,9 +38,12 @@ pub struct MigrateArgs {
     host: String,
     #[command(flatten)]
     limits: MigrationArgs,
-    /// Check that the move could start, and say what it would do; move nothing.
+    /// Check that the move could start (the prechecks), and say what it would do; move nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Move despite the prechecks' warnings (never despite an error).
+    #[arg(long)]
+    force: bool,
     /// Print progress and the result as JSON lines (the default without a terminal).
     #[arg(long)]
     json: bool,
@@ -47,7 +52,8 @@ pub struct MigrateArgs {
 pub fn exec(args: &MigrateArgs, inventory: Option<&Path>) -> Result<Exit> {
     let options = args.limits.options()?;
     let cluster = Cluster::open(inventory)?;
-    let plan = flow::plan(&cluster, &args.vm, &args.host, options)?;
+    let mut plan = flow::plan(&cluster, &args.vm, &args.host, options)?;
+    plan.force = args.force;
     let json = args.json || !std::io::stderr().is_terminal();
     if args.dry_run {
         return dry_run(&cluster, &plan, json);
@@ -55,41 +61,41 @@ pub fn exec(args: &MigrateArgs, inventory: Option<&Path>) -> Result<Exit> {
     run(&cluster, &plan, json)
 }
 
-/// `--dry-run`: the target can be asked and has the memory; nothing moves.
+/// `--dry-run`: the prechecks, and what the move would do; nothing moves.
 fn dry_run(cluster: &Cluster, plan: &Plan, json: bool) -> Result<Exit> {
-    let facts = cluster.facts(&plan.target.name)?;
-    let need = plan.info.as_ref().map_or(0, |info| info.memory_bytes);
-    if facts.memory_available_bytes < need {
-        anyhow::bail!(
-            "{} has {} of memory available; {} needs {}",
-            plan.target.name,
-            format_size(facts.memory_available_bytes),
-            plan.vm,
-            format_size(need)
-        );
-    }
+    let verdict = crate::ops::precheck::precheck(cluster, &plan.vm, &plan.target.name)?;
+    let would = verdict.ok && (verdict.warnings.is_empty() || plan.force);
     let mut out = std::io::stdout().lock();
-    let state = plan.info.as_ref().map(|info| info.state);
     if json {
         writeln!(
             out,
             "{}",
-            serde_json::json!({ "dry_run": { "vm": plan.vm, "source": plan.source.name, "target": plan.target.name, "state": state } })
+            serde_json::json!({ "dry_run": { "vm": plan.vm, "source": plan.source.name, "target": plan.target.name, "would_move": would, "precheck": verdict } })
         )?;
     } else {
-        writeln!(
-            out,
-            "would migrate {} ({}, {}) from {} to {}; {} is reachable and has {} available",
+        for finding in verdict.errors.iter().chain(&verdict.warnings) {
+            let word = if finding.severity == crate::ops::precheck::Severity::Error {
+                "error"
+            } else {
+                "warning"
+            };
+            writeln!(out, "{word:<8} {:<19} {}", finding.rule, finding.message)?;
+        }
+        let size = plan.info.as_ref().map_or(0, |info| info.memory_bytes);
+        let what = format!(
+            "{} ({}) from {} to {}",
             plan.vm,
-            state.map_or_else(|| "?".to_string(), |s| s.to_string()),
-            format_size(need),
+            format_size(size),
             plan.source.name,
-            plan.target.name,
-            plan.target.name,
-            format_size(facts.memory_available_bytes)
-        )?;
+            plan.target.name
+        );
+        match (verdict.ok, verdict.warnings.is_empty() || plan.force) {
+            (true, true) => writeln!(out, "would migrate {what}; the prechecks pass")?,
+            (true, false) => writeln!(out, "would not migrate {what} without --force: the prechecks warn")?,
+            (false, _) => writeln!(out, "would not migrate {what}: a precheck failed")?,
+        }
     }
-    Ok(Exit::Ok)
+    Ok(if would { Exit::Ok } else { Exit::Failure })
 }
 
 /// Runs `plan` with progress on the terminal (or JSON lines), Ctrl-C and

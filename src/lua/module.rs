@@ -353,6 +353,8 @@ pub struct MigrateOptions {
     timeout_action: Option<String>,
     auto_converge: Option<bool>,
     verify_memory: Option<bool>,
+    /// Move despite the prechecks' warnings (never despite an error).
+    force: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -406,9 +408,10 @@ fn migrate(lua: &Lua, context: &Context, args: &MultiValue) -> Result<Value, Fai
     let vm = string_arg(args, 1, "migrate", "vm")?;
     let host = string_arg(args, 2, "migrate", "host")?;
     let options: MigrateOptions = options_arg(lua, args, 3, "migrate")?;
+    let force = options.force.unwrap_or(false);
     let options = options.engine("migrate")?;
     let cluster = context.cluster()?;
-    let outcome = run_one(context, &cluster, &vm, &host, options)?;
+    let outcome = run_one(context, &cluster, &vm, &host, options, force)?;
     to_lua(lua, &outcome)
 }
 
@@ -475,8 +478,10 @@ fn run_one(
     vm: &str,
     host: &str,
     options: MigrationOptions,
+    force: bool,
 ) -> Result<Migrated, Fail> {
-    let plan = flow::plan(cluster, vm, host, options).map_err(|e| Fail::of_migrate(&e, vm, host))?;
+    let mut plan = flow::plan(cluster, vm, host, options).map_err(|e| Fail::of_migrate(&e, vm, host))?;
+    plan.force = force;
     let mut progress = context.ui.migration(&plan, context.run.dry_run);
     let outcome = flow::migrate(&context.run, cluster, &plan, &mut |event| progress.event(event));
     progress.done(&outcome);
@@ -525,7 +530,11 @@ fn parallel(lua: &Lua, context: &Context, args: &MultiValue) -> Result<Value, Fa
     // Every item's options are checked before the first migration starts.
     let mut work = Vec::with_capacity(items.len());
     for item in &items {
-        work.push((item, item.options.engine("parallel")?));
+        work.push((
+            item,
+            item.options.engine("parallel")?,
+            item.options.force.unwrap_or(false),
+        ));
     }
     let cluster = context.cluster()?;
     let next = Mutex::new(0usize);
@@ -540,17 +549,17 @@ fn parallel(lua: &Lua, context: &Context, args: &MultiValue) -> Result<Value, Fa
                         *next += 1;
                         index
                     };
-                    let Some((item, options)) = work.get(index) else {
+                    let Some((item, options, force)) = work.get(index) else {
                         break;
                     };
-                    let result = run_one(context, &cluster, &item.vm, &item.host, options.clone());
+                    let result = run_one(context, &cluster, &item.vm, &item.host, options.clone(), *force);
                     *results[index].lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
                 }
             });
         }
     });
     let list = lua.create_table().map_err(|e| Fail::new(Code::Failed, e.to_string()))?;
-    for (index, (slot, (item, _))) in results.into_iter().zip(&work).enumerate() {
+    for (index, (slot, (item, ..))) in results.into_iter().zip(&work).enumerate() {
         let result = slot
             .into_inner()
             .unwrap_or_else(PoisonError::into_inner)

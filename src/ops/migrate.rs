@@ -20,7 +20,16 @@ use vmig_backend::migration::MigrationOptions;
 
 use super::cluster::{Cluster, ClusterError, Located};
 use super::code::Code;
+use super::precheck::{self, Finding, PrecheckError, Verdict};
 use super::run::{Change, Go, Run, RunError};
+
+/// Findings in one line: `rule: message; rule: message`.
+fn findings(list: &[Finding]) -> String {
+    list.iter()
+        .map(|f| format!("{}: {}", f.rule, f.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
 use crate::inventory::HostEntry;
 
 /// How long a watch waits for the agent's next line before it counts the
@@ -39,6 +48,8 @@ pub struct Plan {
     pub options: MigrationOptions,
     /// The VM as its source listed it when the plan was made.
     pub info: Option<api::VmInfo>,
+    /// Move despite the prechecks' warnings (never despite an error).
+    pub force: bool,
 }
 
 impl Plan {
@@ -72,6 +83,7 @@ pub fn plan(cluster: &Cluster, vm: &str, host: &str, options: MigrationOptions) 
         target,
         options,
         info: Some(info),
+        force: false,
     })
 }
 
@@ -93,6 +105,8 @@ pub enum Event {
     Cancel { accepted: bool },
     /// The watch broke; the flow asks again (`host` is who it asks).
     Asking { host: String, why: String },
+    /// The prechecks passed (perhaps with warnings, when forced).
+    Checked(Box<Verdict>),
 }
 
 /// How a migration did not end with the VM on its target.
@@ -110,6 +124,18 @@ pub enum MigrateError {
     /// interrupted.
     #[error(transparent)]
     Run(#[from] RunError),
+    /// The prechecks could not be made (a host did not answer).
+    #[error(transparent)]
+    Precheck(#[from] PrecheckError),
+    /// A precheck found an error: nothing was started.
+    #[error("{} cannot move to {}: {}", .0.vm, .0.target, findings(&.0.errors))]
+    Blocked(Box<Verdict>),
+    /// The prechecks found warnings and the move was not forced.
+    #[error(
+        "{} was not moved to {}: {}; pass --force (force = true in Lua) to move it anyway",
+        .0.vm, .0.target, findings(&.0.warnings)
+    )]
+    Warned(Box<Verdict>),
     /// An agent's answer: a refusal before anything started, or the
     /// migration's outcome.
     #[error("{message}")]
@@ -132,6 +158,9 @@ impl MigrateError {
             MigrateError::Cluster(e) => e.code(),
             MigrateError::AlreadyThere { .. } => Code::Conflict,
             MigrateError::Run(e) => e.code(),
+            MigrateError::Precheck(e) => e.code(),
+            MigrateError::Blocked(verdict) => verdict.errors.first().map_or(Code::Refused, |f| f.code()),
+            MigrateError::Warned(_) => Code::Refused,
             MigrateError::Outcome { code, .. } => Code::of_api(*code),
             MigrateError::NotStarted(e) => Code::of_client(e),
             MigrateError::Unknown { .. } => Code::InDoubt,
@@ -161,6 +190,15 @@ pub fn migrate(
     plan: &Plan,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<Outcome, MigrateError> {
+    // Stage one: nothing moves when a check fails, even in a dry run's plan.
+    let verdict = precheck::precheck(cluster, &plan.vm, &plan.target.name)?;
+    on_event(&Event::Checked(Box::new(verdict.clone())));
+    if !verdict.ok {
+        return Err(MigrateError::Blocked(Box::new(verdict)));
+    }
+    if !verdict.warnings.is_empty() && !plan.force {
+        return Err(MigrateError::Warned(Box::new(verdict)));
+    }
     if run.change(plan.change())? == Go::DryRun {
         return Ok(Outcome::Planned);
     }

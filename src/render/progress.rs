@@ -143,6 +143,19 @@ impl Display {
                 };
                 self.note(text, &serde_json::json!({ "cancel": { "accepted": accepted } }));
             }
+            Event::Checked(verdict) => {
+                let warnings: Vec<String> = verdict
+                    .warnings
+                    .iter()
+                    .map(|f| format!("{}: {}", f.rule, f.message))
+                    .collect();
+                let text = if warnings.is_empty() {
+                    "prechecks passed".to_string()
+                } else {
+                    format!("forced past: {}", warnings.join("; "))
+                };
+                self.note(&text, &serde_json::json!({ "precheck": verdict }));
+            }
             Event::Asking { host, why } => self.note(
                 &format!("asking {host} ({why})"),
                 &serde_json::json!({ "asking": { "host": host, "why": why } }),

@@ -32,7 +32,7 @@ impl PrecheckError {
 }
 
 /// The findings for one move.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Verdict {
     pub vm: String,
     pub source: String,

@@ -52,6 +52,18 @@ pub struct Finding {
     pub facts: Vec<Fact>,
 }
 
+impl Finding {
+    /// The code a move blocked by this finding ends with: a VM that is busy
+    /// or a name taken is a conflict (it may pass later unchanged), the rest
+    /// a refusal.
+    pub fn code(&self) -> super::Code {
+        match self.rule {
+            "vm.stable" | "capacity.name" => super::Code::Conflict,
+            _ => super::Code::Refused,
+        }
+    }
+}
+
 fn fact(name: impl Into<String>, value: impl Serialize, origin: Origin) -> Fact {
     Fact {
         name: name.into(),
@@ -103,7 +115,10 @@ fn vm_stable(f: &Facts) -> Option<Finding> {
     let (vm, state) = (&f.vm.name, f.vm.state);
     let fix = match state {
         VmState::Running => return None,
-        VmState::Migrating => format!("{vm} is migrating already: wait for it to end, or `vmig cancel {vm}`"),
+        VmState::Migrating => format!(
+            "{vm} is already migrating to {}: wait for it to end, or `vmig cancel {vm}`",
+            f.vm.migrating_to.as_deref().unwrap_or("another host")
+        ),
         VmState::InDoubt => format!("{vm}'s last migration is in doubt: the agents settle it; see `vmig vms`"),
         VmState::Paused => format!("{vm} is paused: resume it first (`vmig vm start {vm}`)"),
         VmState::Stopped | VmState::Failed | VmState::Lost => {
