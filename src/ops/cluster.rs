@@ -113,21 +113,32 @@ impl Cluster {
             .collect()
     }
 
-    /// Every VM of the hosts that answered (each listed once: by its
-    /// source while it migrates), and the hosts that did not answer.
-    pub fn vms(&self) -> (Vec<VmInfo>, Vec<(HostEntry, ClientError)>) {
-        let mut vms: Vec<VmInfo> = Vec::new();
+    /// Every VM of the hosts that answered, each once with the host that
+    /// listed it (a VM in migration is listed by both ends: it is its
+    /// source's, migrating or in doubt, until its target has it, and the
+    /// target's `incoming` copy is never taken for it), sorted by name; and
+    /// the hosts that did not answer. One request per host.
+    pub fn listing(&self) -> (Vec<Located>, Vec<(HostEntry, ClientError)>) {
+        let mut found: Vec<Located> = Vec::new();
         let mut failed = Vec::new();
         for (host, answer) in self.ask_all::<Vec<VmInfo>>(&Request::ListVms) {
             match answer {
-                Ok(list) => vms.extend(list),
+                Ok(list) => found.extend(list.into_iter().map(|info| Located {
+                    host: host.clone(),
+                    info,
+                })),
                 Err(e) => failed.push((host, e)),
             }
         }
-        // The target's incoming copy of a migrating VM is not another VM.
-        vms.sort_by_key(|vm| (vm.name.clone(), rank(vm.state)));
-        vms.dedup_by(|later, first| later.name == first.name);
-        (vms, failed)
+        found.sort_by_key(|l| (l.info.name.clone(), rank(l.info.state)));
+        found.dedup_by(|later, first| later.info.name == first.info.name);
+        (found, failed)
+    }
+
+    /// Every VM of the hosts that answered, as [`Cluster::listing`].
+    pub fn vms(&self) -> (Vec<VmInfo>, Vec<(HostEntry, ClientError)>) {
+        let (listing, failed) = self.listing();
+        (listing.into_iter().map(|l| l.info).collect(), failed)
     }
 
     /// Asks every host at once; answers come back in inventory order.
@@ -163,30 +174,25 @@ impl Cluster {
 
     /// Finds the host that holds `vm`, with one request per host; hosts
     /// that cannot be asked are named in the error when the VM is not found
-    /// elsewhere. A VM in migration is listed by both ends: it is its
-    /// source's (migrating, or in doubt) until its target has it, and the
-    /// target's `incoming` copy is never taken for it.
+    /// elsewhere.
     pub fn locate(&self, vm: &str) -> Result<Located, ClusterError> {
-        let mut failed = None;
-        let mut found: Vec<Located> = Vec::new();
-        for (host, answer) in self.ask_all::<Vec<VmInfo>>(&Request::ListVms) {
-            match answer {
-                Ok(vms) => {
-                    if let Some(info) = vms.into_iter().find(|v| v.name == vm) {
-                        found.push(Located { host, info });
-                    }
-                }
-                Err(e) => {
-                    failed.get_or_insert(e);
-                }
-            }
+        let (listing, failed) = self.listing();
+        self.find(&listing, failed, vm)
+    }
+
+    /// `vm` in a [`Cluster::listing`] already made.
+    pub fn find(
+        &self,
+        listing: &[Located],
+        failed: Vec<(HostEntry, ClientError)>,
+        vm: &str,
+    ) -> Result<Located, ClusterError> {
+        if let Some(located) = listing.iter().find(|l| l.info.name == vm) {
+            return Ok(located.clone());
         }
-        if let Some(located) = found.into_iter().min_by_key(|l| rank(l.info.state)) {
-            return Ok(located);
-        }
-        match failed {
+        match failed.into_iter().next() {
             // It may be on the host that could not be asked: say why, not "no such VM".
-            Some(source) => Err(ClusterError::NotEverywhere {
+            Some((_, source)) => Err(ClusterError::NotEverywhere {
                 vm: vm.to_string(),
                 source,
             }),

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use thiserror::Error;
 use vmig_backend::api::HostFacts;
+use vmig_backend::client::ClientError;
 
 pub use self::rules::{Finding, Severity};
 use super::cluster::{Cluster, ClusterError};
@@ -64,10 +65,7 @@ pub fn precheck(cluster: &Cluster, vm: &str, host: &str) -> Result<Verdict, Prec
     cluster.host(host)?;
     let mut all = verdicts(cluster, vm, Some(host))?;
     // The host is in the inventory: it has its verdict.
-    all.pop().map_or_else(
-        || Err(ClusterError::from(unreachable_of(host)).into()),
-        |(_, verdict)| verdict,
-    )
+    all.pop().map_or_else(|| Err(unanswered(host)), |(_, verdict)| verdict)
 }
 
 /// One host's verdict (or why there is none).
@@ -78,17 +76,21 @@ pub fn precheck_all(cluster: &Cluster, vm: &str) -> Result<Vec<HostVerdict>, Pre
     verdicts(cluster, vm, None)
 }
 
-fn unreachable_of(host: &str) -> vmig_backend::client::ClientError {
-    vmig_backend::client::ClientError::Protocol {
+/// An inventory host with no answer of its own (every host asked answers,
+/// so only a host missing from the inventory's list could have none).
+fn unanswered(host: &str) -> PrecheckError {
+    ClusterError::from(ClientError::Protocol {
         host: host.to_string(),
         detail: "no answer".into(),
-    }
+    })
+    .into()
 }
 
-/// The facts once (hosts' facts, every VM), then a verdict per target.
+/// The facts once (every host's, every VM), then a verdict per target.
 fn verdicts(cluster: &Cluster, vm: &str, only: Option<&str>) -> Result<Vec<HostVerdict>, PrecheckError> {
-    let located = cluster.locate(vm)?;
-    let hosts: BTreeMap<String, Result<HostFacts, vmig_backend::client::ClientError>> = cluster
+    let (listing, failed) = cluster.listing();
+    let located = cluster.find(&listing, failed, vm)?;
+    let mut hosts: BTreeMap<String, Result<HostFacts, ClientError>> = cluster
         .hosts()
         .into_iter()
         .map(|answer| (answer.host.name, answer.facts))
@@ -99,18 +101,18 @@ fn verdicts(cluster: &Cluster, vm: &str, only: Option<&str>) -> Result<Vec<HostV
             .and_then(|facts| facts.as_ref().ok())
             .and_then(|facts| facts.chassis.clone())
     };
-    let (vms, _) = cluster.vms();
-    let placed: Vec<_> = vms
+    let placed: Vec<_> = listing
         .into_iter()
-        .map(|vm| {
-            let chassis = chassis(&vm.host);
-            (vm, chassis)
+        .map(|l| {
+            let chassis = chassis(&l.host.name);
+            (l.info, chassis)
         })
         .collect();
-    let source = match hosts.get(&located.host.name) {
-        Some(Ok(facts)) => facts.clone(),
-        Some(Err(e)) => return Err(ClusterError::from(clone_error(e)).into()),
-        None => return Err(ClusterError::from(unreachable_of(&located.host.name)).into()),
+    // Each host's answer is used once: taken out of the map.
+    let source = match hosts.remove(&located.host.name) {
+        Some(Ok(facts)) => facts,
+        Some(Err(e)) => return Err(ClusterError::from(e).into()),
+        None => return Err(unanswered(&located.host.name)),
     };
     let mut out = Vec::new();
     for entry in &cluster.inventory.hosts {
@@ -123,34 +125,18 @@ fn verdicts(cluster: &Cluster, vm: &str, only: Option<&str>) -> Result<Vec<HostV
                 host: entry.name.clone(),
             })
         } else {
-            match hosts.get(&entry.name) {
+            match hosts.remove(&entry.name) {
                 Some(Ok(target)) => Ok(Verdict::of(&rules::Facts {
                     vm: located.info.clone(),
                     source: source.clone(),
-                    target: target.clone(),
+                    target,
                     placed: placed.clone(),
                 })),
-                Some(Err(e)) => Err(ClusterError::from(clone_error(e)).into()),
-                None => Err(ClusterError::from(unreachable_of(&entry.name)).into()),
+                Some(Err(e)) => Err(ClusterError::from(e).into()),
+                None => Err(unanswered(&entry.name)),
             }
         };
         out.push((entry.name.clone(), verdict));
     }
     Ok(out)
-}
-
-/// A client error, again (they are not Clone: their sources are io errors).
-fn clone_error(error: &vmig_backend::client::ClientError) -> vmig_backend::client::ClientError {
-    use vmig_backend::client::ClientError;
-    match error {
-        ClientError::Unreachable { host, address, source } => ClientError::Unreachable {
-            host: host.clone(),
-            address: address.clone(),
-            source: std::io::Error::new(source.kind(), source.to_string()),
-        },
-        other => ClientError::Protocol {
-            host: other.host().to_string(),
-            detail: other.to_string(),
-        },
-    }
 }
