@@ -588,22 +588,7 @@ vmig.history({ host = "hostC" })
 fn precheck_names_the_rule_and_the_fix_and_each_host_gets_a_verdict() {
     let lab = Lab::up(&[]);
     for (name, host) in [("db1", "hostA"), ("db2", "hostB")] {
-        lab.ok(&[
-            "vm",
-            "create",
-            "--name",
-            name,
-            "--host",
-            host,
-            "--kernel",
-            "builtin:testguest",
-            "--memory",
-            "64M",
-            "--cmdline",
-            "hb=1000",
-            "--redundancy-group",
-            "db",
-        ]);
+        lab.create_with(name, host, "64M", "hb=1000", &["--redundancy-group", "db"]);
     }
     // hostB is db2's chassis: db1 must not join it there.
     let out = lab.run(&["precheck", "db1", "hostB", "--json"]);

@@ -150,7 +150,12 @@ impl Lab {
     }
 
     pub fn create(&self, name: &str, host: &str, memory: &str, cmdline: &str) {
-        self.ok(&[
+        self.create_with(name, host, memory, cmdline, &[]);
+    }
+
+    /// [`Lab::create`] with more `vmig vm create` flags.
+    pub fn create_with(&self, name: &str, host: &str, memory: &str, cmdline: &str, extra: &[&str]) {
+        let args = [
             "vm",
             "create",
             "--name",
@@ -163,7 +168,8 @@ impl Lab {
             memory,
             "--cmdline",
             cmdline,
-        ]);
+        ];
+        self.ok(&[&args[..], extra].concat());
     }
 
     pub fn console(&self, name: &str) -> String {
