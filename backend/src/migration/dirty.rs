@@ -315,4 +315,19 @@ mod tests {
         // SAFETY: a mapped, aligned page.
         assert!(unsafe { is_zero_page(zero) });
     }
+
+    #[test]
+    fn the_vmms_own_writes_mark_the_bitmap() {
+        use vm_memory::{Bytes, GuestAddress};
+        let memory = crate::vmm::memory::create(128 << 20).unwrap();
+        reset_vmm_bitmap(&memory);
+        let clone = memory.clone();
+        clone.write_slice(&[7u8; 65536], GuestAddress(0x20_0000)).unwrap();
+        let region = memory.iter().next().unwrap();
+        let bits = (**region).bitmap().get_and_reset();
+        let pages: Vec<usize> = (0..bits.len() * 64)
+            .filter(|p| bits[p / 64] & (1 << (p % 64)) != 0)
+            .collect();
+        assert_eq!(pages, (0x200..0x210).collect::<Vec<_>>());
+    }
 }

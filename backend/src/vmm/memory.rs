@@ -86,7 +86,11 @@ pub fn create(size: u64) -> Result<GuestMemory, MemoryError> {
     validate_size(size)?;
     let mut regions = Vec::new();
     for (base, len) in ram_ranges(size) {
-        let mapping = MmapRegionBuilder::<AtomicBitmap>::new(len as usize)
+        // The bitmap must be sized here: the builder's plain `new` gives an
+        // empty one, which drops every mark (and with it the VMM's writes
+        // from a migration's dirty set).
+        let bitmap = <AtomicBitmap as vm_memory::bitmap::NewBitmap>::with_len(len as usize);
+        let mapping = MmapRegionBuilder::new_with_bitmap(len as usize, bitmap)
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE)
             .build()
