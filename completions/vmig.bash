@@ -118,6 +118,12 @@ _vmig() {
             vmig__subcmd__help__subcmd__testguest,export)
                 cmd="vmig__subcmd__help__subcmd__testguest__subcmd__export"
                 ;;
+            vmig__subcmd__help__subcmd__testguest,medium)
+                cmd="vmig__subcmd__help__subcmd__testguest__subcmd__medium"
+                ;;
+            vmig__subcmd__help__subcmd__vm,cdrom)
+                cmd="vmig__subcmd__help__subcmd__vm__subcmd__cdrom"
+                ;;
             vmig__subcmd__help__subcmd__vm,console)
                 cmd="vmig__subcmd__help__subcmd__vm__subcmd__console"
                 ;;
@@ -159,6 +165,12 @@ _vmig() {
                 ;;
             vmig__subcmd__help__subcmd__vm,stop)
                 cmd="vmig__subcmd__help__subcmd__vm__subcmd__stop"
+                ;;
+            vmig__subcmd__help__subcmd__vm__subcmd__cdrom,eject)
+                cmd="vmig__subcmd__help__subcmd__vm__subcmd__cdrom__subcmd__eject"
+                ;;
+            vmig__subcmd__help__subcmd__vm__subcmd__cdrom,insert)
+                cmd="vmig__subcmd__help__subcmd__vm__subcmd__cdrom__subcmd__insert"
                 ;;
             vmig__subcmd__lab,demo)
                 cmd="vmig__subcmd__lab__subcmd__demo"
@@ -208,11 +220,20 @@ _vmig() {
             vmig__subcmd__testguest,help)
                 cmd="vmig__subcmd__testguest__subcmd__help"
                 ;;
+            vmig__subcmd__testguest,medium)
+                cmd="vmig__subcmd__testguest__subcmd__medium"
+                ;;
             vmig__subcmd__testguest__subcmd__help,export)
                 cmd="vmig__subcmd__testguest__subcmd__help__subcmd__export"
                 ;;
             vmig__subcmd__testguest__subcmd__help,help)
                 cmd="vmig__subcmd__testguest__subcmd__help__subcmd__help"
+                ;;
+            vmig__subcmd__testguest__subcmd__help,medium)
+                cmd="vmig__subcmd__testguest__subcmd__help__subcmd__medium"
+                ;;
+            vmig__subcmd__vm,cdrom)
+                cmd="vmig__subcmd__vm__subcmd__cdrom"
                 ;;
             vmig__subcmd__vm,console)
                 cmd="vmig__subcmd__vm__subcmd__console"
@@ -259,6 +280,27 @@ _vmig() {
             vmig__subcmd__vm,stop)
                 cmd="vmig__subcmd__vm__subcmd__stop"
                 ;;
+            vmig__subcmd__vm__subcmd__cdrom,eject)
+                cmd="vmig__subcmd__vm__subcmd__cdrom__subcmd__eject"
+                ;;
+            vmig__subcmd__vm__subcmd__cdrom,help)
+                cmd="vmig__subcmd__vm__subcmd__cdrom__subcmd__help"
+                ;;
+            vmig__subcmd__vm__subcmd__cdrom,insert)
+                cmd="vmig__subcmd__vm__subcmd__cdrom__subcmd__insert"
+                ;;
+            vmig__subcmd__vm__subcmd__cdrom__subcmd__help,eject)
+                cmd="vmig__subcmd__vm__subcmd__cdrom__subcmd__help__subcmd__eject"
+                ;;
+            vmig__subcmd__vm__subcmd__cdrom__subcmd__help,help)
+                cmd="vmig__subcmd__vm__subcmd__cdrom__subcmd__help__subcmd__help"
+                ;;
+            vmig__subcmd__vm__subcmd__cdrom__subcmd__help,insert)
+                cmd="vmig__subcmd__vm__subcmd__cdrom__subcmd__help__subcmd__insert"
+                ;;
+            vmig__subcmd__vm__subcmd__help,cdrom)
+                cmd="vmig__subcmd__vm__subcmd__help__subcmd__cdrom"
+                ;;
             vmig__subcmd__vm__subcmd__help,console)
                 cmd="vmig__subcmd__vm__subcmd__help__subcmd__console"
                 ;;
@@ -303,6 +345,12 @@ _vmig() {
                 ;;
             vmig__subcmd__vm__subcmd__help,stop)
                 cmd="vmig__subcmd__vm__subcmd__help__subcmd__stop"
+                ;;
+            vmig__subcmd__vm__subcmd__help__subcmd__cdrom,eject)
+                cmd="vmig__subcmd__vm__subcmd__help__subcmd__cdrom__subcmd__eject"
+                ;;
+            vmig__subcmd__vm__subcmd__help__subcmd__cdrom,insert)
+                cmd="vmig__subcmd__vm__subcmd__help__subcmd__cdrom__subcmd__insert"
                 ;;
             *)
                 ;;
@@ -633,7 +681,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__help__subcmd__testguest)
-            opts="export"
+            opts="export medium"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -660,9 +708,65 @@ _vmig() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vmig__subcmd__help__subcmd__testguest__subcmd__medium)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vmig__subcmd__help__subcmd__vm)
-            opts="create start stop destroy show console run status stats pause resume save shutdown send"
+            opts="create start stop destroy show console cdrom run status stats pause resume save shutdown send"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__vm__subcmd__cdrom)
+            opts="insert eject"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__vm__subcmd__cdrom__subcmd__eject)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 5 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__vm__subcmd__cdrom__subcmd__insert)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 5 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -1115,7 +1219,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__migrate)
-            opts="-h -V --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --dry-run --force --json --inventory --help --version"
+            opts="-h -V --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --dry-run --force --skip --json --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1139,6 +1243,10 @@ _vmig() {
                     ;;
                 --timeout-action)
                     COMPREPLY=($(compgen -W "cancel force" -- "${cur}"))
+                    return 0
+                    ;;
+                --skip)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --inventory)
@@ -1291,12 +1399,16 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__precheck)
-            opts="-h -V --json --inventory --help --version"
+            opts="-h -V --json --skip --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --skip)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --inventory)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1327,7 +1439,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__testguest)
-            opts="-h -V --inventory --help --version export help"
+            opts="-h -V --inventory --help --version export medium help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1363,7 +1475,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__testguest__subcmd__help)
-            opts="export help"
+            opts="export medium help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1404,9 +1516,155 @@ _vmig() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vmig__subcmd__testguest__subcmd__help__subcmd__medium)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__testguest__subcmd__medium)
+            opts="-h -V --size --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vmig__subcmd__vm)
-            opts="-h -V --inventory --help --version create start stop destroy show console run status stats pause resume save shutdown send help"
+            opts="-h -V --inventory --help --version create start stop destroy show console cdrom run status stats pause resume save shutdown send help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__vm__subcmd__cdrom)
+            opts="-h -V --json --inventory --help --version insert eject help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__vm__subcmd__cdrom__subcmd__eject)
+            opts="-h -V --json --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__vm__subcmd__cdrom__subcmd__help)
+            opts="insert eject help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__vm__subcmd__cdrom__subcmd__help__subcmd__eject)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 5 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__vm__subcmd__cdrom__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 5 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__vm__subcmd__cdrom__subcmd__help__subcmd__insert)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 5 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__vm__subcmd__cdrom__subcmd__insert)
+            opts="-h -V --json --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -1445,7 +1703,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm__subcmd__create)
-            opts="-h -V --spec --name --kernel --initrd --cmdline --memory --vcpus --redundancy-group --host --no-start --json --inventory --help --version"
+            opts="-h -V --spec --name --kernel --initrd --cmdline --memory --vcpus --redundancy-group --disk --cdrom --pmu --host --no-start --json --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1483,6 +1741,14 @@ _vmig() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --disk)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cdrom)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --host)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1517,8 +1783,50 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm__subcmd__help)
-            opts="create start stop destroy show console run status stats pause resume save shutdown send help"
+            opts="create start stop destroy show console cdrom run status stats pause resume save shutdown send help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__vm__subcmd__help__subcmd__cdrom)
+            opts="insert eject"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__vm__subcmd__help__subcmd__cdrom__subcmd__eject)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 5 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__vm__subcmd__help__subcmd__cdrom__subcmd__insert)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 5 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -1793,7 +2101,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm__subcmd__run)
-            opts="-h -V --kernel --initrd --cmdline --memory --vcpus --console --control --restore --incoming --token-file --name --record --migration-id --accept-timeout --stream-timeout --handoff-timeout --inventory --help --version"
+            opts="-h -V --kernel --initrd --cmdline --memory --vcpus --drive --pmu --hide-cpu --allow-disk --console --control --restore --incoming --token-file --name --record --migration-id --accept-timeout --stream-timeout --handoff-timeout --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1816,6 +2124,18 @@ _vmig() {
                     return 0
                     ;;
                 --vcpus)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --drive)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --hide-cpu)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --allow-disk)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

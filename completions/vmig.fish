@@ -47,6 +47,7 @@ complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l bandwidth -d 'Band
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l timeout -d 'Time limit in seconds for the whole migration' -r
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l timeout-action -d 'What the time limit does: `cancel` (the VM stays on the source) or `force` (switch over now)' -r -f -a "cancel\t''
 force\t''"
+complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l skip -d 'Do not check this precheck rule (repeatable; `vmig precheck --help` lists them)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l no-auto-converge -d 'Do not throttle the vCPUs of a guest that dirties memory faster than the link sends'
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l verify-memory -d 'Hash guest memory on both sides at switchover and refuse the handoff if they differ (for testing; adds the hashing time to the downtime)'
@@ -55,6 +56,7 @@ complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l force -d 'Move des
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l json -d 'Print progress and the result as JSON lines (the default without a terminal)'
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l skip -d 'Do not check this rule (repeatable)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l json -d 'Print the verdicts as JSON'
 complete -c vmig -n "__fish_vmig_using_subcommand precheck" -s h -l help -d 'Print help'
@@ -86,24 +88,25 @@ complete -c vmig -n "__fish_vmig_using_subcommand vms" -l inventory -d 'The inve
 complete -c vmig -n "__fish_vmig_using_subcommand vms" -l json -d 'Print JSON instead of a table'
 complete -c vmig -n "__fish_vmig_using_subcommand vms" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand vms" -s V -l version -d 'Print version'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -s h -l help -d 'Print help'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -s V -l version -d 'Print version'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "create" -d 'Define a VM on a host of the cluster and boot it'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "start" -d 'Boot a defined VM on its host'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "stop" -d 'Stop a VM (its definition stays)'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "destroy" -d 'Stop a VM and forget it'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "show" -d 'Show a VM\'s definition, state and counters'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "console" -d 'Print the end of a VM\'s console log'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "run" -d 'Run a VM in the foreground: this process is its VMM'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "status" -d 'Show a running VMM\'s state'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "stats" -d 'Show a running VMM\'s counters (exits, resident memory, console bytes)'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "pause" -d 'Pause a running VM\'s vCPUs'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "resume" -d 'Resume a paused VM'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "save" -d 'Save a paused VM\'s complete state and memory into a directory'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "shutdown" -d 'Stop a VM and end its VMM process'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "send" -d 'Live-migrate a running VM to a VMM waiting with `vm run --incoming`'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console run status stats pause resume save shutdown send help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -f -a "create" -d 'Define a VM on a host of the cluster and boot it'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -f -a "start" -d 'Boot a defined VM on its host'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -f -a "stop" -d 'Stop a VM (its definition stays)'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -f -a "destroy" -d 'Stop a VM and forget it'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -f -a "show" -d 'Show a VM\'s definition, state and counters'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -f -a "console" -d 'Print the end of a VM\'s console log'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -f -a "cdrom" -d 'Insert or eject the medium of a VM\'s CD/DVD drive'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -f -a "run" -d 'Run a VM in the foreground: this process is its VMM'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -f -a "status" -d 'Show a running VMM\'s state'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -f -a "stats" -d 'Show a running VMM\'s counters (exits, resident memory, console bytes)'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -f -a "pause" -d 'Pause a running VM\'s vCPUs'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -f -a "resume" -d 'Resume a paused VM'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -f -a "save" -d 'Save a paused VM\'s complete state and memory into a directory'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -f -a "shutdown" -d 'Stop a VM and end its VMM process'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -f -a "send" -d 'Live-migrate a running VM to a VMM waiting with `vm run --incoming`'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l spec -d 'Read the VM\'s definition from a TOML file' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l name -d 'The VM\'s name (unique in the cluster)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l kernel -d 'Kernel: a path on the host, or `builtin:testguest`' -r
@@ -112,8 +115,11 @@ complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l memory -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l vcpus -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l redundancy-group -d 'VMs of one group must not share a chassis' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l disk -d 'A read-write disk: a raw image on one of the host\'s storage roots (repeatable)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l cdrom -d 'A CD/DVD drive with this ISO image as its medium' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l host -d 'The host to create it on (default: the one with the most memory available)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l pmu -d 'Give the guest virtual performance counters (a target needs a PMU as capable)'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l no-start -d 'Define it without booting it'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l json -d 'Print JSON'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help'
@@ -138,11 +144,21 @@ complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from console" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from console" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from console" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from cdrom" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from cdrom" -l json -d 'Print JSON'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from cdrom" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from cdrom" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from cdrom" -a "insert" -d 'Put an ISO image into the VM\'s CD/DVD drive (the running guest sees it at once)'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from cdrom" -a "eject" -d 'Take the medium out; the drive remembers it, to reconnect it later'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from cdrom" -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l kernel -d 'Kernel to boot: a PVH ELF, a Linux bzImage or vmlinux, or `builtin:testguest`' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l initrd -d 'Initial ramdisk (Linux) or PVH module' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l cmdline -d 'Kernel command line' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l memory -d 'Guest memory (64M to 1T, a multiple of 2M)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l vcpus -d 'Number of vCPUs' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l drive -d 'A drive, in slot order: `disk:PATH` (read-write), `cdrom:PATH` or `cdrom-ejected:PATH` (a read-only CD/DVD with or without its medium in). The image is locked while this VMM may write or read it' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l hide-cpu -d 'Hide this CPU feature (a /proc/cpuinfo name) from the guest; with --incoming, refuse a VM that uses it (repeatable)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l allow-disk -d 'With --incoming: an image the arriving VM may open (repeatable); a VM naming any other drive is refused' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l console -d 'Write the serial console to FILE instead of standard output' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l control -d 'Serve the control socket (status, pause, resume, save, stats, shutdown) at SOCKET' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l restore -d 'Continue a VM saved with `vmig vm save` instead of booting one' -r -F
@@ -155,6 +171,7 @@ complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l stream-timeout -d 'A migration stream on which nothing moves for S seconds has failed' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l handoff-timeout -d 'Each side of the switchover waits S seconds for the other (and a receiver holding the state for Go)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l pmu -d 'Give the guest virtual performance counters (CPUID leaf 0xA); without it the leaf is hidden'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -s V -l version -d 'Print version'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from status" -l control -d 'The VMM\'s control socket (as given to `vmig vm run --control`)' -r -F
@@ -213,6 +230,7 @@ complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "destroy" -d 'Stop a VM and forget it'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "show" -d 'Show a VM\'s definition, state and counters'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "console" -d 'Print the end of a VM\'s console log'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "cdrom" -d 'Insert or eject the medium of a VM\'s CD/DVD drive'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "run" -d 'Run a VM in the foreground: this process is its VMM'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "status" -d 'Show a running VMM\'s state'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "stats" -d 'Show a running VMM\'s counters (exits, resident memory, console bytes)'
@@ -277,15 +295,21 @@ complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcomman
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from help" -f -a "demo" -d 'Bring the lab up if needed and evacuate vm1\'s host with runbooks/evacuate.lua, with progress bars'
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from help" -f -a "down" -d 'Stop every VM and agent of the lab and remove its files'
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c vmig -n "__fish_vmig_using_subcommand testguest; and not __fish_seen_subcommand_from export help" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
-complete -c vmig -n "__fish_vmig_using_subcommand testguest; and not __fish_seen_subcommand_from export help" -s h -l help -d 'Print help'
-complete -c vmig -n "__fish_vmig_using_subcommand testguest; and not __fish_seen_subcommand_from export help" -s V -l version -d 'Print version'
-complete -c vmig -n "__fish_vmig_using_subcommand testguest; and not __fish_seen_subcommand_from export help" -f -a "export" -d 'Write the test guest\'s PVH ELF image to a file (e.g. for `qemu-system-x86_64 -kernel`)'
-complete -c vmig -n "__fish_vmig_using_subcommand testguest; and not __fish_seen_subcommand_from export help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmig -n "__fish_vmig_using_subcommand testguest; and not __fish_seen_subcommand_from export medium help" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand testguest; and not __fish_seen_subcommand_from export medium help" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand testguest; and not __fish_seen_subcommand_from export medium help" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand testguest; and not __fish_seen_subcommand_from export medium help" -f -a "export" -d 'Write the test guest\'s PVH ELF image to a file (e.g. for `qemu-system-x86_64 -kernel`)'
+complete -c vmig -n "__fish_vmig_using_subcommand testguest; and not __fish_seen_subcommand_from export medium help" -f -a "medium" -d 'Write a CD/DVD medium (an image for `cdrom`) whose every word the test guest checks when it reads it (`disk=` workload)'
+complete -c vmig -n "__fish_vmig_using_subcommand testguest; and not __fish_seen_subcommand_from export medium help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c vmig -n "__fish_vmig_using_subcommand testguest; and __fish_seen_subcommand_from export" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand testguest; and __fish_seen_subcommand_from export" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand testguest; and __fish_seen_subcommand_from export" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand testguest; and __fish_seen_subcommand_from medium" -l size -d 'Its size (a multiple of 64K)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand testguest; and __fish_seen_subcommand_from medium" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand testguest; and __fish_seen_subcommand_from medium" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand testguest; and __fish_seen_subcommand_from medium" -s V -l version -d 'Print version'
 complete -c vmig -n "__fish_vmig_using_subcommand testguest; and __fish_seen_subcommand_from help" -f -a "export" -d 'Write the test guest\'s PVH ELF image to a file (e.g. for `qemu-system-x86_64 -kernel`)'
+complete -c vmig -n "__fish_vmig_using_subcommand testguest; and __fish_seen_subcommand_from help" -f -a "medium" -d 'Write a CD/DVD medium (an image for `cdrom`) whose every word the test guest checks when it reads it (`disk=` workload)'
 complete -c vmig -n "__fish_vmig_using_subcommand testguest; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c vmig -n "__fish_vmig_using_subcommand generate" -l out-dir -d 'Directory that receives `man/` and `completions/`' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand generate" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
@@ -311,6 +335,7 @@ complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcomma
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "destroy" -d 'Stop a VM and forget it'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "show" -d 'Show a VM\'s definition, state and counters'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "console" -d 'Print the end of a VM\'s console log'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "cdrom" -d 'Insert or eject the medium of a VM\'s CD/DVD drive'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "run" -d 'Run a VM in the foreground: this process is its VMM'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "status" -d 'Show a running VMM\'s state'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "stats" -d 'Show a running VMM\'s counters (exits, resident memory, console bytes)'
@@ -325,3 +350,4 @@ complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcomma
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from lab" -f -a "demo" -d 'Bring the lab up if needed and evacuate vm1\'s host with runbooks/evacuate.lua, with progress bars'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from lab" -f -a "down" -d 'Stop every VM and agent of the lab and remove its files'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from testguest" -f -a "export" -d 'Write the test guest\'s PVH ELF image to a file (e.g. for `qemu-system-x86_64 -kernel`)'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from testguest" -f -a "medium" -d 'Write a CD/DVD medium (an image for `cdrom`) whose every word the test guest checks when it reads it (`disk=` workload)'

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use vmig_backend::agent::AgentConfig;
-use vmig_backend::agent::config::Limits;
+use vmig_backend::agent::config::{CpuConfig, Limits};
+use vmig_backend::agent::storage::StorageRoot;
 use vmig_backend::agent::vmm::{Record, alive, kill};
 use vmig_backend::api::{HostFacts, Request, VmSpec};
 use vmig_backend::client::Client;
@@ -23,6 +24,12 @@ use crate::inventory::{HostEntry, Inventory};
 
 /// How long an agent may take to answer after it was started.
 const AGENT_START: Duration = Duration::from_secs(20);
+/// Each demo VM's disk (sparse), on the shared storage.
+const DEMO_DISK: u64 = 64 << 20;
+/// The CD/DVD medium every demo VM has in its drive, on the shared storage.
+pub const DEMO_MEDIUM: &str = "tools.iso";
+/// The demo guests write and check their disks, and read their medium, gently.
+const DEMO_DISK_WORKLOAD: &str = "disk=all disk_rate=2";
 
 /// What `lab up` builds.
 #[derive(Debug, Clone)]
@@ -59,8 +66,78 @@ pub fn host_name(index: usize) -> String {
     format!("host{}", (b'A' + (index % 26) as u8) as char)
 }
 
-/// Each host gets its own loopback address, 127.0.1.1, 127.0.1.2, ...
+/// How one lab host differs from the others, so that every precheck rule
+/// can be tripped on one machine. hostA..hostC are alike (each its own
+/// chassis); then hostD shares hostA's chassis over a 1 GbE link, hostE's
+/// management network is IPv6, hostF lacks the shared storage root, and
+/// hostG hides a CPU feature and offers no performance counters. Later
+/// hosts are alike again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Profile {
+    chassis: String,
+    link_speed_mbps: u64,
+    ipv6: bool,
+    shared_storage: bool,
+    hide_cpu: Vec<String>,
+    pmu: bool,
+}
+
+/// Features hostG may hide (none that the test guest needs), in order of
+/// preference; it hides the first this machine's KVM offers.
+const HIDEABLE: [&str; 6] = ["gfni", "clwb", "clflushopt", "avx2", "sse4_2", "popcnt"];
+
+/// The CPU feature hostG hides: one this machine's KVM offers its guests
+/// (so that a VM from another host trips `cpu.features` there).
+pub fn hidden_feature() -> Option<String> {
+    let kvm = vmig_backend::vmm::open_kvm().ok()?;
+    let supported = vmig_backend::vmm::cpuid::supported(&kvm).ok()?;
+    let offered = vmig_backend::vmm::cpuid::feature_names(supported.as_slice());
+    HIDEABLE
+        .iter()
+        .find(|f| offered.iter().any(|o| o == *f))
+        .map(|f| (*f).to_string())
+}
+
+fn profile(index: usize) -> Profile {
+    let standard = Profile {
+        chassis: format!("lab-chassis-{}", index + 1),
+        link_speed_mbps: 10_000,
+        ipv6: false,
+        shared_storage: true,
+        hide_cpu: Vec::new(),
+        pmu: true,
+    };
+    match index {
+        3 => Profile {
+            chassis: "lab-chassis-1".into(),
+            link_speed_mbps: 1_000,
+            ..standard
+        },
+        4 => Profile { ipv6: true, ..standard },
+        5 => Profile {
+            shared_storage: false,
+            ..standard
+        },
+        6 => Profile {
+            hide_cpu: hidden_feature().into_iter().collect(),
+            pmu: false,
+            ..standard
+        },
+        _ => standard,
+    }
+}
+
+/// Whether demo VMs go on host `index`: the hosts that differ are left free.
+fn holds_demo_vms(index: usize) -> bool {
+    !(3..=6).contains(&index)
+}
+
+/// Each host gets its own loopback address, 127.0.1.1, 127.0.1.2, ...;
+/// an IPv6 host gets ::1 (its own port).
 fn host_ip(index: usize) -> IpAddr {
+    if profile(index).ipv6 {
+        return IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+    }
     IpAddr::V4(Ipv4Addr::new(127, 0, 1, (index + 1) as u8))
 }
 
@@ -90,6 +167,16 @@ impl Lab {
 
     fn host_dir(&self, name: &str) -> PathBuf {
         self.dir.join("hosts").join(name)
+    }
+
+    /// The storage every host but hostF mounts: the demo VMs' disks and media.
+    pub fn shared_storage(&self) -> PathBuf {
+        self.dir.join("storage")
+    }
+
+    /// Host `name`'s own storage, which no other host reaches.
+    pub fn local_storage(&self, name: &str) -> PathBuf {
+        self.host_dir(name).join("local")
     }
 
     fn host_names(&self) -> Vec<String> {
@@ -136,16 +223,37 @@ impl Lab {
             say(&format!("agents up: {}", started.join(", ")));
         }
         if !exists {
+            let homes: Vec<&HostEntry> = inventory
+                .hosts
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| holds_demo_vms(*i))
+                .map(|(_, h)| h)
+                .collect();
+            let medium = self.shared_storage().join(DEMO_MEDIUM);
             for i in 0..options.vms {
-                let host = &inventory.hosts[i % inventory.hosts.len()];
+                let host = homes[i % homes.len()];
+                let name = format!("vm{}", i + 1);
+                let disk = self.shared_storage().join(format!("{name}.img"));
+                std::fs::File::create(&disk)
+                    .and_then(|f| f.set_len(DEMO_DISK))
+                    .with_context(|| format!("cannot create {}", disk.display()))?;
                 let spec = VmSpec {
-                    name: format!("vm{}", i + 1),
+                    name,
                     vcpus: 1,
                     memory: options.vm_memory.clone(),
                     kernel: "builtin:testguest".into(),
                     initrd: None,
-                    cmdline: options.vm_cmdline.clone(),
-                    redundancy_group: None,
+                    cmdline: format!("{} {DEMO_DISK_WORKLOAD}", options.vm_cmdline),
+                    disks: vec![vmig_backend::api::DiskSpec {
+                        path: disk.display().to_string(),
+                        size: None,
+                    }],
+                    cdrom: Some(vmig_backend::api::CdromSpec {
+                        path: medium.display().to_string(),
+                        connected: true,
+                    }),
+                    ..VmSpec::default()
                 };
                 let client = Client::new(&host.name, &host.address, Arc::clone(&tls));
                 client
@@ -162,12 +270,31 @@ impl Lab {
         let pki_dir = self.pki_dir();
         pki::init_ca(&pki_dir, "vmig-lab")?;
         let operator = pki::issue(&pki_dir, Role::Operator, "operator", &[], &pki_dir)?;
+        let shared = self.shared_storage();
+        std::fs::create_dir_all(&shared).with_context(|| format!("cannot create {}", shared.display()))?;
+        vmig_backend::testguest::write_medium(&shared.join(DEMO_MEDIUM), 4 << 20)
+            .with_context(|| format!("cannot write {}", shared.join(DEMO_MEDIUM).display()))?;
         let mut hosts = Vec::new();
         for index in 0..options.hosts {
             let name = host_name(index);
             let ip = host_ip(index);
+            let profile = profile(index);
             let dir = self.host_dir(&name);
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let local = self.local_storage(&name);
+            std::fs::create_dir_all(&local).with_context(|| format!("cannot create {}", local.display()))?;
+            let mut storage = vec![StorageRoot {
+                name: "local".into(),
+                path: local,
+                shared: false,
+            }];
+            if profile.shared_storage {
+                storage.push(StorageRoot {
+                    name: "shared".into(),
+                    path: shared.clone(),
+                    shared: true,
+                });
+            }
             let identity: Identity = pki::issue(&pki_dir, Role::Host, &name, &[ip.to_string()], &dir)?;
             let address = SocketAddr::new(ip, free_port(ip)?);
             let config = AgentConfig {
@@ -175,14 +302,18 @@ impl Lab {
                 api_address: address,
                 migration_address: Some(ip),
                 state_dir: dir.join("state"),
-                chassis: Some(format!("lab-chassis-{}", index + 1)),
-                link_speed_mbps: 10_000,
+                chassis: Some(profile.chassis),
+                link_speed_mbps: profile.link_speed_mbps,
                 // The lab's hosts share one machine's memory: each is given
                 // a share, so that free memory differs by what each holds.
                 memory_for_vms: Some(options.memory_per_host.clone()),
                 networks: vec!["lab".into()],
-                storage: Vec::new(),
+                storage,
                 tls: identity,
+                cpu: CpuConfig {
+                    hide: profile.hide_cpu,
+                    pmu: profile.pmu,
+                },
                 limits: Limits {
                     max_migration_cost: options.max_migration_cost,
                     migration_cost: None,

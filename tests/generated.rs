@@ -92,3 +92,30 @@ fn the_readme_and_help_print_the_one_exit_code_table() {
         );
     }
 }
+
+#[test]
+fn the_readme_documents_every_precheck_rule_with_its_fix() {
+    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = readme
+        .split("## Prechecks")
+        .nth(1)
+        .expect("the README has a Prechecks section");
+    let rows: Vec<(String, String)> = section
+        .lines()
+        .skip_while(|line| !line.starts_with("| rule | what it checks"))
+        .skip(2)
+        .take_while(|line| line.starts_with('|'))
+        .map(|line| {
+            let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
+            (cells[0].to_string(), cells[1..].join(" | "))
+        })
+        .collect();
+    let code: Vec<(String, String)> = vmig::ops::precheck::rules::RULES
+        .iter()
+        .map(|r| (r.id.to_string(), r.doc.to_string()))
+        .collect();
+    assert_eq!(
+        rows, code,
+        "README.md's precheck rules differ from src/ops/precheck/rules.rs"
+    );
+}

@@ -42,6 +42,7 @@ fn hello(cpuid: Vec<CpuidLeaf>) -> Hello {
             memory_bytes: 64 << 20,
             vcpus: 1,
             cpuid_masks: Vec::new(),
+            disks: Vec::new(),
         },
         cpuid,
         xsave_size: 0,

@@ -204,6 +204,56 @@ pub enum Request {
         name: String,
         id: String,
     },
+    /// What this host finds at each image path (`Vec<DriveProbe>`): the
+    /// agent looks itself. Changes nothing.
+    ProbeDrives {
+        paths: Vec<String>,
+    },
+    /// Notes in this (the source's) journal that the prechecks refused
+    /// migration `id` of VM `name` to `target`; changes nothing else.
+    RecordRefusal {
+        id: String,
+        name: String,
+        target: String,
+        #[serde(default)]
+        run: Option<String>,
+        rules: Vec<String>,
+        code: Code,
+        message: String,
+    },
+    /// Inserts `medium` into the VM's CD/DVD drive, or ejects it (`None`);
+    /// the definition keeps the change.
+    Cdrom {
+        name: String,
+        #[serde(default)]
+        medium: Option<String>,
+    },
+}
+
+/// What an agent found at an image path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriveProbe {
+    pub path: String,
+    /// The storage root of the host it lies under.
+    pub root: Option<String>,
+    /// That root is shared across hosts.
+    pub shared: bool,
+    pub exists: bool,
+    pub size: u64,
+    /// `id:HEX` (the image's `user.vmig.id`), else `inode:DEV:INO`.
+    pub identity: Option<String>,
+    /// A VMM holds the image's lock.
+    pub locked: bool,
+    /// Why it could not be looked at.
+    pub error: Option<String>,
+}
+
+/// A storage root as the facts report it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageFacts {
+    pub name: String,
+    pub path: String,
+    pub shared: bool,
 }
 
 /// Another agent, as the operator's inventory knows it.
@@ -234,6 +284,73 @@ pub struct VmSpec {
     /// VMs of one group must not share a chassis (checked by prechecks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redundancy_group: Option<String>,
+    /// Read-write disks (raw images on the host's storage roots), by slot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskSpec>,
+    /// A read-only CD/DVD drive, in the slot after the disks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cdrom: Option<CdromSpec>,
+    /// Virtual performance counters (CPUID leaf 0xA): a target must offer a
+    /// PMU at least as capable.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pmu: bool,
+    /// A vGPU profile: its frame buffer is copied while the VM is stunned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vgpu: Option<VgpuSpec>,
+}
+
+impl Default for VmSpec {
+    fn default() -> Self {
+        VmSpec {
+            name: String::new(),
+            vcpus: default_vcpus(),
+            memory: default_memory(),
+            kernel: String::new(),
+            initrd: None,
+            cmdline: String::new(),
+            redundancy_group: None,
+            disks: Vec::new(),
+            cdrom: None,
+            pmu: false,
+            vgpu: None,
+        }
+    }
+}
+
+/// A read-write disk: a raw image file on a storage root of the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    /// Absolute path of the image.
+    pub path: String,
+    /// The size the image must have at least ("1G"); none: whatever it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+}
+
+/// A CD/DVD drive and its medium (an ISO image).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CdromSpec {
+    /// Absolute path of the medium; kept when ejected, to reconnect it.
+    pub path: String,
+    /// Whether the medium is in the drive.
+    #[serde(default = "default_connected")]
+    pub connected: bool,
+}
+
+fn default_connected() -> bool {
+    true
+}
+
+/// A vGPU profile, as the operator declares it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VgpuSpec {
+    /// The vendor's profile name, e.g. "grid_a100-8c".
+    pub profile: String,
+    /// Its frame buffer ("8G"), copied while the VM is stunned.
+    pub framebuffer: String,
 }
 
 fn default_vcpus() -> u8 {
@@ -260,12 +377,75 @@ impl VmSpec {
         if self.kernel.is_empty() {
             return Err("kernel: must not be empty".into());
         }
+        let slots = self.disks.len() + usize::from(self.cdrom.is_some());
+        if slots > crate::vmm::devices::virtio::mmio::MAX_DEVICES {
+            return Err(format!(
+                "disks: {slots} drives (disks and CD/DVD); at most {} are supported",
+                crate::vmm::devices::virtio::mmio::MAX_DEVICES
+            ));
+        }
+        let mut paths = std::collections::BTreeSet::new();
+        for (i, disk) in self.disks.iter().enumerate() {
+            let field = format!("disks[{i}]");
+            check_image_path(&disk.path).map_err(|e| format!("{field}.path: {e}"))?;
+            if let Some(size) = &disk.size {
+                crate::size::parse_size(size).map_err(|e| format!("{field}.size: {e}"))?;
+            }
+            if !paths.insert(disk.path.as_str()) {
+                return Err(format!("{field}.path: {} is given twice", disk.path));
+            }
+        }
+        if let Some(cdrom) = &self.cdrom {
+            check_image_path(&cdrom.path).map_err(|e| format!("cdrom.path: {e}"))?;
+            if paths.contains(cdrom.path.as_str()) {
+                return Err(format!("cdrom.path: {} is one of the disks", cdrom.path));
+            }
+        }
+        if let Some(vgpu) = &self.vgpu {
+            if vgpu.profile.is_empty() {
+                return Err("vgpu.profile: must not be empty".into());
+            }
+            crate::size::parse_size(&vgpu.framebuffer).map_err(|e| format!("vgpu.framebuffer: {e}"))?;
+        }
         Ok(())
     }
 
     pub fn memory_bytes(&self) -> u64 {
         crate::size::parse_size(&self.memory).unwrap_or(0)
     }
+
+    /// The VM's drives as its VMM gets them, by slot: the disks, then the CD/DVD.
+    pub fn drives(&self) -> Vec<crate::vmm::devices::virtio::DiskConfig> {
+        use crate::vmm::devices::virtio::{DiskConfig, DiskKind};
+        let disks = self.disks.iter().map(|d| DiskConfig {
+            kind: DiskKind::Disk,
+            path: d.path.clone().into(),
+            connected: true,
+        });
+        let cdrom = self.cdrom.iter().map(|c| DiskConfig {
+            kind: DiskKind::Cdrom,
+            path: c.path.clone().into(),
+            connected: c.connected,
+        });
+        disks.chain(cdrom).collect()
+    }
+
+    /// The slot of the CD/DVD drive.
+    pub fn cdrom_slot(&self) -> Option<usize> {
+        self.cdrom.as_ref().map(|_| self.disks.len())
+    }
+}
+
+/// An image path in a spec: absolute, and nothing a `--drive` value or a
+/// TOML reader could take for something else.
+fn check_image_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} is not an absolute path"));
+    }
+    if path.contains(['\0', '\n']) || path.split('/').any(|c| c == "..") {
+        return Err(format!("{path:?} may not hold NUL, newlines or `..`"));
+    }
+    Ok(())
 }
 
 /// VM and host names: 1 to 63 of letters, digits, `-`, `_`, `.`; not starting with `.` or `-`.
@@ -344,6 +524,18 @@ pub struct VmInfo {
     /// Its redundancy group (VMs of one group must not share a chassis).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redundancy_group: Option<String>,
+    /// Its disks, by slot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskSpec>,
+    /// Its CD/DVD drive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cdrom: Option<CdromSpec>,
+    /// It was started with virtual performance counters.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pmu: bool,
+    /// Its vGPU profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vgpu: Option<VgpuSpec>,
 }
 
 /// `vmig vm show`: the definition, the summary and the VMM's own figures.
@@ -368,6 +560,12 @@ pub struct HostFacts {
     pub cpu_features: Vec<String>,
     /// Architectural PMU version KVM offers guests (0: none).
     pub pmu_version: u8,
+    /// Its general-purpose counters per vCPU.
+    #[serde(default)]
+    pub pmu_counters: u8,
+    /// Their width in bits.
+    #[serde(default)]
+    pub pmu_counter_bits: u8,
     pub memory_total_bytes: u64,
     pub memory_available_bytes: u64,
     pub chassis: Option<String>,
@@ -376,7 +574,7 @@ pub struct HostFacts {
     pub migration_address: String,
     pub link_speed_mbps: u64,
     pub networks: Vec<String>,
-    pub storage: Vec<String>,
+    pub storage: Vec<StorageFacts>,
     pub vms: usize,
     /// Migrations running (and queued) on this host, by cost.
     pub migration_cost_in_use: u32,
@@ -464,6 +662,14 @@ pub enum JournalEvent {
     ArrivedLost,
     /// Target: the receiving VMM ended without ever running the VM.
     Discarded,
+    /// Source: the prechecks refused the move; nothing was started.
+    Refused {
+        /// The ids of the rules that blocked it (errors, or warnings of an
+        /// unforced move).
+        rules: Vec<String>,
+        code: Code,
+        message: String,
+    },
 }
 
 /// How a migration ended: the final answer its watchers get.
@@ -673,7 +879,7 @@ mod tests {
             kernel: "builtin:testguest".into(),
             initrd: None,
             cmdline: String::new(),
-            redundancy_group: None,
+            ..VmSpec::default()
         };
         assert!(spec.validate().is_ok());
         let bad = VmSpec {
@@ -681,8 +887,43 @@ mod tests {
             ..spec.clone()
         };
         assert!(bad.validate().unwrap_err().starts_with("memory:"));
-        let bad = VmSpec { vcpus: 0, ..spec };
+        let bad = VmSpec {
+            vcpus: 0,
+            ..spec.clone()
+        };
         assert!(bad.validate().unwrap_err().starts_with("vcpus:"));
+        let disk = |path: &str| DiskSpec {
+            path: path.into(),
+            size: None,
+        };
+        let bad = VmSpec {
+            disks: vec![disk("images/vm1.img")],
+            ..spec.clone()
+        };
+        assert!(bad.validate().unwrap_err().starts_with("disks[0].path:"));
+        let bad = VmSpec {
+            disks: vec![disk("/a.img"), disk("/a.img")],
+            ..spec.clone()
+        };
+        assert!(bad.validate().unwrap_err().contains("twice"));
+        let bad = VmSpec {
+            disks: (0..5).map(|i| disk(&format!("/d{i}.img"))).collect(),
+            ..spec.clone()
+        };
+        assert!(bad.validate().unwrap_err().starts_with("disks:"));
+        let good = VmSpec {
+            disks: vec![disk("/srv/a.img")],
+            cdrom: Some(CdromSpec {
+                path: "/srv/tools.iso".into(),
+                connected: false,
+            }),
+            ..spec
+        };
+        assert!(good.validate().is_ok());
+        let drives = good.drives();
+        assert_eq!(drives.len(), 2);
+        assert_eq!(good.cdrom_slot(), Some(1));
+        assert!(!drives[1].connected && drives[1].read_only());
     }
 
     #[test]

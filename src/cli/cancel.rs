@@ -63,6 +63,7 @@ pub fn exec(args: &CancelArgs, inventory: Option<&Path>) -> Result<Exit> {
         options: MigrationOptions::default(),
         info: Some(located.info),
         force: false,
+        skip: crate::ops::precheck::Skip::default(),
     };
     let result = flow::watch(&cluster, &plan, &mut |event| display.show(event));
     display.finish();

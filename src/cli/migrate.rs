@@ -44,6 +44,9 @@ pub struct MigrateArgs {
     /// Move despite the prechecks' warnings (never despite an error).
     #[arg(long)]
     force: bool,
+    /// Do not check this precheck rule (repeatable; `vmig precheck --help` lists them).
+    #[arg(long, value_name = "RULE")]
+    skip: Vec<String>,
     /// Print progress and the result as JSON lines (the default without a terminal).
     #[arg(long)]
     json: bool,
@@ -51,9 +54,12 @@ pub struct MigrateArgs {
 
 pub fn exec(args: &MigrateArgs, inventory: Option<&Path>) -> Result<Exit> {
     let options = args.limits.options()?;
+    let skip =
+        crate::ops::precheck::Skip::parse(&args.skip).map_err(|e| crate::cli::UsageError(format!("--skip: {e}")))?;
     let cluster = Cluster::open(inventory)?;
     let mut plan = flow::plan(&cluster, &args.vm, &args.host, options)?;
     plan.force = args.force;
+    plan.skip = skip;
     let json = args.json || !std::io::stderr().is_terminal();
     if args.dry_run {
         return dry_run(&cluster, &plan, json);
@@ -63,7 +69,7 @@ pub fn exec(args: &MigrateArgs, inventory: Option<&Path>) -> Result<Exit> {
 
 /// `--dry-run`: the prechecks, and what the move would do; nothing moves.
 fn dry_run(cluster: &Cluster, plan: &Plan, json: bool) -> Result<Exit> {
-    let verdict = crate::ops::precheck::precheck(cluster, &plan.vm, &plan.target.name)?;
+    let verdict = crate::ops::precheck::precheck(cluster, &plan.vm, &plan.target.name, &plan.skip)?;
     let would = verdict.ok && (verdict.warnings.is_empty() || plan.force);
     let mut out = std::io::stdout().lock();
     if json {

@@ -10,18 +10,26 @@ use crate::exit::Exit;
 use crate::ops::cluster::Cluster;
 use crate::ops::precheck::{self, Finding, Verdict};
 
+/// The help's epilogue: every rule with what it checks and its fix, from
+/// the rules themselves (so the man page cannot miss one).
+fn after_help() -> String {
+    let rules: String = precheck::rules::RULES
+        .iter()
+        .map(|r| format!("  {}: {}\n", r.id, r.doc))
+        .collect();
+    format!(
+        "Each finding has a stable rule id, a severity and a message that names the fix, with the \
+         facts it used (measured by an agent, or declared in a config). An error blocks the move; a \
+         warning only says it may go badly (a move then needs --force). Rules:\n{rules}\n\
+         Exit code: 0 the move can start (with HOST: no errors; without: some host has none); 1 it \
+         cannot; 2 bad arguments (an unknown --skip rule); 7 unknown VM or host; 5 a host could not be asked.\n\n\
+         Examples:\n  vmig precheck vm1 hostB\n  vmig precheck vm1          # every other host, a table\n  \
+         vmig precheck vm1 hostB --json\n  vmig precheck vm1 hostB --skip concurrency.budget"
+    )
+}
+
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Each finding has a stable rule id, a severity and a message that names \
-    the fix, with the facts it used (measured by an agent, or declared in a config). An error \
-    blocks the move; a warning only says it may go badly. Rules: vm.stable, host.versions, \
-    network.family, capacity.memory, capacity.name, cpu.features, cpu.pmu, redundancy.chassis, \
-    concurrency.budget.\n\n\
-    Exit code: 0 the move can start (with HOST: no errors; without: some host has none); 1 it \
-    cannot; 7 unknown VM or host; 5 a host could not be asked.\n\n\
-    Examples:\n  vmig precheck vm1 hostB\n  vmig precheck vm1          # every other host, a table\n  \
-    vmig precheck vm1 hostB --json"
-)]
+#[command(after_help = after_help())]
 pub struct PrecheckArgs {
     /// The VM to move.
     vm: String,
@@ -30,13 +38,17 @@ pub struct PrecheckArgs {
     /// Print the verdicts as JSON.
     #[arg(long)]
     json: bool,
+    /// Do not check this rule (repeatable).
+    #[arg(long, value_name = "RULE")]
+    skip: Vec<String>,
 }
 
 pub fn exec(args: &PrecheckArgs, inventory: Option<&Path>) -> Result<Exit> {
+    let skip = precheck::Skip::parse(&args.skip).map_err(|e| crate::cli::UsageError(format!("--skip: {e}")))?;
     let cluster = Cluster::open(inventory)?;
     let mut out = std::io::stdout().lock();
     if let Some(host) = &args.host {
-        let verdict = precheck::precheck(&cluster, &args.vm, host)?;
+        let verdict = precheck::precheck(&cluster, &args.vm, host, &skip)?;
         if args.json {
             writeln!(out, "{}", serde_json::to_string(&verdict)?)?;
         } else {
@@ -44,7 +56,7 @@ pub fn exec(args: &PrecheckArgs, inventory: Option<&Path>) -> Result<Exit> {
         }
         return Ok(if verdict.ok { Exit::Ok } else { Exit::Failure });
     }
-    let all = precheck::precheck_all(&cluster, &args.vm)?;
+    let all = precheck::precheck_all(&cluster, &args.vm, &skip)?;
     let mut exit = Exit::Failure;
     let mut json = Vec::new();
     if !args.json {

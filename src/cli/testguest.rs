@@ -16,6 +16,15 @@ pub enum TestguestCommand {
         /// Where to write the image.
         path: PathBuf,
     },
+    /// Write a CD/DVD medium (an image for `cdrom`) whose every word the test
+    /// guest checks when it reads it (`disk=` workload).
+    Medium {
+        /// Where to write the medium.
+        path: PathBuf,
+        /// Its size (a multiple of 64K).
+        #[arg(long, value_name = "SIZE", default_value = "4M")]
+        size: String,
+    },
 }
 
 pub fn exec(command: TestguestCommand) -> Result<Exit> {
@@ -28,6 +37,14 @@ pub fn exec(command: TestguestCommand) -> Result<Exit> {
                 path.display(),
                 testguest::IMAGE.len()
             )?;
+            Ok(Exit::Ok)
+        }
+        TestguestCommand::Medium { path, size } => {
+            let bytes =
+                vmig_backend::size::parse_size(&size).map_err(|e| crate::cli::UsageError(format!("--size: {e}")))?;
+            testguest::write_medium(&path, bytes)
+                .map_err(|e| crate::cli::UsageError(format!("cannot write {}: {e}", path.display())))?;
+            writeln!(std::io::stdout().lock(), "wrote {} ({bytes} bytes)", path.display())?;
             Ok(Exit::Ok)
         }
     }

@@ -355,6 +355,15 @@ pub struct MigrateOptions {
     verify_memory: Option<bool>,
     /// Move despite the prechecks' warnings (never despite an error).
     force: Option<bool>,
+    /// Precheck rules not to check.
+    skip: Option<Vec<String>>,
+}
+
+/// How a migration's prechecks are taken: forced past warnings, rules skipped.
+#[derive(Debug, Clone, Default)]
+struct Checks {
+    force: bool,
+    skip: crate::ops::precheck::Skip,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -365,6 +374,15 @@ enum Bandwidth {
 }
 
 impl MigrateOptions {
+    fn checks(&self, function: &str) -> Result<Checks, Fail> {
+        let skip = crate::ops::precheck::Skip::parse(self.skip.as_deref().unwrap_or_default())
+            .map_err(|e| invalid(function, format!("skip: {e}")))?;
+        Ok(Checks {
+            force: self.force.unwrap_or(false),
+            skip,
+        })
+    }
+
     fn engine(&self, function: &str) -> Result<MigrationOptions, Fail> {
         let mut options = MigrationOptions::default();
         if let Some(ms) = self.downtime_ms {
@@ -408,10 +426,10 @@ fn migrate(lua: &Lua, context: &Context, args: &MultiValue) -> Result<Value, Fai
     let vm = string_arg(args, 1, "migrate", "vm")?;
     let host = string_arg(args, 2, "migrate", "host")?;
     let options: MigrateOptions = options_arg(lua, args, 3, "migrate")?;
-    let force = options.force.unwrap_or(false);
+    let checks = options.checks("migrate")?;
     let options = options.engine("migrate")?;
     let cluster = context.cluster()?;
-    let outcome = run_one(context, &cluster, &vm, &host, options, force)?;
+    let outcome = run_one(context, &cluster, &vm, &host, options, checks)?;
     to_lua(lua, &outcome)
 }
 
@@ -478,10 +496,11 @@ fn run_one(
     vm: &str,
     host: &str,
     options: MigrationOptions,
-    force: bool,
+    checks: Checks,
 ) -> Result<Migrated, Fail> {
     let mut plan = flow::plan(cluster, vm, host, options).map_err(|e| Fail::of_migrate(&e, vm, host))?;
-    plan.force = force;
+    plan.force = checks.force;
+    plan.skip = checks.skip;
     let mut progress = context.ui.migration(&plan, context.run.dry_run);
     let outcome = flow::migrate(&context.run, cluster, &plan, &mut |event| progress.event(event));
     progress.done(&outcome);
@@ -530,11 +549,7 @@ fn parallel(lua: &Lua, context: &Context, args: &MultiValue) -> Result<Value, Fa
     // Every item's options are checked before the first migration starts.
     let mut work = Vec::with_capacity(items.len());
     for item in &items {
-        work.push((
-            item,
-            item.options.engine("parallel")?,
-            item.options.force.unwrap_or(false),
-        ));
+        work.push((item, item.options.engine("parallel")?, item.options.checks("parallel")?));
     }
     let cluster = context.cluster()?;
     let next = Mutex::new(0usize);
@@ -549,10 +564,10 @@ fn parallel(lua: &Lua, context: &Context, args: &MultiValue) -> Result<Value, Fa
                         *next += 1;
                         index
                     };
-                    let Some((item, options, force)) = work.get(index) else {
+                    let Some((item, options, checks)) = work.get(index) else {
                         break;
                     };
-                    let result = run_one(context, &cluster, &item.vm, &item.host, options.clone(), *force);
+                    let result = run_one(context, &cluster, &item.vm, &item.host, options.clone(), checks.clone());
                     *results[index].lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
                 }
             });
@@ -586,11 +601,21 @@ fn parallel(lua: &Lua, context: &Context, args: &MultiValue) -> Result<Value, Fa
     Ok(Value::Table(list))
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrecheckOptions {
+    /// Rules not to check.
+    skip: Option<Vec<String>>,
+}
+
 fn precheck(lua: &Lua, context: &Context, args: &MultiValue) -> Result<Value, Fail> {
     let vm = string_arg(args, 1, "precheck", "vm")?;
     let host = string_arg(args, 2, "precheck", "host")?;
+    let options: PrecheckOptions = options_arg(lua, args, 3, "precheck")?;
+    let skip = crate::ops::precheck::Skip::parse(options.skip.as_deref().unwrap_or_default())
+        .map_err(|e| invalid("precheck", format!("skip: {e}")))?;
     let cluster = context.cluster()?;
-    let verdict = crate::ops::precheck::precheck(&cluster, &vm, &host)
+    let verdict = crate::ops::precheck::precheck(&cluster, &vm, &host, &skip)
         .map_err(|e| Fail::new(e.code(), chain(&e)).vm(&vm).host(&host))?;
     to_lua(lua, &verdict)
 }

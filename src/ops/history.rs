@@ -38,7 +38,7 @@ pub struct Record {
     pub by: Option<String>,
     pub started_ms: Option<u64>,
     pub ended_ms: Option<u64>,
-    /// `moved`, `running` (no end recorded), or the failure's code.
+    /// `moved`, `running` (no end recorded), `refused` (by the prechecks), or the failure's code.
     pub outcome: String,
     pub code: Option<Code>,
     pub message: Option<String>,
@@ -48,6 +48,9 @@ pub struct Record {
     /// What the target recorded: `arrived`, `lost` (arrived, then its VMM
     /// died) or `discarded`; None when the target's side is not known.
     pub arrival: Option<String>,
+    /// For a move the prechecks refused: the rules that blocked it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<String>,
 }
 
 /// The records `query` asks for, oldest first, and the hosts that could not
@@ -90,6 +93,7 @@ pub fn merge(sides: Vec<(String, Vec<JournalEntry>)>, query: &Query) -> Vec<Reco
                 total_ms: None,
                 bytes_sent: None,
                 arrival: None,
+                rules: Vec::new(),
             });
             apply(record, &host, entry);
         }
@@ -149,6 +153,19 @@ fn apply(record: &mut Record, host: &str, entry: JournalEntry) {
         JournalEvent::Arrived => record.arrival = Some("arrived".into()),
         JournalEvent::ArrivedLost => record.arrival = Some("lost".into()),
         JournalEvent::Discarded => record.arrival = Some("discarded".into()),
+        JournalEvent::Refused { rules, code, message } => {
+            record.from = Some(host.to_string());
+            record.to = Some(entry.peer);
+            record.run = entry.run.or(record.run.take());
+            record.by = entry.by.or(record.by.take());
+            record.started_ms = Some(entry.at_ms);
+            record.ended_ms = Some(entry.at_ms);
+            let code = Code::of_api(code);
+            record.outcome = "refused".into();
+            record.code = Some(code);
+            record.message = Some(message);
+            record.rules = rules;
+        }
     }
 }
 

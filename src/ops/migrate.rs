@@ -50,6 +50,8 @@ pub struct Plan {
     pub info: Option<api::VmInfo>,
     /// Move despite the prechecks' warnings (never despite an error).
     pub force: bool,
+    /// Rules not to check (the operator takes their risk).
+    pub skip: precheck::Skip,
 }
 
 impl Plan {
@@ -84,6 +86,7 @@ pub fn plan(cluster: &Cluster, vm: &str, host: &str, options: MigrationOptions) 
         options,
         info: Some(info),
         force: false,
+        skip: precheck::Skip::default(),
     })
 }
 
@@ -191,18 +194,48 @@ pub fn migrate(
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<Outcome, MigrateError> {
     // Stage one: nothing moves when a check fails, even in a dry run's plan.
-    let verdict = precheck::precheck(cluster, &plan.vm, &plan.target.name)?;
+    let verdict = precheck::precheck(cluster, &plan.vm, &plan.target.name, &plan.skip)?;
     on_event(&Event::Checked(Box::new(verdict.clone())));
-    if !verdict.ok {
-        return Err(MigrateError::Blocked(Box::new(verdict)));
-    }
-    if !verdict.warnings.is_empty() && !plan.force {
-        return Err(MigrateError::Warned(Box::new(verdict)));
+    let refused = if !verdict.ok {
+        Some(MigrateError::Blocked(Box::new(verdict)))
+    } else if !verdict.warnings.is_empty() && !plan.force {
+        Some(MigrateError::Warned(Box::new(verdict)))
+    } else {
+        None
+    };
+    if let Some(refused) = refused {
+        if !run.dry_run {
+            record_refusal(cluster, plan, &run.id, &refused);
+        }
+        return Err(refused);
     }
     if run.change(plan.change())? == Go::DryRun {
         return Ok(Outcome::Planned);
     }
     start(cluster, plan, Some(&run.id), on_event, run.cancel()).map(|result| Outcome::Moved(Box::new(result)))
+}
+
+/// Notes a refused move in the source's journal, with the rules that
+/// refused it (best effort: the refusal stands whether or not it is noted;
+/// a dry run notes nothing, since it changes nothing).
+fn record_refusal(cluster: &Cluster, plan: &Plan, run: &str, refused: &MigrateError) {
+    let (MigrateError::Blocked(verdict) | MigrateError::Warned(verdict)) = refused else {
+        return;
+    };
+    let findings = if verdict.ok { &verdict.warnings } else { &verdict.errors };
+    let request = Request::RecordRefusal {
+        id: plan.id.clone(),
+        name: plan.vm.clone(),
+        target: plan.target.name.clone(),
+        run: Some(run.to_string()),
+        rules: findings.iter().map(|f| f.rule.to_string()).collect(),
+        code: match refused.code() {
+            Code::Conflict => api::Code::Conflict,
+            _ => api::Code::Refused,
+        },
+        message: super::code::describe(refused),
+    };
+    let _ = cluster.client(&plan.source).call::<serde_json::Value>(request);
 }
 
 /// Starts `plan` on the source's agent and follows it to its end; `cancel`

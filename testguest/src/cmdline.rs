@@ -1,6 +1,8 @@
 //! The workload parameters, from `key=value` tokens on the kernel command line.
 //!
-//! `fill=SIZE|all` `dirty=SIZE` `rate=MBPS|max` `idle` `hb=MS` `exit=N` `verify=0|1`;
+//! `fill=SIZE|all` `dirty=SIZE` `rate=MBPS|max` `idle` `hb=MS` `exit=N` `verify=0|1`
+//! `disk=SIZE|all` `disk_rate=MBPS|max`, and the VMM's
+//! `virtio_mmio.device=4K@0xADDR:IRQ` device announcements;
 //! SIZE is bytes with an optional K/M/G/T suffix (powers of 1024), MBPS is 10^6 bytes
 //! per second and may have a fraction (`rate=2.5`).
 
@@ -25,6 +27,13 @@ pub struct Config {
     pub hb_ms: u64,
     pub exit_after: Option<u64>,
     pub verify: bool,
+    /// virtio-mmio device windows, in announcement order.
+    pub virtio: [u64; crate::virtio::MAX_DEVICES],
+    pub virtio_count: usize,
+    /// The disk workload's extent (`u64::MAX`: the whole disk).
+    pub disk: Option<u64>,
+    /// The disk workload's rate in bytes per second (None: as fast as it goes).
+    pub disk_rate: Option<u64>,
 }
 
 impl Default for Config {
@@ -36,6 +45,10 @@ impl Default for Config {
             hb_ms: 100,
             exit_after: None,
             verify: true,
+            virtio: [0; crate::virtio::MAX_DEVICES],
+            virtio_count: 0,
+            disk: None,
+            disk_rate: None,
         }
     }
 }
@@ -80,6 +93,24 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, &[u8]> {
                 config.verify = true;
                 true
             }
+            (b"disk", Some(b"all")) => {
+                config.disk = Some(u64::MAX);
+                true
+            }
+            (b"disk", Some(v)) => parse_size(v).map(|n| config.disk = Some(n)).is_some(),
+            (b"disk_rate", Some(b"max")) => {
+                config.disk_rate = None;
+                true
+            }
+            (b"disk_rate", Some(v)) => parse_mbps(v).map(|r| config.disk_rate = Some(r)).is_some(),
+            (b"virtio_mmio.device", Some(v)) => match parse_virtio(v) {
+                Some(base) if config.virtio_count < config.virtio.len() => {
+                    config.virtio[config.virtio_count] = base;
+                    config.virtio_count += 1;
+                    true
+                }
+                _ => false,
+            },
             _ => false,
         };
         if !ok {
@@ -94,6 +125,23 @@ fn parse_u64(s: &[u8]) -> Option<u64> {
         return None;
     }
     Some(s.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
+}
+
+/// `4K@0xd0000000:5` → the window's base (a page in the 32-bit MMIO gap).
+fn parse_virtio(s: &[u8]) -> Option<u64> {
+    let at = s.iter().position(|&b| b == b'@')?;
+    let rest = &s[at + 1..];
+    let colon = rest.iter().position(|&b| b == b':').unwrap_or(rest.len());
+    let hex = rest[..colon].strip_prefix(b"0x")?;
+    if hex.is_empty() || hex.len() > 16 {
+        return None;
+    }
+    let mut base = 0u64;
+    for &d in hex {
+        let digit = (d as char).to_digit(16)?;
+        base = (base << 4) | u64::from(digit);
+    }
+    (base.is_multiple_of(4096) && (0xc000_0000..0x1_0000_0000).contains(&base)).then_some(base)
 }
 
 fn parse_size(s: &[u8]) -> Option<u64> {

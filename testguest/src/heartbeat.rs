@@ -4,6 +4,7 @@
 //!  rate_mbps=<MB/s, one decimal> maxgap_us=<µs>`
 
 use crate::cpu;
+use crate::disk;
 use crate::serial::Line;
 use crate::stats;
 
@@ -15,6 +16,7 @@ pub struct Heartbeat {
     exit_after: Option<u64>,
     last_written: u64,
     last_ns: u64,
+    disks: bool,
 }
 
 impl Heartbeat {
@@ -30,7 +32,13 @@ impl Heartbeat {
             exit_after,
             last_written: 0,
             last_ns: now,
+            disks: false,
         }
+    }
+
+    /// Adds the disk workload's counters to every line.
+    pub fn show_disks(&mut self, on: bool) {
+        self.disks = on;
     }
 
     /// Print a heartbeat if one is due; true if it printed (the caller then resyncs
@@ -52,8 +60,8 @@ impl Heartbeat {
         // bytes per µs = MB/s; in tenths, rounded.
         let rate_tenths =
             ((u128::from(dirtied) * 4096 * 10_000 + u128::from(elapsed / 2)) / u128::from(elapsed)) as u64;
-        Line::new()
-            .str("HB seq=")
+        let mut line = Line::new();
+        line.str("HB seq=")
             .dec(self.seq)
             .str(" t_ms=")
             .dec(now / 1_000_000)
@@ -68,8 +76,23 @@ impl Heartbeat {
             .str(" rate_mbps=")
             .dec1(rate_tenths)
             .str(" maxgap_us=")
-            .dec(stats::take_max_gap_ns() / 1000)
-            .emit();
+            .dec(stats::take_max_gap_ns() / 1000);
+        if self.disks {
+            use core::sync::atomic::Ordering::Relaxed;
+            line.str(" disk_written=")
+                .dec(disk::DISK_WRITTEN.load(Relaxed))
+                .str(" disk_verified=")
+                .dec(disk::DISK_VERIFIED.load(Relaxed))
+                .str(" disk_errors=")
+                .dec(disk::DISK_ERRORS.load(Relaxed))
+                .str(" cd_verified=")
+                .dec(disk::CD_VERIFIED.load(Relaxed))
+                .str(" cd_errors=")
+                .dec(disk::CD_ERRORS.load(Relaxed))
+                .str(" io_errors=")
+                .dec(disk::IO_ERRORS.load(Relaxed));
+        }
+        line.emit();
         self.seq += 1;
         self.last_written = totals.written;
         self.last_ns = now;
@@ -85,7 +108,7 @@ impl Heartbeat {
 
 /// `EXIT code=<c>` and power off: 1 if any integrity error was seen, else 0.
 pub fn exit() -> ! {
-    let code = if stats::totals().errors > 0 {
+    let code = if stats::totals().errors > 0 || disk::errors() > 0 {
         cpu::exit::INTEGRITY
     } else {
         cpu::exit::OK

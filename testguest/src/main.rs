@@ -23,6 +23,7 @@ mod clock;
 mod cmdline;
 mod cpu;
 mod cpus;
+mod disk;
 mod heartbeat;
 mod layout;
 mod mem;
@@ -33,6 +34,7 @@ mod serial;
 mod smp;
 mod stats;
 mod traps;
+mod virtio;
 mod workload;
 
 use cmdline::{Config, Fill, Rate};
@@ -124,6 +126,14 @@ fn bsp_main() -> ! {
         .dec((now - fill_start) / 1_000_000)
         .emit();
     ticker.resync();
+    let mut disks = disk::DiskWork::new(
+        &config.virtio[..config.virtio_count],
+        config.disk,
+        config.disk_rate,
+        cpu::rdtsc() << 1,
+    );
+    hb.show_disks(disks.active());
+    ticker.resync();
     workload::start_work();
     worker.start(ticker.tick());
     loop {
@@ -132,6 +142,10 @@ fn bsp_main() -> ! {
             ticker.resync();
         }
         worker.work_step(now, &ticker);
+        if disks.active() {
+            // Not resynced: a migration's pause during a request shows in maxgap.
+            disks.step(now);
+        }
     }
 }
 

@@ -31,6 +31,12 @@ impl Lab {
         Self::start(3, extra, &[], false)
     }
 
+    /// A lab of `hosts` agents, no test hooks (hostD on are the hosts that
+    /// differ: see `src/lab.rs`).
+    pub fn up_hosts(hosts: usize, extra: &[&str]) -> Self {
+        Self::start(hosts, extra, &[], false)
+    }
+
     /// A lab of `hosts` agents whose agents, and the VMMs they start, have
     /// `env` set and the hold points armed through [`Lab::arm`].
     pub fn up_with_env(hosts: usize, extra: &[&str], env: &[(&str, &str)]) -> Self {
@@ -211,6 +217,16 @@ impl Lab {
 
     pub fn host_dir(&self, host: &str) -> PathBuf {
         self.dir.path().join("hosts").join(host)
+    }
+
+    /// The storage every host but hostF mounts.
+    pub fn shared_storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    /// `host`'s own storage root.
+    pub fn local_storage(&self, host: &str) -> PathBuf {
+        self.host_dir(host).join("local")
     }
 
     pub fn agent_pid(&self, host: &str) -> i32 {

@@ -8,12 +8,20 @@
 //! chassis = "rack4-chassis2"           # VMs of one redundancy group must not share one
 //! link_speed_mbps = 10000              # the migration link (default 10000)
 //! networks = ["prod", "backup"]        # networks this host's VMs can reach
-//! storage = ["/srv/images"]            # storage paths this host can reach
+//!
+//! [[storage]]                          # where VM images may live (repeatable)
+//! name = "shared"                      # its name in facts and prechecks
+//! path = "/srv/vmig/shared"            # its mount point here
+//! shared = true                        # every host with this root sees the same files
 //!
 //! [tls]                                # from `vmig pki issue --host hostA`
 //! cert = "/etc/vmig/hostA.pem"
 //! key = "/etc/vmig/hostA.key"
 //! ca = "/etc/vmig/ca.pem"
+//!
+//! [cpu]                                # what this host offers its guests
+//! hide = ["avx512f"]                   # features hidden from VMs (a baseline narrower than KVM's)
+//! pmu = true                           # offer virtual performance counters (default true)
 //!
 //! [limits]
 //! max_migration_cost = 8               # concurrent migrations by cost; more wait in a queue
@@ -71,12 +79,40 @@ pub struct AgentConfig {
     #[serde(default)]
     pub networks: Vec<String>,
     #[serde(default)]
-    pub storage: Vec<String>,
+    pub storage: Vec<super::storage::StorageRoot>,
     pub tls: Identity,
+    #[serde(default)]
+    pub cpu: CpuConfig,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
     pub timeouts: Timeouts,
+}
+
+/// What the host offers its guests of its CPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuConfig {
+    /// Feature names (as in /proc/cpuinfo) hidden from every VM here, and
+    /// left out of the facts.
+    #[serde(default)]
+    pub hide: Vec<String>,
+    /// Offer virtual performance counters to VMs that ask for them.
+    #[serde(default = "default_true")]
+    pub pmu: bool,
+}
+
+impl Default for CpuConfig {
+    fn default() -> Self {
+        CpuConfig {
+            hide: Vec::new(),
+            pmu: true,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -110,12 +146,16 @@ impl AgentConfig {
             detail,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
+        let roots = config.storage.iter_mut().map(|root| &mut root.path);
         for file in [
             &mut config.tls.cert,
             &mut config.tls.key,
             &mut config.tls.ca,
             &mut config.state_dir,
-        ] {
+        ]
+        .into_iter()
+        .chain(roots)
+        {
             if file.is_relative() {
                 *file = base.join(&*file);
             }
@@ -140,6 +180,17 @@ impl AgentConfig {
             .timeouts
             .validate()
             .map_err(|e| format!("section `timeouts`: {e}"))?;
+        crate::vmm::cpuid::hiding(&config.cpu.hide).map_err(|e| format!("section `cpu`: hide: {e}"))?;
+        let mut names = std::collections::BTreeSet::new();
+        for (i, root) in config.storage.iter().enumerate() {
+            crate::api::validate_name(&root.name).map_err(|e| format!("storage[{i}].name: {e}"))?;
+            if !names.insert(root.name.as_str()) {
+                return Err(format!("storage[{i}].name: {} is given twice", root.name));
+            }
+            if root.path.as_os_str().is_empty() {
+                return Err(format!("storage[{i}].path: must not be empty"));
+            }
+        }
         Ok(config)
     }
 
@@ -244,6 +295,24 @@ ca = "ca.pem"
         assert_eq!(config.name, "hostA");
         assert_eq!(config.migration_ip().to_string(), "10.1.0.1");
         assert_eq!((config.max_migration_cost(), config.migration_cost()), (8, 1));
+        assert_eq!(config.storage.len(), 2);
+        assert!(config.storage[0].shared && !config.storage[1].shared);
+        assert!(config.cpu.pmu && config.cpu.hide.is_empty());
+    }
+
+    #[test]
+    fn storage_roots_and_cpu_masks_are_checked() {
+        let twice =
+            format!("{GOOD}\n[[storage]]\nname = \"a\"\npath = \"/x\"\n[[storage]]\nname = \"a\"\npath = \"/y\"\n");
+        assert!(AgentConfig::parse(&twice).unwrap_err().contains("given twice"));
+        let unknown = format!("{GOOD}\n[cpu]\nhide = [\"warp_drive\"]\n");
+        assert!(AgentConfig::parse(&unknown).unwrap_err().contains("warp_drive"));
+        let known = format!("{GOOD}\n[cpu]\nhide = [\"avx2\"]\npmu = false\n");
+        let config = AgentConfig::parse(&known).unwrap();
+        assert_eq!(
+            (config.cpu.hide.as_slice(), config.cpu.pmu),
+            (&["avx2".to_string()][..], false)
+        );
     }
 
     #[test]

@@ -23,7 +23,10 @@ pub fn gather(config: &AgentConfig, vms: &[u64], usage: (u32, u32, u32)) -> Host
             })
             .unwrap_or_default()
     };
-    let (cpu_features, pmu_version) = kvm_features();
+    let (cpu_features, mut pmu) = kvm_features(&config.cpu.hide);
+    if !config.cpu.pmu {
+        pmu = Pmu::default();
+    }
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mem = |key: &str| {
         meminfo
@@ -46,7 +49,9 @@ pub fn gather(config: &AgentConfig, vms: &[u64], usage: (u32, u32, u32)) -> Host
         cpu_vendor: field("vendor_id"),
         cpu_model: field("model name"),
         cpu_features,
-        pmu_version,
+        pmu_version: pmu.version,
+        pmu_counters: pmu.counters,
+        pmu_counter_bits: pmu.counter_bits,
         memory_total_bytes: memory_total,
         memory_available_bytes: memory_available,
         chassis: config.chassis.clone(),
@@ -54,7 +59,15 @@ pub fn gather(config: &AgentConfig, vms: &[u64], usage: (u32, u32, u32)) -> Host
         migration_address: config.migration_ip().to_string(),
         link_speed_mbps: config.link_speed_mbps,
         networks: config.networks.clone(),
-        storage: config.storage.clone(),
+        storage: config
+            .storage
+            .iter()
+            .map(|root| crate::api::StorageFacts {
+                name: root.name.clone(),
+                path: root.path.display().to_string(),
+                shared: root.shared,
+            })
+            .collect(),
         vms: vms.len(),
         migration_cost_in_use: in_use,
         migration_cost_limit: limit,
@@ -63,14 +76,25 @@ pub fn gather(config: &AgentConfig, vms: &[u64], usage: (u32, u32, u32)) -> Host
 }
 
 /// The features KVM offers guests here, and the architectural PMU version.
-fn kvm_features() -> (Vec<String>, u8) {
+/// The virtual PMU KVM offers guests: CPUID.0AH:EAX (version in bits 7:0,
+/// general-purpose counters per logical CPU in 15:8, their width in 23:16).
+#[derive(Debug, Clone, Copy, Default)]
+struct Pmu {
+    version: u8,
+    counters: u8,
+    counter_bits: u8,
+}
+
+/// What KVM offers guests here, less the features the config hides.
+fn kvm_features(hide: &[String]) -> (Vec<String>, Pmu) {
     let Ok(kvm) = crate::vmm::open_kvm() else {
-        return (Vec::new(), 0);
+        return (Vec::new(), Pmu::default());
     };
     let Ok(cpuid) = crate::vmm::cpuid::supported(&kvm) else {
-        return (Vec::new(), 0);
+        return (Vec::new(), Pmu::default());
     };
-    let entries = cpuid.as_slice();
+    let masks = crate::vmm::cpuid::hiding(hide).unwrap_or_default();
+    let entries = &crate::vmm::cpuid::masked(cpuid.as_slice(), &masks);
     let register = |leaf: u32, sub: u32, reg: usize| {
         entries
             .iter()
@@ -80,6 +104,11 @@ fn kvm_features() -> (Vec<String>, u8) {
     let names = crate::vmm::cpuid::feature_names(entries);
     // CPUID.0AH:EAX[7:0] is the architectural PMU's version (Intel; AMD's
     // guests see their counters through the same leaf under KVM when offered).
-    let pmu = (register(0xa, 0, 0) & 0xff) as u8;
+    let eax = register(crate::vmm::cpuid::LEAF_PMU, 0, 0);
+    let pmu = Pmu {
+        version: (eax & 0xff) as u8,
+        counters: ((eax >> 8) & 0xff) as u8,
+        counter_bits: ((eax >> 16) & 0xff) as u8,
+    };
     (names, pmu)
 }

@@ -43,6 +43,9 @@ impl Agent {
         if !super::migrations::valid_id(id) {
             return Err(Failure::new(400, format!("{id:?} is not a migration id")));
         }
+        // This host's own look at the VM's images, whatever the source says.
+        let allowed_disks = super::storage::allowed_for_arrival(&self.config.storage, spec)
+            .map_err(|e| Failure::new(409, format!("{} cannot take {}: {e}", self.config.name, spec.name)))?;
         let name = spec.name.clone();
         let dir = VmDir::new(&self.config.state_dir, &name);
         {
@@ -92,11 +95,15 @@ impl Agent {
         };
         let spawned = dir.spawn_incoming(
             &self.exe,
-            &name,
-            self.config.migration_ip(),
-            token,
-            id,
-            &self.config.timeouts,
+            super::vmm::Arriving {
+                name: &name,
+                ip: self.config.migration_ip(),
+                token,
+                migration: id,
+                timeouts: &self.config.timeouts,
+                allowed_disks,
+                hide_cpu: self.config.cpu.hide.clone(),
+            },
         );
         match spawned {
             Ok((child, url)) => {

@@ -93,6 +93,21 @@ impl Journal {
         self.write(&started)
     }
 
+    /// Appends a move the prechecks refused, asked for by `by` in `run`.
+    pub fn refused(
+        &self,
+        id: &str,
+        vm: &str,
+        peer: &str,
+        (run, by): (Option<&str>, Option<&str>),
+        event: Event,
+    ) -> std::io::Result<()> {
+        let mut refused = entry(id, vm, peer, event);
+        refused.run = run.map(str::to_string);
+        refused.by = by.map(str::to_string);
+        self.write(&refused)
+    }
+
     fn write(&self, entry: &Entry) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
         line.push(b'\n');

@@ -8,6 +8,7 @@
 //! settles the migrations that were under way (`settle`). Where a VM is,
 //! it decides from structured state only ([`judge`]).
 
+mod cdrom;
 pub mod config;
 pub mod facts;
 mod incoming;
@@ -18,6 +19,7 @@ mod outgoing;
 mod server;
 mod settle;
 pub mod slots;
+pub mod storage;
 pub mod vmm;
 
 use std::collections::BTreeMap;
@@ -245,6 +247,10 @@ impl Agent {
             migration: record.departure.as_ref().map(|d| d.id.clone()),
             note,
             redundancy_group: record.spec.redundancy_group.clone(),
+            disks: record.spec.disks.clone(),
+            cdrom: record.spec.cdrom.clone(),
+            pmu: record.spec.pmu,
+            vgpu: record.spec.vgpu.clone(),
         }
     }
 
@@ -292,6 +298,25 @@ impl Agent {
     pub fn create(self: &Arc<Self>, spec: &VmSpec, start: bool) -> Result<VmInfo, Failure> {
         spec.validate()
             .map_err(|e| Failure::new(400, format!("invalid VM spec: {e}")))?;
+        storage::check_spec(&self.config.storage, spec)
+            .map_err(|e| Failure::new(400, format!("invalid VM spec: {e}")))?;
+        if spec.pmu {
+            let facts = facts::gather(&self.config, &[], (0, 0, 0));
+            if facts.pmu_version == 0 {
+                let why = if self.config.cpu.pmu {
+                    "its KVM offers none (CPUID leaf 0xA)"
+                } else {
+                    "its agent.toml says [cpu] pmu = false"
+                };
+                return Err(Failure::new(
+                    400,
+                    format!(
+                        "invalid VM spec: pmu: {} offers no virtual performance counters: {why}",
+                        self.config.name
+                    ),
+                ));
+            }
+        }
         {
             let mut vms = self.vms();
             if vms.contains_key(&spec.name) {
@@ -332,7 +357,7 @@ impl Agent {
             (vm.dir.clone(), vm.record.spec.clone())
         };
         // The VMM is started without holding the lock: a boot takes a while.
-        let child = dir.spawn_boot(&self.exe, &spec).map_err(|e| {
+        let child = dir.spawn_boot(&self.exe, &spec, &self.config.cpu.hide).map_err(|e| {
             Failure::new(
                 500,
                 format!("cannot start {name}: {}", crate::runtime::process::chain(&e)),

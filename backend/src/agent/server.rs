@@ -217,6 +217,33 @@ fn handle<S: Write>(
             console,
         } => ok(agent.finish_incoming(&name, &id, migrated, &console)),
         Request::IncomingState { name, id } => ok(agent.incoming_state(&name, &id)),
+        Request::ProbeDrives { paths } => ok(paths
+            .iter()
+            .take(crate::vmm::devices::virtio::mmio::MAX_DEVICES * 4)
+            .map(|path| super::storage::probe(&agent.config.storage, path))
+            .collect::<Vec<_>>()),
+        Request::Cdrom { name, medium } => answer(agent.cdrom(&name, medium.as_deref())),
+        Request::RecordRefusal {
+            id,
+            name,
+            target,
+            run,
+            rules,
+            code,
+            message,
+        } => {
+            if !super::migrations::valid_id(&id) || crate::api::validate_name(&name).is_err() {
+                return Some(failed(Failure::new(400, "not a migration id or VM name")));
+            }
+            let event = crate::api::JournalEvent::Refused { rules, code, message };
+            match agent
+                .journal
+                .refused(&id, &name, &target, (run.as_deref(), Some(&peer.name)), event)
+            {
+                Ok(()) => ok(()),
+                Err(e) => failed(Failure::new(500, format!("cannot write the journal: {e}"))),
+            }
+        }
     })
 }
 

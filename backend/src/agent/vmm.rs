@@ -133,6 +133,21 @@ pub enum Observed {
     Gone(Option<VmmRecord>),
 }
 
+/// A VM a receiving VMM waits for: on `ip`, carrying `token`.
+#[derive(Debug)]
+pub struct Arriving<'a> {
+    pub name: &'a str,
+    pub ip: std::net::IpAddr,
+    pub token: Token,
+    /// The agents' id of the migration.
+    pub migration: &'a str,
+    pub timeouts: &'a Timeouts,
+    /// The images it may open (this host checked them).
+    pub allowed_disks: Vec<PathBuf>,
+    /// CPU features this host hides from its guests.
+    pub hide_cpu: Vec<String>,
+}
+
 /// The files of one VM.
 #[derive(Debug, Clone)]
 pub struct VmDir {
@@ -264,7 +279,8 @@ impl VmDir {
     }
 
     /// Starts a VMM that boots `spec`.
-    pub fn spawn_boot(&self, exe: &Path, spec: &VmSpec) -> Result<Child, VmmError> {
+    /// `hide_cpu` names the features the host hides from its guests.
+    pub fn spawn_boot(&self, exe: &Path, spec: &VmSpec, hide_cpu: &[String]) -> Result<Child, VmmError> {
         let command = self.command(
             exe,
             &spec.name,
@@ -274,6 +290,9 @@ impl VmDir {
                 cmdline: spec.cmdline.clone(),
                 memory: spec.memory.clone(),
                 vcpus: spec.vcpus,
+                disks: spec.drives(),
+                pmu: spec.pmu,
+                hide_cpu: hide_cpu.to_vec(),
             },
         );
         let mut child = self.spawn(command)?;
@@ -281,17 +300,17 @@ impl VmDir {
         Ok(child)
     }
 
-    /// Starts a VMM that waits on `ip` for the VM carrying `token`; returns it
-    /// with its `tcp:` address.
-    pub fn spawn_incoming(
-        &self,
-        exe: &Path,
-        name: &str,
-        ip: std::net::IpAddr,
-        token: Token,
-        migration: &str,
-        timeouts: &Timeouts,
-    ) -> Result<(Child, String), VmmError> {
+    /// Starts a VMM that waits for `arrival`; returns it with its `tcp:` address.
+    pub fn spawn_incoming(&self, exe: &Path, arrival: Arriving<'_>) -> Result<(Child, String), VmmError> {
+        let Arriving {
+            name,
+            ip,
+            token,
+            migration,
+            timeouts,
+            allowed_disks,
+            hide_cpu,
+        } = arrival;
         let path = self.token();
         let write = |source| VmmError::Write {
             path: path.clone(),
@@ -318,6 +337,8 @@ impl VmDir {
                 token_file: Some(path.clone()),
                 migration_id: Some(migration.to_string()),
                 timeouts: *timeouts,
+                allowed_disks,
+                hide_cpu,
             },
         );
         let mut child = self.spawn(command)?;

@@ -508,6 +508,7 @@ mod tests {
                 memory_bytes: 64 << 20,
                 vcpus: 1,
                 cpuid_masks: Vec::new(),
+                disks: Vec::new(),
             },
             cpuid: Vec::new(),
             xsave_size: 0,

@@ -21,7 +21,7 @@ use thiserror::Error;
 use crate::vmm::MachineConfig;
 
 /// This engine's protocol version; a receiver refuses any other.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 pub const HEADER_LEN: usize = 16;
 pub const PAGE_SIZE: u64 = 4096;
 /// Largest control payload (a machine state).
@@ -453,6 +453,7 @@ mod tests {
                 memory_bytes: 1 << 30,
                 vcpus: 2,
                 cpuid_masks: Vec::new(),
+                disks: Vec::new(),
             },
             cpuid: vec![CpuidLeaf {
                 function: 1,

@@ -69,9 +69,10 @@ impl ReceiveError {
 pub trait TargetVm {
     fn memory(&self) -> &GuestMemory;
     fn restore(&mut self, state: VmState) -> Result<(), VmSideError>;
-    /// Whether `resume` can start every vCPU: checked before the commit, so
-    /// that once `Running` is sent nothing is left that can fail.
-    fn can_resume(&self) -> Result<(), VmSideError>;
+    /// Makes sure `resume` can start every vCPU, taking what the VM needs
+    /// that the source held until Go (its drives): done before the commit,
+    /// so that once `Running` is sent nothing is left that can fail.
+    fn can_resume(&mut self) -> Result<(), VmSideError>;
     fn resume(&mut self) -> Result<(), VmSideError>;
     /// Stops every vCPU for good: a resume that failed half way must not
     /// leave part of the VM running here while the source resumes.

@@ -67,6 +67,12 @@ pub enum Request {
     },
     /// Stop a running migration; the VM keeps running here.
     CancelMigration,
+    /// Insert `medium` into CD/DVD drive `slot`, or eject it (`None`).
+    ChangeMedium {
+        slot: usize,
+        #[serde(default)]
+        medium: Option<PathBuf>,
+    },
     /// Wait for the running migration to end; its progress, then its outcome.
     AwaitMigration,
 }

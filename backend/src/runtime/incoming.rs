@@ -21,17 +21,35 @@ pub(super) struct Receiving {
     pub migration: Option<String>,
 }
 
+/// What a receiving VMM was told to expect.
+#[derive(Debug)]
+pub(super) struct Expect {
+    /// The token the sender must present.
+    pub token: Option<Token>,
+    /// The agents' id of the migration.
+    pub migration: Option<String>,
+    /// The images the VM may open.
+    pub allowed_disks: Vec<std::path::PathBuf>,
+    /// CPU features this host hides from guests.
+    pub hide_cpu: Vec<crate::vmm::cpuid::CpuidMask>,
+}
+
 /// Opens the gate on `listener` and starts the thread that takes the VM;
 /// the VM, or why there is none, arrives as [`VmmEvent::Received`].
 pub(super) fn start(
     listener: TcpListener,
-    token: Option<Token>,
-    migration: Option<String>,
+    expect: Expect,
     timeouts: Timeouts,
     console: Box<dyn Write + Send>,
     events: &Sender<VmmEvent>,
     record: &Arc<RecordFile>,
 ) -> std::io::Result<Receiving> {
+    let Expect {
+        token,
+        migration,
+        allowed_disks,
+        hide_cpu,
+    } = expect;
     let gate = Gate::open(listener, token, timeouts.accept())?;
     let receiving = Receiving {
         gate: gate.handle(),
@@ -40,7 +58,15 @@ pub(super) fn start(
     let events = events.clone();
     let record = Arc::clone(record);
     std::thread::Builder::new().name("migrate-in".into()).spawn(move || {
-        let received = receive(gate, timeouts, migration.as_deref(), console, &events, &record);
+        let received = receive(
+            gate,
+            timeouts,
+            migration.as_deref(),
+            (allowed_disks.as_slice(), hide_cpu.as_slice()),
+            console,
+            &events,
+            &record,
+        );
         let _ = events.send(VmmEvent::Received(received));
     })?;
     Ok(receiving)
@@ -51,6 +77,7 @@ fn receive(
     gate: Gate,
     timeouts: Timeouts,
     migration: Option<&str>,
+    (allowed_disks, hide_cpu): (&[std::path::PathBuf], &[crate::vmm::cpuid::CpuidMask]),
     console: Box<dyn Write + Send>,
     events: &Sender<VmmEvent>,
     record: &RecordFile,
@@ -63,9 +90,20 @@ fn receive(
     };
     let incoming = receiver::accept(gate, timeouts).map_err(|e| not_received(e.code(), chain(&e)))?;
     let checked = crate::vmm::open_kvm().map_err(|e| chain(&e)).and_then(|kvm| {
-        let local = crate::vmm::cpuid::supported(&kvm).map_err(|e| chain(&e))?;
+        let supported = crate::vmm::cpuid::supported(&kvm).map_err(|e| chain(&e))?;
+        // What this host offers guests: KVM's features less those it hides.
+        let masked = crate::vmm::cpuid::masked(supported.as_slice(), hide_cpu);
+        let local = kvm_bindings::CpuId::from_entries(&masked).map_err(|e| format!("CPUID: {e:?}"))?;
         let xsave = u32::try_from(kvm.check_extension_int(kvm_ioctls::Cap::Xsave2)).unwrap_or(0);
-        incoming.check(&local, xsave)
+        let machine = incoming.check(&local, xsave)?;
+        // The stream is not trusted to name files on this host.
+        match machine.disks.iter().find(|d| !allowed_disks.contains(&d.path)) {
+            Some(disk) => Err(format!(
+                "the VM names drive image {}, which this host's agent did not approve",
+                disk.path.display()
+            )),
+            None => Ok(machine),
+        }
     });
     let machine = match checked {
         Ok(machine) => machine,
@@ -113,7 +151,9 @@ impl receiver::TargetVm for Vm {
         Ok(Vm::restore(self, state)?)
     }
 
-    fn can_resume(&self) -> Result<(), VmSideError> {
+    fn can_resume(&mut self) -> Result<(), VmSideError> {
+        // The source gave its drives up before it sent Go.
+        self.reacquire_disks()?;
         Ok(Vm::can_resume(self)?)
     }
 

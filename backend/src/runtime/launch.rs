@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::migration::Timeouts;
+use crate::vmm::devices::virtio::{DiskConfig, DiskKind};
 
 /// One VMM process to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +31,12 @@ pub enum LaunchStart {
         /// Guest memory, as a size ("1G").
         memory: String,
         vcpus: u8,
+        /// Its drives, by slot.
+        disks: Vec<DiskConfig>,
+        /// Virtual performance counters for the guest.
+        pmu: bool,
+        /// CPU features the host hides from its guests.
+        hide_cpu: Vec<String>,
     },
     /// Wait for a VM by live migration.
     Incoming {
@@ -40,7 +47,44 @@ pub enum LaunchStart {
         /// The agents' id of the migration.
         migration_id: Option<String>,
         timeouts: Timeouts,
+        /// The images the arriving VM may open (the agent checked them);
+        /// a VM that names any other is refused.
+        allowed_disks: Vec<PathBuf>,
+        /// CPU features the host hides from its guests: a VM that uses one is refused.
+        hide_cpu: Vec<String>,
     },
+}
+
+/// A drive as `--drive` takes it: `disk:PATH`, `cdrom:PATH` or
+/// `cdrom-ejected:PATH` (the drive remembers the medium it would reconnect).
+pub fn drive_arg(disk: &DiskConfig) -> String {
+    let kind = match (disk.kind, disk.connected) {
+        (DiskKind::Disk, _) => "disk",
+        (DiskKind::Cdrom, true) => "cdrom",
+        (DiskKind::Cdrom, false) => "cdrom-ejected",
+    };
+    format!("{kind}:{}", disk.path.display())
+}
+
+/// Reads a `--drive` value ([`drive_arg`]).
+pub fn parse_drive(value: &str) -> Result<DiskConfig, String> {
+    let (kind, path) = value
+        .split_once(':')
+        .ok_or_else(|| format!("{value:?} is not KIND:PATH (disk:, cdrom: or cdrom-ejected:)"))?;
+    let (kind, connected) = match kind {
+        "disk" => (DiskKind::Disk, true),
+        "cdrom" => (DiskKind::Cdrom, true),
+        "cdrom-ejected" => (DiskKind::Cdrom, false),
+        other => return Err(format!("{other:?} is not a drive kind (disk, cdrom or cdrom-ejected)")),
+    };
+    if path.is_empty() {
+        return Err(format!("{value:?} names no image"));
+    }
+    Ok(DiskConfig {
+        kind,
+        path: PathBuf::from(path),
+        connected,
+    })
 }
 
 impl Launch {
@@ -67,6 +111,9 @@ impl Launch {
                 cmdline,
                 memory,
                 vcpus,
+                disks,
+                pmu,
+                hide_cpu,
             } => {
                 flag("--kernel", kernel);
                 flag("--memory", memory);
@@ -75,12 +122,23 @@ impl Launch {
                 if let Some(initrd) = initrd {
                     flag("--initrd", initrd);
                 }
+                for disk in disks {
+                    flag("--drive", &drive_arg(disk));
+                }
+                for name in hide_cpu {
+                    flag("--hide-cpu", name);
+                }
+                if *pmu {
+                    args.push("--pmu".into());
+                }
             }
             LaunchStart::Incoming {
                 listen,
                 token_file,
                 migration_id,
                 timeouts,
+                allowed_disks,
+                hide_cpu,
             } => {
                 flag("--incoming", listen);
                 if let Some(id) = migration_id {
@@ -92,6 +150,14 @@ impl Launch {
                 if let Some(file) = token_file {
                     args.push("--token-file".into());
                     args.push(file.into());
+                }
+                for path in allowed_disks {
+                    args.push("--allow-disk".into());
+                    args.push(path.into());
+                }
+                for name in hide_cpu {
+                    args.push("--hide-cpu".into());
+                    args.push(name.into());
                 }
             }
         }

@@ -202,14 +202,41 @@ impl SourceVm for ProcessSource {
     }
 }
 
+/// How long a source that did not hand its VM over waits for a target's
+/// VMM that took the drives at Go (and then failed) to let them go.
+const DISKS_BACK_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Takes the drives back for a resume after a migration that did not move
+/// the VM; a target that took them at Go gives them up as its VMM ends.
+fn take_disks_back(vm: &mut Vm) -> Result<(), crate::vmm::VmError> {
+    let deadline = std::time::Instant::now() + DISKS_BACK_WITHIN;
+    loop {
+        match vm.reacquire_disks() {
+            Err(crate::vmm::VmError::Disk(crate::vmm::devices::virtio::DiskError::Locked { .. }))
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The main loop's side of [`ProcessSource`]'s requests.
 pub(super) fn handle_source(vm: Option<&mut Vm>, request: SourceRequest) -> Result<SourceReply, VmSideError> {
     let vm = vm.ok_or(SourceError::NoVm)?;
     Ok(match request {
         // A migration's pause: the state is saved next, so the vCPUs
         // take theirs as they stop.
-        SourceRequest::Pause => vm.pause_capturing().map(|()| SourceReply::Done)?,
-        SourceRequest::Resume => vm.resume().map(|()| SourceReply::Done)?,
+        // Its drives are synced and given up for the target to take at Go.
+        SourceRequest::Pause => {
+            vm.pause_capturing()?;
+            vm.release_disks().map(|()| SourceReply::Done)?
+        }
+        SourceRequest::Resume => {
+            take_disks_back(vm)?;
+            vm.resume().map(|()| SourceReply::Done)?
+        }
         SourceRequest::SaveState => vm.save_state().map(|state| SourceReply::State(Box::new(state)))?,
         SourceRequest::Hold(duration) => vm.hold(duration).map(|()| SourceReply::Done)?,
     })

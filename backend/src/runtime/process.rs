@@ -56,6 +56,10 @@ pub enum Launch {
         token: Option<Token>,
         migration: Option<String>,
         timeouts: Timeouts,
+        /// The images the arriving VM may open; it is refused if it names another.
+        allowed_disks: Vec<PathBuf>,
+        /// CPU features this host hides from guests.
+        hide_cpu: Vec<crate::vmm::cpuid::CpuidMask>,
     },
 }
 
@@ -165,6 +169,8 @@ fn run_vm(
             token,
             migration,
             timeouts,
+            allowed_disks,
+            hide_cpu,
         } => {
             let migration_listener = transport::listen(&url)?;
             ready.incoming = migration_listener.local_addr().ok();
@@ -173,8 +179,20 @@ fn run_vm(
                     .update(|r| r.listening = Some(format!("tcp:{addr}")))
                     .map_err(ProcessError::Record)?;
             }
-            let receiving = incoming::start(migration_listener, token, migration, timeouts, sink, &events, record)
-                .map_err(ProcessError::Thread)?;
+            let receiving = incoming::start(
+                migration_listener,
+                incoming::Expect {
+                    token,
+                    migration,
+                    allowed_disks,
+                    hide_cpu,
+                },
+                timeouts,
+                sink,
+                &events,
+                record,
+            )
+            .map_err(ProcessError::Thread)?;
             vmm.incoming = Some(receiving);
         }
     }
@@ -353,7 +371,13 @@ impl Vmm {
         let migrating = self.migration.is_some();
         match request {
             Request::Status => return Ok(Reply::Status(self.status())),
-            Request::Pause | Request::Resume | Request::Save { .. } | Request::WriteMemory { .. } if migrating => {
+            Request::Pause
+            | Request::Resume
+            | Request::Save { .. }
+            | Request::WriteMemory { .. }
+            | Request::ChangeMedium { .. }
+                if migrating =>
+            {
                 return Err(wrong_state(
                     "refused: a migration is in progress (cancel it first)".into(),
                 ));
@@ -409,6 +433,14 @@ impl Vmm {
                         )
                     })
             }
+            Request::ChangeMedium { slot, medium } => vm
+                .change_medium(slot, medium.as_deref())
+                .map(|()| Reply::Done)
+                .map_err(|e| match &e {
+                    VmError::NotCdrom { .. } => Failure::new("invalid", chain(&e)),
+                    VmError::Disk(disk) => Failure::new(disk.code(), chain(&e)),
+                    _ => failed(&e),
+                }),
             Request::Status
             | Request::CancelMigration
             | Request::AwaitMigration

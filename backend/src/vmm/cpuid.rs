@@ -34,6 +34,64 @@ pub struct CpuidMask {
     pub clear: u32,
 }
 
+/// Masks that hide the named features (as in /proc/cpuinfo, see
+/// [`FEATURES`]) from guests; an unknown name is refused.
+pub fn hiding(names: &[String]) -> Result<Vec<CpuidMask>, String> {
+    let registers = [Register::Eax, Register::Ebx, Register::Ecx, Register::Edx];
+    names
+        .iter()
+        .map(|name| {
+            FEATURES
+                .iter()
+                .find(|(.., n)| n == name)
+                .map(|&(leaf, index, reg, bit, _)| CpuidMask {
+                    leaf,
+                    index,
+                    register: registers[reg],
+                    clear: 1 << bit,
+                })
+                .ok_or_else(|| format!("{name:?} is not a CPU feature vmig knows"))
+        })
+        .collect()
+}
+
+/// `entries` with `masks` applied: what a host that hides features offers.
+pub fn masked(entries: &[kvm_cpuid_entry2], masks: &[CpuidMask]) -> Vec<kvm_cpuid_entry2> {
+    let mut entries = entries.to_vec();
+    for entry in &mut entries {
+        for mask in masks
+            .iter()
+            .filter(|m| m.leaf == entry.function && m.index == entry.index)
+        {
+            let register = match mask.register {
+                Register::Eax => &mut entry.eax,
+                Register::Ebx => &mut entry.ebx,
+                Register::Ecx => &mut entry.ecx,
+                Register::Edx => &mut entry.edx,
+            };
+            *register &= !mask.clear;
+        }
+    }
+    entries
+}
+
+/// The architectural performance-monitoring leaf (virtual PMU).
+pub const LEAF_PMU: u32 = 0xa;
+
+/// Masks that hide the virtual PMU: leaf 0xA reads all zeros, so the guest
+/// finds no performance counters (a VM started without `pmu`).
+pub fn pmu_hidden() -> Vec<CpuidMask> {
+    [Register::Eax, Register::Ebx, Register::Ecx, Register::Edx]
+        .into_iter()
+        .map(|register| CpuidMask {
+            leaf: LEAF_PMU,
+            index: 0,
+            register,
+            clear: u32::MAX,
+        })
+        .collect()
+}
+
 const LEAF_FEATURES: u32 = 0x1;
 const LEAF_TOPOLOGY: u32 = 0xb;
 const LEAF_AMD_SIZE: u32 = 0x8000_0008;

@@ -31,6 +31,8 @@ use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
 use self::boot::{BootConfig, BootError};
+use self::devices::DevicesState;
+use self::devices::virtio::{DriveStats, MmioBus, mmio as virtio_mmio};
 use self::devices::{PortIoBus, SerialConsole};
 use self::memory::{GuestMemory, MemoryError};
 use self::regs::RegsError;
@@ -78,6 +80,14 @@ pub enum VmError {
     EventFd(#[source] std::io::Error),
     #[error("restored device state is invalid")]
     DeviceState(#[from] devices::serial::SerialStateError),
+    #[error("restored virtio state is invalid: {0}")]
+    VirtioState(String),
+    #[error("{} drives requested; at most {} are supported", .0, devices::virtio::mmio::MAX_DEVICES)]
+    TooManyDisks(usize),
+    #[error("drive {slot} is not a CD/DVD drive")]
+    NotCdrom { slot: usize },
+    #[error("disk")]
+    Disk(#[from] devices::virtio::DiskError),
     #[error("the VM is {0}, which does not allow this")]
     WrongState(RunState),
     #[error("vCPU {0} has ended")]
@@ -148,6 +158,9 @@ pub struct VmStats {
     pub io_exits: u64,
     pub mmio_exits: u64,
     pub console_bytes: u64,
+    /// Each drive: its medium, whether the VMM holds it, its counters.
+    #[serde(default)]
+    pub drives: Vec<DriveStats>,
 }
 
 /// One virtual machine.
@@ -158,6 +171,7 @@ pub struct Vm {
     /// vCPU states taken as the vCPUs last paused ([`Vm::pause_capturing`]).
     captured: Option<Vec<VcpuState>>,
     bus: Arc<PortIoBus>,
+    mmio: Arc<MmioBus>,
     fd: Arc<VmFd>,
     memory: GuestMemory,
     machine: MachineConfig,
@@ -222,6 +236,17 @@ impl Vm {
         fd.register_irqfd(&serial_irq, devices::SERIAL_IRQ)
             .map_err(kvm_err("register the serial interrupt"))?;
         let bus = Arc::new(PortIoBus::new(SerialConsole::new(serial_irq, console), stops.clone()));
+        if machine.disks.len() > virtio_mmio::MAX_DEVICES {
+            return Err(VmError::TooManyDisks(machine.disks.len()));
+        }
+        let mut disk_irqs = Vec::with_capacity(machine.disks.len());
+        for irq in &virtio_mmio::IRQS[..machine.disks.len()] {
+            let event = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
+            fd.register_irqfd(&event, *irq)
+                .map_err(kvm_err("register a virtio interrupt"))?;
+            disk_irqs.push(event);
+        }
+        let mmio = Arc::new(MmioBus::new(&machine.disks, disk_irqs, &memory));
 
         let supported = cpuid::supported(&kvm)?;
         let mut vcpu_fds: Vec<(VcpuFd, Vec<kvm_bindings::kvm_cpuid_entry2>)> =
@@ -237,7 +262,12 @@ impl Vm {
 
         let mut restore = None;
         match start {
-            Start::Boot(config) => {
+            Start::Boot(mut config) => {
+                mmio.attach(None)?;
+                for slot in 0..mmio.len() {
+                    config.cmdline.push(' ');
+                    config.cmdline.push_str(&virtio_mmio::cmdline_token(slot));
+                }
                 let entry = boot::load(&memory, &config, machine.vcpus)?;
                 regs::setup_boot_vcpu(&vcpu_fds[0].0, &memory, entry)?;
             }
@@ -262,6 +292,7 @@ impl Vm {
         let xsave_size = usize::try_from(fd.check_extension_int(Cap::Xsave2)).unwrap_or(0);
         let context = VcpuContext {
             bus: Arc::clone(&bus),
+            mmio: Arc::clone(&mmio),
             stops,
             msr_indices: Arc::new(
                 kvm.get_msr_index_list()
@@ -280,6 +311,7 @@ impl Vm {
             vcpus,
             captured: None,
             bus,
+            mmio,
             fd: Arc::new(fd),
             memory,
             machine,
@@ -353,6 +385,9 @@ impl Vm {
         match self.state {
             RunState::Created | RunState::Paused => {}
             other => return Err(VmError::WrongState(other)),
+        }
+        if !self.mmio.attached() {
+            self.reacquire_disks()?;
         }
         self.captured = None;
         for vcpu in &self.vcpus {
@@ -443,7 +478,10 @@ impl Vm {
             .is_none()
             .then(|| self.vcpus.iter().map(VcpuHandle::request_save).collect());
         let vm_wide = self.save_vm_wide();
-        let devices = self.bus.save();
+        let devices = DevicesState {
+            serial: self.bus.save(),
+            virtio: self.mmio.save(),
+        };
         let vcpus = match requested {
             Some(requested) => self.gather(requested)?,
             None => self.captured.clone().unwrap_or_default(),
@@ -527,7 +565,11 @@ impl Vm {
         // guest clock by the wall time that passed while the VM was saved.
         clock.flags &= KVM_CLOCK_REALTIME;
         self.fd.set_clock(&clock).map_err(kvm_err("restore the KVM clock"))?;
-        self.bus.restore(&devices)?;
+        self.bus.restore(&devices.serial)?;
+        // The drives are taken when the VM first resumes (a migration's
+        // target: at its commit, once the source has given them up).
+        self.mmio.restore(&devices.virtio).map_err(VmError::VirtioState)?;
+        self.machine.disks = self.mmio.disks();
         if let Some(first) = vcpus.first() {
             self.guest_cpuid.clone_from(&first.cpuid);
         }
@@ -551,6 +593,46 @@ impl Vm {
         Ok(())
     }
 
+    /// Syncs and closes every drive's image, giving up its lock, for a
+    /// migration's target to take. The VM must be paused (no request is in
+    /// flight then: requests are served on the vCPU threads).
+    pub fn release_disks(&mut self) -> Result<(), VmError> {
+        if self.state == RunState::Running {
+            return Err(VmError::WrongState(self.state));
+        }
+        Ok(self.mmio.detach()?)
+    }
+
+    /// Takes the drives (after [`Vm::release_disks`], or for a restored or
+    /// migrated VM) with the capacities the guest knows; fails if another
+    /// VMM holds one now.
+    pub fn reacquire_disks(&mut self) -> Result<(), VmError> {
+        let capacities: Vec<u64> = MmioBus::capacities(&self.mmio.save());
+        Ok(self.mmio.attach(Some(&capacities))?)
+    }
+
+    /// Whether every drive that should be open is (a paused VM that gave its
+    /// drives up must not resume without them).
+    pub fn disks_attached(&self) -> bool {
+        self.mmio.attached()
+    }
+
+    /// Inserts (`Some`) or ejects (`None`) the medium of CD/DVD drive `slot`.
+    pub fn change_medium(&mut self, slot: usize, medium: Option<&std::path::Path>) -> Result<(), VmError> {
+        match self.machine.disks.get(slot) {
+            Some(disk) if disk.kind == devices::virtio::DiskKind::Cdrom => {}
+            _ => return Err(VmError::NotCdrom { slot }),
+        }
+        let config = self.mmio.change_medium(slot, medium)?;
+        self.machine.disks[slot] = config;
+        Ok(())
+    }
+
+    /// Each drive, its medium and counters.
+    pub fn drives(&self) -> Vec<DriveStats> {
+        self.mmio.stats()
+    }
+
     pub fn stats(&self) -> VmStats {
         let sum = |f: fn(&vcpu::VcpuCounters) -> u64| self.vcpus.iter().map(|v| f(&v.counters)).sum::<u64>();
         use std::sync::atomic::Ordering::Relaxed;
@@ -564,6 +646,7 @@ impl Vm {
             io_exits: sum(|c| c.io_exits.load(Relaxed)),
             mmio_exits: sum(|c| c.mmio_exits.load(Relaxed)),
             console_bytes: self.bus.console_bytes(),
+            drives: self.mmio.stats(),
         }
     }
 }
@@ -587,6 +670,7 @@ mod tests {
             memory_bytes: 128 << 20,
             vcpus,
             cpuid_masks: Vec::new(),
+            disks: Vec::new(),
         };
         let boot = BootConfig {
             kernel: KernelSource::from_spec("builtin:testguest").unwrap(),
@@ -729,6 +813,7 @@ mod tests {
             memory_bytes: 256 << 20,
             vcpus: 1,
             cpuid_masks: Vec::new(),
+            disks: Vec::new(),
         };
         let result = Vm::create(
             other,

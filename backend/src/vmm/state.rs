@@ -7,10 +7,12 @@ use thiserror::Error;
 
 use super::cpuid::CpuidMask;
 use super::devices::DevicesState;
+use super::devices::virtio::DiskConfig;
 use super::vcpu::VcpuState;
 
 /// Bumped whenever a field changes meaning; readers refuse other versions.
-pub const STATE_FORMAT: u32 = 1;
+/// 2: drives in the machine, virtio devices in the device state.
+pub const STATE_FORMAT: u32 = 2;
 
 /// What a machine is: fixed for its lifetime, and travels with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +22,9 @@ pub struct MachineConfig {
     /// CPUID features hidden from the guest (a compatibility baseline).
     #[serde(default)]
     pub cpuid_masks: Vec<CpuidMask>,
+    /// Its drives, one virtio-blk device each, by slot.
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
 }
 
 /// In-kernel interrupt controllers and timer.

@@ -24,6 +24,7 @@ use thiserror::Error;
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use super::devices::PortIoBus;
+use super::devices::virtio::MmioBus;
 use super::stop::{StopReason, Stops};
 
 #[derive(Debug, Error)]
@@ -140,6 +141,7 @@ pub struct VcpuCounters {
 #[derive(Debug, Clone)]
 pub struct VcpuContext {
     pub bus: Arc<PortIoBus>,
+    pub mmio: Arc<MmioBus>,
     pub stops: Stops,
     /// MSRs to save, from `KVM_GET_MSR_INDEX_LIST`.
     pub msr_indices: Arc<Vec<u32>>,
@@ -522,13 +524,16 @@ impl Vcpu {
                 self.context.bus.read(port, data);
                 return Served::Access;
             }
-            Ok(VcpuExit::MmioRead(_, data)) => {
+            Ok(VcpuExit::MmioRead(addr, data)) => {
                 self.counters.mmio_exits.fetch_add(1, Ordering::Relaxed);
-                data.fill(0xff);
+                if !self.context.mmio.read(addr, data) {
+                    data.fill(0xff);
+                }
                 return Served::Access;
             }
-            Ok(VcpuExit::MmioWrite(..)) => {
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
                 self.counters.mmio_exits.fetch_add(1, Ordering::Relaxed);
+                self.context.mmio.write(addr, data);
                 return Served::Access;
             }
             Ok(VcpuExit::Hlt) => None,

@@ -17,7 +17,9 @@ use crate::ops::cluster::Cluster;
 #[command(after_help = "Examples:\n  \
     vmig vm create --name vm4 --kernel builtin:testguest --memory 1G --vcpus 2 --cmdline 'fill=256M'\n  \
     vmig vm create --spec vm4.toml --host hostB\n\n\
-    A spec file holds the same fields: name, vcpus, memory, kernel, initrd, cmdline, redundancy_group.")]
+    vmig vm create --name db1 --kernel builtin:testguest --disk /srv/vmig/shared/db1.img --cdrom /srv/vmig/shared/tools.iso\n\n\
+    A spec file holds the same fields: name, vcpus, memory, kernel, initrd, cmdline, redundancy_group,\n\
+    disks = [{ path, size }], cdrom = { path, connected }, pmu, vgpu = { profile, framebuffer }.")]
 pub struct CreateArgs {
     /// Read the VM's definition from a TOML file.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["name", "kernel"])]
@@ -39,6 +41,15 @@ pub struct CreateArgs {
     /// VMs of one group must not share a chassis.
     #[arg(long, value_name = "GROUP")]
     redundancy_group: Option<String>,
+    /// A read-write disk: a raw image on one of the host's storage roots (repeatable).
+    #[arg(long, value_name = "PATH")]
+    disk: Vec<String>,
+    /// A CD/DVD drive with this ISO image as its medium.
+    #[arg(long, value_name = "PATH")]
+    cdrom: Option<String>,
+    /// Give the guest virtual performance counters (a target needs a PMU as capable).
+    #[arg(long)]
+    pmu: bool,
     /// The host to create it on (default: the one with the most memory available).
     #[arg(long, value_name = "HOST")]
     host: Option<String>,
@@ -57,6 +68,33 @@ pub struct NameArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The medium must lie under one of the host's storage roots. A connected \
+    medium on host-local storage blocks a live migration (precheck cdrom.backing): eject it first.\n\n\
+    Examples:\n  vmig vm cdrom vm1 insert /srv/vmig/shared/tools.iso\n  vmig vm cdrom vm1 eject"
+)]
+pub struct CdromArgs {
+    /// The VM's name.
+    name: String,
+    #[command(subcommand)]
+    action: CdromAction,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum CdromAction {
+    /// Put an ISO image into the VM's CD/DVD drive (the running guest sees it at once).
+    Insert {
+        /// The image (absolute path on the VM's host).
+        file: String,
+    },
+    /// Take the medium out; the drive remembers it, to reconnect it later.
+    Eject,
 }
 
 #[derive(Debug, Args)]
@@ -93,6 +131,20 @@ pub fn create(args: &CreateArgs, inventory: Option<&Path>) -> Result<Exit> {
             initrd: args.initrd.clone(),
             cmdline: args.cmdline.clone(),
             redundancy_group: args.redundancy_group.clone(),
+            disks: args
+                .disk
+                .iter()
+                .map(|path| vmig_backend::api::DiskSpec {
+                    path: path.clone(),
+                    size: None,
+                })
+                .collect(),
+            cdrom: args
+                .cdrom
+                .clone()
+                .map(|path| vmig_backend::api::CdromSpec { path, connected: true }),
+            pmu: args.pmu,
+            vgpu: None,
         },
     };
     spec.validate().map_err(|e| UsageError(format!("--{e}")))?;
@@ -163,6 +215,35 @@ pub fn lifecycle(args: &NameArgs, inventory: Option<&Path>, action: Lifecycle) -
     }
 }
 
+pub fn cdrom(args: &CdromArgs, inventory: Option<&Path>) -> Result<Exit> {
+    let medium = match &args.action {
+        CdromAction::Insert { file } if !file.starts_with('/') => {
+            return Err(UsageError(format!("{file}: the medium must be an absolute path on the VM's host")).into());
+        }
+        CdromAction::Insert { file } => Some(file.clone()),
+        CdromAction::Eject => None,
+    };
+    let cluster = Cluster::open(inventory)?;
+    let located = cluster.locate(&args.name)?;
+    let info: VmInfo = cluster.client(&located.host).call(Request::Cdrom {
+        name: args.name.clone(),
+        medium: medium.clone(),
+    })?;
+    let what = match &medium {
+        Some(file) => format!("inserted {file} into"),
+        None => "ejected the medium of".to_string(),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "cdrom": { "vm": info.name, "host": info.host, "medium": info.cdrom } })
+        );
+    } else {
+        println!("{what} {}'s CD/DVD drive on {}", info.name, info.host);
+    }
+    Ok(Exit::Ok)
+}
+
 pub fn show(args: &NameArgs, inventory: Option<&Path>) -> Result<Exit> {
     let cluster = Cluster::open(inventory)?;
     let located = cluster.locate(&args.name)?;
@@ -190,6 +271,29 @@ pub fn show(args: &NameArgs, inventory: Option<&Path>) -> Result<Exit> {
     )?;
     if let Some(group) = &detail.spec.redundancy_group {
         writeln!(out, "  redundancy group {group}")?;
+    }
+    let drives = detail.stats.as_ref().map(|s| s.drives.as_slice()).unwrap_or_default();
+    for (slot, drive) in detail.spec.drives().iter().enumerate() {
+        let kind = match (drive.kind, drive.connected) {
+            (vmig_backend::vmm::devices::virtio::DiskKind::Disk, _) => "disk",
+            (_, true) => "cdrom",
+            (_, false) => "cdrom (ejected)",
+        };
+        let counters = drives.get(slot).map_or(String::new(), |d| {
+            format!(
+                "  read {} written {} errors {}",
+                format_size(d.counters.read_bytes),
+                format_size(d.counters.written_bytes),
+                d.counters.errors
+            )
+        });
+        writeln!(out, "  {kind} {}{counters}", drive.path.display())?;
+    }
+    if detail.spec.pmu {
+        writeln!(out, "  virtual performance counters (pmu)")?;
+    }
+    if let Some(gpu) = &detail.spec.vgpu {
+        writeln!(out, "  vgpu {} ({} frame buffer)", gpu.profile, gpu.framebuffer)?;
     }
     if let Some(stats) = &detail.stats {
         writeln!(

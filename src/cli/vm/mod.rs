@@ -24,8 +24,10 @@ pub enum VmCommand {
     Show(cluster::NameArgs),
     /// Print the end of a VM's console log.
     Console(cluster::ConsoleArgs),
+    /// Insert or eject the medium of a VM's CD/DVD drive.
+    Cdrom(cluster::CdromArgs),
     /// Run a VM in the foreground: this process is its VMM.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Show a running VMM's state.
     Status(control::ControlArgs),
     /// Show a running VMM's counters (exits, resident memory, console bytes).
@@ -51,6 +53,7 @@ pub fn exec(command: VmCommand, inventory: Option<&std::path::Path>) -> Result<E
         VmCommand::Destroy(args) => cluster::lifecycle(&args, inventory, cluster::Lifecycle::Destroy),
         VmCommand::Show(args) => cluster::show(&args, inventory),
         VmCommand::Console(args) => cluster::console(&args, inventory),
+        VmCommand::Cdrom(args) => cluster::cdrom(&args, inventory),
         VmCommand::Run(args) => run::exec(&args),
         VmCommand::Status(args) => control::exec(&args, &Request::Status),
         VmCommand::Stats(args) => control::exec(&args, &Request::Stats),

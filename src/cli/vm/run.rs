@@ -9,6 +9,7 @@ use vmig_backend::migration::transport::parse_url;
 use vmig_backend::runtime::process::{self, Console, Launch, VmmOptions};
 use vmig_backend::size::parse_size;
 use vmig_backend::vmm::boot::{BootConfig, KernelSource};
+use vmig_backend::vmm::devices::virtio::DiskConfig;
 use vmig_backend::vmm::{MAX_VCPUS, MachineConfig, Start, memory};
 
 use super::super::UsageError;
@@ -37,6 +38,23 @@ pub struct RunArgs {
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1, conflicts_with = "restore")]
     vcpus: u16,
+    /// A drive, in slot order: `disk:PATH` (read-write), `cdrom:PATH` or
+    /// `cdrom-ejected:PATH` (a read-only CD/DVD with or without its medium in).
+    /// The image is locked while this VMM may write or read it.
+    #[arg(long, value_name = "KIND:PATH", conflicts_with = "restore", value_parser = parse_drive_arg)]
+    drive: Vec<DiskConfig>,
+    /// Give the guest virtual performance counters (CPUID leaf 0xA); without
+    /// it the leaf is hidden.
+    #[arg(long, conflicts_with = "restore")]
+    pmu: bool,
+    /// Hide this CPU feature (a /proc/cpuinfo name) from the guest; with
+    /// --incoming, refuse a VM that uses it (repeatable).
+    #[arg(long, value_name = "FEATURE")]
+    hide_cpu: Vec<String>,
+    /// With --incoming: an image the arriving VM may open (repeatable); a VM
+    /// naming any other drive is refused.
+    #[arg(long, value_name = "PATH", requires = "incoming")]
+    allow_disk: Vec<PathBuf>,
     /// Write the serial console to FILE instead of standard output.
     #[arg(long, value_name = "FILE")]
     console: Option<PathBuf>,
@@ -47,7 +65,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "incoming"])]
     restore: Option<PathBuf>,
     /// Receive the VM by live migration: listen on tcp:HOST:PORT for `vmig vm send`.
-    #[arg(long, value_name = "tcp:HOST:PORT", conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "vcpus"])]
+    #[arg(long, value_name = "tcp:HOST:PORT", conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "vcpus", "drive", "pmu"])]
     incoming: Option<String>,
     /// With --incoming: accept only a sender that presents the migration token
     /// in FILE (64 hex digits; `vmig vm send --token-file` on the source).
@@ -68,6 +86,15 @@ pub struct RunArgs {
     timeouts: TimeoutArgs,
 }
 
+/// The `--hide-cpu` features as CPUID masks.
+fn hidden(args: &RunArgs) -> Result<Vec<vmig_backend::vmm::cpuid::CpuidMask>> {
+    vmig_backend::vmm::cpuid::hiding(&args.hide_cpu).map_err(|e| usage(format!("--hide-cpu: {e}")))
+}
+
+fn parse_drive_arg(value: &str) -> Result<DiskConfig, String> {
+    vmig_backend::runtime::launch::parse_drive(value)
+}
+
 fn usage(message: String) -> anyhow::Error {
     UsageError(message).into()
 }
@@ -82,6 +109,8 @@ pub fn exec(args: &RunArgs) -> Result<Exit> {
             token,
             migration: args.migration_id.clone(),
             timeouts,
+            allowed_disks: args.allow_disk.clone(),
+            hide_cpu: hidden(args)?,
         }
     } else {
         let (machine, start) = new_machine(args)?;
@@ -142,7 +171,14 @@ fn new_machine(args: &RunArgs) -> Result<(MachineConfig, Start)> {
         let machine = MachineConfig {
             memory_bytes,
             vcpus: args.vcpus as u8,
-            cpuid_masks: Vec::new(),
+            cpuid_masks: {
+                let mut masks = hidden(args)?;
+                if !args.pmu {
+                    masks.extend(vmig_backend::vmm::cpuid::pmu_hidden());
+                }
+                masks
+            },
+            disks: args.drive.clone(),
         };
         let boot = BootConfig {
             kernel,
@@ -187,6 +223,12 @@ mod tests {
                 cmdline: "fill=1M --odd".into(),
                 memory: "256M".into(),
                 vcpus: 3,
+                disks: vec![
+                    parse_drive_arg("disk:/srv/a b.img").unwrap(),
+                    parse_drive_arg("cdrom-ejected:/srv/x.iso").unwrap(),
+                ],
+                pmu: true,
+                hide_cpu: vec!["avx2".into()],
             },
         };
         let args = parse(&boot);
@@ -197,6 +239,12 @@ mod tests {
         assert_eq!(args.cmdline, "fill=1M --odd");
         assert_eq!((args.memory.as_str(), args.vcpus), ("256M", 3));
         assert_eq!(args.initrd.as_deref(), Some(std::path::Path::new("/boot/initrd")));
+        let LaunchStart::Boot { disks, .. } = &boot.start else {
+            unreachable!()
+        };
+        assert_eq!(&args.drive, disks);
+        assert!(args.pmu);
+        assert_eq!(args.hide_cpu, ["avx2"]);
 
         let timeouts = Timeouts {
             accept_s: 7,
@@ -209,6 +257,8 @@ mod tests {
                 token_file: Some("/run/token".into()),
                 migration_id: Some("m-1".into()),
                 timeouts,
+                allowed_disks: vec!["/srv/a b.img".into()],
+                hide_cpu: vec!["sse4_2".into()],
             },
             ..boot
         };
@@ -217,5 +267,13 @@ mod tests {
         assert_eq!(args.token_file.as_deref(), Some(std::path::Path::new("/run/token")));
         assert_eq!(args.migration_id.as_deref(), Some("m-1"));
         assert_eq!(args.timeouts.timeouts().unwrap(), timeouts);
+        assert_eq!(args.allow_disk, [PathBuf::from("/srv/a b.img")]);
+    }
+
+    #[test]
+    fn drive_values_are_checked() {
+        for bad in ["/srv/a.img", "floppy:/a.img", "disk:"] {
+            assert!(parse_drive_arg(bad).is_err(), "{bad}");
+        }
     }
 }

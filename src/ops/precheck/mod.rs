@@ -2,13 +2,14 @@
 //! in the words of the fix. The facts are asked of the agents (one request
 //! per host); the rules ([`rules`]) are pure functions over them.
 
+pub mod devices;
 pub mod rules;
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 use thiserror::Error;
-use vmig_backend::api::HostFacts;
+use vmig_backend::api::{DriveProbe, HostFacts, Request};
 use vmig_backend::client::ClientError;
 
 pub use self::rules::{Finding, Severity};
@@ -21,6 +22,31 @@ pub enum PrecheckError {
     Cluster(#[from] ClusterError),
     #[error("{vm} runs on {host} already")]
     SameHost { vm: String, host: String },
+    #[error("there is no precheck rule {rule:?}; the rules are: {}", rules::RULES.iter().map(|r| r.id).collect::<Vec<_>>().join(", "))]
+    UnknownRule { rule: String },
+}
+
+/// Rules an operator chose not to check: the move then takes their risk,
+/// and the verdict says which were left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Skip(Vec<&'static str>);
+
+impl Skip {
+    /// Rule ids as the operator gave them; an unknown one is refused.
+    pub fn parse(ids: &[String]) -> Result<Self, PrecheckError> {
+        let mut skip = Vec::new();
+        for id in ids {
+            let rule = rules::rule(id).ok_or_else(|| PrecheckError::UnknownRule { rule: id.clone() })?;
+            if !skip.contains(&rule.id) {
+                skip.push(rule.id);
+            }
+        }
+        Ok(Skip(skip))
+    }
+
+    pub fn ids(&self) -> &[&'static str] {
+        &self.0
+    }
 }
 
 impl PrecheckError {
@@ -28,6 +54,7 @@ impl PrecheckError {
         match self {
             PrecheckError::Cluster(e) => e.code(),
             PrecheckError::SameHost { .. } => Code::Conflict,
+            PrecheckError::UnknownRule { .. } => Code::Invalid,
         }
     }
 }
@@ -42,11 +69,14 @@ pub struct Verdict {
     pub ok: bool,
     pub errors: Vec<Finding>,
     pub warnings: Vec<Finding>,
+    /// Rules left out at the operator's word.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<&'static str>,
 }
 
 impl Verdict {
-    fn of(facts: &rules::Facts) -> Self {
-        let (errors, warnings): (Vec<Finding>, Vec<Finding>) = rules::check(facts)
+    fn of(facts: &rules::Facts, skip: &Skip) -> Self {
+        let (errors, warnings): (Vec<Finding>, Vec<Finding>) = rules::check_skipping(facts, skip.ids())
             .into_iter()
             .partition(|f| f.severity == Severity::Error);
         Verdict {
@@ -56,14 +86,15 @@ impl Verdict {
             ok: errors.is_empty(),
             errors,
             warnings,
+            skipped: skip.ids().to_vec(),
         }
     }
 }
 
 /// Whether `vm` can move to `host`.
-pub fn precheck(cluster: &Cluster, vm: &str, host: &str) -> Result<Verdict, PrecheckError> {
+pub fn precheck(cluster: &Cluster, vm: &str, host: &str, skip: &Skip) -> Result<Verdict, PrecheckError> {
     cluster.host(host)?;
-    let mut all = verdicts(cluster, vm, Some(host))?;
+    let mut all = verdicts(cluster, vm, Some(host), skip)?;
     // The host is in the inventory: it has its verdict.
     all.pop().map_or_else(|| Err(unanswered(host)), |(_, verdict)| verdict)
 }
@@ -72,8 +103,8 @@ pub fn precheck(cluster: &Cluster, vm: &str, host: &str) -> Result<Verdict, Prec
 pub type HostVerdict = (String, Result<Verdict, PrecheckError>);
 
 /// Whether `vm` can move to each other host, in inventory order.
-pub fn precheck_all(cluster: &Cluster, vm: &str) -> Result<Vec<HostVerdict>, PrecheckError> {
-    verdicts(cluster, vm, None)
+pub fn precheck_all(cluster: &Cluster, vm: &str, skip: &Skip) -> Result<Vec<HostVerdict>, PrecheckError> {
+    verdicts(cluster, vm, None, skip)
 }
 
 /// An inventory host with no answer of its own (every host asked answers,
@@ -86,8 +117,29 @@ fn unanswered(host: &str) -> PrecheckError {
     .into()
 }
 
+/// Every host's look at `vm`'s images (none asked for a VM without drives).
+fn drive_probes(
+    cluster: &Cluster,
+    vm: &vmig_backend::api::VmInfo,
+) -> BTreeMap<String, Result<Vec<DriveProbe>, String>> {
+    let paths: Vec<String> = vm
+        .disks
+        .iter()
+        .map(|d| d.path.clone())
+        .chain(vm.cdrom.iter().map(|c| c.path.clone()))
+        .collect();
+    if paths.is_empty() {
+        return BTreeMap::new();
+    }
+    cluster
+        .ask_all::<Vec<DriveProbe>>(&Request::ProbeDrives { paths })
+        .into_iter()
+        .map(|(host, answer)| (host.name, answer.map_err(|e| e.to_string())))
+        .collect()
+}
+
 /// The facts once (every host's, every VM), then a verdict per target.
-fn verdicts(cluster: &Cluster, vm: &str, only: Option<&str>) -> Result<Vec<HostVerdict>, PrecheckError> {
+fn verdicts(cluster: &Cluster, vm: &str, only: Option<&str>, skip: &Skip) -> Result<Vec<HostVerdict>, PrecheckError> {
     let (listing, failed) = cluster.listing();
     let located = cluster.find(&listing, failed, vm)?;
     let mut hosts: BTreeMap<String, Result<HostFacts, ClientError>> = cluster
@@ -114,6 +166,18 @@ fn verdicts(cluster: &Cluster, vm: &str, only: Option<&str>) -> Result<Vec<HostV
         Some(Err(e)) => return Err(ClusterError::from(e).into()),
         None => return Err(unanswered(&located.host.name)),
     };
+    // What each agent finds at the VM's images, asked of every host at once
+    // (only for a VM that has drives).
+    let mut probes = drive_probes(cluster, &located.info);
+    let drives_of = |probes: &mut BTreeMap<String, Result<Vec<DriveProbe>, String>>, host: &str| {
+        probes.remove(host).unwrap_or_else(|| Ok(Vec::new()))
+    };
+    let source_drives = drives_of(&mut probes, &source.name).map_err(|detail| {
+        ClusterError::from(ClientError::Protocol {
+            host: source.name.clone(),
+            detail,
+        })
+    })?;
     let mut out = Vec::new();
     for entry in &cluster.inventory.hosts {
         if only.is_some_and(|h| h != entry.name) || (only.is_none() && entry.name == source.name) {
@@ -126,12 +190,19 @@ fn verdicts(cluster: &Cluster, vm: &str, only: Option<&str>) -> Result<Vec<HostV
             })
         } else {
             match hosts.remove(&entry.name) {
-                Some(Ok(target)) => Ok(Verdict::of(&rules::Facts {
-                    vm: located.info.clone(),
-                    source: source.clone(),
-                    target,
-                    placed: placed.clone(),
-                })),
+                Some(Ok(target)) => Ok(Verdict::of(
+                    &rules::Facts {
+                        vm: located.info.clone(),
+                        source: source.clone(),
+                        placed: placed.clone(),
+                        drives: devices::Drives {
+                            source: source_drives.clone(),
+                            target: drives_of(&mut probes, &target.name),
+                        },
+                        target,
+                    },
+                    skip,
+                )),
                 Some(Err(e)) => Err(ClusterError::from(e).into()),
                 None => Err(unanswered(&entry.name)),
             }

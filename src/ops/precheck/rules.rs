@@ -15,6 +15,8 @@ pub struct Facts {
     /// Every VM of the cluster that answered, with the chassis of its host
     /// (declared), for the redundancy rule.
     pub placed: Vec<(VmInfo, Option<String>)>,
+    /// What the source's and the target's agents found at the VM's images.
+    pub drives: super::devices::Drives,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -64,7 +66,7 @@ impl Finding {
     }
 }
 
-fn fact(name: impl Into<String>, value: impl Serialize, origin: Origin) -> Fact {
+pub(super) fn fact(name: impl Into<String>, value: impl Serialize, origin: Origin) -> Fact {
     Fact {
         name: name.into(),
         value: serde_json::to_value(value).unwrap_or_default(),
@@ -72,7 +74,7 @@ fn fact(name: impl Into<String>, value: impl Serialize, origin: Origin) -> Fact 
     }
 }
 
-fn error(rule: &'static str, message: String, facts: Vec<Fact>) -> Option<Finding> {
+pub(super) fn error(rule: &'static str, message: String, facts: Vec<Fact>) -> Option<Finding> {
     Some(Finding {
         rule,
         severity: Severity::Error,
@@ -81,7 +83,7 @@ fn error(rule: &'static str, message: String, facts: Vec<Fact>) -> Option<Findin
     })
 }
 
-fn warning(rule: &'static str, message: String, facts: Vec<Fact>) -> Option<Finding> {
+pub(super) fn warning(rule: &'static str, message: String, facts: Vec<Fact>) -> Option<Finding> {
     Some(Finding {
         rule,
         severity: Severity::Warning,
@@ -90,25 +92,107 @@ fn warning(rule: &'static str, message: String, facts: Vec<Fact>) -> Option<Find
     })
 }
 
-/// A rule: its id and its check.
-pub type Rule = (&'static str, fn(&Facts) -> Option<Finding>);
+/// A rule: its id, what it checks and how its findings are fixed (for the
+/// documentation), and its check.
+#[derive(Debug, Clone, Copy)]
+pub struct Rule {
+    pub id: &'static str,
+    pub doc: &'static str,
+    pub check: fn(&Facts) -> Option<Finding>,
+}
 
 /// Every rule, in the order they are reported.
 pub const RULES: &[Rule] = &[
-    ("vm.stable", vm_stable),
-    ("host.versions", versions),
-    ("network.family", network_family),
-    ("capacity.memory", capacity_memory),
-    ("capacity.name", name_clash),
-    ("cpu.features", cpu_features),
-    ("cpu.pmu", pmu),
-    ("redundancy.chassis", redundancy),
-    ("concurrency.budget", concurrency),
+    Rule {
+        id: "vm.stable",
+        doc: "error unless the VM is running and not migrating, paused or in doubt; fix: start or resume it, \
+              wait for (or cancel) its migration",
+        check: vm_stable,
+    },
+    Rule {
+        id: "host.versions",
+        doc: "error when the agents speak different API or migration protocol versions; fix: upgrade the older agent",
+        check: versions,
+    },
+    Rule {
+        id: "network.family",
+        doc: "error when the management addresses the agents listen on share no IP family (measured); \
+              fix: give the target an address of the source's family",
+        check: network_family,
+    },
+    Rule {
+        id: "capacity.memory",
+        doc: "error when the target has less memory free for VMs than the VM has; fix: free memory or pick another host",
+        check: capacity_memory,
+    },
+    Rule {
+        id: "capacity.name",
+        doc: "error when the target holds a VM of the same name; fix: destroy or rename one",
+        check: name_clash,
+    },
+    Rule {
+        id: "cpu.features",
+        doc: "error when the target's KVM lacks CPU features the source offers its guests, or the vendor differs; \
+              fix: pick a host with those features",
+        check: cpu_features,
+    },
+    Rule {
+        id: "cpu.pmu",
+        doc: "error when a VM with virtual performance counters (pmu) would meet a PMU of lower version, fewer \
+              or narrower counters (measured from KVM); fix: pick such a host, or define the VM without pmu",
+        check: pmu,
+    },
+    Rule {
+        id: "redundancy.chassis",
+        doc: "error when another VM of the VM's redundancy group runs in the target's chassis (declared); \
+              fix: pick a host in another chassis",
+        check: redundancy,
+    },
+    Rule {
+        id: "devices.reachable",
+        doc: "error when a disk is on host-local storage, or the target's agent, looking itself, finds it under no \
+              shared root, missing, of another size or another file; fix: put it on storage both hosts mount",
+        check: super::devices::reachable,
+    },
+    Rule {
+        id: "cdrom.backing",
+        doc: "error when a connected CD/DVD medium cannot be reached as the same file from the target (a host-local \
+              ISO); warning when an ejected drive's medium could not be reconnected there; fix: `vmig vm cdrom VM \
+              eject`, or put the medium on shared storage",
+        check: super::devices::cdrom,
+    },
+    Rule {
+        id: "gpu.vgpu",
+        doc: "warning when a VM with a vGPU profile (declared) would cross a migration link under 10 Gbit/s: its \
+              frame buffer is copied while the VM is stunned (the expected stun is stated); fix: a faster link",
+        check: super::devices::vgpu,
+    },
+    Rule {
+        id: "concurrency.budget",
+        doc: "warning when the source's or target's migration cost budget is spent: the move waits in a queue \
+              (its position is stated); fix: wait, or pass --force to queue",
+        check: concurrency,
+    },
 ];
 
-/// The findings for `facts`, errors and warnings, in rule order.
+/// The rule with this id.
+pub fn rule(id: &str) -> Option<&'static Rule> {
+    RULES.iter().find(|r| r.id == id)
+}
+
+/// The findings for `facts`, errors and warnings, in rule order, leaving
+/// out the rules in `skip`.
+pub fn check_skipping(facts: &Facts, skip: &[&str]) -> Vec<Finding> {
+    RULES
+        .iter()
+        .filter(|r| !skip.contains(&r.id))
+        .filter_map(|r| (r.check)(facts))
+        .collect()
+}
+
+/// The findings for `facts`, every rule.
 pub fn check(facts: &Facts) -> Vec<Finding> {
-    RULES.iter().filter_map(|(_, rule)| rule(facts)).collect()
+    check_skipping(facts, &[])
 }
 
 fn vm_stable(f: &Facts) -> Option<Finding> {
@@ -247,10 +331,11 @@ fn cpu_features(f: &Facts) -> Option<Finding> {
     error(
         "cpu.features",
         format!(
-            "{}'s KVM does not offer {} that {}'s guests see: start the VM with a CPU baseline both hosts \
-             offer, or choose another host",
+            "{}'s KVM does not offer {} that {}'s guests see: choose a host that offers them, or hide them \
+             from guests on {} ([cpu] hide in its agent.toml) and restart the VM there",
             t.name,
             names.join(", "),
+            s.name,
             s.name
         ),
         vec![fact(
@@ -262,21 +347,46 @@ fn cpu_features(f: &Facts) -> Option<Finding> {
 }
 
 fn pmu(f: &Facts) -> Option<Finding> {
-    let (s, t) = (&f.source, &f.target);
-    if t.pmu_version >= s.pmu_version {
+    if !f.vm.pmu {
         return None;
     }
-    warning(
+    let (s, t) = (&f.source, &f.target);
+    let capable =
+        t.pmu_version >= s.pmu_version && t.pmu_counters >= s.pmu_counters && t.pmu_counter_bits >= s.pmu_counter_bits;
+    if capable {
+        return None;
+    }
+    let pmu = |h: &HostFacts| {
+        format!(
+            "version {}, {} counters of {} bits",
+            h.pmu_version, h.pmu_counters, h.pmu_counter_bits
+        )
+    };
+    error(
         "cpu.pmu",
         format!(
-            "{} offers guests performance counters of version {} and {} only {}: a guest that uses \
-             them may fail after the move",
-            s.name, s.pmu_version, t.name, t.pmu_version
+            "{} was started with virtual performance counters ({} on {}); {} offers only {}:              choose a host whose PMU is at least as capable, or define the VM without `pmu`",
+            f.vm.name,
+            pmu(s),
+            s.name,
+            t.name,
+            pmu(t)
         ),
-        vec![
-            fact(format!("{}.pmu_version", s.name), s.pmu_version, Origin::Measured),
-            fact(format!("{}.pmu_version", t.name), t.pmu_version, Origin::Measured),
-        ],
+        [s, t]
+            .into_iter()
+            .flat_map(|h| {
+                [
+                    fact(format!("{}.pmu_version", h.name), h.pmu_version, Origin::Measured),
+                    fact(format!("{}.pmu_counters", h.name), h.pmu_counters, Origin::Measured),
+                    fact(
+                        format!("{}.pmu_counter_bits", h.name),
+                        h.pmu_counter_bits,
+                        Origin::Measured,
+                    ),
+                ]
+            })
+            .chain([fact("vm.pmu", true, Origin::Declared)])
+            .collect(),
     )
 }
 
@@ -332,7 +442,7 @@ fn concurrency(f: &Facts) -> Option<Finding> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn host(name: &str) -> HostFacts {
@@ -345,6 +455,8 @@ mod tests {
             cpu_model: "model".into(),
             cpu_features: vec!["sse2".into(), "avx2".into()],
             pmu_version: 2,
+            pmu_counters: 4,
+            pmu_counter_bits: 48,
             memory_total_bytes: 8 << 30,
             memory_available_bytes: 4 << 30,
             chassis: Some(format!("chassis-{name}")),
@@ -372,15 +484,20 @@ mod tests {
             migration: None,
             note: None,
             redundancy_group: None,
+            disks: Vec::new(),
+            cdrom: None,
+            pmu: false,
+            vgpu: None,
         }
     }
 
-    fn facts() -> Facts {
+    pub(crate) fn facts() -> Facts {
         Facts {
             vm: vm("vm1", "hostA"),
             source: host("hostA"),
             target: host("hostB"),
             placed: vec![(vm("vm1", "hostA"), Some("chassis-hostA".into()))],
+            drives: super::super::devices::Drives::default(),
         }
     }
 
@@ -427,7 +544,16 @@ mod tests {
 
         let mut f = facts();
         f.target.pmu_version = 0;
-        assert_eq!(rules_of(&f), [("cpu.pmu", Severity::Warning)]);
+        assert!(check(&f).is_empty(), "a VM without counters does not care");
+        f.vm.pmu = true;
+        assert_eq!(rules_of(&f), [("cpu.pmu", Severity::Error)]);
+        f.target.pmu_version = 2;
+        assert!(check(&f).is_empty(), "an equal PMU serves");
+        f.target.pmu_counters = 2;
+        assert_eq!(rules_of(&f), [("cpu.pmu", Severity::Error)], "fewer counters");
+        f.target.pmu_counters = 8;
+        f.target.pmu_counter_bits = 40;
+        assert_eq!(rules_of(&f), [("cpu.pmu", Severity::Error)], "narrower counters");
 
         let mut f = facts();
         f.vm.redundancy_group = Some("db".into());
@@ -456,7 +582,7 @@ mod tests {
 
     #[test]
     fn rule_ids_are_unique_and_each_finding_names_its_facts() {
-        let mut ids: Vec<&str> = RULES.iter().map(|(id, _)| *id).collect();
+        let mut ids: Vec<&str> = RULES.iter().map(|r| r.id).collect();
         ids.sort_unstable();
         ids.dedup();
         assert_eq!(ids.len(), RULES.len());

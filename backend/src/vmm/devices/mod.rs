@@ -1,8 +1,10 @@
 //! The legacy PC devices a guest reaches through port I/O: the COM1 serial
 //! console, the debug-exit port (power off with a code), the i8042 reset line,
-//! and ports that are accepted and ignored.
+//! and ports that are accepted and ignored; and the virtio devices on MMIO
+//! ([`virtio`]).
 
 pub mod serial;
+pub mod virtio;
 
 use std::sync::Mutex;
 
@@ -24,6 +26,8 @@ const I8042_RESET: u8 = 0xfe;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DevicesState {
     pub serial: SerialState,
+    /// The virtio devices, by slot.
+    pub virtio: Vec<virtio::DeviceState>,
 }
 
 /// Port I/O dispatch for one VM; shared by its vCPU threads.
@@ -82,14 +86,12 @@ impl PortIoBus {
         }
     }
 
-    pub fn save(&self) -> DevicesState {
-        DevicesState {
-            serial: self.serial().save(),
-        }
+    pub fn save(&self) -> SerialState {
+        self.serial().save()
     }
 
-    pub fn restore(&self, state: &DevicesState) -> Result<(), serial::SerialStateError> {
-        self.serial().restore(&state.serial)
+    pub fn restore(&self, state: &SerialState) -> Result<(), serial::SerialStateError> {
+        self.serial().restore(state)
     }
 
     /// Forgets the console's unfinished line (the VM continues elsewhere).
