@@ -257,4 +257,26 @@ fn unknown_rules_are_refused_and_skipped_rules_are_named() {
     let verdict: Value = serde_json::from_slice(&skipped.stdout).unwrap();
     assert_eq!(verdict["skipped"], serde_json::json!(["network.family"]));
     assert_eq!(verdict["ok"], true);
+
+    // Two hosts holding VMs of one name (hostB's agent was asked directly,
+    // as when it was away at the first one's creation): no move between them.
+    let inventory = vmig::inventory::Inventory::load(&lab.inventory()).unwrap();
+    let tls = vmig_backend::pki::client_config(&inventory.operator).unwrap();
+    let b = inventory.hosts.iter().find(|h| h.name == "hostB").unwrap();
+    let spec = vmig_backend::api::VmSpec {
+        name: "vm1".into(),
+        kernel: "builtin:testguest".into(),
+        memory: "64M".into(),
+        ..Default::default()
+    };
+    vmig_backend::client::Client::new(&b.name, &b.address, tls)
+        .call::<Value>(vmig_backend::api::Request::CreateVm { spec, start: false })
+        .unwrap();
+    let clash = verdict_of(&lab, "vm1", "hostB");
+    assert_eq!(clash["errors"][0]["rule"], "capacity.name", "{clash}");
+    assert_eq!(verdict_of(&lab, "vm1", "hostC")["ok"], true, "hostC holds no vm1");
+}
+
+fn verdict_of(lab: &Lab, vm: &str, host: &str) -> Value {
+    verdict(lab, vm, host)
 }

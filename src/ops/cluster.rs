@@ -119,6 +119,14 @@ impl Cluster {
     /// target's `incoming` copy is never taken for it), sorted by name; and
     /// the hosts that did not answer. One request per host.
     pub fn listing(&self) -> (Vec<Located>, Vec<(HostEntry, ClientError)>) {
+        let (every, failed) = self.every_copy();
+        (once_each(every), failed)
+    }
+
+    /// Every VM every host that answered lists, as it lists it: a VM in
+    /// migration twice, and two VMs of one name on two hosts both (what
+    /// [`Cluster::listing`] makes one of); and the hosts that did not answer.
+    pub fn every_copy(&self) -> (Vec<Located>, Vec<(HostEntry, ClientError)>) {
         let mut found: Vec<Located> = Vec::new();
         let mut failed = Vec::new();
         for (host, answer) in self.ask_all::<Vec<VmInfo>>(&Request::ListVms) {
@@ -130,8 +138,6 @@ impl Cluster {
                 Err(e) => failed.push((host, e)),
             }
         }
-        found.sort_by_key(|l| (l.info.name.clone(), rank(l.info.state)));
-        found.dedup_by(|later, first| later.info.name == first.info.name);
         (found, failed)
     }
 
@@ -202,6 +208,14 @@ impl Cluster {
             }),
         }
     }
+}
+
+/// Each VM once, sorted by name: where several hosts list one name, the copy
+/// that is the VM's (see [`Cluster::listing`]).
+pub fn once_each(mut found: Vec<Located>) -> Vec<Located> {
+    found.sort_by_key(|l| (l.info.name.clone(), rank(l.info.state)));
+    found.dedup_by(|later, first| later.info.name == first.info.name);
+    found
 }
 
 /// Which of a VM's listings is the VM: its source's while it migrates, the

@@ -140,7 +140,10 @@ fn drive_probes(
 
 /// The facts once (every host's, every VM), then a verdict per target.
 fn verdicts(cluster: &Cluster, vm: &str, only: Option<&str>, skip: &Skip) -> Result<Vec<HostVerdict>, PrecheckError> {
-    let (listing, failed) = cluster.listing();
+    // Every copy for the rules (a name held on two hosts clashes), each VM
+    // once to find this one.
+    let (every, failed) = cluster.every_copy();
+    let listing = super::cluster::once_each(every.clone());
     let located = cluster.find(&listing, failed, vm)?;
     let mut hosts: BTreeMap<String, Result<HostFacts, ClientError>> = cluster
         .hosts()
@@ -153,7 +156,7 @@ fn verdicts(cluster: &Cluster, vm: &str, only: Option<&str>, skip: &Skip) -> Res
             .and_then(|facts| facts.as_ref().ok())
             .and_then(|facts| facts.chassis.clone())
     };
-    let placed: Vec<_> = listing
+    let placed: Vec<_> = every
         .into_iter()
         .map(|l| {
             let chassis = chassis(&l.host.name);
