@@ -1703,7 +1703,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm__subcmd__create)
-            opts="-h -V --spec --name --kernel --initrd --cmdline --memory --vcpus --redundancy-group --disk --cdrom --pmu --host --no-start --json --inventory --help --version"
+            opts="-h -V --spec --name --kernel --initrd --cmdline --memory --vcpus --redundancy-group --disk --cdrom --pmu --cpu --host --no-start --json --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1747,6 +1747,10 @@ _vmig() {
                     ;;
                 --cdrom)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cpu)
+                    COMPREPLY=($(compgen -W "host baseline" -- "${cur}"))
                     return 0
                     ;;
                 --host)

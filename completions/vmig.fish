@@ -117,6 +117,8 @@ complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l redundancy-group -d 'VMs of one group must not share a chassis' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l disk -d 'A read-write disk: a raw image on one of the host\'s storage roots (repeatable)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l cdrom -d 'A CD/DVD drive with this ISO image as its medium' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l cpu -d 'The CPU the guest sees: `host` (all its host\'s KVM offers) or `baseline` (only what every host of the cluster offers, so it can move anywhere)' -r -f -a "host\t''
+baseline\t''"
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l host -d 'The host to create it on (default: the one with the most memory available)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l pmu -d 'Give the guest virtual performance counters (a target needs a PMU as capable)'

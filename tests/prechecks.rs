@@ -91,6 +91,30 @@ fn every_rule_trips_on_the_host_that_differs_and_passes_elsewhere() {
         assert!(messages(&g, "errors").contains(&feature), "{g}");
         // Each finding carries the facts it used, marked measured or declared.
         assert_eq!(g["errors"][0]["facts"][0]["origin"], "measured");
+        // A VM created with the cluster's baseline does not see the feature
+        // hostG hides, and may go there.
+        lab.create_with("base", "hostA", "64M", "idle hb=1000", &["--cpu", "baseline"]);
+        let base = verdict(&lab, "base", "hostG");
+        assert_eq!(base["ok"], true, "{base}");
+        lab.ok(&["migrate", "base", "hostG"]);
+        assert_eq!(lab.vm("base")["host"], "hostG");
+        lab.ok(&["vm", "destroy", "base"]);
+        // Past a skipped precheck, hostG's receiving VMM refuses vm1 itself.
+        let forced = lab.run(&["migrate", "vm1", "hostG", "--skip", "cpu.features", "--json"]);
+        assert_eq!(
+            forced.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&forced.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&forced.stdout).contains(&feature),
+            "the refusal names {feature}"
+        );
+        assert_eq!(
+            (lab.vm("vm1")["host"].clone(), lab.vm("vm1")["state"].clone()),
+            ("hostA".into(), "running".into())
+        );
     }
 
     // Redundancy: vm2 joins vm1's group on hostB; hostD is in hostA's chassis.

@@ -297,6 +297,14 @@ pub struct VmSpec {
     /// A vGPU profile: its frame buffer is copied while the VM is stunned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vgpu: Option<VgpuSpec>,
+    /// The CPU it sees: "host" (every feature its host's KVM offers, the
+    /// default) or "baseline" (only those every host of the cluster offers,
+    /// resolved into `cpu_hide` when it is created).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    /// CPU features hidden from it (names as in /proc/cpuinfo).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu_hide: Vec<String>,
 }
 
 impl Default for VmSpec {
@@ -313,6 +321,8 @@ impl Default for VmSpec {
             cdrom: None,
             pmu: false,
             vgpu: None,
+            cpu: None,
+            cpu_hide: Vec::new(),
         }
     }
 }
@@ -400,6 +410,10 @@ impl VmSpec {
             if paths.contains(cdrom.path.as_str()) {
                 return Err(format!("cdrom.path: {} is one of the disks", cdrom.path));
             }
+        }
+        crate::vmm::cpuid::hiding(&self.cpu_hide).map_err(|e| format!("cpu_hide: {e}"))?;
+        if let Some(cpu) = self.cpu.as_deref().filter(|c| !matches!(*c, "host" | "baseline")) {
+            return Err(format!("cpu: {cpu:?} is neither \"host\" nor \"baseline\""));
         }
         if let Some(vgpu) = &self.vgpu {
             if vgpu.profile.is_empty() {
@@ -536,6 +550,9 @@ pub struct VmInfo {
     /// Its vGPU profile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vgpu: Option<VgpuSpec>,
+    /// CPU features hidden from it (a baseline).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu_hide: Vec<String>,
 }
 
 /// `vmig vm show`: the definition, the summary and the VMM's own figures.

@@ -143,6 +143,9 @@ fn classify(error: &anyhow::Error) -> Exit {
         if let Some(error) = cause.downcast_ref::<MigrateError>() {
             return Exit::of(error.code());
         }
+        if let Some(error) = cause.downcast_ref::<crate::ops::create::CreateError>() {
+            return Exit::of(error.code());
+        }
         if let Some(error) = cause.downcast_ref::<crate::ops::precheck::PrecheckError>() {
             return Exit::of(error.code());
         }

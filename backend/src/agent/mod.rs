@@ -251,6 +251,7 @@ impl Agent {
             cdrom: record.spec.cdrom.clone(),
             pmu: record.spec.pmu,
             vgpu: record.spec.vgpu.clone(),
+            cpu_hide: record.spec.cpu_hide.clone(),
         }
     }
 
@@ -357,7 +358,16 @@ impl Agent {
             (vm.dir.clone(), vm.record.spec.clone())
         };
         // The VMM is started without holding the lock: a boot takes a while.
-        let child = dir.spawn_boot(&self.exe, &spec, &self.config.cpu.hide).map_err(|e| {
+        // What the host hides from every guest, and what this VM's baseline does.
+        let mut hide = self.config.cpu.hide.clone();
+        hide.extend(
+            spec.cpu_hide
+                .iter()
+                .filter(|f| !hide.contains(f))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        let child = dir.spawn_boot(&self.exe, &spec, &hide).map_err(|e| {
             Failure::new(
                 500,
                 format!("cannot start {name}: {}", crate::runtime::process::chain(&e)),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use vmig_backend::api::{HostFacts, Request, VmDetail, VmInfo, VmSpec};
+use vmig_backend::api::{Request, VmDetail, VmInfo, VmSpec};
 use vmig_backend::size::format_size;
 
 use crate::cli::UsageError;
@@ -19,7 +19,8 @@ use crate::ops::cluster::Cluster;
     vmig vm create --spec vm4.toml --host hostB\n\n\
     vmig vm create --name db1 --kernel builtin:testguest --disk /srv/vmig/shared/db1.img --cdrom /srv/vmig/shared/tools.iso\n\n\
     A spec file holds the same fields: name, vcpus, memory, kernel, initrd, cmdline, redundancy_group,\n\
-    disks = [{ path, size }], cdrom = { path, connected }, pmu, vgpu = { profile, framebuffer }.")]
+    disks = [{ path, size }], cdrom = { path, connected }, pmu, vgpu = { profile, framebuffer },\n\
+    cpu = \"host\" | \"baseline\".")]
 pub struct CreateArgs {
     /// Read the VM's definition from a TOML file.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["name", "kernel"])]
@@ -50,6 +51,10 @@ pub struct CreateArgs {
     /// Give the guest virtual performance counters (a target needs a PMU as capable).
     #[arg(long)]
     pmu: bool,
+    /// The CPU the guest sees: `host` (all its host's KVM offers) or
+    /// `baseline` (only what every host of the cluster offers, so it can move anywhere).
+    #[arg(long, value_name = "MODE", value_parser = ["host", "baseline"])]
+    cpu: Option<String>,
     /// The host to create it on (default: the one with the most memory available).
     #[arg(long, value_name = "HOST")]
     host: Option<String>,
@@ -145,31 +150,13 @@ pub fn create(args: &CreateArgs, inventory: Option<&Path>) -> Result<Exit> {
                 .map(|path| vmig_backend::api::CdromSpec { path, connected: true }),
             pmu: args.pmu,
             vgpu: None,
+            cpu: args.cpu.clone(),
+            cpu_hide: Vec::new(),
         },
     };
     spec.validate().map_err(|e| UsageError(format!("--{e}")))?;
     let cluster = Cluster::open(inventory)?;
-    if let Ok(found) = cluster.locate(&spec.name) {
-        return Err(crate::cli::Conflict(format!(
-            "a VM named {} exists on {} already",
-            spec.name, found.host.name
-        ))
-        .into());
-    }
-    let host = match &args.host {
-        Some(name) => cluster.inventory.host(name)?.clone(),
-        None => cluster
-            .ask_all::<HostFacts>(&Request::Host)
-            .into_iter()
-            .filter_map(|(host, facts)| facts.ok().map(|f| (host, f.memory_available_bytes)))
-            .max_by_key(|(_, free)| *free)
-            .map(|(host, _)| host)
-            .context("no host could be asked")?,
-    };
-    let info: VmInfo = cluster.client(&host).call(Request::CreateVm {
-        spec,
-        start: !args.no_start,
-    })?;
+    let info = crate::ops::create::create(&cluster, spec, args.host.as_deref(), !args.no_start)?;
     print_info(&info, args.json, "created")
 }
 

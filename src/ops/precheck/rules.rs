@@ -132,8 +132,9 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         id: "cpu.features",
-        doc: "error when the target's KVM lacks CPU features the source offers its guests, or the vendor differs; \
-              fix: pick a host with those features",
+        doc: "error when the target's KVM lacks CPU features the VM sees (its source's, less what its baseline \
+              hides), or the vendor differs; fix: pick a host with those features, or create the VM with \
+              `--cpu baseline`",
         check: cpu_features,
     },
     Rule {
@@ -323,7 +324,12 @@ fn cpu_features(f: &Facts) -> Option<Finding> {
             ],
         );
     }
-    let missing: Vec<&String> = s.cpu_features.iter().filter(|x| !t.cpu_features.contains(x)).collect();
+    // What the VM sees: its source's features less those its baseline hides.
+    let missing: Vec<&String> = s
+        .cpu_features
+        .iter()
+        .filter(|x| !f.vm.cpu_hide.contains(x) && !t.cpu_features.contains(x))
+        .collect();
     if missing.is_empty() {
         return None;
     }
@@ -488,6 +494,7 @@ pub(super) mod tests {
             cdrom: None,
             pmu: false,
             vgpu: None,
+            cpu_hide: Vec::new(),
         }
     }
 
@@ -539,6 +546,9 @@ pub(super) mod tests {
         let found = check(&f);
         assert_eq!((found[0].rule, found.len()), ("cpu.features", 1));
         assert!(found[0].message.contains("avx2"), "{}", found[0].message);
+        f.vm.cpu_hide = vec!["avx2".into()];
+        assert!(check(&f).is_empty(), "a baseline VM does not see avx2");
+        f.vm.cpu_hide.clear();
         f.target.cpu_vendor = "AuthenticAMD".into();
         assert!(check(&f)[0].message.contains("vendors"));
 
