@@ -4,6 +4,10 @@
 //!   `vmig --version` (the process alone);
 //! - `vmig precheck VM` across the six other hosts of a seven-host lab
 //!   (target < 100 ms);
+//! - the convergence forecast (`vmig precheck`'s, from a 100 ms dirty-log
+//!   sample) against the migration that follows, for each workload of the
+//!   migration benchmark: predicted and actual total time and throttle, and
+//!   the prediction's error (goal: within 25%);
 //! - the test guest's disk I/O through virtio-blk (64 KiB requests, one in
 //!   flight, polled), beside `dd` of the same file on the host (buffered,
 //!   64 KiB blocks), writes and reads.
@@ -36,7 +40,51 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("vmig precheck and disk benchmark ({cores} cores)");
     prechecks();
+    forecasts();
     disk();
+}
+
+/// The migration benchmark's workloads (`benches/migrate.rs`), at 1 GiB.
+const WORKLOADS: [(&str, &str); 4] = [
+    ("idle, 512 MiB filled", "fill=512M hb=200"),
+    ("64 MiB at 100 MB/s", "fill=512M dirty=64M rate=100 hb=200"),
+    ("256 MiB at 400 MB/s", "fill=512M dirty=256M rate=400 hb=200"),
+    ("256 MiB at full speed", "fill=512M dirty=256M rate=max hb=200"),
+];
+
+fn forecasts() {
+    let lab = Lab::up_hosts(2, &[]);
+    println!("forecast vs the migration that follows (hostA -> hostB, 1 GiB VM):");
+    for (i, (name, cmdline)) in WORKLOADS.iter().enumerate() {
+        let vm = format!("f{i}");
+        lab.create(&vm, "hostA", "1G", cmdline);
+        lab.wait_filled(&vm);
+        // Past the fill's first-touch faults, into the steady workload.
+        let seq = lab.heartbeats(&vm).last().map_or(0, common::Heartbeat::seq);
+        lab.wait_for_heartbeat(&vm, seq + 10);
+        let out = lab.run(&["precheck", &vm, "hostB", "--json"]);
+        let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let forecast = &verdict["forecast"];
+        let out = lab.run(&["migrate", &vm, "hostB", "--json", "--force"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let report = common::lab::json_lines(&out.stdout)
+            .into_iter()
+            .find_map(|l| l.get("migrated").map(|m| m["report"].clone()))
+            .expect("a report");
+        let predicted = forecast["expected_total_ms"].as_f64().unwrap_or(f64::NAN);
+        let actual = report["total_ms"].as_f64().unwrap();
+        let error = (predicted - actual) / actual * 100.0;
+        println!(
+            "  {name:<24} predicted {predicted:7.0} ms throttle {:>3}%  actual {actual:7.0} ms throttle {:>3}%  \
+             error {error:+5.0}%  (dirty {:.0} MB/s sampled; link {:.0} MB/s {})",
+            forecast["throttle_pct"],
+            report["max_throttle_pct"],
+            forecast["dirty_rate_bps"].as_f64().unwrap_or(0.0) / 1e6,
+            forecast["bandwidth_bps"].as_f64().unwrap_or(0.0) / 1e6,
+            forecast["bandwidth_origin"].as_str().unwrap_or("?"),
+        );
+        lab.ok(&["vm", "destroy", &vm]);
+    }
 }
 
 fn prechecks() {

@@ -1399,7 +1399,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__precheck)
-            opts="-h -V --json --skip --inventory --help --version"
+            opts="-h -V --json --skip --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1407,6 +1407,26 @@ _vmig() {
             case "${prev}" in
                 --skip)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --downtime-ms)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --streams)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bandwidth)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout-action)
+                    COMPREPLY=($(compgen -W "cancel force" -- "${cur}"))
                     return 0
                     ;;
                 --inventory)

@@ -57,8 +57,16 @@ complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l json -d 'Print pro
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -s V -l version -d 'Print version'
 complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l skip -d 'Do not check this rule (repeatable)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l downtime-ms -d 'The longest pause to plan for: switch over once the expected downtime is below this many milliseconds (and a few more live rounds no longer shrink what is left)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l streams -d 'Parallel TCP streams' -r
+complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l bandwidth -d 'Bandwidth cap in bytes per second (K/M/G suffixes), e.g. 100M' -r
+complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l timeout -d 'Time limit in seconds for the whole migration' -r
+complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l timeout-action -d 'What the time limit does: `cancel` (the VM stays on the source) or `force` (switch over now)' -r -f -a "cancel\t''
+force\t''"
 complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l json -d 'Print the verdicts as JSON'
+complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l no-auto-converge -d 'Do not throttle the vCPUs of a guest that dirties memory faster than the link sends'
+complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l verify-memory -d 'Hash guest memory on both sides at switchover and refuse the handoff if they differ (for testing; adds the hashing time to the downtime)'
 complete -c vmig -n "__fish_vmig_using_subcommand precheck" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand precheck" -s V -l version -d 'Print version'
 complete -c vmig -n "__fish_vmig_using_subcommand cancel" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F

@@ -221,6 +221,13 @@ pub enum Request {
         code: Code,
         message: String,
     },
+    /// How fast the VM dirties its memory: its VMM logs dirty pages for
+    /// `window_ms` (at most 2000) and counts them; nothing is sent
+    /// (`crate::runtime::control::DirtySample`).
+    SampleDirtyRate {
+        name: String,
+        window_ms: u32,
+    },
     /// Inserts `medium` into the VM's CD/DVD drive, or ejects it (`None`);
     /// the definition keeps the change.
     Cdrom {
@@ -593,6 +600,10 @@ pub struct HostFacts {
     pub networks: Vec<String>,
     pub storage: Vec<StorageFacts>,
     pub vms: usize,
+    /// The throughput of this host's last migration to each other host
+    /// (bytes per second of its full pass, measured), for forecasts.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub throughput_to: std::collections::BTreeMap<String, f64>,
     /// Migrations running (and queued) on this host, by cost.
     pub migration_cost_in_use: u32,
     pub migration_cost_limit: u32,

@@ -69,7 +69,7 @@ pub fn exec(args: &MigrateArgs, inventory: Option<&Path>) -> Result<Exit> {
 
 /// `--dry-run`: the prechecks, and what the move would do; nothing moves.
 fn dry_run(cluster: &Cluster, plan: &Plan, json: bool) -> Result<Exit> {
-    let verdict = crate::ops::precheck::precheck(cluster, &plan.vm, &plan.target.name, &plan.skip)?;
+    let verdict = crate::ops::precheck::precheck(cluster, &plan.vm, &plan.target.name, &plan.checks())?;
     let would = verdict.ok && (verdict.warnings.is_empty() || plan.force);
     let mut out = std::io::stdout().lock();
     if json {

@@ -41,14 +41,21 @@ pub struct PrecheckArgs {
     /// Do not check this rule (repeatable).
     #[arg(long, value_name = "RULE")]
     skip: Vec<String>,
+    /// The move's limits, as `vmig migrate` takes them (the convergence forecast uses them).
+    #[command(flatten)]
+    limits: super::options::MigrationArgs,
 }
 
 pub fn exec(args: &PrecheckArgs, inventory: Option<&Path>) -> Result<Exit> {
     let skip = precheck::Skip::parse(&args.skip).map_err(|e| crate::cli::UsageError(format!("--skip: {e}")))?;
+    let checks = precheck::Checks {
+        skip,
+        options: args.limits.options()?,
+    };
     let cluster = Cluster::open(inventory)?;
     let mut out = std::io::stdout().lock();
     if let Some(host) = &args.host {
-        let verdict = precheck::precheck(&cluster, &args.vm, host, &skip)?;
+        let verdict = precheck::precheck(&cluster, &args.vm, host, &checks)?;
         if args.json {
             writeln!(out, "{}", serde_json::to_string(&verdict)?)?;
         } else {
@@ -56,7 +63,7 @@ pub fn exec(args: &PrecheckArgs, inventory: Option<&Path>) -> Result<Exit> {
         }
         return Ok(if verdict.ok { Exit::Ok } else { Exit::Failure });
     }
-    let all = precheck::precheck_all(&cluster, &args.vm, &skip)?;
+    let all = precheck::precheck_all(&cluster, &args.vm, &checks)?;
     let mut exit = Exit::Failure;
     let mut json = Vec::new();
     if !args.json {
@@ -115,5 +122,34 @@ fn print_verdict(out: &mut impl Write, verdict: &Verdict) -> Result<()> {
         "{} from {} to {}: {summary}",
         verdict.vm, verdict.source, verdict.target
     )?;
+    if let Some(f) = &verdict.forecast {
+        let origin = match f.bandwidth_origin {
+            precheck::rules::Origin::Measured => "measured",
+            precheck::rules::Origin::Declared => "declared",
+        };
+        let expect = if f.converges {
+            format!(
+                "about {:.1} s in {} rounds, downtime {:.0} ms{}",
+                f.expected_total_ms / 1000.0,
+                f.rounds,
+                f.expected_downtime_ms,
+                if f.throttle_pct > 0 {
+                    format!(", throttled {}%", f.throttle_pct)
+                } else {
+                    String::new()
+                }
+            )
+        } else {
+            "no convergence".to_string()
+        };
+        writeln!(
+            out,
+            "forecast: {expect} (dirties {:.1} MB/s over {} ms, {} resident, link {:.0} MB/s {origin})",
+            f.dirty_rate_bps / 1e6,
+            f.window_ms,
+            vmig_backend::size::format_size(f.resident_bytes),
+            f.bandwidth_bps / 1e6
+        )?;
+    }
     Ok(())
 }

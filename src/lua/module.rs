@@ -615,7 +615,11 @@ fn precheck(lua: &Lua, context: &Context, args: &MultiValue) -> Result<Value, Fa
     let skip = crate::ops::precheck::Skip::parse(options.skip.as_deref().unwrap_or_default())
         .map_err(|e| invalid("precheck", format!("skip: {e}")))?;
     let cluster = context.cluster()?;
-    let verdict = crate::ops::precheck::precheck(&cluster, &vm, &host, &skip)
+    let checks = crate::ops::precheck::Checks {
+        skip,
+        options: MigrationOptions::default(),
+    };
+    let verdict = crate::ops::precheck::precheck(&cluster, &vm, &host, &checks)
         .map_err(|e| Fail::new(e.code(), chain(&e)).vm(&vm).host(&host))?;
     to_lua(lua, &verdict)
 }

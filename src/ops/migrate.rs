@@ -55,6 +55,14 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// How its prechecks are taken.
+    pub fn checks(&self) -> precheck::Checks {
+        precheck::Checks {
+            skip: self.skip.clone(),
+            options: self.options.clone(),
+        }
+    }
+
     /// The change this plan makes.
     pub fn change(&self) -> Change {
         Change::Migrate {
@@ -194,7 +202,7 @@ pub fn migrate(
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<Outcome, MigrateError> {
     // Stage one: nothing moves when a check fails, even in a dry run's plan.
-    let verdict = precheck::precheck(cluster, &plan.vm, &plan.target.name, &plan.skip)?;
+    let verdict = precheck::precheck(cluster, &plan.vm, &plan.target.name, &plan.checks())?;
     on_event(&Event::Checked(Box::new(verdict.clone())));
     let refused = if !verdict.ok {
         Some(MigrateError::Blocked(Box::new(verdict)))

@@ -1,9 +1,10 @@
-//! `cdrom`: inserting and ejecting a VM's CD/DVD medium, in its running VMM
-//! and in its definition.
+//! Requests about one running VM's devices and memory that its VMM answers:
+//! inserting and ejecting its CD/DVD medium (in the VMM and the definition),
+//! and sampling how fast it dirties memory.
 
 use super::{Agent, Failure, VmInfo};
 use crate::api::CdromSpec;
-use crate::runtime::control::{Reply, Request as VmmRequest};
+use crate::runtime::control::{DirtySample, Reply, Request as VmmRequest};
 use crate::runtime::process::chain;
 
 impl Agent {
@@ -57,5 +58,31 @@ impl Agent {
         let view = vm.view();
         drop(vms);
         Ok(self.info(&view))
+    }
+
+    /// How fast `name` dirties its memory, over `window_ms` (its VMM counts).
+    pub fn sample_dirty(&self, name: &str, window_ms: u32) -> Result<DirtySample, Failure> {
+        let view = self.view(name)?;
+        if view.record.pid.is_none() {
+            return Err(Failure::new(409, format!("{name} is not running")));
+        }
+        if let Some(held) = view.record.held_by_migration() {
+            return Err(Failure::new(409, held));
+        }
+        match view.dir.request(&VmmRequest::SampleDirty { window_ms }) {
+            Ok(Reply::DirtySample(sample)) => Ok(sample),
+            Ok(other) => Err(Failure::new(500, format!("the VMM answered {other:?}"))),
+            Err(e) => {
+                let status = match e.code() {
+                    Some("wrong_state") => 409,
+                    Some("invalid") => 400,
+                    _ => 500,
+                };
+                Err(Failure::new(
+                    status,
+                    format!("cannot sample {name}'s dirty rate: {}", chain(&e)),
+                ))
+            }
+        }
     }
 }

@@ -135,6 +135,8 @@ pub struct Agent {
     pub journal_opened: journal::Opened,
     /// VMs whose departure a settler thread is deciding.
     settling: Mutex<std::collections::BTreeSet<String>>,
+    /// The full-pass throughput of the last migration to each host (measured).
+    throughput: Mutex<BTreeMap<String, f64>>,
 }
 
 impl Agent {
@@ -175,6 +177,7 @@ impl Agent {
             journal,
             journal_opened,
             settling: Mutex::new(std::collections::BTreeSet::new()),
+            throughput: Mutex::new(BTreeMap::new()),
         });
         // VMMs that ended while the agent was down, and migrations that were
         // under way, are judged by the settler, as every second after.
@@ -261,6 +264,23 @@ impl Agent {
             .get(name)
             .map(Vm::view)
             .ok_or_else(|| Failure::not_found(name))
+    }
+
+    /// Notes the throughput a migration to `target` reached.
+    fn note_throughput(&self, target: &str, bps: f64) {
+        if bps.is_finite() && bps > 0.0 {
+            self.throughput
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(target.to_string(), bps);
+        }
+    }
+
+    /// The host's facts, with what its migrations measured.
+    pub fn facts(&self) -> crate::api::HostFacts {
+        let mut facts = facts::gather(&self.config, &self.vm_memory(), self.slots.usage());
+        facts.throughput_to = self.throughput.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        facts
     }
 
     /// The memory of each VM this host holds (arriving ones included), from

@@ -562,6 +562,9 @@ impl Agent {
                 .is_none()
                 .then(|| format!("its VMM here could not report the move; {target} confirmed that it has {vm}"))
         };
+        if let Some(report) = &report {
+            self.note_throughput(target, report.full_pass_bps);
+        }
         MigrationOutcome::moved(MigrateResult {
             id,
             vm: vm.clone(),

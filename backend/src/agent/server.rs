@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::journal::Event;
 use super::migrations::Migration;
-use super::{Agent, AgentError, Failure, facts};
+use super::{Agent, AgentError, Failure};
 use crate::api::{
     API_VERSION, Answer, Envelope, KEEPALIVE_EVERY, Line, MAX_REQUEST, MigrateProgress, MigrationInfo, MigrationSide,
     Request,
@@ -169,7 +169,7 @@ fn handle<S: Write>(
         )));
     }
     Some(match request {
-        Request::Host => ok(facts::gather(&agent.config, &agent.vm_memory(), agent.slots.usage())),
+        Request::Host => ok(agent.facts()),
         Request::ListVms => ok(agent.list()),
         Request::CreateVm { spec, start } => answer(agent.create(&spec, start)),
         Request::StartVm { name } => answer(agent.start(&name)),
@@ -223,6 +223,7 @@ fn handle<S: Write>(
             .map(|path| super::storage::probe(&agent.config.storage, path))
             .collect::<Vec<_>>()),
         Request::Cdrom { name, medium } => answer(agent.cdrom(&name, medium.as_deref())),
+        Request::SampleDirtyRate { name, window_ms } => answer(agent.sample_dirty(&name, window_ms)),
         Request::RecordRefusal {
             id,
             name,

@@ -67,6 +67,11 @@ pub enum Request {
     },
     /// Stop a running migration; the VM keeps running here.
     CancelMigration,
+    /// Count the pages the guest dirties in `window_ms` (dirty logging on for
+    /// that window; nothing is sent): a migration's convergence forecast.
+    SampleDirty {
+        window_ms: u32,
+    },
     /// Insert `medium` into CD/DVD drive `slot`, or eject it (`None`).
     ChangeMedium {
         slot: usize,
@@ -144,7 +149,21 @@ pub enum Reply {
     Saved(SnapshotInfo),
     Memory { hex: String },
     Migrated(Report),
+    DirtySample(DirtySample),
 }
+
+/// What a `sample_dirty` window saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirtySample {
+    pub window_ms: u32,
+    /// Pages (4 KiB) written in the window, by the guest or the VMM.
+    pub dirty_pages: u64,
+    /// Pages of guest memory the host holds: what a first pass sends.
+    pub resident_pages: u64,
+}
+
+/// Longest dirty-sampling window.
+pub const MAX_SAMPLE_MS: u32 = 2000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

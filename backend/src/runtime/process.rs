@@ -376,6 +376,7 @@ impl Vmm {
             | Request::Save { .. }
             | Request::WriteMemory { .. }
             | Request::ChangeMedium { .. }
+            | Request::SampleDirty { .. }
                 if migrating =>
             {
                 return Err(wrong_state(
@@ -432,6 +433,23 @@ impl Vmm {
                             format!("{} bytes at {gpa:#x} are not all guest memory", bytes.len()),
                         )
                     })
+            }
+            Request::SampleDirty { window_ms } => {
+                if window_ms == 0 || window_ms > control::MAX_SAMPLE_MS {
+                    return Err(Failure::new(
+                        "invalid",
+                        format!("the window must be 1 to {} ms", control::MAX_SAMPLE_MS),
+                    ));
+                }
+                if vm.state() != RunState::Running {
+                    return Err(wrong_state(format!(
+                        "the VM is {}; only a running VM dirties memory",
+                        vm.state()
+                    )));
+                }
+                sample_dirty(vm, window_ms)
+                    .map(Reply::DirtySample)
+                    .map_err(|e| failed(&e))
             }
             Request::ChangeMedium { slot, medium } => vm
                 .change_medium(slot, medium.as_deref())
@@ -536,6 +554,27 @@ pub fn chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Turns dirty logging on for `window_ms`, counts what was written, and
+/// turns it off again; no migration may run meanwhile (the caller checks).
+fn sample_dirty(vm: &Vm, window_ms: u32) -> Result<control::DirtySample, crate::migration::dirty::DirtyError> {
+    use crate::migration::dirty;
+    let memory = vm.memory();
+    dirty::set_logging(vm.fd(), memory, true)?;
+    dirty::reset_vmm_bitmap(memory);
+    let sampled = dirty::collect(vm.fd(), memory).and_then(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(u64::from(window_ms)));
+        dirty::collect(vm.fd(), memory)
+    });
+    let off = dirty::set_logging(vm.fd(), memory, false);
+    let dirty_pages = sampled?.count();
+    off?;
+    Ok(control::DirtySample {
+        window_ms,
+        dirty_pages,
+        resident_pages: dirty::resident_pages(memory).count(),
+    })
 }
 
 fn to_hex(bytes: &[u8]) -> String {

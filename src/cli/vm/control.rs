@@ -57,6 +57,11 @@ fn print_reply(reply: &Reply, json: bool) -> Result<()> {
     }
     match reply {
         Reply::Done => writeln!(out, "ok")?,
+        Reply::DirtySample(sample) => writeln!(
+            out,
+            "{} pages dirtied in {} ms; {} resident",
+            sample.dirty_pages, sample.window_ms, sample.resident_pages
+        )?,
         Reply::Status(status) => {
             match status.state {
                 Some(state) => writeln!(out, "state:   {state}")?,

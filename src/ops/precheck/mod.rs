@@ -3,6 +3,7 @@
 //! per host); the rules ([`rules`]) are pure functions over them.
 
 pub mod devices;
+pub mod forecast;
 pub mod rules;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,14 @@ pub enum PrecheckError {
     SameHost { vm: String, host: String },
     #[error("there is no precheck rule {rule:?}; the rules are: {}", rules::RULES.iter().map(|r| r.id).collect::<Vec<_>>().join(", "))]
     UnknownRule { rule: String },
+}
+
+/// How a move is checked: the rules left out, and the options the move
+/// would have (the convergence forecast uses them).
+#[derive(Debug, Clone, Default)]
+pub struct Checks {
+    pub skip: Skip,
+    pub options: vmig_backend::migration::MigrationOptions,
 }
 
 /// Rules an operator chose not to check: the move then takes their risk,
@@ -72,6 +81,9 @@ pub struct Verdict {
     /// Rules left out at the operator's word.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<&'static str>,
+    /// What pre-copy is expected to do (for a running VM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<forecast::Forecast>,
 }
 
 impl Verdict {
@@ -87,14 +99,15 @@ impl Verdict {
             errors,
             warnings,
             skipped: skip.ids().to_vec(),
+            forecast: forecast::forecast(facts),
         }
     }
 }
 
 /// Whether `vm` can move to `host`.
-pub fn precheck(cluster: &Cluster, vm: &str, host: &str, skip: &Skip) -> Result<Verdict, PrecheckError> {
+pub fn precheck(cluster: &Cluster, vm: &str, host: &str, checks: &Checks) -> Result<Verdict, PrecheckError> {
     cluster.host(host)?;
-    let mut all = verdicts(cluster, vm, Some(host), skip)?;
+    let mut all = verdicts(cluster, vm, Some(host), checks)?;
     // The host is in the inventory: it has its verdict.
     all.pop().map_or_else(|| Err(unanswered(host)), |(_, verdict)| verdict)
 }
@@ -103,8 +116,8 @@ pub fn precheck(cluster: &Cluster, vm: &str, host: &str, skip: &Skip) -> Result<
 pub type HostVerdict = (String, Result<Verdict, PrecheckError>);
 
 /// Whether `vm` can move to each other host, in inventory order.
-pub fn precheck_all(cluster: &Cluster, vm: &str, skip: &Skip) -> Result<Vec<HostVerdict>, PrecheckError> {
-    verdicts(cluster, vm, None, skip)
+pub fn precheck_all(cluster: &Cluster, vm: &str, checks: &Checks) -> Result<Vec<HostVerdict>, PrecheckError> {
+    verdicts(cluster, vm, None, checks)
 }
 
 /// An inventory host with no answer of its own (every host asked answers,
@@ -139,7 +152,12 @@ fn drive_probes(
 }
 
 /// The facts once (every host's, every VM), then a verdict per target.
-fn verdicts(cluster: &Cluster, vm: &str, only: Option<&str>, skip: &Skip) -> Result<Vec<HostVerdict>, PrecheckError> {
+fn verdicts(
+    cluster: &Cluster,
+    vm: &str,
+    only: Option<&str>,
+    checks: &Checks,
+) -> Result<Vec<HostVerdict>, PrecheckError> {
     // Every copy for the rules (a name held on two hosts clashes), each VM
     // once to find this one.
     let (every, failed) = cluster.every_copy();
@@ -181,6 +199,19 @@ fn verdicts(cluster: &Cluster, vm: &str, only: Option<&str>, skip: &Skip) -> Res
             detail,
         })
     })?;
+    // How fast it dirties its memory, sampled once for every target (a VM
+    // that is not running is vm.stable's).
+    let sample = (located.info.state == vmig_backend::api::VmState::Running
+        && !checks.skip.ids().contains(&"migration.convergence"))
+    .then(|| {
+        cluster
+            .client(&located.host)
+            .call::<vmig_backend::runtime::control::DirtySample>(Request::SampleDirtyRate {
+                name: vm.to_string(),
+                window_ms: forecast::WINDOW_MS,
+            })
+            .map_err(|e| e.to_string())
+    });
     let mut out = Vec::new();
     for entry in &cluster.inventory.hosts {
         if only.is_some_and(|h| h != entry.name) || (only.is_none() && entry.name == source.name) {
@@ -203,8 +234,10 @@ fn verdicts(cluster: &Cluster, vm: &str, only: Option<&str>, skip: &Skip) -> Res
                             target: drives_of(&mut probes, &target.name),
                         },
                         target,
+                        sample: sample.clone(),
+                        options: checks.options.clone(),
                     },
-                    skip,
+                    &checks.skip,
                 )),
                 Some(Err(e)) => Err(ClusterError::from(e).into()),
                 None => Err(unanswered(&entry.name)),

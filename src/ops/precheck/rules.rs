@@ -17,6 +17,11 @@ pub struct Facts {
     pub placed: Vec<(VmInfo, Option<String>)>,
     /// What the source's and the target's agents found at the VM's images.
     pub drives: super::devices::Drives,
+    /// The VM's dirty rate over a short window (None: not sampled, as for a
+    /// VM that is not running), or why its source could not say.
+    pub sample: Option<Result<vmig_backend::runtime::control::DirtySample, String>>,
+    /// The move's options (downtime limit, bandwidth cap, auto-converge).
+    pub options: vmig_backend::migration::MigrationOptions,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -167,6 +172,16 @@ pub const RULES: &[Rule] = &[
         doc: "warning when a VM with a vGPU profile (declared) would cross a migration link under 10 Gbit/s: its \
               frame buffer is copied while the VM is stunned (the expected stun is stated); fix: a faster link",
         check: super::devices::vgpu,
+    },
+    Rule {
+        id: "migration.convergence",
+        doc: "from the VM's dirty rate (its VMM samples the dirty log for 100 ms, nothing sent), what it holds and \
+              the link's bandwidth (the last migration's measured throughput, else the declared link speed): \
+              warning when auto-converge will have to throttle the guest (or a forced time limit will cut in), \
+              error when pre-copy cannot converge within the move's limits or would outlast its time limit \
+              (the forecast of total time, downtime and throttle is in the verdict); fix: allow auto-converge, \
+              raise the bandwidth, downtime or time limit, or move it when it is quieter",
+        check: super::forecast::convergence,
     },
     Rule {
         id: "concurrency.budget",
@@ -471,6 +486,7 @@ pub(super) mod tests {
             link_speed_mbps: 10_000,
             networks: vec![],
             storage: vec![],
+            throughput_to: Default::default(),
             vms: 0,
             migration_cost_in_use: 0,
             migration_cost_limit: 8,
@@ -505,6 +521,8 @@ pub(super) mod tests {
             target: host("hostB"),
             placed: vec![(vm("vm1", "hostA"), Some("chassis-hostA".into()))],
             drives: super::super::devices::Drives::default(),
+            sample: None,
+            options: vmig_backend::migration::MigrationOptions::default(),
         }
     }
 
