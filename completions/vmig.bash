@@ -1173,7 +1173,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__lab__subcmd__up)
-            opts="-h -V --hosts --vms --max-migration-cost --accept-timeout --stream-timeout --handoff-timeout --dir --inventory --help --version"
+            opts="-h -V --hosts --vms --max-migration-cost --storage-migrations --accept-timeout --stream-timeout --handoff-timeout --dir --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1188,6 +1188,10 @@ _vmig() {
                     return 0
                     ;;
                 --max-migration-cost)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --storage-migrations)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

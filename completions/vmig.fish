@@ -286,6 +286,7 @@ complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subco
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l hosts -d 'Number of hosts (agents)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l vms -d 'Number of demo VMs, placed round-robin (1 vCPU each, the test guest dirtying memory)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l max-migration-cost -d 'Each host\'s migration cost limit (default: the agent\'s)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l storage-migrations -d 'Migrations the shared storage takes at once, cluster-wide (default 8)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l accept-timeout -d 'A receiving VMM that no sender reached within S seconds ends (the source\'s agent keeps it waiting while it queues)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l stream-timeout -d 'A migration stream on which nothing moves for S seconds has failed' -r
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l handoff-timeout -d 'Each side of the switchover waits S seconds for the other (and a receiver holding the state for Go)' -r

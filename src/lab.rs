@@ -45,6 +45,8 @@ pub struct LabOptions {
     pub memory_per_host: String,
     /// The agents' migration timeouts.
     pub timeouts: Timeouts,
+    /// Migrations the shared storage takes at once (None: the default).
+    pub storage_migrations: Option<u32>,
 }
 
 impl Default for LabOptions {
@@ -57,6 +59,7 @@ impl Default for LabOptions {
             max_migration_cost: None,
             memory_per_host: "6G".into(),
             timeouts: Timeouts::default(),
+            storage_migrations: None,
         }
     }
 }
@@ -287,12 +290,14 @@ impl Lab {
                 name: "local".into(),
                 path: local,
                 shared: false,
+                max_migrations: None,
             }];
             if profile.shared_storage {
                 storage.push(StorageRoot {
                     name: "shared".into(),
                     path: shared.clone(),
                     shared: true,
+                    max_migrations: options.storage_migrations,
                 });
             }
             let identity: Identity = pki::issue(&pki_dir, Role::Host, &name, &[ip.to_string()], &dir)?;

@@ -304,3 +304,41 @@ fn unknown_rules_are_refused_and_skipped_rules_are_named() {
 fn verdict_of(lab: &Lab, vm: &str, host: &str) -> Value {
     verdict(lab, vm, host)
 }
+
+#[test]
+fn a_shared_roots_budget_queues_moves_from_different_hosts() {
+    // One migration at a time on the shared storage, whichever host runs it.
+    let lab = Lab::up_hosts(3, &["--storage-migrations", "1"]);
+    let shared = lab.shared_storage();
+    for (vm, host) in [("vm1", "hostA"), ("vm2", "hostB")] {
+        let disk = image(&shared.join(format!("{vm}.img")), 8 << 20);
+        lab.create_with(vm, host, "256M", "fill=128M hb=200", &["--disk", &disk]);
+        lab.wait_filled(vm);
+    }
+    // 128 MiB at 16 MiB/s: several seconds to look at the second.
+    let first = lab.spawn_migrate("vm1", "hostC", &["--bandwidth", "16M", "--force"]);
+    let deadline = std::time::Instant::now() + common::BOOT_TIMEOUT;
+    while lab.vm("vm1")["state"] != "migrating" {
+        assert!(std::time::Instant::now() < deadline, "vm1 never started migrating");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let waiting = verdict(&lab, "vm2", "hostC");
+    assert_eq!(waiting["ok"], true, "{waiting}");
+    assert!(
+        messages(&waiting, "warnings").contains("storage root shared"),
+        "{waiting}"
+    );
+    let second = lab.run(&["migrate", "vm2", "hostC", "--force", "--json"]);
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert!(
+        String::from_utf8_lossy(&second.stdout).contains("storage shared"),
+        "it waited for the storage's slot: {}",
+        String::from_utf8_lossy(&second.stdout)
+    );
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert_eq!(
+        (lab.vm("vm1")["host"].clone(), lab.vm("vm2")["host"].clone()),
+        ("hostC".into(), "hostC".into())
+    );
+}

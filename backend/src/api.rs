@@ -261,6 +261,12 @@ pub struct StorageFacts {
     pub name: String,
     pub path: String,
     pub shared: bool,
+    /// A shared root's migration budget (declared) and the slots held now
+    /// by any host that mounts it (measured from the root's own locks).
+    #[serde(default)]
+    pub max_migrations: u32,
+    #[serde(default)]
+    pub migrations_in_use: u32,
 }
 
 /// Another agent, as the operator's inventory knows it.

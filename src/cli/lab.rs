@@ -40,6 +40,9 @@ pub struct UpArgs {
     /// Each host's migration cost limit (default: the agent's).
     #[arg(long, value_name = "N")]
     max_migration_cost: Option<u32>,
+    /// Migrations the shared storage takes at once, cluster-wide (default 8).
+    #[arg(long, value_name = "N")]
+    storage_migrations: Option<u32>,
     #[command(flatten)]
     timeouts: TimeoutArgs,
     #[command(flatten)]
@@ -68,6 +71,7 @@ pub fn exec(command: LabCommand) -> Result<Exit> {
                 hosts: args.hosts,
                 vms: args.vms,
                 max_migration_cost: args.max_migration_cost,
+                storage_migrations: args.storage_migrations,
                 timeouts,
                 ..LabOptions::default()
             };

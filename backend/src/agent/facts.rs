@@ -66,6 +66,8 @@ pub fn gather(config: &AgentConfig, vms: &[u64], usage: (u32, u32, u32)) -> Host
                 name: root.name.clone(),
                 path: root.path.display().to_string(),
                 shared: root.shared,
+                max_migrations: if root.shared { root.max_migrations() } else { 0 },
+                migrations_in_use: if root.shared { root.slots_in_use() } else { 0 },
             })
             .collect(),
         vms: vms.len(),

@@ -77,6 +77,9 @@ enum Copied {
     Unknown,
 }
 
+/// How often a migration waiting for a storage root's budget looks again.
+const STORAGE_POLL: Duration = Duration::from_millis(100);
+
 impl Agent {
     fn peer(&self, target: &Peer) -> Client {
         Client::new(&target.name, &target.address, Arc::clone(&self.tls_client))
@@ -197,6 +200,12 @@ impl Agent {
     /// Runs a claimed migration to its outcome.
     fn depart(self: &Arc<Self>, migration: &Migration, claim: &Claim, options: MigrationOptions) -> MigrationOutcome {
         let started = Instant::now();
+        // A share of each shared storage root's budget first: the slots are
+        // locks on the roots themselves, seen by every host that mounts them.
+        let storage = match self.storage_slots(migration, claim) {
+            Ok(slots) => slots,
+            Err(outcome) => return *outcome,
+        };
         let (copied, slot, queued_ms) = self.copy(migration, claim, options, started);
         let outcome = match copied {
             Copied::NotStarted {
@@ -226,7 +235,55 @@ impl Agent {
             }
         };
         drop(slot);
+        drop(storage);
         outcome
+    }
+
+    /// Waits for a migration slot of every shared root the VM's images lie
+    /// under (a cancel ends the wait; nothing has started then).
+    fn storage_slots(
+        &self,
+        migration: &Migration,
+        claim: &Claim,
+    ) -> Result<Vec<super::storage::StorageSlot>, Box<MigrationOutcome>> {
+        let mut held = Vec::new();
+        for root in super::storage::shared_roots_of(&self.config.storage, &claim.spec) {
+            let mut told = false;
+            loop {
+                match root.try_slot() {
+                    Ok(Some(slot)) => {
+                        held.push(slot);
+                        break;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.clear_departure(&claim.name, None);
+                        return Err(Box::new(MigrationOutcome::failed(
+                            500,
+                            Code::Failed,
+                            format!("cannot take a migration slot of storage root {}: {e}", root.name),
+                        )));
+                    }
+                }
+                if !told {
+                    told = true;
+                    migration.progress(MigrateProgress::Queued {
+                        host: format!("storage {}", root.name),
+                        position: root.slots_in_use(),
+                    });
+                }
+                if migration.cancel_asked() {
+                    self.clear_departure(&claim.name, None);
+                    return Err(Box::new(MigrationOutcome::failed(
+                        500,
+                        Code::Cancelled,
+                        format!("cancelled while waiting for storage root {}'s budget", root.name),
+                    )));
+                }
+                std::thread::sleep(STORAGE_POLL);
+            }
+        }
+        Ok(held)
     }
 
     /// How long a migration's thread waits for the facts to decide before

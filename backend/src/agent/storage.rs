@@ -33,6 +33,105 @@ pub struct StorageRoot {
     /// Every host that has this root sees the same files.
     #[serde(default)]
     pub shared: bool,
+    /// Migrations of VMs with images here at once, cluster-wide (a shared
+    /// root's budget, as vMotion counts a datastore's cost); default 8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_migrations: Option<u32>,
+}
+
+/// vMotion's datastore budget: 128 units, 16 per migration.
+pub const DEFAULT_STORAGE_MIGRATIONS: u32 = 8;
+
+impl StorageRoot {
+    pub fn max_migrations(&self) -> u32 {
+        self.max_migrations.unwrap_or(DEFAULT_STORAGE_MIGRATIONS).max(1)
+    }
+
+    /// Where the root's migration slots are: files on the root itself, so
+    /// that every host mounting it sees the same locks.
+    fn slots_dir(&self) -> PathBuf {
+        self.path.join(".vmig-migrations")
+    }
+
+    fn slot_file(&self, index: u32) -> std::io::Result<std::fs::File> {
+        std::fs::create_dir_all(self.slots_dir())?;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.slots_dir().join(format!("slot-{index}")))
+    }
+
+    /// Takes a free migration slot of this root, if one is.
+    pub fn try_slot(&self) -> std::io::Result<Option<StorageSlot>> {
+        for index in 0..self.max_migrations() {
+            let file = self.slot_file(index)?;
+            if lock_slot(&file, libc::F_OFD_SETLK)? {
+                return Ok(Some(StorageSlot {
+                    root: self.name.clone(),
+                    _file: file,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// How many of the root's slots are held now, by any host (measured).
+    pub fn slots_in_use(&self) -> u32 {
+        (0..self.max_migrations())
+            .filter(|&index| {
+                self.slot_file(index)
+                    .and_then(|file| lock_slot(&file, libc::F_OFD_GETLK))
+                    .is_ok_and(|free| !free)
+            })
+            .count() as u32
+    }
+}
+
+/// One migration's share of a shared root's budget: an OFD write lock on
+/// one of its slot files, released when dropped (or when the agent dies).
+#[derive(Debug)]
+pub struct StorageSlot {
+    pub root: String,
+    _file: std::fs::File,
+}
+
+/// With `F_OFD_SETLK`, takes the slot's lock (false: held elsewhere); with
+/// `F_OFD_GETLK`, says whether it could be taken.
+fn lock_slot(file: &std::fs::File, command: libc::c_int) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut request = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    // SAFETY: the fcntl reads (and for GETLK writes) one `struct flock` that
+    // lives for the call; the descriptor is the open file's.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), command, &mut request) };
+    if rc == 0 {
+        return Ok(command == libc::F_OFD_SETLK || request.l_type == libc::F_UNLCK as libc::c_short);
+    }
+    let error = std::io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EAGAIN | libc::EACCES) => Ok(false),
+        _ => Err(error),
+    }
+}
+
+/// The shared roots the VM's attached images lie under.
+pub fn shared_roots_of<'a>(roots: &'a [StorageRoot], spec: &VmSpec) -> Vec<&'a StorageRoot> {
+    let mut found: Vec<&StorageRoot> = Vec::new();
+    for drive in spec.drives().iter().filter(|d| d.attached()) {
+        if let Some(root) = root_of(roots, &drive.path).filter(|r| r.shared)
+            && !found.iter().any(|r| r.name == root.name)
+        {
+            found.push(root);
+        }
+    }
+    found
 }
 
 /// The root `path` lies under, if any (the deepest one).
@@ -205,11 +304,13 @@ mod tests {
                 name: "shared".into(),
                 path: dir.join("shared"),
                 shared: true,
+                max_migrations: Some(2),
             },
             StorageRoot {
                 name: "local".into(),
                 path: dir.join("local"),
                 shared: false,
+                max_migrations: None,
             },
         ]
     }
@@ -253,6 +354,24 @@ mod tests {
         assert!(!missing.exists && missing.identity.is_none());
         let outside = super::probe(&roots, "/etc/hostname");
         assert_eq!(outside.root, None);
+    }
+
+    #[test]
+    fn a_shared_roots_migration_slots_are_locks_on_the_root_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = roots(dir.path());
+        let shared = &roots[0];
+        assert_eq!(shared.slots_in_use(), 0);
+        let first = shared.try_slot().unwrap().expect("a free slot");
+        // Another host mounting the root opens the same files: here, another open.
+        let again = StorageRoot { ..shared.clone() };
+        let second = again.try_slot().unwrap().expect("the second slot");
+        assert_eq!(shared.slots_in_use(), 2);
+        assert!(again.try_slot().unwrap().is_none(), "a budget of 2");
+        drop(first);
+        assert_eq!(shared.slots_in_use(), 1);
+        assert!(again.try_slot().unwrap().is_some());
+        drop(second);
     }
 
     #[test]

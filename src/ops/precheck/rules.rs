@@ -185,8 +185,9 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         id: "concurrency.budget",
-        doc: "warning when the source's or target's migration cost budget is spent: the move waits in a queue \
-              (its position is stated); fix: wait, or pass --force to queue",
+        doc: "warning when the source's or target's migration cost budget, or that of a shared storage root \
+              the VM's images are on (its slots are locks on the root, seen by every host), is spent: the move \
+              waits in a queue (its position is stated); fix: wait, or pass --force to queue",
         check: concurrency,
     },
 ];
@@ -435,10 +436,7 @@ fn redundancy(f: &Facts) -> Option<Finding> {
 fn concurrency(f: &Facts) -> Option<Finding> {
     let busy = |h: &HostFacts| h.migration_cost_in_use >= h.migration_cost_limit;
     let full: Vec<&HostFacts> = [&f.source, &f.target].into_iter().filter(|h| busy(h)).collect();
-    if full.is_empty() {
-        return None;
-    }
-    let what: Vec<String> = full
+    let mut what: Vec<String> = full
         .iter()
         .map(|h| {
             format!(
@@ -447,18 +445,43 @@ fn concurrency(f: &Facts) -> Option<Finding> {
             )
         })
         .collect();
+    let mut facts: Vec<Fact> = full
+        .iter()
+        .map(|h| {
+            fact(
+                format!("{}.migration_cost_in_use", h.name),
+                h.migration_cost_in_use,
+                Origin::Measured,
+            )
+        })
+        .collect();
+    // The shared roots the VM's images are on: their slots are cluster-wide.
+    for root in f.source.storage.iter().filter(|r| r.shared && r.max_migrations > 0) {
+        let holds =
+            f.vm.disks
+                .iter()
+                .map(|d| d.path.as_str())
+                .chain(f.vm.cdrom.iter().filter(|c| c.connected).map(|c| c.path.as_str()))
+                .any(|p| std::path::Path::new(p).starts_with(&root.path));
+        if holds && root.migrations_in_use >= root.max_migrations {
+            what.push(format!(
+                "storage root {} has {} of its {} migrations running",
+                root.name, root.migrations_in_use, root.max_migrations
+            ));
+            facts.push(fact(
+                format!("storage.{}.migrations_in_use", root.name),
+                root.migrations_in_use,
+                Origin::Measured,
+            ));
+        }
+    }
+    if what.is_empty() {
+        return None;
+    }
     warning(
         "concurrency.budget",
         format!("the move would wait in a queue: {}", what.join("; ")),
-        full.iter()
-            .map(|h| {
-                fact(
-                    format!("{}.migration_cost_in_use", h.name),
-                    h.migration_cost_in_use,
-                    Origin::Measured,
-                )
-            })
-            .collect(),
+        facts,
     )
 }
 
@@ -606,6 +629,28 @@ pub(super) mod tests {
             ("concurrency.budget", Severity::Warning)
         );
         assert!(found[0].message.contains("2 queued"));
+
+        // A shared storage root whose migration slots are all held.
+        let mut f = facts();
+        f.vm.disks = vec![vmig_backend::api::DiskSpec {
+            path: "/srv/shared/vm1.img".into(),
+            size: None,
+        }];
+        f.source.storage = vec![vmig_backend::api::StorageFacts {
+            name: "shared".into(),
+            path: "/srv/shared".into(),
+            shared: true,
+            max_migrations: 2,
+            migrations_in_use: 2,
+        }];
+        let found = check(&f);
+        assert_eq!(
+            (found[0].rule, found[0].severity),
+            ("concurrency.budget", Severity::Warning)
+        );
+        assert!(found[0].message.contains("storage root shared"), "{}", found[0].message);
+        f.source.storage[0].migrations_in_use = 1;
+        assert!(check(&f).is_empty());
     }
 
     #[test]
