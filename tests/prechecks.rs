@@ -342,3 +342,47 @@ fn a_shared_roots_budget_queues_moves_from_different_hosts() {
         ("hostC".into(), "hostC".into())
     );
 }
+
+#[test]
+fn virtual_performance_counters_need_a_host_that_offers_them() {
+    let lab = Lab::up_hosts(7, &[]);
+    let facts: Value = serde_json::from_str(&lab.ok(&["hosts", "--json"])).unwrap();
+    let hosts = facts.as_array().unwrap_or_else(|| facts["hosts"].as_array().unwrap());
+    let pmu_of = |name: &str| {
+        hosts
+            .iter()
+            .map(|h| if h.get("facts").is_some() { &h["facts"] } else { h })
+            .find(|f| f["name"] == name)
+            .map_or(0, |f| f["pmu_version"].as_u64().unwrap_or(0))
+    };
+    assert_eq!(pmu_of("hostG"), 0, "hostG offers no counters ([cpu] pmu = false)");
+    let out = lab.run(&[
+        "vm",
+        "create",
+        "--name",
+        "perf",
+        "--host",
+        "hostA",
+        "--kernel",
+        "builtin:testguest",
+        "--memory",
+        "64M",
+        "--cmdline",
+        "idle",
+        "--pmu",
+    ]);
+    if pmu_of("hostA") == 0 {
+        // This machine's KVM offers no PMU (CPUID leaf 0xA reads 0): a VM
+        // cannot be given counters here, and says why.
+        assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("offers no virtual performance counters"));
+        return;
+    }
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(verdict(&lab, "perf", "hostB")["ok"], true, "hostB's PMU is hostA's");
+    let g = verdict(&lab, "perf", "hostG");
+    assert!(
+        g["errors"].as_array().unwrap().iter().any(|f| f["rule"] == "cpu.pmu"),
+        "{g}"
+    );
+}
