@@ -643,6 +643,21 @@ pub(super) mod tests {
             max_migrations: 2,
             migrations_in_use: 2,
         }];
+        // Both hosts reach the disk as one file.
+        let probe = vmig_backend::api::DriveProbe {
+            path: "/srv/shared/vm1.img".into(),
+            root: Some("shared".into()),
+            shared: true,
+            exists: true,
+            size: 1 << 30,
+            identity: Some("id:ab".into()),
+            locked: true,
+            error: None,
+        };
+        f.drives = super::super::devices::Drives {
+            source: vec![probe.clone()],
+            target: Ok(vec![probe]),
+        };
         let found = check(&f);
         assert_eq!(
             (found[0].rule, found[0].severity),
