@@ -134,11 +134,15 @@ pub fn shared_roots_of<'a>(roots: &'a [StorageRoot], spec: &VmSpec) -> Vec<&'a S
     found
 }
 
-/// The root `path` lies under, if any (the deepest one).
+/// The root `path` lies under, if any (the deepest one). Both are resolved
+/// first where they exist, so a symbolic link inside a root that points out
+/// of it does not count as inside.
 pub fn root_of<'a>(roots: &'a [StorageRoot], path: &Path) -> Option<&'a StorageRoot> {
+    let resolve = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let path = resolve(path);
     roots
         .iter()
-        .filter(|root| path.starts_with(&root.path))
+        .filter(|root| path.starts_with(resolve(&root.path)))
         .max_by_key(|root| root.path.components().count())
 }
 
@@ -155,6 +159,12 @@ pub fn probe(roots: &[StorageRoot], path: &str) -> DriveProbe {
         locked: false,
         error: None,
     };
+    // Only what lies under a storage root is looked at: the probe is no way
+    // to learn about other files of the host.
+    if root.is_none() {
+        probe.error = Some("under no storage root of this host".into());
+        return probe;
+    }
     match std::fs::metadata(path) {
         Ok(meta) if meta.is_file() => {
             probe.exists = true;
@@ -352,8 +362,23 @@ mod tests {
 
         let missing = super::probe(&roots, &dir.path().join("shared/none.img").display().to_string());
         assert!(!missing.exists && missing.identity.is_none());
-        let outside = super::probe(&roots, "/etc/hostname");
-        assert_eq!(outside.root, None);
+        let elsewhere = super::probe(&roots, "/etc/passwd");
+        assert_eq!(
+            (elsewhere.root, elsewhere.exists, elsewhere.size),
+            (None, false, 0),
+            "not looked at"
+        );
+        // A link inside a root to a file outside it is outside.
+        let outside = dir.path().join("outside.img");
+        std::fs::File::create(&outside).unwrap().set_len(1 << 20).unwrap();
+        let link = dir.path().join("shared/escape.img");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        assert_eq!(super::probe(&roots, &link.display().to_string()).root, None);
+        assert!(
+            check_spec(&roots, &spec(&link, None))
+                .unwrap_err()
+                .contains("no storage root")
+        );
     }
 
     #[test]
