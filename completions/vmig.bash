@@ -31,6 +31,9 @@ _vmig() {
             vmig,history)
                 cmd="vmig__subcmd__history"
                 ;;
+            vmig,host)
+                cmd="vmig__subcmd__host"
+                ;;
             vmig,hosts)
                 cmd="vmig__subcmd__hosts"
                 ;;
@@ -73,6 +76,9 @@ _vmig() {
             vmig__subcmd__help,history)
                 cmd="vmig__subcmd__help__subcmd__history"
                 ;;
+            vmig__subcmd__help,host)
+                cmd="vmig__subcmd__help__subcmd__host"
+                ;;
             vmig__subcmd__help,hosts)
                 cmd="vmig__subcmd__help__subcmd__hosts"
                 ;;
@@ -99,6 +105,12 @@ _vmig() {
                 ;;
             vmig__subcmd__help,vms)
                 cmd="vmig__subcmd__help__subcmd__vms"
+                ;;
+            vmig__subcmd__help__subcmd__host,cordon)
+                cmd="vmig__subcmd__help__subcmd__host__subcmd__cordon"
+                ;;
+            vmig__subcmd__help__subcmd__host,uncordon)
+                cmd="vmig__subcmd__help__subcmd__host__subcmd__uncordon"
                 ;;
             vmig__subcmd__help__subcmd__lab,demo)
                 cmd="vmig__subcmd__help__subcmd__lab__subcmd__demo"
@@ -171,6 +183,24 @@ _vmig() {
                 ;;
             vmig__subcmd__help__subcmd__vm__subcmd__cdrom,insert)
                 cmd="vmig__subcmd__help__subcmd__vm__subcmd__cdrom__subcmd__insert"
+                ;;
+            vmig__subcmd__host,cordon)
+                cmd="vmig__subcmd__host__subcmd__cordon"
+                ;;
+            vmig__subcmd__host,help)
+                cmd="vmig__subcmd__host__subcmd__help"
+                ;;
+            vmig__subcmd__host,uncordon)
+                cmd="vmig__subcmd__host__subcmd__uncordon"
+                ;;
+            vmig__subcmd__host__subcmd__help,cordon)
+                cmd="vmig__subcmd__host__subcmd__help__subcmd__cordon"
+                ;;
+            vmig__subcmd__host__subcmd__help,help)
+                cmd="vmig__subcmd__host__subcmd__help__subcmd__help"
+                ;;
+            vmig__subcmd__host__subcmd__help,uncordon)
+                cmd="vmig__subcmd__host__subcmd__help__subcmd__uncordon"
                 ;;
             vmig__subcmd__lab,demo)
                 cmd="vmig__subcmd__lab__subcmd__demo"
@@ -359,7 +389,7 @@ _vmig() {
 
     case "${cmd}" in
         vmig)
-            opts="-h -V --inventory --help --version migrate precheck cancel run history hosts vms vm agent pki lab testguest generate help"
+            opts="-h -V --inventory --help --version migrate precheck cancel run history hosts host vms vm agent pki lab testguest generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -443,7 +473,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__help)
-            opts="migrate precheck cancel run history hosts vms vm agent pki lab testguest generate help"
+            opts="migrate precheck cancel run history hosts host vms vm agent pki lab testguest generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -515,6 +545,48 @@ _vmig() {
         vmig__subcmd__help__subcmd__history)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__host)
+            opts="cordon uncordon"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__host__subcmd__cordon)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__host__subcmd__uncordon)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -1011,6 +1083,120 @@ _vmig() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__host)
+            opts="-h -V --inventory --help --version cordon uncordon help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__host__subcmd__cordon)
+            opts="-h -V --json --reason --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__host__subcmd__help)
+            opts="cordon uncordon help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__host__subcmd__help__subcmd__cordon)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__host__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__host__subcmd__help__subcmd__uncordon)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__host__subcmd__uncordon)
+            opts="-h -V --json --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --inventory)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -209,6 +209,14 @@ pub enum Request {
     ProbeDrives {
         paths: Vec<String>,
     },
+    /// Cordons this host: it takes no new VMs (arrivals, creations) until
+    /// uncordoned; kept across agent restarts. Answers the `Cordon`.
+    Cordon {
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// Lifts this host's cordon; answers whether there was one.
+    Uncordon,
     /// Notes in this (the source's) journal that the prechecks refused
     /// migration `id` of VM `name` to `target`; changes nothing else.
     RecordRefusal {
@@ -253,6 +261,16 @@ pub struct DriveProbe {
     pub locked: bool,
     /// Why it could not be looked at.
     pub error: Option<String>,
+}
+
+/// A host's cordon: it takes no new VMs while it has one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cordon {
+    pub reason: Option<String>,
+    /// The certificate name of who cordoned it.
+    pub by: Option<String>,
+    /// When (milliseconds since the epoch).
+    pub at_ms: u64,
 }
 
 /// A storage root as the facts report it.
@@ -606,6 +624,9 @@ pub struct HostFacts {
     pub networks: Vec<String>,
     pub storage: Vec<StorageFacts>,
     pub vms: usize,
+    /// The host's cordon, while it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cordon: Option<Cordon>,
     /// The throughput of this host's last migration to each other host
     /// (bytes per second of its full pass, measured), for forecasts.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]

@@ -47,7 +47,7 @@ pub fn exec(args: &HostsArgs, inventory: Option<&Path>) -> Result<Exit> {
                     "{:<10} {:<22} {:<8} {:>4} {:>10} {:>10} {:<10} {:>9}  {}",
                     host.name,
                     host.address,
-                    "up",
+                    if f.cordon.is_some() { "cordoned" } else { "up" },
                     f.vms,
                     format_size(f.memory_available_bytes),
                     format_size(f.memory_total_bytes),
@@ -56,6 +56,20 @@ pub fn exec(args: &HostsArgs, inventory: Option<&Path>) -> Result<Exit> {
                     f.cpu_model
                 )?,
                 Err(e) => writeln!(out, "{:<10} {:<22} unreachable: {e:#}", host.name, host.address)?,
+            }
+        }
+        for (host, answer) in &answers {
+            if let Ok(HostFacts {
+                cordon: Some(cordon), ..
+            }) = answer
+            {
+                writeln!(
+                    out,
+                    "{} is cordoned{}{}",
+                    host.name,
+                    cordon.by.as_ref().map(|b| format!(" by {b}")).unwrap_or_default(),
+                    cordon.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+                )?;
             }
         }
     }

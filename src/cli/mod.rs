@@ -5,6 +5,7 @@ mod agent;
 mod cancel;
 mod generate;
 mod history;
+mod host;
 mod hosts;
 mod lab;
 mod migrate;
@@ -57,6 +58,9 @@ enum Command {
     History(history::HistoryArgs),
     /// List the cluster's hosts and their facts.
     Hosts(hosts::HostsArgs),
+    /// Maintenance of one host: cordon it (it takes no new VMs) or uncordon it.
+    #[command(subcommand)]
+    Host(host::HostCommand),
     /// List the cluster's VMs and where they run.
     Vms(vms::VmsArgs),
     /// Manage VMs: in the cluster (create, start, stop, destroy, show, console)
@@ -95,6 +99,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::exec(&args, inventory),
         Command::History(args) => history::exec(&args, inventory),
         Command::Hosts(args) => hosts::exec(&args, inventory),
+        Command::Host(command) => host::exec(command, inventory),
         Command::Vms(args) => vms::exec(&args, inventory),
         Command::Vm(command) => vm::exec(command, inventory),
         Command::Agent(args) => agent::exec(&args),
@@ -141,6 +146,9 @@ fn classify(error: &anyhow::Error) -> Exit {
             return Exit::of(error.code());
         }
         if let Some(error) = cause.downcast_ref::<MigrateError>() {
+            return Exit::of(error.code());
+        }
+        if let Some(error) = cause.downcast_ref::<crate::ops::cordon::CordonError>() {
             return Exit::of(error.code());
         }
         if let Some(error) = cause.downcast_ref::<crate::ops::create::CreateError>() {

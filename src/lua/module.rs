@@ -34,6 +34,8 @@ pub const FUNCTIONS: &[&str] = &[
     "migrate",
     "parallel",
     "precheck",
+    "cordon",
+    "uncordon",
     "history",
     "confirm",
     "sleep",
@@ -160,6 +162,8 @@ pub fn raw(lua: &Lua, context: &Arc<Context>) -> mlua::Result<Table> {
     add(lua, &raw, context, "migrate", migrate)?;
     add(lua, &raw, context, "parallel", parallel)?;
     add(lua, &raw, context, "precheck", precheck)?;
+    add(lua, &raw, context, "cordon", cordon)?;
+    add(lua, &raw, context, "uncordon", uncordon)?;
     add(lua, &raw, context, "history", history)?;
     add(lua, &raw, context, "confirm", confirm)?;
     add(lua, &raw, context, "sleep", sleep)?;
@@ -599,6 +603,38 @@ fn parallel(lua: &Lua, context: &Context, args: &MultiValue) -> Result<Value, Fa
             .map_err(|e| Fail::new(Code::Failed, e.to_string()))?;
     }
     Ok(Value::Table(list))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CordonOptions {
+    reason: Option<String>,
+}
+
+fn cordon(lua: &Lua, context: &Context, args: &MultiValue) -> Result<Value, Fail> {
+    let host = string_arg(args, 1, "cordon", "host")?;
+    let options: CordonOptions = options_arg(lua, args, 2, "cordon")?;
+    let cluster = context.cluster()?;
+    let cordon = crate::ops::cordon::cordon(&context.run, &cluster, &host, options.reason.as_deref())
+        .map_err(|e| Fail::new(e.code(), chain(&e)).host(&host))?;
+    to_lua(
+        lua,
+        &serde_json::json!({ "host": host, "cordon": cordon, "dry_run": context.run.dry_run }),
+    )
+}
+
+fn uncordon(lua: &Lua, context: &Context, args: &MultiValue) -> Result<Value, Fail> {
+    let host = string_arg(args, 1, "uncordon", "host")?;
+    if args.len() > 1 {
+        return Err(invalid("uncordon", "takes one argument (the host)"));
+    }
+    let cluster = context.cluster()?;
+    let was = crate::ops::cordon::uncordon(&context.run, &cluster, &host)
+        .map_err(|e| Fail::new(e.code(), chain(&e)).host(&host))?;
+    to_lua(
+        lua,
+        &serde_json::json!({ "host": host, "was_cordoned": was, "dry_run": context.run.dry_run }),
+    )
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -14,7 +14,7 @@ pub enum CreateError {
     Cluster(#[from] ClusterError),
     #[error("a VM named {vm} exists on {host} already")]
     Exists { vm: String, host: String },
-    #[error("no host could be asked where {vm} should go")]
+    #[error("no host could be asked where {vm} should go, or every host is cordoned")]
     NoHost { vm: String },
     /// A baseline needs every host's features: one did not answer.
     #[error("cannot compute the cluster's CPU baseline: {host} did not answer ({detail})")]
@@ -63,7 +63,13 @@ pub fn create(cluster: &Cluster, mut spec: VmSpec, host: Option<&str>, start: bo
         Some(name) => cluster.host(name)?.clone(),
         None => answers
             .iter()
-            .filter_map(|a| a.facts.as_ref().ok().map(|f| (&a.host, f.memory_available_bytes)))
+            .filter_map(|a| {
+                a.facts
+                    .as_ref()
+                    .ok()
+                    .filter(|f| f.cordon.is_none())
+                    .map(|f| (&a.host, f.memory_available_bytes))
+            })
             .max_by_key(|(_, free)| *free)
             .map(|(host, _)| host.clone())
             .ok_or_else(|| CreateError::NoHost { vm: spec.name.clone() })?,

@@ -42,6 +42,8 @@ pub enum Change {
     Migrate { vm: String, from: String, to: String },
     /// Run an operator's hook command.
     Exec { command: Vec<String> },
+    /// Cordon `host` (it takes no new VMs), or lift its cordon.
+    Cordon { host: String, on: bool },
 }
 
 impl std::fmt::Display for Change {
@@ -49,6 +51,8 @@ impl std::fmt::Display for Change {
         match self {
             Change::Migrate { vm, from, to } => write!(f, "migrate {vm} from {from} to {to}"),
             Change::Exec { command } => write!(f, "run `{}`", command.join(" ")),
+            Change::Cordon { host, on: true } => write!(f, "cordon {host}"),
+            Change::Cordon { host, on: false } => write!(f, "uncordon {host}"),
         }
     }
 }

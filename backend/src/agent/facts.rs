@@ -71,6 +71,7 @@ pub fn gather(config: &AgentConfig, vms: &[u64], usage: (u32, u32, u32)) -> Host
             })
             .collect(),
         vms: vms.len(),
+        cordon: None,
         throughput_to: Default::default(),
         migration_cost_in_use: in_use,
         migration_cost_limit: limit,

@@ -43,6 +43,7 @@ impl Agent {
         if !super::migrations::valid_id(id) {
             return Err(Failure::new(400, format!("{id:?} is not a migration id")));
         }
+        self.open_for_new_vms(&spec.name)?;
         // This host's own look at the VM's images, whatever the source says.
         let allowed_disks = super::storage::allowed_for_arrival(&self.config.storage, spec)
             .map_err(|e| Failure::new(409, format!("{} cannot take {}: {e}", self.config.name, spec.name)))?;

@@ -10,6 +10,7 @@
 
 mod cdrom;
 pub mod config;
+pub mod cordon;
 pub mod facts;
 mod incoming;
 pub mod journal;
@@ -137,6 +138,8 @@ pub struct Agent {
     settling: Mutex<std::collections::BTreeSet<String>>,
     /// The full-pass throughput of the last migration to each host (measured).
     throughput: Mutex<BTreeMap<String, f64>>,
+    /// The host's cordon (kept in the state directory).
+    cordon: Mutex<Option<crate::api::Cordon>>,
 }
 
 impl Agent {
@@ -148,6 +151,7 @@ impl Agent {
             move |source| AgentError::StateDir { path, source }
         };
         let vms_dir = config.state_dir.join("vms");
+        let config_state_dir = config.state_dir.clone();
         std::fs::create_dir_all(&vms_dir).map_err(state_error(&vms_dir))?;
         let (journal, journal_opened) =
             Journal::open_with(&config.state_dir, journal::ROTATE_AT).map_err(state_error(&config.state_dir))?;
@@ -178,6 +182,7 @@ impl Agent {
             journal_opened,
             settling: Mutex::new(std::collections::BTreeSet::new()),
             throughput: Mutex::new(BTreeMap::new()),
+            cordon: Mutex::new(cordon::load(&config_state_dir)),
         });
         // VMMs that ended while the agent was down, and migrations that were
         // under way, are judged by the settler, as every second after.
@@ -280,6 +285,7 @@ impl Agent {
     pub fn facts(&self) -> crate::api::HostFacts {
         let mut facts = facts::gather(&self.config, &self.vm_memory(), self.slots.usage());
         facts.throughput_to = self.throughput.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        facts.cordon = self.cordon_state();
         facts
     }
 
@@ -321,6 +327,7 @@ impl Agent {
             .map_err(|e| Failure::new(400, format!("invalid VM spec: {e}")))?;
         storage::check_spec(&self.config.storage, spec)
             .map_err(|e| Failure::new(400, format!("invalid VM spec: {e}")))?;
+        self.open_for_new_vms(&spec.name)?;
         if spec.pmu {
             let facts = facts::gather(&self.config, &[], (0, 0, 0));
             if facts.pmu_version == 0 {

@@ -224,6 +224,8 @@ fn handle<S: Write>(
             .collect::<Vec<_>>()),
         Request::Cdrom { name, medium } => answer(agent.cdrom(&name, medium.as_deref())),
         Request::SampleDirtyRate { name, window_ms } => answer(agent.sample_dirty(&name, window_ms)),
+        Request::Cordon { reason } => answer(agent.cordon(reason, &peer.name)),
+        Request::Uncordon => answer(agent.uncordon()),
         Request::RecordRefusal {
             id,
             name,

@@ -120,6 +120,12 @@ pub const RULES: &[Rule] = &[
         check: versions,
     },
     Rule {
+        id: "host.cordoned",
+        doc: "error when the target is cordoned (under maintenance: it takes no new VMs; its agent refuses them \
+              too); fix: `vmig host uncordon HOST`, or pick another host",
+        check: cordoned,
+    },
+    Rule {
         id: "network.family",
         doc: "error when the management addresses the agents listen on share no IP family (measured); \
               fix: give the target an address of the source's family",
@@ -245,6 +251,21 @@ fn versions(f: &Facts) -> Option<Finding> {
             fact(format!("{}.agent_version", s.name), &s.agent_version, Origin::Measured),
             fact(format!("{}.agent_version", t.name), &t.agent_version, Origin::Measured),
         ],
+    )
+}
+
+fn cordoned(f: &Facts) -> Option<Finding> {
+    let cordon = f.target.cordon.as_ref()?;
+    let t = &f.target.name;
+    error(
+        "host.cordoned",
+        format!(
+            "{t} is cordoned{}{}: it takes no new VMs; `vmig host uncordon {t}` when its maintenance is done, \
+             or choose another host",
+            cordon.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default(),
+            cordon.by.as_ref().map(|b| format!(" by {b}")).unwrap_or_default(),
+        ),
+        vec![fact(format!("{t}.cordon"), cordon, Origin::Measured)],
     )
 }
 
@@ -510,6 +531,7 @@ pub(super) mod tests {
             networks: vec![],
             storage: vec![],
             throughput_to: Default::default(),
+            cordon: None,
             vms: 0,
             migration_cost_in_use: 0,
             migration_cost_limit: 8,
@@ -567,6 +589,16 @@ pub(super) mod tests {
         let mut f = facts();
         f.target.migration_protocol = 2;
         assert_eq!(rules_of(&f), [("host.versions", Severity::Error)]);
+
+        let mut f = facts();
+        f.target.cordon = Some(vmig_backend::api::Cordon {
+            reason: Some("firmware".into()),
+            by: Some("alice".into()),
+            at_ms: 1,
+        });
+        let found = check(&f);
+        assert_eq!((found[0].rule, found[0].severity), ("host.cordoned", Severity::Error));
+        assert!(found[0].message.contains("firmware") && found[0].message.contains("uncordon"));
 
         let mut f = facts();
         f.target.management_families = vec!["ipv6".into()];
