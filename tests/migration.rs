@@ -357,3 +357,35 @@ fn a_target_that_dies_after_go_leaves_the_source_paused_and_in_doubt() {
         "the source must not resume on its own"
     );
 }
+
+/// `sleep=1`: an idle guest parks its vCPUs through the VMM's sleep
+/// register instead of spinning; its heartbeats still come in order, none
+/// early, and it migrates (a parked vCPU still answers the pause).
+#[test]
+fn an_idle_guest_that_sleeps_parks_its_vcpus_keeps_its_heartbeat_and_migrates() {
+    let mut from = Vmm::testguest("256M", 2, "idle verify=0 sleep=1 hb=50");
+    let first = from.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() >= 10);
+    let Reply::Stats(stats) = from.request(&Request::Stats) else {
+        panic!("no stats")
+    };
+    assert!(stats.pv_sleeps >= 10, "the vCPUs were parked: {}", stats.pv_sleeps);
+    let beats = from.heartbeats();
+    for pair in beats.windows(2) {
+        assert_eq!(pair[1].seq(), pair[0].seq() + 1);
+    }
+    // Sleeping does not make the guest rush its schedule: n heartbeats span
+    // at least n - 1 intervals, less the first's lateness.
+    let (a, b) = (&beats[0], beats.last().unwrap());
+    assert!(
+        b.get("t_ms") + 50 >= a.get("t_ms") + (b.seq() - a.seq()) * 50,
+        "{:?} .. {:?}",
+        a.fields,
+        b.fields
+    );
+    let (to, url) = Vmm::incoming(&[]);
+    let sent = send(&from, &url, &["--verify-memory"]);
+    assert_eq!(sent.code, Some(0), "{}", sent.stderr);
+    assert!(from.wait_exit(BOOT_TIMEOUT).success());
+    let after = to.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() > first.seq() + 5);
+    assert_eq!(after.get("errors"), 0);
+}

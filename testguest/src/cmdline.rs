@@ -1,7 +1,7 @@
 //! The workload parameters, from `key=value` tokens on the kernel command line.
 //!
 //! `fill=SIZE|all` `dirty=SIZE` `rate=MBPS|max` `idle` `hb=MS` `exit=N` `verify=0|1`
-//! `disk=SIZE|all` `disk_rate=MBPS|max`, and the VMM's
+//! `disk=SIZE|all` `disk_rate=MBPS|max` `sleep=0|1`, and the VMM's
 //! `virtio_mmio.device=4K@0xADDR:IRQ` device announcements;
 //! SIZE is bytes with an optional K/M/G/T suffix (powers of 1024), MBPS is 10^6 bytes
 //! per second and may have a fraction (`rate=2.5`).
@@ -34,6 +34,8 @@ pub struct Config {
     pub disk: Option<u64>,
     /// The disk workload's rate in bytes per second (None: as fast as it goes).
     pub disk_rate: Option<u64>,
+    /// With nothing to do, park the CPU through the VMM's sleep register.
+    pub sleep: bool,
 }
 
 impl Default for Config {
@@ -49,6 +51,7 @@ impl Default for Config {
             virtio_count: 0,
             disk: None,
             disk_rate: None,
+            sleep: false,
         }
     }
 }
@@ -91,6 +94,14 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, &[u8]> {
             }
             (b"verify", Some(b"1")) => {
                 config.verify = true;
+                true
+            }
+            (b"sleep", Some(b"1")) => {
+                config.sleep = true;
+                true
+            }
+            (b"sleep", Some(b"0")) => {
+                config.sleep = false;
                 true
             }
             (b"disk", Some(b"all")) => {

@@ -36,6 +36,11 @@ impl Heartbeat {
         }
     }
 
+    /// When the next heartbeat is due (clock ns).
+    pub fn next_ns(&self) -> u64 {
+        self.next_ns
+    }
+
     /// Adds the disk workload's counters to every line.
     pub fn show_disks(&mut self, on: bool) {
         self.disks = on;

@@ -29,6 +29,7 @@ mod layout;
 mod mem;
 mod pattern;
 mod phys;
+mod pv;
 mod pvh;
 mod serial;
 mod smp;
@@ -134,6 +135,7 @@ fn bsp_main() -> ! {
     );
     hb.show_disks(disks.active());
     ticker.resync();
+    let sleeps = config.sleep && pv::present();
     workload::start_work();
     worker.start(ticker.tick());
     loop {
@@ -145,6 +147,13 @@ fn bsp_main() -> ! {
         if disks.active() {
             // Not resynced: a migration's pause during a request shows in maxgap.
             disks.step(now);
+        } else if sleeps && worker.idle() {
+            // Nothing to do until the next heartbeat: off the host's CPU.
+            let wait_ns = hb.next_ns().saturating_sub(now);
+            if wait_ns > 1_000_000 {
+                pv::sleep_us(wait_ns / 1000);
+                ticker.resync();
+            }
         }
     }
 }
@@ -169,7 +178,9 @@ fn plan(config: &Config, info: &pvh::BootInfo, cpus: usize) -> Plan {
         Rate::BytesPerSec(bytes) => Some(bytes),
     };
     let ws_pages = if rate == Some(0) { 0 } else { ws_pages };
-    Plan::new(area, &online[..n], fill_pages, ws_pages, rate, config.verify)
+    let mut plan = Plan::new(area, &online[..n], fill_pages, ws_pages, rate, config.verify);
+    plan.sleep = config.sleep;
+    plan
 }
 
 fn ap_main(cpu: usize) -> ! {
@@ -196,9 +207,14 @@ fn ap_main(cpu: usize) -> ! {
         ticker.tick();
     }
     worker.start(ticker.tick());
+    let sleeps = workload::sleeps() && pv::present();
     loop {
         let now = ticker.tick();
         worker.work_step(now, &ticker);
+        if sleeps && worker.idle() {
+            pv::sleep_us(pv::MAX_SLEEP_US);
+            ticker.resync();
+        }
     }
 }
 

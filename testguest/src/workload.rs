@@ -41,6 +41,8 @@ pub struct Plan {
     /// Per-CPU dirtying period in 2^-32 ns, or `None` for as fast as possible.
     period: Option<u128>,
     verify: bool,
+    /// Idle CPUs park through the VMM's sleep register (`sleep=1`).
+    pub sleep: bool,
 }
 
 impl Plan {
@@ -64,6 +66,7 @@ impl Plan {
             ws_pages,
             period,
             verify,
+            sleep: false,
         }
     }
 
@@ -86,6 +89,11 @@ pub fn start_fill(plan: Plan) -> &'static Plan {
     unsafe { *PLAN.0.get() = Some(plan) };
     PHASE.store(PHASE_FILL, Ordering::Release);
     self::plan().expect("plan was just stored")
+}
+
+/// Whether idle CPUs park (the plan's `sleep`).
+pub fn sleeps() -> bool {
+    plan().is_some_and(|p| p.sleep)
 }
 
 pub fn start_work() {
@@ -218,6 +226,11 @@ impl Worker {
 
     /// One unit of work: dirty a page if one is due, else verify one page.
     #[inline]
+    /// Nothing to dirty and nothing to verify: the CPU may sleep.
+    pub fn idle(&self) -> bool {
+        self.ws_len() == 0 && !(self.plan.verify && self.owned() > 0)
+    }
+
     pub fn work_step(&mut self, now: u64, ticker: &Ticker) {
         if self.ws_len() > 0 && self.dirty_due(now) {
             self.dirty_one(ticker);

@@ -157,6 +157,9 @@ pub struct VmStats {
     pub exits: u64,
     pub io_exits: u64,
     pub mmio_exits: u64,
+    /// Times a vCPU was parked by the paravirtual sleep register.
+    #[serde(default)]
+    pub pv_sleeps: u64,
     pub console_bytes: u64,
     /// Each drive: its medium, whether the VMM holds it, its counters.
     #[serde(default)]
@@ -645,6 +648,7 @@ impl Vm {
             exits: sum(|c| c.exits.load(Relaxed)),
             io_exits: sum(|c| c.io_exits.load(Relaxed)),
             mmio_exits: sum(|c| c.mmio_exits.load(Relaxed)),
+            pv_sleeps: sum(|c| c.pv_sleeps.load(Relaxed)),
             console_bytes: self.bus.console_bytes(),
             drives: self.mmio.stats(),
         }

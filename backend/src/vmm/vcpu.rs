@@ -24,6 +24,7 @@ use thiserror::Error;
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use super::devices::PortIoBus;
+use super::devices::pvsleep;
 use super::devices::virtio::MmioBus;
 use super::stop::{StopReason, Stops};
 
@@ -135,6 +136,8 @@ pub struct VcpuCounters {
     pub exits: AtomicU64,
     pub io_exits: AtomicU64,
     pub mmio_exits: AtomicU64,
+    /// Writes to the paravirtual sleep register (each parked the vCPU).
+    pub pv_sleeps: AtomicU64,
 }
 
 /// What a vCPU thread needs besides its fd.
@@ -526,14 +529,21 @@ impl Vcpu {
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 self.counters.mmio_exits.fetch_add(1, Ordering::Relaxed);
-                if !self.context.mmio.read(addr, data) {
+                if !pvsleep::read(addr, data) && !self.context.mmio.read(addr, data) {
                     data.fill(0xff);
                 }
                 return Served::Access;
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 self.counters.mmio_exits.fetch_add(1, Ordering::Relaxed);
-                self.context.mmio.write(addr, data);
+                if let Some(sleep) = pvsleep::sleep_request(addr, data) {
+                    // Parked like auto-converge's hold: off the CPU, still
+                    // answering requests; the write completes on re-entry.
+                    self.counters.pv_sleeps.fetch_add(1, Ordering::Relaxed);
+                    self.hold_until = Some(Instant::now() + sleep);
+                } else {
+                    self.context.mmio.write(addr, data);
+                }
                 return Served::Access;
             }
             Ok(VcpuExit::Hlt) => None,

@@ -3,6 +3,7 @@
 //! and ports that are accepted and ignored; and the virtio devices on MMIO
 //! ([`virtio`]).
 
+pub mod pvsleep;
 pub mod serial;
 pub mod virtio;
 
