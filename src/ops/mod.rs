@@ -9,5 +9,6 @@ pub mod cordon;
 pub mod create;
 pub mod history;
 pub mod migrate;
+pub mod placement;
 pub mod precheck;
 pub mod run;
