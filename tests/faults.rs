@@ -420,6 +420,9 @@ fn a_handoff_nobody_can_decide_is_in_doubt_until_the_agents_settle_it() {
 fn a_cut_left_by_a_killed_run_is_swept_and_a_live_one_kept() {
     use common::netcut::{Cut, Flow, sweep_stale};
     use std::process::Command;
+    // A lab starting meanwhile would sweep the stale tables made below
+    // before this test looks at them.
+    let _alone = common::lab::exclusive();
     let tables = || {
         let out = Command::new("nft").args(["list", "tables"]).output().unwrap();
         text(&out.stdout)

@@ -16,6 +16,12 @@ use super::{BOOT_TIMEOUT, Heartbeat, VMIG};
 /// has two.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Holds off every lab of this test binary (their start sweeps stale
+/// network cuts) while a test works on the cuts itself.
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// A lab in a temporary directory; taken down when dropped.
 pub struct Lab {
     pub dir: tempfile::TempDir,
