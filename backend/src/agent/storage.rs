@@ -67,7 +67,7 @@ impl StorageRoot {
     pub fn try_slot(&self) -> std::io::Result<Option<StorageSlot>> {
         for index in 0..self.max_migrations() {
             let file = self.slot_file(index)?;
-            if lock_slot(&file, libc::F_OFD_SETLK)? {
+            if crate::lockfile::try_lock(&file, false)? {
                 return Ok(Some(StorageSlot {
                     root: self.name.clone(),
                     _file: file,
@@ -82,8 +82,8 @@ impl StorageRoot {
         (0..self.max_migrations())
             .filter(|&index| {
                 self.slot_file(index)
-                    .and_then(|file| lock_slot(&file, libc::F_OFD_GETLK))
-                    .is_ok_and(|free| !free)
+                    .and_then(|file| crate::lockfile::held(&file))
+                    .unwrap_or(false)
             })
             .count() as u32
     }
@@ -95,30 +95,6 @@ impl StorageRoot {
 pub struct StorageSlot {
     pub root: String,
     _file: std::fs::File,
-}
-
-/// With `F_OFD_SETLK`, takes the slot's lock (false: held elsewhere); with
-/// `F_OFD_GETLK`, says whether it could be taken.
-fn lock_slot(file: &std::fs::File, command: libc::c_int) -> std::io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    let mut request = libc::flock {
-        l_type: libc::F_WRLCK as libc::c_short,
-        l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    };
-    // SAFETY: the fcntl reads (and for GETLK writes) one `struct flock` that
-    // lives for the call; the descriptor is the open file's.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), command, &mut request) };
-    if rc == 0 {
-        return Ok(command == libc::F_OFD_SETLK || request.l_type == libc::F_UNLCK as libc::c_short);
-    }
-    let error = std::io::Error::last_os_error();
-    match error.raw_os_error() {
-        Some(libc::EAGAIN | libc::EACCES) => Ok(false),
-        _ => Err(error),
-    }
 }
 
 /// The shared roots the VM's attached images lie under.

@@ -10,7 +10,6 @@
 //! them before its vCPUs may run.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -184,48 +183,21 @@ impl Backing {
 /// file, is released when the file is closed (or the process dies), and
 /// conflicts with the same lock taken by any other open of the image.
 fn lock(file: &File, path: &Path, read_only: bool) -> Result<(), DiskError> {
-    let request = libc::flock {
-        l_type: if read_only { libc::F_RDLCK } else { libc::F_WRLCK } as libc::c_short,
-        l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    };
-    // SAFETY: F_OFD_SETLK reads one `struct flock`, which lives for the call;
-    // the descriptor is the open file's.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &request) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let error = std::io::Error::last_os_error();
-    match error.raw_os_error() {
-        Some(libc::EAGAIN | libc::EACCES) => Err(DiskError::Locked {
+    match crate::lockfile::try_lock(file, read_only) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(DiskError::Locked {
             path: path.to_path_buf(),
         }),
-        _ => Err(DiskError::Lock {
+        Err(source) => Err(DiskError::Lock {
             path: path.to_path_buf(),
-            source: error,
+            source,
         }),
     }
 }
 
 /// Whether some VMM holds `path` under a lock that excludes a writer.
 pub fn is_locked(path: &Path) -> std::io::Result<bool> {
-    let file = File::open(path)?;
-    let mut probe = libc::flock {
-        l_type: libc::F_WRLCK as libc::c_short,
-        l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    };
-    // SAFETY: F_OFD_GETLK reads and writes one `struct flock` that lives for
-    // the call; the descriptor is the open file's.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut probe) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(probe.l_type != libc::F_UNLCK as libc::c_short)
+    crate::lockfile::held(&File::open(path)?)
 }
 
 /// Counters of one drive.
