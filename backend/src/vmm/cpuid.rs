@@ -59,20 +59,25 @@ pub fn hiding(names: &[String]) -> Result<Vec<CpuidMask>, String> {
 pub fn masked(entries: &[kvm_cpuid_entry2], masks: &[CpuidMask]) -> Vec<kvm_cpuid_entry2> {
     let mut entries = entries.to_vec();
     for entry in &mut entries {
-        for mask in masks
-            .iter()
-            .filter(|m| m.leaf == entry.function && m.index == entry.index)
-        {
-            let register = match mask.register {
-                Register::Eax => &mut entry.eax,
-                Register::Ebx => &mut entry.ebx,
-                Register::Ecx => &mut entry.ecx,
-                Register::Edx => &mut entry.edx,
-            };
-            *register &= !mask.clear;
-        }
+        apply_masks(entry, masks);
     }
     entries
+}
+
+/// Clears in `entry` the bits of the masks that name its leaf and subleaf.
+fn apply_masks(entry: &mut kvm_cpuid_entry2, masks: &[CpuidMask]) {
+    for mask in masks
+        .iter()
+        .filter(|m| m.leaf == entry.function && m.index == entry.index)
+    {
+        let register = match mask.register {
+            Register::Eax => &mut entry.eax,
+            Register::Ebx => &mut entry.ebx,
+            Register::Ecx => &mut entry.ecx,
+            Register::Edx => &mut entry.edx,
+        };
+        *register &= !mask.clear;
+    }
 }
 
 /// The architectural performance-monitoring leaf (virtual PMU).
@@ -145,17 +150,7 @@ pub fn for_vcpu(base: &CpuId, index: u8, count: u8, masks: &[CpuidMask]) -> Resu
             }
             _ => {}
         }
-        for mask in masks {
-            if mask.leaf == entry.function && mask.index == entry.index {
-                let register = match mask.register {
-                    Register::Eax => &mut entry.eax,
-                    Register::Ebx => &mut entry.ebx,
-                    Register::Ecx => &mut entry.ecx,
-                    Register::Edx => &mut entry.edx,
-                };
-                *register &= !mask.clear;
-            }
-        }
+        apply_masks(entry, masks);
     }
     CpuId::from_entries(&entries).map_err(CpuidError::Build)
 }
