@@ -75,6 +75,25 @@ fn medium_word(offset: u64) -> u64 {
     stamp(offset, 0) ^ MEDIUM_SEED
 }
 
+/// Checks every word of chunk `chunk` read into `data` against `expected`
+/// (of its byte offset); reports the first wrong one, returns how many were.
+fn check(data: &[u8; CHUNK], chunk: u64, what: &str, expected: impl Fn(u64) -> u64) -> u64 {
+    let base = chunk * CHUNK as u64;
+    let mut bad = 0;
+    for (i, word) in data.chunks_exact(8).enumerate() {
+        let offset = base + 8 * i as u64;
+        let found = u64::from_le_bytes(word.try_into().unwrap_or_default());
+        let want = expected(offset);
+        if found != want {
+            if bad == 0 {
+                report(what, offset, want, found);
+            }
+            bad += 1;
+        }
+    }
+    bad
+}
+
 /// Integrity errors the disk workload has seen.
 pub fn errors() -> u64 {
     DISK_ERRORS.load(Ordering::Relaxed) + CD_ERRORS.load(Ordering::Relaxed)
@@ -143,21 +162,10 @@ impl DiskRun {
             IO_ERRORS.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let base = chunk * CHUNK as u64;
         let nonce = self.nonce;
-        let data = self.blk.data();
-        let mut bad = 0;
-        for i in 0..WORDS {
-            let offset = base + 8 * i as u64;
-            let found = u64::from_le_bytes(data[8 * i..8 * i + 8].try_into().unwrap_or_default());
-            let expected = disk_word(offset, generation, nonce);
-            if found != expected {
-                if bad == 0 {
-                    report("disk", offset, expected, found);
-                }
-                bad += 1;
-            }
-        }
+        let bad = check(self.blk.data(), chunk, "disk", |offset| {
+            disk_word(offset, generation, nonce)
+        });
         DISK_ERRORS.fetch_add(bad, Ordering::Relaxed);
         DISK_VERIFIED.fetch_add(1, Ordering::Relaxed);
     }
@@ -196,20 +204,7 @@ impl CdRun {
                 return;
             }
         }
-        let base = chunk * CHUNK as u64;
-        let data = self.blk.data();
-        let mut bad = 0;
-        for i in 0..WORDS {
-            let offset = base + 8 * i as u64;
-            let found = u64::from_le_bytes(data[8 * i..8 * i + 8].try_into().unwrap_or_default());
-            let expected = medium_word(offset);
-            if found != expected {
-                if bad == 0 {
-                    report("medium", offset, expected, found);
-                }
-                bad += 1;
-            }
-        }
+        let bad = check(self.blk.data(), chunk, "medium", medium_word);
         CD_ERRORS.fetch_add(bad, Ordering::Relaxed);
         CD_VERIFIED.fetch_add(1, Ordering::Relaxed);
     }
