@@ -19,8 +19,14 @@ _vmig() {
             vmig,agent)
                 cmd="vmig__subcmd__agent"
                 ;;
+            vmig,apply)
+                cmd="vmig__subcmd__apply"
+                ;;
             vmig,cancel)
                 cmd="vmig__subcmd__cancel"
+                ;;
+            vmig,evacuate)
+                cmd="vmig__subcmd__evacuate"
                 ;;
             vmig,generate)
                 cmd="vmig__subcmd__generate"
@@ -49,6 +55,9 @@ _vmig() {
             vmig,precheck)
                 cmd="vmig__subcmd__precheck"
                 ;;
+            vmig,rollback)
+                cmd="vmig__subcmd__rollback"
+                ;;
             vmig,run)
                 cmd="vmig__subcmd__run"
                 ;;
@@ -64,8 +73,14 @@ _vmig() {
             vmig__subcmd__help,agent)
                 cmd="vmig__subcmd__help__subcmd__agent"
                 ;;
+            vmig__subcmd__help,apply)
+                cmd="vmig__subcmd__help__subcmd__apply"
+                ;;
             vmig__subcmd__help,cancel)
                 cmd="vmig__subcmd__help__subcmd__cancel"
+                ;;
+            vmig__subcmd__help,evacuate)
+                cmd="vmig__subcmd__help__subcmd__evacuate"
                 ;;
             vmig__subcmd__help,generate)
                 cmd="vmig__subcmd__help__subcmd__generate"
@@ -93,6 +108,9 @@ _vmig() {
                 ;;
             vmig__subcmd__help,precheck)
                 cmd="vmig__subcmd__help__subcmd__precheck"
+                ;;
+            vmig__subcmd__help,rollback)
+                cmd="vmig__subcmd__help__subcmd__rollback"
                 ;;
             vmig__subcmd__help,run)
                 cmd="vmig__subcmd__help__subcmd__run"
@@ -389,7 +407,7 @@ _vmig() {
 
     case "${cmd}" in
         vmig)
-            opts="-h -V --inventory --help --version migrate precheck cancel run history hosts host vms vm agent pki lab testguest generate help"
+            opts="-h -V --inventory --help --version migrate precheck evacuate apply rollback cancel run history hosts host vms vm agent pki lab testguest generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -432,6 +450,24 @@ _vmig() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vmig__subcmd__apply)
+            opts="-h -V --json --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vmig__subcmd__cancel)
             opts="-h -V --json --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -439,6 +475,72 @@ _vmig() {
                 return 0
             fi
             case "${prev}" in
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__evacuate)
+            opts="-o -h -V --to --parallel --on-error --deadline --dry-run --output --force --skip --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --json --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --to)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --parallel)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --on-error)
+                    COMPREPLY=($(compgen -W "continue stop" -- "${cur}"))
+                    return 0
+                    ;;
+                --deadline)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --skip)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --downtime-ms)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --streams)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bandwidth)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout-action)
+                    COMPREPLY=($(compgen -W "cancel force" -- "${cur}"))
+                    return 0
+                    ;;
                 --inventory)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -473,7 +575,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__help)
-            opts="migrate precheck cancel run history hosts host vms vm agent pki lab testguest generate help"
+            opts="migrate precheck evacuate apply rollback cancel run history hosts host vms vm agent pki lab testguest generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -500,7 +602,35 @@ _vmig() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vmig__subcmd__help__subcmd__apply)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vmig__subcmd__help__subcmd__cancel)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__evacuate)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -725,6 +855,20 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__help__subcmd__precheck)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__rollback)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1630,6 +1774,32 @@ _vmig() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        vmig__subcmd__rollback)
+            opts="-h -V --last --dry-run --parallel --deadline --json --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --parallel)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --deadline)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         vmig__subcmd__run)
             opts="-h -V --dry-run --yes --json --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -1913,7 +2083,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm__subcmd__create)
-            opts="-h -V --spec --name --kernel --initrd --cmdline --memory --vcpus --redundancy-group --disk --cdrom --pmu --cpu --host --no-start --json --inventory --help --version"
+            opts="-h -V --spec --name --kernel --initrd --cmdline --memory --vcpus --redundancy-group --disk --cdrom --pmu --maintenance --cpu --host --no-start --json --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1957,6 +2127,10 @@ _vmig() {
                     ;;
                 --cdrom)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --maintenance)
+                    COMPREPLY=($(compgen -W "live stop pin" -- "${cur}"))
                     return 0
                     ;;
                 --cpu)

@@ -29,6 +29,9 @@ complete -c vmig -n "__fish_vmig_needs_command" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_needs_command" -s V -l version -d 'Print version'
 complete -c vmig -n "__fish_vmig_needs_command" -f -a "migrate" -d 'Live-migrate a VM to another host, with progress'
 complete -c vmig -n "__fish_vmig_needs_command" -f -a "precheck" -d 'Check whether a VM can move to a host (or to each), rule by rule'
+complete -c vmig -n "__fish_vmig_needs_command" -f -a "evacuate" -d 'Empty a host for maintenance: plan every VM\'s move, cordon it, move them live'
+complete -c vmig -n "__fish_vmig_needs_command" -f -a "apply" -d 'Run an evacuation plan saved by `vmig evacuate HOST -o FILE`'
+complete -c vmig -n "__fish_vmig_needs_command" -f -a "rollback" -d 'Undo a run: move its VMs back, start those it stopped, lift its cordon'
 complete -c vmig -n "__fish_vmig_needs_command" -f -a "cancel" -d 'Cancel a VM\'s running migration, and report how it ended'
 complete -c vmig -n "__fish_vmig_needs_command" -f -a "run" -d 'Run a Lua runbook: scripted maintenance with the same functions, bars or JSON lines'
 complete -c vmig -n "__fish_vmig_needs_command" -f -a "history" -d 'Past migrations, from every agent\'s journal'
@@ -70,6 +73,39 @@ complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l no-auto-converge 
 complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l verify-memory -d 'Hash guest memory on both sides at switchover and refuse the handoff if they differ (for testing; adds the hashing time to the downtime)'
 complete -c vmig -n "__fish_vmig_using_subcommand precheck" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand precheck" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l to -d 'Only these hosts may take its VMs (comma-separated; default: any other)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l parallel -d 'Moves at once (each host\'s migration budget still holds)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l on-error -d 'After a VM fails to move: `continue` with the others, or `stop` starting new moves' -r -f -a "continue\t''
+stop\t''"
+complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l deadline -d 'The most the evacuation may take (`90s`, `30m`, `2h`): then nothing new starts, and moves in flight are cancelled' -r
+complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -s o -l output -d 'Write the plan to FILE (JSON) and move nothing; `vmig apply FILE` runs it' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l skip -d 'Do not check this precheck rule (repeatable)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l downtime-ms -d 'The longest pause to plan for: switch over once the expected downtime is below this many milliseconds (and a few more live rounds no longer shrink what is left)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l streams -d 'Parallel TCP streams' -r
+complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l bandwidth -d 'Bandwidth cap in bytes per second (K/M/G suffixes), e.g. 100M' -r
+complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l timeout -d 'Time limit in seconds for the whole migration' -r
+complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l timeout-action -d 'What the time limit does: `cancel` (the VM stays on the source) or `force` (switch over now)' -r -f -a "cancel\t''
+force\t''"
+complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l dry-run -d 'Plan, print the plan, move nothing'
+complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l force -d 'Move VMs despite the prechecks\' warnings (never despite an error)'
+complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l no-auto-converge -d 'Do not throttle the vCPUs of a guest that dirties memory faster than the link sends'
+complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l verify-memory -d 'Hash guest memory on both sides at switchover and refuse the handoff if they differ (for testing; adds the hashing time to the downtime)'
+complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l json -d 'Print events and the report as JSON lines (the default without a terminal)'
+complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand apply" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand apply" -l json -d 'Print events and the report as JSON lines (the default without a terminal)'
+complete -c vmig -n "__fish_vmig_using_subcommand apply" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand apply" -s V -l version -d 'Print version'
+complete -c vmig -n "__fish_vmig_using_subcommand rollback" -l parallel -d 'Moves at once' -r
+complete -c vmig -n "__fish_vmig_using_subcommand rollback" -l deadline -d 'The most the rollback may take (`90s`, `30m`, `2h`)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand rollback" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand rollback" -l last -d 'Roll back this operator\'s latest run'
+complete -c vmig -n "__fish_vmig_using_subcommand rollback" -l dry-run -d 'Say what would happen; change nothing'
+complete -c vmig -n "__fish_vmig_using_subcommand rollback" -l json -d 'Print events and the report as JSON lines (the default without a terminal)'
+complete -c vmig -n "__fish_vmig_using_subcommand rollback" -s h -l help -d 'Print help'
+complete -c vmig -n "__fish_vmig_using_subcommand rollback" -s V -l version -d 'Print version'
 complete -c vmig -n "__fish_vmig_using_subcommand cancel" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand cancel" -l json -d 'Print the outcome as JSON lines (the default without a terminal)'
 complete -c vmig -n "__fish_vmig_using_subcommand cancel" -s h -l help -d 'Print help'
@@ -144,6 +180,9 @@ complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l redundancy-group -d 'VMs of one group must not share a chassis' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l disk -d 'A read-write disk: a raw image on one of the host\'s storage roots (repeatable)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l cdrom -d 'A CD/DVD drive with this ISO image as its medium' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l maintenance -d 'What host maintenance does with it: live (move it live), stop (shut it down, start it on return) or pin (never move it; evacuations report it)' -r -f -a "live\t''
+stop\t''
+pin\t''"
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l cpu -d 'The CPU the guest sees: `host` (all its host\'s KVM offers) or `baseline` (only what every host of the cluster offers, so it can move anywhere)' -r -f -a "host\t''
 baseline\t''"
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l host -d 'The host to create it on (default: the one with the most memory available)' -r
@@ -345,21 +384,24 @@ complete -c vmig -n "__fish_vmig_using_subcommand generate" -l out-dir -d 'Direc
 complete -c vmig -n "__fish_vmig_using_subcommand generate" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand generate" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand generate" -s V -l version -d 'Print version'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "migrate" -d 'Live-migrate a VM to another host, with progress'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "precheck" -d 'Check whether a VM can move to a host (or to each), rule by rule'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "cancel" -d 'Cancel a VM\'s running migration, and report how it ended'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "run" -d 'Run a Lua runbook: scripted maintenance with the same functions, bars or JSON lines'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "history" -d 'Past migrations, from every agent\'s journal'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "hosts" -d 'List the cluster\'s hosts and their facts'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "host" -d 'Maintenance of one host: cordon it (it takes no new VMs) or uncordon it'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "vms" -d 'List the cluster\'s VMs and where they run'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "vm" -d 'Manage VMs: in the cluster (create, start, stop, destroy, show, console) or single VMM processes on this host (run, send, status, ...)'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "agent" -d 'The host daemon: runs VMs and migrates them agent to agent'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "pki" -d 'The cluster\'s certificate authority: create it, issue certificates'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "lab" -d 'A local lab: several agents and demo VMs on this machine'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "testguest" -d 'Work with the built-in test guest'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "generate" -d 'Write man pages and shell completions (for packagers and the repo)'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck evacuate apply rollback cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "migrate" -d 'Live-migrate a VM to another host, with progress'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck evacuate apply rollback cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "precheck" -d 'Check whether a VM can move to a host (or to each), rule by rule'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck evacuate apply rollback cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "evacuate" -d 'Empty a host for maintenance: plan every VM\'s move, cordon it, move them live'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck evacuate apply rollback cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "apply" -d 'Run an evacuation plan saved by `vmig evacuate HOST -o FILE`'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck evacuate apply rollback cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "rollback" -d 'Undo a run: move its VMs back, start those it stopped, lift its cordon'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck evacuate apply rollback cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "cancel" -d 'Cancel a VM\'s running migration, and report how it ended'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck evacuate apply rollback cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "run" -d 'Run a Lua runbook: scripted maintenance with the same functions, bars or JSON lines'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck evacuate apply rollback cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "history" -d 'Past migrations, from every agent\'s journal'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck evacuate apply rollback cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "hosts" -d 'List the cluster\'s hosts and their facts'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck evacuate apply rollback cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "host" -d 'Maintenance of one host: cordon it (it takes no new VMs) or uncordon it'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck evacuate apply rollback cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "vms" -d 'List the cluster\'s VMs and where they run'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck evacuate apply rollback cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "vm" -d 'Manage VMs: in the cluster (create, start, stop, destroy, show, console) or single VMM processes on this host (run, send, status, ...)'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck evacuate apply rollback cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "agent" -d 'The host daemon: runs VMs and migrates them agent to agent'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck evacuate apply rollback cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "pki" -d 'The cluster\'s certificate authority: create it, issue certificates'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck evacuate apply rollback cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "lab" -d 'A local lab: several agents and demo VMs on this machine'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck evacuate apply rollback cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "testguest" -d 'Work with the built-in test guest'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck evacuate apply rollback cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "generate" -d 'Write man pages and shell completions (for packagers and the repo)'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and not __fish_seen_subcommand_from migrate precheck evacuate apply rollback cancel run history hosts host vms vm agent pki lab testguest generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from host" -f -a "cordon" -d 'Cordon a host: it takes no new VMs (migrations to it and creations on it are refused, by the prechecks and by its agent) until uncordoned. Its agent keeps the cordon across restarts'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from host" -f -a "uncordon" -d 'Lift a host\'s cordon'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "create" -d 'Define a VM on a host of the cluster and boot it'

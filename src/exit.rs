@@ -43,6 +43,9 @@ pub enum Exit {
     /// were cancelled (each VM stays on its source unless its switchover had
     /// begun), and nothing more was changed.
     Interrupted = 12,
+    /// An evacuation or rollback ended with VMs left where they were (each
+    /// named, with why); the others moved.
+    Partial = 13,
 }
 
 impl Exit {
@@ -92,6 +95,10 @@ impl Exit {
             Exit::Interrupted,
             "a runbook was interrupted (Ctrl-C, SIGTERM): its migrations in flight were cancelled",
         ),
+        (
+            Exit::Partial,
+            "an evacuation or rollback was partial: VMs were left where they were (each named, with why)",
+        ),
     ];
 
     /// The table printed after `--help`.
@@ -116,6 +123,7 @@ impl Exit {
             Code::InDoubt => Exit::InDoubt,
             Code::Lost => Exit::Lost,
             Code::Interrupted => Exit::Interrupted,
+            Code::Partial => Exit::Partial,
             Code::Refused
             | Code::Cancelled
             | Code::TimedOut

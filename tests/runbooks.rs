@@ -97,13 +97,31 @@ fn evacuate_moves_every_vm_off_a_host_with_json_lines_under_cron() {
     );
     let end = ended(&out);
     assert_eq!(end["ok"], true);
-    assert_eq!(end["changes"].as_array().unwrap().len(), 2, "{end}");
-    // The source's journal has each migration with the run that asked.
+    // The host was cordoned, then its two VMs moved.
+    let actions: Vec<&str> = end["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["cordon", "migrate", "migrate"], "{end}");
+    // The source's journal has each migration with the evacuation's run,
+    // which its journal of runs nests in the runbook's.
     let journal = std::fs::read_to_string(lab.host_dir("hostA").join("state/journal.jsonl")).unwrap();
     let started: Vec<&str> = journal.lines().filter(|l| l.contains("\"started\"")).collect();
     assert_eq!(started.len(), 2, "{journal}");
-    assert!(started.iter().all(|l| l.contains(&run_id)), "{journal}");
-    // `vmig history` merges both sides of each.
+    let runs = std::fs::read_to_string(lab.host_dir("hostA").join("state/runs.jsonl")).unwrap();
+    let evacuating = runs
+        .lines()
+        .find(|l| l.contains("\"evacuating\""))
+        .expect("no evacuation journaled");
+    let plan: Value = serde_json::from_str(evacuating).unwrap();
+    let evacuation = plan["event"]["plan"]["run"].as_str().unwrap().to_string();
+    assert_eq!(plan["event"]["plan"]["parent"], run_id.as_str(), "{runs}");
+    assert!(started.iter().all(|l| l.contains(&evacuation)), "{journal}");
+    assert!(runs.contains("\"ended\""), "{runs}");
+    // `vmig history` merges both sides of each; the runbook's run takes in
+    // the evacuation nested in it.
     let history: Value = serde_json::from_str(&lab.ok(&["history", "--run", &run_id, "--json"])).unwrap();
     let records = history.as_array().unwrap();
     assert_eq!(records.len(), 2, "{history}");
@@ -126,10 +144,20 @@ fn a_dry_run_plans_and_changes_nothing_and_cron_needs_yes() {
     let out = lab.run(&["run", &runbook("evacuate.lua"), "hostA", "--dry-run"]);
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let plan = ended(&out)["plan"].clone();
-    assert_eq!(plan.as_array().unwrap().len(), 1, "{plan}");
-    assert_eq!(plan[0]["action"], "migrate");
-    assert_eq!(plan[0]["vm"], "vm1");
-    assert_eq!(plan[0]["from"], "hostA");
+    let moves: Vec<&Value> = plan
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["action"] == "migrate")
+        .collect();
+    assert_eq!(moves.len(), 1, "{plan}");
+    assert_eq!(moves[0]["vm"], "vm1");
+    assert_eq!(moves[0]["from"], "hostA");
+    assert!(
+        plan.as_array().unwrap().iter().any(|c| c["action"] == "cordon"),
+        "{plan}"
+    );
+    assert!(!lab.ok(&["hosts"]).contains("cordoned"), "the dry run cordoned");
     assert!(
         json_lines(&out.stdout)
             .iter()

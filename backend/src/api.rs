@@ -214,6 +214,10 @@ pub enum Request {
     Cordon {
         #[serde(default)]
         reason: Option<String>,
+        /// The run (an evacuation) the cordon is part of: lifting the cordon
+        /// ends that run's pending steps.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run: Option<String>,
     },
     /// Lifts this host's cordon; answers whether there was one.
     Uncordon,
@@ -235,6 +239,19 @@ pub enum Request {
     SampleDirtyRate {
         name: String,
         window_ms: u32,
+    },
+    /// Notes in this host's journal of runs a step of operator run `run`
+    /// that concerns this host (an evacuation's plan, a VM stopped for
+    /// maintenance, the run's end); changes nothing else.
+    RecordRun {
+        run: String,
+        event: RunEvent,
+    },
+    /// This host's journal of runs (`Vec<RunEntry>`, oldest first), of run
+    /// `run` when given.
+    Runs {
+        #[serde(default)]
+        run: Option<String>,
     },
     /// Inserts `medium` into the VM's CD/DVD drive, or ejects it (`None`);
     /// the definition keeps the change.
@@ -267,6 +284,9 @@ pub struct DriveProbe {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cordon {
     pub reason: Option<String>,
+    /// The run (an evacuation) that cordoned the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
     /// The certificate name of who cordoned it.
     pub by: Option<String>,
     /// When (milliseconds since the epoch).
@@ -336,6 +356,38 @@ pub struct VmSpec {
     /// CPU features hidden from it (names as in /proc/cpuinfo).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cpu_hide: Vec<String>,
+    /// What host maintenance does with it: "live" (moved live, the
+    /// default), "stop" (shut down, started again on return) or "pin"
+    /// (never moved).
+    #[serde(default, skip_serializing_if = "Maintenance::is_live")]
+    pub maintenance: Maintenance,
+}
+
+/// What an evacuation of its host does with a VM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Maintenance {
+    /// Moved live to another host.
+    #[default]
+    Live,
+    /// Shut down for the maintenance, started again on return.
+    Stop,
+    /// Never moved: the evacuation reports it.
+    Pin,
+}
+
+impl Maintenance {
+    pub fn is_live(&self) -> bool {
+        *self == Maintenance::Live
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Maintenance::Live => "live",
+            Maintenance::Stop => "stop",
+            Maintenance::Pin => "pin",
+        }
+    }
 }
 
 impl Default for VmSpec {
@@ -354,6 +406,7 @@ impl Default for VmSpec {
             vgpu: None,
             cpu: None,
             cpu_hide: Vec::new(),
+            maintenance: Maintenance::Live,
         }
     }
 }
@@ -584,6 +637,9 @@ pub struct VmInfo {
     /// CPU features hidden from it (a baseline).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cpu_hide: Vec<String>,
+    /// What host maintenance does with it.
+    #[serde(default, skip_serializing_if = "Maintenance::is_live")]
+    pub maintenance: Maintenance,
 }
 
 /// `vmig vm show`: the definition, the summary and the VMM's own figures.
@@ -634,6 +690,9 @@ pub struct HostFacts {
     /// Migrations running (and queued) on this host, by cost.
     pub migration_cost_in_use: u32,
     pub migration_cost_limit: u32,
+    /// What one migration to or from this host costs of that budget.
+    #[serde(default)]
+    pub migration_cost: u32,
     pub migrations_queued: u32,
 }
 
@@ -724,6 +783,38 @@ pub enum JournalEvent {
         rules: Vec<String>,
         code: Code,
         message: String,
+    },
+}
+
+/// One line of an agent's journal of runs (`runs.jsonl`, and the answer
+/// to [`Request::Runs`]): what an operator's run did that concerns this
+/// host, so that a run can be resumed and rolled back from the agents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunEntry {
+    /// Milliseconds since the epoch.
+    pub at_ms: u64,
+    pub run: String,
+    /// Who made it: the name in the operator's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    pub event: RunEvent,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RunEvent {
+    /// An evacuation of this host began, with its plan (the operator's
+    /// JSON: the agent keeps it, it does not read it).
+    Evacuating { plan: serde_json::Value },
+    /// The run is about to stop VM `vm` of this host for maintenance
+    /// (policy `stop`): rolling the run back starts it again.
+    Stopping { vm: String },
+    /// The run's part on this host ended: `outcome` is `complete`,
+    /// `partial` or `interrupted`, `detail` the operator's summary.
+    Ended {
+        outcome: String,
+        #[serde(default)]
+        detail: serde_json::Value,
     },
 }
 

@@ -348,6 +348,18 @@ pub fn peer_of(conn: &CommonState) -> Result<Peer, PkiError> {
         .peer_certificates()
         .and_then(<[_]>::first)
         .ok_or(PkiError::NoPeerCert)?;
+    subject_of(der)
+}
+
+/// Who an identity of this machine is (its certificate's role and name):
+/// what agents record as `by` for the requests it makes.
+pub fn whoami(identity: &Identity) -> Result<Peer, PkiError> {
+    let certs = read_certs(&identity.cert)?;
+    subject_of(&certs[0])
+}
+
+/// The role (subject OU) and name (subject CN) of a certificate.
+fn subject_of(der: &[u8]) -> Result<Peer, PkiError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::PeerCert(e.into()))?;
     let subject = cert.subject();
     let mut units = subject.iter_organizational_unit();

@@ -64,6 +64,7 @@ pub fn exec(args: &CancelArgs, inventory: Option<&Path>) -> Result<Exit> {
         info: Some(located.info),
         force: false,
         skip: crate::ops::precheck::Skip::default(),
+        run_id: None,
     };
     let result = flow::watch(&cluster, &plan, &mut |event| display.show(event));
     display.finish();

@@ -52,6 +52,7 @@ pub fn exec(args: &HistoryArgs, inventory: Option<&Path>) -> Result<Exit> {
         host: args.host.clone(),
         run: args.run.clone(),
         since_ms,
+        nested: Vec::new(),
     };
     let (records, failed) = history::history(&cluster, &query);
     let mut exit = Exit::Ok;

@@ -3,6 +3,7 @@
 
 mod agent;
 mod cancel;
+mod evacuate;
 mod generate;
 mod history;
 mod host;
@@ -12,6 +13,7 @@ mod migrate;
 mod options;
 mod pki;
 mod precheck;
+mod rollback;
 mod run;
 mod signals;
 mod testguest;
@@ -50,6 +52,12 @@ enum Command {
     Migrate(migrate::MigrateArgs),
     /// Check whether a VM can move to a host (or to each), rule by rule.
     Precheck(precheck::PrecheckArgs),
+    /// Empty a host for maintenance: plan every VM's move, cordon it, move them live.
+    Evacuate(evacuate::EvacuateArgs),
+    /// Run an evacuation plan saved by `vmig evacuate HOST -o FILE`.
+    Apply(evacuate::ApplyArgs),
+    /// Undo a run: move its VMs back, start those it stopped, lift its cordon.
+    Rollback(rollback::RollbackArgs),
     /// Cancel a VM's running migration, and report how it ended.
     Cancel(cancel::CancelArgs),
     /// Run a Lua runbook: scripted maintenance with the same functions, bars or JSON lines.
@@ -95,6 +103,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Migrate(args) => migrate::exec(&args, inventory),
         Command::Precheck(args) => precheck::exec(&args, inventory),
+        Command::Evacuate(args) => evacuate::exec(&args, inventory),
+        Command::Apply(args) => evacuate::apply(&args, inventory),
+        Command::Rollback(args) => rollback::exec(&args, inventory),
         Command::Cancel(args) => cancel::exec(&args, inventory),
         Command::Run(args) => run::exec(&args, inventory),
         Command::History(args) => history::exec(&args, inventory),
@@ -149,6 +160,12 @@ fn classify(error: &anyhow::Error) -> Exit {
             return Exit::of(error.code());
         }
         if let Some(error) = cause.downcast_ref::<crate::ops::cordon::CordonError>() {
+            return Exit::of(error.code());
+        }
+        if let Some(error) = cause.downcast_ref::<crate::ops::evacuate::EvacuateError>() {
+            return Exit::of(error.code());
+        }
+        if let Some(error) = cause.downcast_ref::<crate::ops::rollback::RollbackError>() {
             return Exit::of(error.code());
         }
         if let Some(error) = cause.downcast_ref::<crate::ops::create::CreateError>() {

@@ -7,6 +7,7 @@
 //! Nothing here draws: progress and log lines go to the front end's [`Ui`].
 
 mod check;
+mod maintenance;
 mod module;
 
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ pub use module::{FUNCTIONS, VALUES};
 pub const REFERENCE: &str = include_str!("../../docs/lua.md");
 
 use crate::ops::code::Code;
-use crate::ops::migrate::{Event, MigrateError, Outcome, Plan};
+use crate::ops::migrate::Plan;
 use crate::ops::run::Run;
 
 /// A log line's level.
@@ -53,11 +54,7 @@ pub trait Ui: Send + Sync {
     fn ask(&self, question: &str) -> Option<bool>;
 }
 
-/// One migration's events, to its end.
-pub trait Progress {
-    fn event(&mut self, event: &Event);
-    fn done(&mut self, outcome: &Result<Outcome, MigrateError>);
-}
+pub use crate::ops::migrate::Progress;
 
 /// The most memory a runbook's Lua state may use.
 const MEMORY_LIMIT: usize = 256 << 20;

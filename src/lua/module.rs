@@ -36,6 +36,9 @@ pub const FUNCTIONS: &[&str] = &[
     "precheck",
     "cordon",
     "uncordon",
+    "plan",
+    "evacuate",
+    "rollback",
     "history",
     "confirm",
     "sleep",
@@ -84,12 +87,12 @@ impl Fail {
         self
     }
 
-    fn host(mut self, host: &str) -> Self {
+    pub(super) fn host(mut self, host: &str) -> Self {
         self.host.get_or_insert_with(|| host.to_string());
         self
     }
 
-    fn of_cluster(error: &ClusterError) -> Self {
+    pub(super) fn of_cluster(error: &ClusterError) -> Self {
         let fail = Fail::new(error.code(), chain(error));
         match error.host() {
             Some(host) => fail.host(host),
@@ -141,7 +144,7 @@ impl Context {
         }
     }
 
-    fn cluster(&self) -> Result<Arc<Cluster>, Fail> {
+    pub(super) fn cluster(&self) -> Result<Arc<Cluster>, Fail> {
         let mut cluster = self.cluster.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(cluster) = &*cluster {
             return Ok(Arc::clone(cluster));
@@ -164,6 +167,9 @@ pub fn raw(lua: &Lua, context: &Arc<Context>) -> mlua::Result<Table> {
     add(lua, &raw, context, "precheck", precheck)?;
     add(lua, &raw, context, "cordon", cordon)?;
     add(lua, &raw, context, "uncordon", uncordon)?;
+    add(lua, &raw, context, "plan", super::maintenance::plan)?;
+    add(lua, &raw, context, "evacuate", super::maintenance::evacuate)?;
+    add(lua, &raw, context, "rollback", super::maintenance::rollback)?;
     add(lua, &raw, context, "history", history)?;
     add(lua, &raw, context, "confirm", confirm)?;
     add(lua, &raw, context, "sleep", sleep)?;
@@ -197,12 +203,12 @@ fn add(lua: &Lua, raw: &Table, context: &Arc<Context>, name: &'static str, op: O
     raw.set(name, function)
 }
 
-fn invalid(function: &str, detail: impl std::fmt::Display) -> Fail {
+pub(super) fn invalid(function: &str, detail: impl std::fmt::Display) -> Fail {
     Fail::new(Code::Invalid, format!("vmig.{function}: {detail}"))
 }
 
 /// Argument `index` (from 1) as a string.
-fn string_arg(args: &MultiValue, index: usize, function: &str, what: &str) -> Result<String, Fail> {
+pub(super) fn string_arg(args: &MultiValue, index: usize, function: &str, what: &str) -> Result<String, Fail> {
     match args.get(index - 1) {
         Some(Value::String(s)) => Ok(s
             .to_str()
@@ -218,7 +224,7 @@ fn string_arg(args: &MultiValue, index: usize, function: &str, what: &str) -> Re
 
 /// Argument `index` as a table of options, checked by serde: an unknown
 /// field is an error that names it.
-fn options_arg<T: DeserializeOwned + Default>(
+pub(super) fn options_arg<T: DeserializeOwned + Default>(
     lua: &Lua,
     args: &MultiValue,
     index: usize,
@@ -246,7 +252,7 @@ fn strip_lua(error: &mlua::Error) -> String {
     }
 }
 
-fn to_lua<T: serde::Serialize>(lua: &Lua, value: &T) -> Result<Value, Fail> {
+pub(super) fn to_lua<T: serde::Serialize>(lua: &Lua, value: &T) -> Result<Value, Fail> {
     let options = mlua::serde::SerializeOptions::new()
         .serialize_none_to_null(false)
         .serialize_unit_to_null(false);
@@ -387,7 +393,7 @@ impl MigrateOptions {
         })
     }
 
-    fn engine(&self, function: &str) -> Result<MigrationOptions, Fail> {
+    pub(super) fn engine(&self, function: &str) -> Result<MigrationOptions, Fail> {
         let mut options = MigrationOptions::default();
         if let Some(ms) = self.downtime_ms {
             options.downtime_limit_ms = ms;
@@ -703,6 +709,7 @@ fn history(lua: &Lua, context: &Context, args: &MultiValue) -> Result<Value, Fai
         host: filter.host,
         run: filter.run,
         since_ms,
+        nested: Vec::new(),
     };
     let (records, failed) = ops_history::history(&cluster, &query);
     if let Some((host, error)) = failed.into_iter().next() {

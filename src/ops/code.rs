@@ -47,11 +47,14 @@ pub enum Code {
     Interrupted,
     /// A runbook's own error: a Lua runtime error, or an `error()` it raised.
     Script,
+    /// An evacuation or rollback left VMs where they were (each named,
+    /// with why); the others moved.
+    Partial,
 }
 
 impl Code {
     /// Every code, in the order the documentation lists them.
-    pub const ALL: [Code; 16] = [
+    pub const ALL: [Code; 17] = [
         Code::Invalid,
         Code::Config,
         Code::Auth,
@@ -68,6 +71,7 @@ impl Code {
         Code::Lost,
         Code::Interrupted,
         Code::Script,
+        Code::Partial,
     ];
 
     /// Its stable name (`not_found`, `in_doubt`, ...).
@@ -89,6 +93,7 @@ impl Code {
             Code::Lost => "lost",
             Code::Interrupted => "interrupted",
             Code::Script => "script",
+            Code::Partial => "partial",
         }
     }
 

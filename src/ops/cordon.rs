@@ -42,6 +42,7 @@ pub fn cordon(run: &Run, cluster: &Cluster, host: &str, reason: Option<&str>) ->
         .client(&entry)
         .call(Request::Cordon {
             reason: reason.map(str::to_string),
+            run: Some(run.id.clone()),
         })
         .map_err(ClusterError::from)?;
     Ok(Some(cordon))

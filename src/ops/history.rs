@@ -23,6 +23,8 @@ pub struct Query {
     pub run: Option<String>,
     /// Started at or after this (milliseconds since the epoch).
     pub since_ms: Option<u64>,
+    /// Runs nested in `run`, kept with it (filled by [`history`]).
+    pub nested: Vec<String>,
 }
 
 /// One migration, as both its agents recorded it.
@@ -63,6 +65,13 @@ pub fn history(cluster: &Cluster, query: &Query) -> (Vec<Record>, Vec<(HostEntry
     };
     let mut failed = Vec::new();
     let mut sides = Vec::new();
+    // A run's filter takes in the runs nested in it (a runbook's evacuations).
+    let mut query = query.clone();
+    if let Some(run) = &query.run {
+        let (journal, _) = super::runs::journals(cluster);
+        query.nested = super::runs::family(&journal, run);
+    }
+    let query = &query;
     for (host, answer) in cluster.ask_all::<Vec<JournalEntry>>(&request) {
         match answer {
             Ok(entries) => sides.push((host.name, entries)),
@@ -100,7 +109,12 @@ pub fn merge(sides: Vec<(String, Vec<JournalEntry>)>, query: &Query) -> Vec<Reco
     }
     let mut list: Vec<Record> = records
         .into_values()
-        .filter(|r| query.run.as_ref().is_none_or(|run| r.run.as_ref() == Some(run)))
+        .filter(|r| {
+            query
+                .run
+                .as_ref()
+                .is_none_or(|run| r.run.as_ref().is_some_and(|r| r == run || query.nested.contains(r)))
+        })
         .filter(|r| query.since_ms.is_none_or(|s| r.started_ms.is_some_and(|t| t >= s)))
         .filter(|r| {
             query

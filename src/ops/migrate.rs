@@ -52,6 +52,9 @@ pub struct Plan {
     pub force: bool,
     /// Rules not to check (the operator takes their risk).
     pub skip: precheck::Skip,
+    /// The run its journal entries name, when not the [`Run`]'s own (an
+    /// evacuation inside a runbook is a run of its own).
+    pub run_id: Option<String>,
 }
 
 impl Plan {
@@ -95,6 +98,7 @@ pub fn plan(cluster: &Cluster, vm: &str, host: &str, options: MigrationOptions) 
         info: Some(info),
         force: false,
         skip: precheck::Skip::default(),
+        run_id: None,
     })
 }
 
@@ -105,6 +109,13 @@ pub enum Outcome {
     Moved(Box<MigrateResult>),
     /// A dry run: nothing was asked; the plan holds the move.
     Planned,
+}
+
+/// Where one migration's events go, to its end (a bar, JSON lines, a
+/// runbook's output).
+pub trait Progress {
+    fn event(&mut self, event: &Event);
+    fn done(&mut self, outcome: &Result<Outcome, MigrateError>);
 }
 
 /// What happens, as it happens.
@@ -201,6 +212,18 @@ pub fn migrate(
     plan: &Plan,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<Outcome, MigrateError> {
+    migrate_until(run, cluster, plan, run.cancel(), on_event)
+}
+
+/// [`migrate`], cancelled when `cancel` is set (an evacuation's deadline
+/// as well as Ctrl-C).
+pub fn migrate_until(
+    run: &Run,
+    cluster: &Cluster,
+    plan: &Plan,
+    cancel: &Arc<AtomicBool>,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<Outcome, MigrateError> {
     // Stage one: nothing moves when a check fails, even in a dry run's plan.
     let verdict = precheck::precheck(cluster, &plan.vm, &plan.target.name, &plan.checks())?;
     on_event(&Event::Checked(Box::new(verdict.clone())));
@@ -220,7 +243,8 @@ pub fn migrate(
     if run.change(plan.change())? == Go::DryRun {
         return Ok(Outcome::Planned);
     }
-    start(cluster, plan, Some(&run.id), on_event, run.cancel()).map(|result| Outcome::Moved(Box::new(result)))
+    let run_id = plan.run_id.as_deref().unwrap_or(&run.id);
+    start(cluster, plan, Some(run_id), on_event, cancel).map(|result| Outcome::Moved(Box::new(result)))
 }
 
 /// Notes a refused move in the source's journal, with the rules that
@@ -235,7 +259,7 @@ fn record_refusal(cluster: &Cluster, plan: &Plan, run: &str, refused: &MigrateEr
         id: plan.id.clone(),
         name: plan.vm.clone(),
         target: plan.target.name.clone(),
-        run: Some(run.to_string()),
+        run: Some(plan.run_id.as_deref().unwrap_or(run).to_string()),
         rules: findings.iter().map(|f| f.rule.to_string()).collect(),
         code: match refused.code() {
             Code::Conflict => api::Code::Conflict,

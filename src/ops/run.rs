@@ -44,6 +44,10 @@ pub enum Change {
     Exec { command: Vec<String> },
     /// Cordon `host` (it takes no new VMs), or lift its cordon.
     Cordon { host: String, on: bool },
+    /// Shut `vm` down on `host` for maintenance (its policy is `stop`).
+    Stop { vm: String, host: String },
+    /// Start `vm` again on `host` (a rollback of its stop).
+    Start { vm: String, host: String },
 }
 
 impl std::fmt::Display for Change {
@@ -53,6 +57,8 @@ impl std::fmt::Display for Change {
             Change::Exec { command } => write!(f, "run `{}`", command.join(" ")),
             Change::Cordon { host, on: true } => write!(f, "cordon {host}"),
             Change::Cordon { host, on: false } => write!(f, "uncordon {host}"),
+            Change::Stop { vm, host } => write!(f, "stop {vm} on {host}"),
+            Change::Start { vm, host } => write!(f, "start {vm} on {host}"),
         }
     }
 }

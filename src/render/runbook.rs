@@ -30,6 +30,11 @@ impl RunbookUi {
         Arc::new(Self { multi, can_ask })
     }
 
+    /// The bars, on a terminal without `--json`.
+    pub fn multi(&self) -> Option<&MultiProgress> {
+        self.multi.as_ref()
+    }
+
     fn line(&self, value: &Value) {
         // A reader that went away (a closed pipe) just stops the lines.
         let _ = writeln!(std::io::stdout().lock(), "{value}");

@@ -22,6 +22,7 @@ pub fn load(state_dir: &Path) -> Option<Cordon> {
     Some(serde_json::from_str(&text).unwrap_or(Cordon {
         reason: Some(format!("{FILE} is unreadable; uncordon the host to clear it")),
         by: None,
+        run: None,
         at_ms: 0,
     }))
 }
@@ -59,10 +60,11 @@ impl Agent {
     }
 
     /// Cordons the host (again: the reason and who are replaced).
-    pub fn cordon(&self, reason: Option<String>, by: &str) -> Result<Cordon, Failure> {
+    pub fn cordon(&self, reason: Option<String>, run: Option<String>, by: &str) -> Result<Cordon, Failure> {
         let cordon = Cordon {
             reason,
             by: Some(by.to_string()),
+            run,
             at_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
@@ -109,6 +111,7 @@ mod tests {
         let cordon = Cordon {
             reason: Some("firmware".into()),
             by: Some("alice".into()),
+            run: Some("r-1".into()),
             at_ms: 7,
         };
         save(dir.path(), Some(&cordon)).unwrap();

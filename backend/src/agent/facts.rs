@@ -75,6 +75,7 @@ pub fn gather(config: &AgentConfig, vms: &[u64], usage: (u32, u32, u32)) -> Host
         throughput_to: Default::default(),
         migration_cost_in_use: in_use,
         migration_cost_limit: limit,
+        migration_cost: config.migration_cost(),
         migrations_queued: queued,
     }
 }

@@ -13,24 +13,36 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 pub use crate::api::{JournalEntry as Entry, JournalEvent as Event};
+use crate::api::{RunEntry, RunEvent};
 
 /// The size past which the journal starts a new file (the previous one is
 /// kept, so at most twice this is on disk).
 pub const ROTATE_AT: u64 = 8 << 20;
 
-/// The journal files, shared by the agent's threads.
+/// The journal files, shared by the agent's threads: of migrations
+/// ([`Entry`], `journal.jsonl`) or of operators' runs ([`RunEntry`],
+/// `runs.jsonl`, see [`Runs`]).
 #[derive(Debug)]
-pub struct Journal {
+pub struct Journal<E = Entry> {
     path: PathBuf,
     previous: PathBuf,
     rotate_at: u64,
     file: Mutex<File>,
+    entries: PhantomData<fn() -> E>,
 }
+
+/// The journal of operators' runs: what each run did that concerns this
+/// host (an evacuation's plan, VMs it stopped, its end).
+pub type Runs = Journal<RunEntry>;
 
 /// What [`Journal::open`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -48,16 +60,53 @@ pub struct Filter {
     pub run: Option<String>,
 }
 
-impl Journal {
+impl Journal<Entry> {
     pub fn open(state_dir: &Path) -> std::io::Result<Self> {
         Self::open_with(state_dir, ROTATE_AT).map(|(journal, _)| journal)
     }
 
-    /// Opens the journal, rotating at `rotate_at` bytes; says how many
-    /// entries it holds and how many lines it could not read.
+    /// Opens the journal of migrations, rotating at `rotate_at` bytes;
+    /// says how many entries it holds and how many lines it could not read.
     pub fn open_with(state_dir: &Path, rotate_at: u64) -> std::io::Result<(Self, Opened)> {
-        let path = state_dir.join("journal.jsonl");
-        let previous = state_dir.join("journal.1.jsonl");
+        Self::open_named(state_dir, "journal", rotate_at)
+    }
+}
+
+impl Journal<RunEntry> {
+    /// Opens the journal of runs (`runs.jsonl`).
+    pub fn open_runs(state_dir: &Path) -> std::io::Result<(Self, Opened)> {
+        Self::open_named(state_dir, "runs", ROTATE_AT)
+    }
+
+    /// Appends `event` of run `run`, made by `by`, and makes it durable.
+    pub fn record(&self, run: &str, by: Option<&str>, event: RunEvent) -> std::io::Result<()> {
+        self.write(&RunEntry {
+            at_ms: now_ms(),
+            run: run.to_string(),
+            by: by.map(str::to_string),
+            event,
+        })
+    }
+
+    /// Every entry (of run `run` when given), oldest first.
+    pub fn runs(&self, run: Option<&str>) -> Vec<RunEntry> {
+        let mut entries = Vec::new();
+        self.scan(|line| {
+            if let Ok(entry) = serde_json::from_str::<RunEntry>(line)
+                && run.is_none_or(|r| r == entry.run)
+            {
+                entries.push(entry);
+            }
+        });
+        entries
+    }
+}
+
+impl<E: Serialize + DeserializeOwned> Journal<E> {
+    /// Opens `<stem>.jsonl` (and `<stem>.1.jsonl`) in `state_dir`.
+    fn open_named(state_dir: &Path, stem: &str, rotate_at: u64) -> std::io::Result<(Self, Opened)> {
+        let path = state_dir.join(format!("{stem}.jsonl"));
+        let previous = state_dir.join(format!("{stem}.1.jsonl"));
         let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
         // A line torn by a crash is ended, so that the next entry starts a line.
         if last_byte(&path)?.is_some_and(|b| b != b'\n') {
@@ -68,10 +117,11 @@ impl Journal {
             previous,
             rotate_at,
             file: Mutex::new(file),
+            entries: PhantomData,
         };
         let mut opened = Opened::default();
         journal.scan(|line| {
-            if serde_json::from_str::<Entry>(line).is_ok() {
+            if serde_json::from_str::<E>(line).is_ok() {
                 opened.entries += 1;
             } else if !line.trim().is_empty() {
                 opened.dropped += 1;
@@ -80,35 +130,7 @@ impl Journal {
         Ok((journal, opened))
     }
 
-    /// Appends an event of migration `id` and makes it durable.
-    pub fn append(&self, id: &str, vm: &str, peer: &str, event: Event) -> std::io::Result<()> {
-        self.write(&entry(id, vm, peer, event))
-    }
-
-    /// Appends the start of migration `id`, asked for by `by` in `run`.
-    pub fn started(&self, id: &str, vm: &str, peer: &str, run: Option<&str>, by: Option<&str>) -> std::io::Result<()> {
-        let mut started = entry(id, vm, peer, Event::Started);
-        started.run = run.map(str::to_string);
-        started.by = by.map(str::to_string);
-        self.write(&started)
-    }
-
-    /// Appends a move the prechecks refused, asked for by `by` in `run`.
-    pub fn refused(
-        &self,
-        id: &str,
-        vm: &str,
-        peer: &str,
-        (run, by): (Option<&str>, Option<&str>),
-        event: Event,
-    ) -> std::io::Result<()> {
-        let mut refused = entry(id, vm, peer, event);
-        refused.run = run.map(str::to_string);
-        refused.by = by.map(str::to_string);
-        self.write(&refused)
-    }
-
-    fn write(&self, entry: &Entry) -> std::io::Result<()> {
+    fn write(&self, entry: &E) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
         line.push(b'\n');
         let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
@@ -136,6 +158,36 @@ impl Journal {
                 each(&line);
             }
         }
+    }
+}
+
+impl Journal<Entry> {
+    /// Appends an event of migration `id` and makes it durable.
+    pub fn append(&self, id: &str, vm: &str, peer: &str, event: Event) -> std::io::Result<()> {
+        self.write(&entry(id, vm, peer, event))
+    }
+
+    /// Appends the start of migration `id`, asked for by `by` in `run`.
+    pub fn started(&self, id: &str, vm: &str, peer: &str, run: Option<&str>, by: Option<&str>) -> std::io::Result<()> {
+        let mut started = entry(id, vm, peer, Event::Started);
+        started.run = run.map(str::to_string);
+        started.by = by.map(str::to_string);
+        self.write(&started)
+    }
+
+    /// Appends a move the prechecks refused, asked for by `by` in `run`.
+    pub fn refused(
+        &self,
+        id: &str,
+        vm: &str,
+        peer: &str,
+        (run, by): (Option<&str>, Option<&str>),
+        event: Event,
+    ) -> std::io::Result<()> {
+        let mut refused = entry(id, vm, peer, event);
+        refused.run = run.map(str::to_string);
+        refused.by = by.map(str::to_string);
+        self.write(&refused)
     }
 
     /// Every entry of migration `id`, oldest first.
@@ -183,11 +235,15 @@ impl Journal {
     }
 }
 
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn entry(id: &str, vm: &str, peer: &str, event: Event) -> Entry {
     Entry {
-        at_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
+        at_ms: now_ms(),
         id: id.to_string(),
         vm: vm.to_string(),
         peer: peer.to_string(),

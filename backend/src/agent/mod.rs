@@ -132,6 +132,8 @@ pub struct Agent {
     tls_client: Arc<rustls::ClientConfig>,
     migrations: Migrations,
     journal: Journal,
+    /// The journal of operators' runs that concern this host.
+    runs: journal::Runs,
     /// What the journal held when the agent started.
     pub journal_opened: journal::Opened,
     /// VMs whose departure a settler thread is deciding.
@@ -155,6 +157,7 @@ impl Agent {
         std::fs::create_dir_all(&vms_dir).map_err(state_error(&vms_dir))?;
         let (journal, journal_opened) =
             Journal::open_with(&config.state_dir, journal::ROTATE_AT).map_err(state_error(&config.state_dir))?;
+        let (runs, _) = journal::Runs::open_runs(&config.state_dir).map_err(state_error(&config.state_dir))?;
         let exe = std::env::current_exe().map_err(AgentError::Exe)?;
         let tls_client = crate::pki::client_config(&config.tls)?;
         let slots = Slots::new(config.max_migration_cost());
@@ -179,6 +182,7 @@ impl Agent {
             tls_client,
             migrations: Migrations::default(),
             journal,
+            runs,
             journal_opened,
             settling: Mutex::new(std::collections::BTreeSet::new()),
             throughput: Mutex::new(BTreeMap::new()),
@@ -260,6 +264,7 @@ impl Agent {
             pmu: record.spec.pmu,
             vgpu: record.spec.vgpu.clone(),
             cpu_hide: record.spec.cpu_hide.clone(),
+            maintenance: record.spec.maintenance,
         }
     }
 

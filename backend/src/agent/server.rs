@@ -224,7 +224,17 @@ fn handle<S: Write>(
             .collect::<Vec<_>>()),
         Request::Cdrom { name, medium } => answer(agent.cdrom(&name, medium.as_deref())),
         Request::SampleDirtyRate { name, window_ms } => answer(agent.sample_dirty(&name, window_ms)),
-        Request::Cordon { reason } => answer(agent.cordon(reason, &peer.name)),
+        Request::Cordon { reason, run } => answer(agent.cordon(reason, run, &peer.name)),
+        Request::RecordRun { run, event } => {
+            if !valid_run_id(&run) {
+                return Some(failed(Failure::new(400, format!("{run:?} is not a run id"))));
+            }
+            match agent.runs.record(&run, Some(&peer.name), event) {
+                Ok(()) => ok(()),
+                Err(e) => failed(Failure::new(500, format!("cannot write the journal of runs: {e}"))),
+            }
+        }
+        Request::Runs { run } => ok(agent.runs.runs(run.as_deref())),
         Request::Uncordon => answer(agent.uncordon()),
         Request::RecordRefusal {
             id,
@@ -324,4 +334,11 @@ fn migration_info(agent: &Agent, id: &str) -> Result<MigrationInfo, Failure> {
     agent
         .arrival_info(id)
         .ok_or_else(|| Failure::new(404, format!("no migration {id} on {}", agent.config.name)))
+}
+
+/// A run id as `vmig` makes them: `r-` and 16 hex digits (a bounded,
+/// printable key for the journal).
+fn valid_run_id(run: &str) -> bool {
+    run.strip_prefix("r-")
+        .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }

@@ -51,6 +51,10 @@ pub struct CreateArgs {
     /// Give the guest virtual performance counters (a target needs a PMU as capable).
     #[arg(long)]
     pmu: bool,
+    /// What host maintenance does with it: live (move it live), stop (shut it down, start it on
+    /// return) or pin (never move it; evacuations report it).
+    #[arg(long, value_name = "POLICY", default_value = "live", value_parser = ["live", "stop", "pin"])]
+    maintenance: String,
     /// The CPU the guest sees: `host` (all its host's KVM offers) or
     /// `baseline` (only what every host of the cluster offers, so it can move anywhere).
     #[arg(long, value_name = "MODE", value_parser = ["host", "baseline"])]
@@ -152,6 +156,11 @@ pub fn create(args: &CreateArgs, inventory: Option<&Path>) -> Result<Exit> {
             vgpu: None,
             cpu: args.cpu.clone(),
             cpu_hide: Vec::new(),
+            maintenance: match args.maintenance.as_str() {
+                "stop" => vmig_backend::api::Maintenance::Stop,
+                "pin" => vmig_backend::api::Maintenance::Pin,
+                _ => vmig_backend::api::Maintenance::Live,
+            },
         },
     };
     spec.validate().map_err(|e| UsageError(format!("--{e}")))?;

@@ -53,6 +53,17 @@ impl Skip {
         Ok(Skip(skip))
     }
 
+    /// These rules and `more`.
+    pub fn with(&self, more: &[&'static str]) -> Self {
+        let mut skip = self.clone();
+        for id in more {
+            if !skip.0.contains(id) {
+                skip.0.push(id);
+            }
+        }
+        skip
+    }
+
     pub fn ids(&self) -> &[&'static str] {
         &self.0
     }

@@ -535,6 +535,7 @@ pub(super) mod tests {
             vms: 0,
             migration_cost_in_use: 0,
             migration_cost_limit: 8,
+            migration_cost: 1,
             migrations_queued: 0,
         }
     }
@@ -556,6 +557,7 @@ pub(super) mod tests {
             pmu: false,
             vgpu: None,
             cpu_hide: Vec::new(),
+            maintenance: Default::default(),
         }
     }
 
@@ -594,6 +596,7 @@ pub(super) mod tests {
         f.target.cordon = Some(vmig_backend::api::Cordon {
             reason: Some("firmware".into()),
             by: Some("alice".into()),
+            run: None,
             at_ms: 1,
         });
         let found = check(&f);

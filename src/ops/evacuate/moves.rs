@@ -1,0 +1,442 @@
+//! Running a list of moves (an evacuation's steps, a rollback's): several
+//! at once, within each host's migration budget (its cost limit, less what
+//! others use, for moves out and in alike), each VM's prechecks re-run by
+//! the migrate flow just before it starts, every move tried once (a VM
+//! that cannot move is reported, never retried in a loop), a deadline
+//! after which nothing new starts and what is in flight is cancelled, and
+//! a hold (an uncordon) that ends the moves not started.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::execute::{Status, VmResult};
+use super::{SnapHost, Snapshot};
+use crate::ops::cluster::Cluster;
+use crate::ops::code::{Code, describe};
+use crate::ops::migrate::{self as flow, MigrateError, Outcome, Plan, Progress};
+use crate::ops::precheck::Skip;
+use crate::ops::run::Run;
+use vmig_backend::migration::MigrationOptions;
+
+/// What a failed move does to the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// The other moves go on (the default).
+    Continue,
+    /// No move starts after it; those in flight end as they end.
+    Stop,
+}
+
+impl OnError {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "continue" => Ok(OnError::Continue),
+            "stop" => Ok(OnError::Stop),
+            other => Err(format!("{other:?} is neither \"continue\" nor \"stop\"")),
+        }
+    }
+}
+
+/// Where an evacuation's (or rollback's) news goes: the front end's bars,
+/// JSON lines or a runbook's log.
+pub trait Observer: Sync {
+    /// A move starts (under a dry run: is planned); its events go to what
+    /// this returns.
+    fn migration(&self, plan: &Plan, dry_run: bool) -> Box<dyn Progress>;
+    fn note(&self, note: &Note);
+}
+
+/// What the operator is told besides the moves' own progress.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Note {
+    /// The plan, before anything happens.
+    Planned {
+        run: String,
+        host: String,
+        steps: usize,
+        stopped: usize,
+        left: usize,
+    },
+    /// An unfinished run of the same host was found and is resumed.
+    Resuming { run: String, found: Vec<String> },
+    /// A VM is done with (moved, stopped, left, failed, ...).
+    Result(VmResult),
+    /// Something happened to a host (cordoned, uncordoned).
+    Host { host: String, what: String },
+}
+
+/// One move to make: `vm` from `from` to `to`, or (`watch`) an interrupted
+/// run's migration to follow to its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Move {
+    pub vm: String,
+    pub from: String,
+    pub to: String,
+    pub memory_bytes: u64,
+    pub watch: Option<String>,
+    /// Rules this move's prechecks leave out besides the schedule's (a dry
+    /// run's rollback: the cordon it would lift first).
+    pub skip: Vec<&'static str>,
+    /// Moves (by VM) of this list that must have ended before it starts.
+    pub after: Vec<String>,
+}
+
+/// How the moves run.
+pub struct Schedule<'a> {
+    pub parallel: usize,
+    pub on_error: OnError,
+    pub deadline: Instant,
+    /// The run id the migrations are journaled under.
+    pub run_id: &'a str,
+    pub options: MigrationOptions,
+    pub force: bool,
+    pub skip: Skip,
+    /// Asked before each move starts: a reason ends the moves not started.
+    pub hold: &'a (dyn Fn() -> Option<String> + Sync),
+}
+
+impl std::fmt::Debug for Schedule<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Schedule")
+            .field("parallel", &self.parallel)
+            .field("run_id", &self.run_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often the schedule looks at the clock, Ctrl-C and the hold while
+/// moves are in flight.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Each host's budget as this schedule spends it.
+#[derive(Debug, Default)]
+struct Budget {
+    /// Cost units others use (at the snapshot).
+    others: BTreeMap<String, u32>,
+    limit: BTreeMap<String, u32>,
+    cost: BTreeMap<String, u32>,
+    ours: BTreeMap<String, u32>,
+}
+
+impl Budget {
+    fn of(hosts: &[SnapHost]) -> Self {
+        let mut budget = Budget::default();
+        for host in hosts {
+            budget.others.insert(host.name.clone(), host.cost_in_use);
+            budget.limit.insert(host.name.clone(), host.cost_limit.max(1));
+            budget.cost.insert(host.name.clone(), host.cost.max(1));
+        }
+        budget
+    }
+
+    fn cost(&self, host: &str) -> u32 {
+        self.cost.get(host).copied().unwrap_or(1)
+    }
+
+    fn room(&self, host: &str) -> u32 {
+        let limit = self.limit.get(host).copied().unwrap_or(1);
+        limit.saturating_sub(self.others.get(host).copied().unwrap_or(0) + self.ours(host))
+    }
+
+    fn ours(&self, host: &str) -> u32 {
+        self.ours.get(host).copied().unwrap_or(0)
+    }
+
+    /// Whether a move fits both its hosts' budgets now; one move is always
+    /// let through when neither host has one of ours (the agents queue it).
+    fn fits(&self, step: &Move) -> bool {
+        let fits = |host: &str| self.room(host) >= self.cost(host);
+        (fits(&step.from) && fits(&step.to)) || (self.ours(&step.from) == 0 && self.ours(&step.to) == 0)
+    }
+
+    fn take(&mut self, step: &Move, sign: i64) {
+        for host in [&step.from, &step.to] {
+            let cost = i64::from(self.cost(host));
+            let ours = self.ours.entry(host.clone()).or_default();
+            *ours = (i64::from(*ours) + sign * cost).max(0) as u32;
+        }
+    }
+}
+
+/// Runs `moves` (in their order, several at once) and returns each one's
+/// result, in the same order.
+pub fn run_moves(
+    run: &Run,
+    cluster: &Cluster,
+    moves: &[Move],
+    snapshot: &Snapshot,
+    schedule: &Schedule<'_>,
+    observer: &dyn Observer,
+) -> Vec<VmResult> {
+    let mut results: Vec<Option<VmResult>> = vec![None; moves.len()];
+    let mut budget = Budget::of(&snapshot.hosts);
+    let mut pending: Vec<usize> = (0..moves.len()).collect();
+    // Per move in flight: its cancel flag.
+    let mut flying: BTreeMap<usize, Arc<AtomicBool>> = BTreeMap::new();
+    let mut stop_reason: Option<(Code, String)> = None;
+    let mut past_deadline = false;
+    let (done_tx, done_rx) = mpsc::channel::<(usize, VmResult)>();
+    std::thread::scope(|scope| {
+        loop {
+            if stop_reason.is_none() {
+                stop_reason = if run.interrupted() {
+                    Some((Code::Interrupted, "the run was interrupted (Ctrl-C or SIGTERM)".into()))
+                } else if Instant::now() >= schedule.deadline {
+                    past_deadline = true;
+                    Some((Code::TimedOut, "the evacuation's deadline passed".into()))
+                } else if !pending.is_empty() {
+                    (schedule.hold)().map(|why| (Code::Cancelled, why))
+                } else {
+                    None
+                };
+            }
+            if let Some((code, why)) = &stop_reason {
+                // Nothing new starts; a deadline or Ctrl-C cancels what flies.
+                for index in pending.drain(..) {
+                    let result = not_started(&moves[index], *code, why);
+                    observer.note(&Note::Result(result.clone()));
+                    results[index] = Some(result);
+                }
+                if matches!(code, Code::Interrupted | Code::TimedOut) {
+                    for cancel in flying.values() {
+                        cancel.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+            // Start what fits, in plan order, once the moves it waits for ended.
+            while flying.len() < schedule.parallel {
+                let ready = |i: usize| {
+                    moves[i]
+                        .after
+                        .iter()
+                        .all(|vm| moves.iter().zip(&results).all(|(m, r)| m.vm != *vm || r.is_some()))
+                };
+                // Waits that can never end (a hand-edited plan) give way:
+                // with nothing in flight the first pending move starts, and
+                // its prechecks decide.
+                let stuck = flying.is_empty() && !pending.iter().any(|&i| ready(i));
+                let Some(at) = pending
+                    .iter()
+                    .position(|&i| (stuck || ready(i)) && budget.fits(&moves[i]))
+                else {
+                    break;
+                };
+                let index = pending.remove(at);
+                let step = &moves[index];
+                budget.take(step, 1);
+                let cancel = Arc::new(AtomicBool::new(false));
+                flying.insert(index, Arc::clone(&cancel));
+                let done = done_tx.clone();
+                scope.spawn(move || {
+                    let result = one(run, cluster, step, schedule, &cancel, observer);
+                    let _ = done.send((index, result));
+                });
+            }
+            if flying.is_empty() && pending.is_empty() {
+                break;
+            }
+            match done_rx.recv_timeout(TICK) {
+                Ok((index, mut result)) => {
+                    flying.remove(&index);
+                    budget.take(&moves[index], -1);
+                    if past_deadline && result.status == Status::Failed && result.code == Some(Code::Cancelled) {
+                        result.status = Status::Slow;
+                        result.message = Some(format!(
+                            "still copying at the deadline: cancelled, it stays on {}",
+                            result.from
+                        ));
+                    }
+                    let failed = matches!(result.status, Status::Failed | Status::Blocked | Status::Slow);
+                    if failed && schedule.on_error == OnError::Stop && stop_reason.is_none() {
+                        stop_reason = Some((
+                            Code::Failed,
+                            format!(
+                                "{} did not move, and the run stops at a failure (on_error = stop)",
+                                result.vm
+                            ),
+                        ));
+                    }
+                    observer.note(&Note::Result(result.clone()));
+                    results[index] = Some(result);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+    });
+    results
+        .into_iter()
+        .zip(moves)
+        .map(|(result, step)| {
+            result.unwrap_or_else(|| not_started(step, Code::Failed, "its thread ended without a result"))
+        })
+        .collect()
+}
+
+fn not_started(step: &Move, code: Code, why: &str) -> VmResult {
+    VmResult {
+        status: Status::NotStarted,
+        code: Some(code),
+        message: Some(format!("not started: {why}; it stays on {}", step.from)),
+        ..VmResult::new(&step.vm, &step.from, Some(&step.to))
+    }
+}
+
+/// One move, to its end.
+fn one(
+    run: &Run,
+    cluster: &Cluster,
+    step: &Move,
+    schedule: &Schedule<'_>,
+    cancel: &Arc<AtomicBool>,
+    observer: &dyn Observer,
+) -> VmResult {
+    let base = VmResult::new(&step.vm, &step.from, Some(&step.to));
+    if let Some(id) = &step.watch {
+        return follow(cluster, step, id, base, observer);
+    }
+    let mut plan = match flow::plan(cluster, &step.vm, &step.to, schedule.options.clone()) {
+        Ok(plan) => plan,
+        Err(error) => return failed(base, &error),
+    };
+    if plan.source.name != step.from {
+        return VmResult {
+            status: Status::NotStarted,
+            code: Some(Code::Conflict),
+            message: Some(format!(
+                "{} runs on {} now, not {}: not moved",
+                step.vm, plan.source.name, step.from
+            )),
+            ..base
+        };
+    }
+    plan.force = schedule.force;
+    plan.skip = schedule.skip.with(&step.skip);
+    plan.run_id = Some(schedule.run_id.to_string());
+    let mut progress = observer.migration(&plan, run.dry_run);
+    let outcome = flow::migrate_until(run, cluster, &plan, cancel, &mut |event| progress.event(event));
+    progress.done(&outcome);
+    match outcome {
+        Ok(Outcome::Planned) => VmResult {
+            status: Status::Planned,
+            ..base
+        },
+        Ok(Outcome::Moved(result)) => VmResult {
+            status: Status::Moved,
+            id: Some(result.id.clone()),
+            downtime_ms: result.report.as_ref().map(|r| r.downtime_ms),
+            total_ms: result.report.as_ref().map(|r| r.total_ms),
+            message: result.note.clone(),
+            ..base
+        },
+        Err(error) => failed(base, &error),
+    }
+}
+
+/// Follows an interrupted run's migration to its end.
+fn follow(cluster: &Cluster, step: &Move, id: &str, base: VmResult, observer: &dyn Observer) -> VmResult {
+    let hosts = (cluster.host(&step.from), cluster.host(&step.to));
+    let (Ok(source), Ok(target)) = hosts else {
+        return VmResult {
+            status: Status::Failed,
+            code: Some(Code::NotFound),
+            message: Some("its hosts are no longer in the inventory".into()),
+            ..base
+        };
+    };
+    let plan = Plan {
+        id: id.to_string(),
+        vm: step.vm.clone(),
+        source: source.clone(),
+        target: target.clone(),
+        options: MigrationOptions::default(),
+        info: None,
+        force: false,
+        skip: Skip::default(),
+        run_id: None,
+    };
+    let mut progress = observer.migration(&plan, false);
+    let outcome = flow::watch(cluster, &plan, &mut |event| progress.event(event)).map(|r| Outcome::Moved(Box::new(r)));
+    progress.done(&outcome);
+    match outcome {
+        Ok(Outcome::Moved(result)) => VmResult {
+            status: Status::Moved,
+            id: Some(result.id.clone()),
+            downtime_ms: result.report.as_ref().map(|r| r.downtime_ms),
+            total_ms: result.report.as_ref().map(|r| r.total_ms),
+            message: Some("the interrupted run's migration, followed to its end".into()),
+            ..base
+        },
+        Ok(Outcome::Planned) => base,
+        Err(error) => failed(base, &error),
+    }
+}
+
+/// A move that did not happen: blocked by a rule (its prechecks), slow
+/// (its time limit), or failed; the VM stays on its source.
+fn failed(base: VmResult, error: &MigrateError) -> VmResult {
+    let (status, rule) = match error {
+        MigrateError::Blocked(verdict) => (Status::Blocked, verdict.errors.first().map(|f| f.rule.to_string())),
+        MigrateError::Warned(verdict) => (Status::Blocked, verdict.warnings.first().map(|f| f.rule.to_string())),
+        _ if error.code() == Code::TimedOut => (Status::Slow, None),
+        _ => (Status::Failed, None),
+    };
+    VmResult {
+        status,
+        code: Some(error.code()),
+        rule,
+        message: Some(describe(error)),
+        ..base
+    }
+}
+
+impl std::fmt::Display for Note {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Note::Planned {
+                run,
+                host,
+                steps,
+                stopped,
+                left,
+            } => write!(
+                f,
+                "run {run} on {host}: {steps} to move, {stopped} to stop, {left} staying"
+            ),
+            Note::Resuming { run, found } => write!(f, "resuming run {run}: {}", found.join("; ")),
+            Note::Result(result) => result.fmt(f),
+            Note::Host { host, what } => write!(f, "{host} {what}"),
+        }
+    }
+}
+
+impl std::fmt::Display for VmResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let status = serde_json::to_value(self.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        write!(f, "{} {}", self.vm, status.replace('_', " "))?;
+        match (&self.to, self.status) {
+            (Some(to), Status::Moved | Status::Planned) => write!(f, " {} → {to}", self.from)?,
+            _ => write!(f, " (on {})", self.now_on.as_deref().unwrap_or(&self.from))?,
+        }
+        if let Some(ms) = self.downtime_ms {
+            write!(f, ", downtime {ms:.1} ms")?;
+        }
+        if let Some(rule) = &self.rule {
+            write!(f, " [{rule}]")?;
+        }
+        if let Some(message) = &self.message {
+            write!(f, ": {message}")?;
+        }
+        Ok(())
+    }
+}
