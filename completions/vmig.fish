@@ -338,7 +338,7 @@ complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subco
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subcommand_from up demo down help" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subcommand_from up demo down help" -s V -l version -d 'Print version'
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subcommand_from up demo down help" -f -a "up" -d 'Start the lab: agents hostA, hostB, ... on loopback addresses, and demo VMs vm1, vm2, ...'
-complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subcommand_from up demo down help" -f -a "demo" -d 'Bring the lab up if needed and evacuate vm1\'s host with runbooks/evacuate.lua, with progress bars'
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subcommand_from up demo down help" -f -a "demo" -d 'Bring the lab up if needed and take vm1\'s host through a maintenance with runbooks/rolling-maintenance.lua (evacuate, bring back), with progress bars'
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subcommand_from up demo down help" -f -a "down" -d 'Stop every VM and agent of the lab and remove its files'
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subcommand_from up demo down help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l hosts -d 'Number of hosts (agents)' -r
@@ -361,7 +361,7 @@ complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcomman
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from down" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from down" -s V -l version -d 'Print version'
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from help" -f -a "up" -d 'Start the lab: agents hostA, hostB, ... on loopback addresses, and demo VMs vm1, vm2, ...'
-complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from help" -f -a "demo" -d 'Bring the lab up if needed and evacuate vm1\'s host with runbooks/evacuate.lua, with progress bars'
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from help" -f -a "demo" -d 'Bring the lab up if needed and take vm1\'s host through a maintenance with runbooks/rolling-maintenance.lua (evacuate, bring back), with progress bars'
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from help" -f -a "down" -d 'Stop every VM and agent of the lab and remove its files'
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c vmig -n "__fish_vmig_using_subcommand testguest; and not __fish_seen_subcommand_from export medium help" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
@@ -422,7 +422,7 @@ complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcomma
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from pki" -f -a "init" -d 'Create the cluster CA (ca.pem, ca.key) in a directory'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from pki" -f -a "issue" -d 'Issue a host or operator certificate signed by the cluster CA'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from lab" -f -a "up" -d 'Start the lab: agents hostA, hostB, ... on loopback addresses, and demo VMs vm1, vm2, ...'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from lab" -f -a "demo" -d 'Bring the lab up if needed and evacuate vm1\'s host with runbooks/evacuate.lua, with progress bars'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from lab" -f -a "demo" -d 'Bring the lab up if needed and take vm1\'s host through a maintenance with runbooks/rolling-maintenance.lua (evacuate, bring back), with progress bars'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from lab" -f -a "down" -d 'Stop every VM and agent of the lab and remove its files'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from testguest" -f -a "export" -d 'Write the test guest\'s PVH ELF image to a file (e.g. for `qemu-system-x86_64 -kernel`)'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from testguest" -f -a "medium" -d 'Write a CD/DVD medium (an image for `cdrom`) whose every word the test guest checks when it reads it (`disk=` workload)'

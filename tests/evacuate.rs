@@ -405,3 +405,166 @@ fn two_operators_evacuating_overlapping_hosts_at_once_each_vm_runs_once() {
     }
     assert_eq!(after.len(), 6);
 }
+
+fn runbook(name: &str) -> String {
+    format!("{}/runbooks/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn on(lab: &Lab, hosts: &[&str]) -> Vec<String> {
+    placement(lab)
+        .into_iter()
+        .filter(|(_, (host, _))| hosts.contains(&host.as_str()))
+        .map(|(vm, _)| vm)
+        .collect()
+}
+
+#[test]
+fn the_shipped_maintenance_runbooks_empty_hosts_and_bring_the_vms_back() {
+    let lab = Lab::up_hosts(4, &[]);
+    // Eight VMs on hostA, hostB and hostD (hostD shares hostA's chassis).
+    for n in 1..=4 {
+        idle_vm(&lab, &format!("a{n}"), "hostA", &[]);
+    }
+    for n in 1..=2 {
+        idle_vm(&lab, &format!("b{n}"), "hostB", &[]);
+        idle_vm(&lab, &format!("d{n}"), "hostD", &[]);
+    }
+    let before = placement(&lab);
+    let not_cordoned = |lab: &Lab| !lab.ok(&["hosts"]).contains("cordoned");
+
+    // evacuate.lua empties hostA; the operator's `rollback --last` (the
+    // runbook's run, which takes in the evacuation nested in it) undoes it.
+    let out = lab.run(&["run", &runbook("evacuate.lua"), "hostA", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(on(&lab, &["hostA"]).is_empty(), "{:?}", placement(&lab));
+    each_runs_once(&lab);
+    let back = lab.run(&["rollback", "--last", "--json"]);
+    assert_eq!(back.status.code(), Some(0), "{}", show(&back));
+    assert_eq!(placement(&lab), before);
+    assert!(not_cordoned(&lab));
+
+    // drain-chassis.lua empties both hosts of lab-chassis-1, and none of
+    // their VMs went to the other.
+    let out = lab.run(&["run", &runbook("drain-chassis.lua"), "lab-chassis-1", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(on(&lab, &["hostA", "hostD"]).is_empty(), "{:?}", placement(&lab));
+    let history: Value = serde_json::from_str(&lab.ok(&["history", "--json"])).unwrap();
+    assert!(
+        !history.as_array().unwrap().iter().any(|r| matches!(
+            (r["from"].as_str(), r["to"].as_str()),
+            (Some("hostA"), Some("hostD")) | (Some("hostD"), Some("hostA"))
+        )),
+        "a VM moved within the chassis: {history}"
+    );
+    each_runs_once(&lab);
+    let back = lab.run(&["rollback", "--last", "--json"]);
+    assert_eq!(back.status.code(), Some(0), "{}", show(&back));
+    assert_eq!(placement(&lab), before);
+    assert!(not_cordoned(&lab), "{}", lab.ok(&["hosts"]));
+
+    // rolling-maintenance.lua: host after host, the hook runs on an empty
+    // host, and every VM comes home.
+    let marks = lab.dir_path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let hook = format!("touch {}/{{host}}.done", marks.display());
+    let out = lab.run(&[
+        "run",
+        &runbook("rolling-maintenance.lua"),
+        "--yes",
+        "--json",
+        "--",
+        &hook,
+        "hostA",
+        "hostB",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(marks.join("hostA.done").exists() && marks.join("hostB.done").exists());
+    assert_eq!(placement(&lab), before);
+    assert!(not_cordoned(&lab));
+    each_runs_once(&lab);
+
+    // A hook that fails stops the roll there: that host stays cordoned and
+    // empty for the operator to look at; the next is not touched.
+    let out = lab.run(&[
+        "run",
+        &runbook("rolling-maintenance.lua"),
+        "--yes",
+        "--json",
+        "--",
+        "false",
+        "hostB",
+        "hostA",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(text(&out.stderr).contains("the hook failed on hostB"), "{}", show(&out));
+    assert!(on(&lab, &["hostB"]).is_empty());
+    assert_eq!(on(&lab, &["hostA"]).len(), 4);
+    assert!(lab.ok(&["hosts"]).contains("hostB is cordoned"));
+    each_runs_once(&lab);
+}
+
+#[test]
+fn a_step_whose_target_dies_fails_alone_and_an_agent_restart_mid_run_loses_nothing() {
+    let lab = Lab::up_with_env(
+        3,
+        &[
+            "--accept-timeout",
+            "5",
+            "--stream-timeout",
+            "5",
+            "--handoff-timeout",
+            "5",
+        ],
+        &[],
+    );
+    // Some memory filled, so that a first pass has full batches to hold at.
+    for n in 1..=3 {
+        let name = format!("vm{n}");
+        lab.create(&name, "hostA", "64M", "fill=16M idle verify=0 sleep=1 hb=500");
+        lab.wait_filled(&name);
+    }
+    lab.arm("prepared");
+    lab.arm("first-pass");
+    let child = lab
+        .command(&["evacuate", "hostA", "--to", "hostB", "--parallel", "1", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // vm1: its target prepared a receiver, which dies before anything is sent.
+    lab.wait_held("prepared", Duration::from_secs(60))
+        .expect("no migration reached its target");
+    let receiver = lab.vmm_pid("hostB", "vm1").expect("no receiver for vm1 on hostB");
+    signal(receiver, libc::SIGKILL);
+    common::lab::wait_gone(receiver);
+    lab.release("prepared");
+    // vm2: its source VMM holds in the first pass; hostA's agent is killed
+    // and restarted under it.
+    if lab.wait_held("first-pass", Duration::from_secs(30)).is_none() {
+        let mut child = child;
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!("no migration reached its first pass: {}", show(&out));
+    }
+    let agent = lab.agent_pid("hostA");
+    signal(agent, libc::SIGKILL);
+    common::lab::wait_gone(agent);
+    lab.restart_agents();
+    lab.release("first-pass");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(13), "{}", show(&out));
+    let statuses = status_of(&report(&out, "evacuation"));
+    assert_eq!(statuses["vm1"], "failed", "{}", show(&out));
+    assert_eq!(statuses["vm2"], "moved", "{}", show(&out));
+    assert_eq!(statuses["vm3"], "moved", "{}", show(&out));
+    each_runs_once(&lab);
+    let after = placement(&lab);
+    assert_eq!(after["vm1"], ("hostA".into(), "running".into()), "{after:?}");
+    // Run again: the one left moves, the others are not touched.
+    let again = lab.run(&["evacuate", "hostA", "--json"]);
+    assert_eq!(again.status.code(), Some(0), "{}", show(&again));
+    let statuses = status_of(&report(&again, "evacuation"));
+    assert_eq!(statuses.keys().collect::<Vec<_>>(), ["vm1"], "{statuses:?}");
+    assert!(on(&lab, &["hostA"]).is_empty());
+    each_runs_once(&lab);
+}

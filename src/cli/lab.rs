@@ -19,7 +19,8 @@ use super::options::TimeoutArgs;
 pub enum LabCommand {
     /// Start the lab: agents hostA, hostB, ... on loopback addresses, and demo VMs vm1, vm2, ...
     Up(UpArgs),
-    /// Bring the lab up if needed and evacuate vm1's host with runbooks/evacuate.lua, with progress bars.
+    /// Bring the lab up if needed and take vm1's host through a maintenance with
+    /// runbooks/rolling-maintenance.lua (evacuate, bring back), with progress bars.
     Demo(DirArgs),
     /// Stop every VM and agent of the lab and remove its files.
     Down(DirArgs),
@@ -89,11 +90,13 @@ pub fn exec(command: LabCommand) -> Result<Exit> {
     }
 }
 
-/// The evacuation runbook, built in: the demo runs it wherever vmig is.
-const EVACUATE: &str = include_str!("../../runbooks/evacuate.lua");
+/// The maintenance runbook, built in: the demo runs it wherever vmig is.
+const ROLLING: &str = include_str!("../../runbooks/rolling-maintenance.lua");
 
-/// The main job in one command: the lab up, and the host of vm1 evacuated
-/// by the runbook an operator would run, its VMs moving live.
+/// The main job in one command: the lab up, and the host of vm1 through a
+/// maintenance by the runbook an operator would run: cordoned, emptied (its
+/// VMs moving live), its maintenance (a hook that does nothing here),
+/// uncordoned, and its VMs brought back.
 fn demo(lab: &Lab, say: &mut dyn FnMut(&str)) -> Result<Exit> {
     lab.up(&LabOptions::default(), say)?;
     let inventory = lab.inventory_path();
@@ -116,21 +119,29 @@ fn demo(lab: &Lab, say: &mut dyn FnMut(&str)) -> Result<Exit> {
         }
     }
     let host = vm1.host.name.clone();
-    say(&format!("vmig run runbooks/evacuate.lua {host}"));
-    let runbook = Runbook::from_source("runbooks/evacuate.lua", EVACUATE.to_string())?;
+    let hook = "true";
+    say(&format!("vmig run runbooks/rolling-maintenance.lua -- {hook} {host}"));
+    let runbook = Runbook::from_source("runbooks/rolling-maintenance.lua", ROLLING.to_string())?;
     // The demo is asked for by name: it needs no question.
     let how = super::run::How {
         yes: true,
         ..Default::default()
     };
-    let exit = super::run::run(&runbook, "runbooks/evacuate.lua", &[host], Some(&inventory), &how)?;
+    let args = [hook.to_string(), host.clone()];
+    let exit = super::run::run(
+        &runbook,
+        "runbooks/rolling-maintenance.lua",
+        &args,
+        Some(&inventory),
+        &how,
+    )?;
     let (vms, _) = cluster.vms();
     for vm in vms {
         say(&format!("{} {} on {}", vm.name, vm.state, vm.host));
     }
     say(&format!(
-        "try: vmig vms; vmig migrate vm2 {}; vmig run runbooks/rebalance.lua --dry-run; vmig lab down",
-        cluster.inventory.hosts[0].name
+        "try: vmig evacuate {host}; vmig rollback --last; vmig migrate vm2 {}; vmig lab down",
+        cluster.inventory.hosts.last().map_or("hostC", |h| h.name.as_str())
     ));
     Ok(exit)
 }

@@ -261,7 +261,8 @@ pub fn execute(
     let started = Instant::now();
     observer.note(&Note::Planned {
         run: run.id.clone(),
-        host: plan.of.clone(),
+        kind: "rollback",
+        of: plan.of.clone(),
         steps: plan.moves.len(),
         stopped: plan.starts.len(),
         left: plan.skipped.len(),

@@ -252,7 +252,8 @@ pub fn execute(
     let client = cluster.client(&source);
     observer.note(&Note::Planned {
         run: plan.run.clone(),
-        host: host.clone(),
+        kind: "evacuate",
+        of: host.clone(),
         steps: plan.steps.len() + plan.in_flight.len(),
         stopped: plan.stopped.len(),
         left: plan.left.len(),

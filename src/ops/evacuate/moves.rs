@@ -56,10 +56,13 @@ pub trait Observer: Sync {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Note {
-    /// The plan, before anything happens.
+    /// The plan, before anything happens: `kind` is `evacuate` (of host
+    /// `of`) or `rollback` (of run `of`); `stopped` counts VMs to stop (to
+    /// start again, for a rollback), `left` those that stay (are skipped).
     Planned {
         run: String,
-        host: String,
+        kind: &'static str,
+        of: String,
         steps: usize,
         stopped: usize,
         left: usize,
@@ -402,13 +405,25 @@ impl std::fmt::Display for Note {
         match self {
             Note::Planned {
                 run,
-                host,
+                kind: "rollback",
+                of,
                 steps,
                 stopped,
                 left,
             } => write!(
                 f,
-                "run {run} on {host}: {steps} to move, {stopped} to stop, {left} staying"
+                "run {run} rolls back run {of}: {steps} to move back, {stopped} to start, {left} skipped"
+            ),
+            Note::Planned {
+                run,
+                of,
+                steps,
+                stopped,
+                left,
+                ..
+            } => write!(
+                f,
+                "run {run} evacuates {of}: {steps} to move, {stopped} to stop, {left} staying"
             ),
             Note::Resuming { run, found } => write!(f, "resuming run {run}: {}", found.join("; ")),
             Note::Result(result) => result.fmt(f),
