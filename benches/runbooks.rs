@@ -103,6 +103,8 @@ fn main() {
         let out = lab.run(&["run", &evacuate, "hostA", "--yes", "--json"]);
         runbook.push(ms(start));
         assert!(out.status.success(), "{}", text(&out.stderr));
+        // The evacuation left hostA cordoned: its maintenance is over.
+        lab.ok(&["host", "uncordon", "hostA"]);
         // Back to hostA, one by one, by a shell loop as operators write it:
         // that is the loop measured.
         let back = (0..SIX)

@@ -568,3 +568,71 @@ fn a_step_whose_target_dies_fails_alone_and_an_agent_restart_mid_run_loses_nothi
     assert!(on(&lab, &["hostA"]).is_empty());
     each_runs_once(&lab);
 }
+
+#[test]
+fn a_rollback_skips_what_moved_again_or_was_deleted_and_a_runbook_plans_evacuates_and_rolls_back() {
+    let lab = Lab::up(&[]);
+    for vm in ["vm1", "vm2", "vm3"] {
+        idle_vm(&lab, vm, "hostA", &[]);
+    }
+    let out = lab.run(&["evacuate", "hostA", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let run = report(&out, "evacuation")["run"].as_str().unwrap().to_string();
+    // Since: vm1 moved again, vm2 deleted.
+    let vm1 = lab.vm("vm1")["host"].as_str().unwrap().to_string();
+    let elsewhere = if vm1 == "hostB" { "hostC" } else { "hostB" };
+    lab.ok(&["migrate", "vm1", elsewhere]);
+    lab.ok(&["vm", "destroy", "vm2"]);
+    let back = lab.run(&["rollback", &run, "--json"]);
+    assert_eq!(back.status.code(), Some(0), "{}", show(&back));
+    let rollback = report(&back, "rollback");
+    let by_vm: BTreeMap<String, Value> = rollback["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["vm"].as_str().unwrap().to_string(), v.clone()))
+        .collect();
+    assert_eq!(by_vm["vm1"]["status"], "skipped", "{rollback}");
+    assert!(
+        by_vm["vm1"]["message"].as_str().unwrap().contains("moved again since"),
+        "{rollback}"
+    );
+    assert_eq!(by_vm["vm2"]["status"], "skipped");
+    assert!(
+        by_vm["vm2"]["message"].as_str().unwrap().contains("deleted since"),
+        "{rollback}"
+    );
+    assert_eq!(by_vm["vm3"]["status"], "moved");
+    assert_eq!(lab.vm("vm3")["host"], "hostA");
+    assert_eq!(lab.vm("vm1")["host"], elsewhere, "a skipped VM was moved");
+
+    // The same from Lua: a plan changes nothing; evacuate and rollback
+    // return their reports.
+    let file = lab.dir_path().join("cycle.lua");
+    std::fs::write(
+        &file,
+        r#"
+local plan = vmig.plan("hostA", { parallel = 1 })
+assert(plan.host == "hostA" and #plan.steps == 1 and plan.steps[1].vm == "vm3", "plan")
+assert(#vmig.vms({ host = "hostA" }) == 1, "the plan moved something")
+local ok, e = pcall(vmig.evacuate, "hostZ")
+assert(not ok and e.code == "not_found", "unknown host")
+ok, e = pcall(vmig.evacuate, "hostA", { parallel = 99 })
+assert(not ok and e.code == "invalid", "parallel")
+local away = vmig.evacuate("hostA", { parallel = 1, on_error = "stop" })
+assert(away.complete and away.vms[1].status == "moved" and away.run ~= vmig.run_id, "evacuate")
+assert(#vmig.history({ run = vmig.run_id }) == 1, "the runbook's run takes in the evacuation's")
+local back = vmig.rollback(away.run)
+assert(back.complete and back.vms[1].status == "moved" and back.vms[1].to == "hostA", "rollback")
+ok, e = pcall(vmig.rollback, "r-0000000000000000")
+assert(not ok and e.code == "not_found", "unknown run")
+vmig.log.info("cycle done")
+"#,
+    )
+    .unwrap();
+    let out = lab.run(&["run", file.to_str().unwrap(), "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(text(&out.stdout).contains("cycle done"));
+    assert_eq!(lab.vm("vm3")["host"], "hostA");
+    assert!(!lab.ok(&["hosts"]).contains("cordoned"), "{}", lab.ok(&["hosts"]));
+}

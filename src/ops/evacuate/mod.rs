@@ -23,7 +23,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use vmig_backend::api::{HostFacts, Maintenance, Request, RunEntry, RunEvent, VmState};
-use vmig_backend::client::ClientError;
 use vmig_backend::migration::MigrationOptions;
 
 use super::cluster::{Cluster, ClusterError, Located};
@@ -396,37 +395,15 @@ pub fn plan(
             _ => left.push(not_running(vm, &source)),
         }
     }
-    // Each VM's own verdict for every host, asked at once for all VMs.
-    let verdicts: Vec<(String, Result<Refused, PrecheckError>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = movable
-            .iter()
-            .filter(|vm| vm.maintenance == Maintenance::Live)
-            .map(|vm| {
-                let checks = &checks;
-                let name = vm.name.clone();
-                (
-                    name.clone(),
-                    scope.spawn(move || refusals(cluster, &name, checks, settings.force)),
-                )
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|(name, handle)| {
-                let result = handle.join().unwrap_or_else(|_| {
-                    Err(ClusterError::from(ClientError::Protocol {
-                        host: name.clone(),
-                        detail: "the precheck thread panicked".into(),
-                    })
-                    .into())
-                });
-                (name, result)
-            })
-            .collect()
-    });
+    // Each VM's own verdict for every host, the facts asked once for all.
+    let live: Vec<String> = movable
+        .iter()
+        .filter(|vm| vm.maintenance == Maintenance::Live)
+        .map(|vm| vm.name.clone())
+        .collect();
     let mut refused: BTreeMap<String, Refused> = BTreeMap::new();
-    for (name, result) in verdicts {
-        refused.insert(name, result?);
+    for (name, verdicts) in precheck::precheck_each(cluster, &live, &checks) {
+        refused.insert(name, refusals(verdicts?, settings.force));
     }
     let vms: Vec<placement::Vm> = movable
         .iter()
@@ -528,13 +505,11 @@ fn not_running(vm: &SnapVm, source: &str) -> Left {
     }
 }
 
-/// The hosts `vm`'s own prechecks refuse, with the rule (those the planner
+/// The hosts a VM's verdicts refuse, with the rule (those the planner
 /// decides over the whole plan aside); warnings refuse unless `force`.
-fn refusals(cluster: &Cluster, vm: &str, checks: &Checks, force: bool) -> Result<Refused, PrecheckError> {
+fn refusals(verdicts: BTreeMap<String, precheck::Verdict>, force: bool) -> Refused {
     let mut refused = BTreeMap::new();
-    for (host, verdict) in precheck::precheck_all(cluster, vm, checks)? {
-        // A host that cannot be asked is not a target (the plan lists it).
-        let Ok(verdict) = verdict else { continue };
+    for (host, verdict) in verdicts {
         let own = |f: &&precheck::Finding| !PLANNER_RULES.contains(&f.rule);
         let first = verdict
             .errors
@@ -545,7 +520,7 @@ fn refusals(cluster: &Cluster, vm: &str, checks: &Checks, force: bool) -> Result
             refused.insert(host, finding.rule);
         }
     }
-    Ok(refused)
+    refused
 }
 
 /// The hosts a VM's own prechecks refuse, with the rule that refuses each.

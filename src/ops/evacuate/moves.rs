@@ -455,3 +455,62 @@ impl std::fmt::Display for VmResult {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str, limit: u32, in_use: u32, cost: u32) -> SnapHost {
+        SnapHost {
+            name: name.into(),
+            reachable: true,
+            free_bytes: 0,
+            chassis: None,
+            cordoned: false,
+            cordon_run: None,
+            cost_limit: limit,
+            cost_in_use: in_use,
+            cost,
+        }
+    }
+
+    fn step(from: &str, to: &str) -> Move {
+        Move {
+            vm: format!("{from}-{to}"),
+            from: from.into(),
+            to: to.into(),
+            memory_bytes: 0,
+            watch: None,
+            skip: Vec::new(),
+            after: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_move_needs_room_on_both_its_hosts_and_one_always_goes() {
+        // A: 4 units, 2 a move (a slow link); B: 2 units, 1 a move.
+        let mut budget = Budget::of(&[host("A", 4, 0, 2), host("B", 2, 0, 1), host("C", 8, 8, 1)]);
+        let ab = step("A", "B");
+        assert!(budget.fits(&ab));
+        budget.take(&ab, 1);
+        assert!(budget.fits(&ab), "A has 2 left, B 1");
+        budget.take(&ab, 1);
+        assert!(!budget.fits(&ab), "A and B are full");
+        budget.take(&ab, -1);
+        assert!(budget.fits(&ab), "a move that ended gives its units back");
+        // C is full of others' migrations: the first of ours still goes
+        // (its agent queues it), the second waits.
+        let mut busy = Budget::of(&[host("B", 8, 0, 1), host("C", 8, 8, 1)]);
+        let bc = step("B", "C");
+        assert!(busy.fits(&bc));
+        busy.take(&bc, 1);
+        assert!(!busy.fits(&bc));
+    }
+
+    #[test]
+    fn on_error_reads_its_two_words() {
+        assert_eq!(OnError::parse("stop"), Ok(OnError::Stop));
+        assert_eq!(OnError::parse("continue"), Ok(OnError::Continue));
+        assert!(OnError::parse("retry").is_err());
+    }
+}

@@ -258,3 +258,107 @@ fn verdicts(
     }
     Ok(out)
 }
+
+/// What one VM's moves are checked against, gathered once for many VMs.
+struct Survey {
+    listing: Vec<super::cluster::Located>,
+    hosts: BTreeMap<String, HostFacts>,
+    placed: Vec<(vmig_backend::api::VmInfo, Option<String>)>,
+}
+
+/// Each of `vms`' verdict for every other host that answered, as
+/// [`precheck_all`] gives them, with the facts of every host and VM asked
+/// once for all of them (planning an evacuation checks every VM against
+/// every host). A host that did not answer has no verdict.
+pub fn precheck_each(
+    cluster: &Cluster,
+    vms: &[String],
+    checks: &Checks,
+) -> Vec<(String, Result<BTreeMap<String, Verdict>, PrecheckError>)> {
+    let (every, _) = cluster.every_copy();
+    let listing = super::cluster::once_each(every.clone());
+    let hosts: BTreeMap<String, HostFacts> = cluster
+        .hosts()
+        .into_iter()
+        .filter_map(|answer| Some((answer.host.name, answer.facts.ok()?)))
+        .collect();
+    let placed = every
+        .iter()
+        .map(|l| {
+            let chassis = hosts.get(&l.host.name).and_then(|f| f.chassis.clone());
+            (l.info.clone(), chassis)
+        })
+        .collect();
+    let survey = Survey { listing, hosts, placed };
+    // A few at a time: each asks its source for a dirty sample.
+    let mut out = Vec::with_capacity(vms.len());
+    for chunk in vms.chunks(AT_ONCE) {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|vm| (vm.clone(), scope.spawn(|| judge_all(cluster, &survey, vm, checks))))
+                .collect();
+            for (vm, handle) in handles {
+                let verdicts = handle.join().unwrap_or_else(|_| Err(unanswered(&vm)));
+                out.push((vm, verdicts));
+            }
+        });
+    }
+    out
+}
+
+/// How many VMs [`precheck_each`] checks at once.
+const AT_ONCE: usize = 16;
+
+/// `vm`'s verdict for every host of `survey` but its own.
+fn judge_all(
+    cluster: &Cluster,
+    survey: &Survey,
+    vm: &str,
+    checks: &Checks,
+) -> Result<BTreeMap<String, Verdict>, PrecheckError> {
+    let located = cluster.find(&survey.listing, Vec::new(), vm)?;
+    let source = survey
+        .hosts
+        .get(&located.host.name)
+        .cloned()
+        .ok_or_else(|| unanswered(&located.host.name))?;
+    let mut probes = drive_probes(cluster, &located.info);
+    let source_drives = probes
+        .remove(&source.name)
+        .unwrap_or_else(|| Ok(Vec::new()))
+        .map_err(|detail| {
+            ClusterError::from(ClientError::Protocol {
+                host: source.name.clone(),
+                detail,
+            })
+        })?;
+    let sample = (located.info.state == vmig_backend::api::VmState::Running
+        && !checks.skip.ids().contains(&"migration.convergence"))
+    .then(|| {
+        cluster
+            .client(&located.host)
+            .call::<vmig_backend::runtime::control::DirtySample>(Request::SampleDirtyRate {
+                name: vm.to_string(),
+                window_ms: forecast::WINDOW_MS,
+            })
+            .map_err(|e| e.to_string())
+    });
+    let mut out = BTreeMap::new();
+    for (name, target) in survey.hosts.iter().filter(|(name, _)| **name != source.name) {
+        let facts = rules::Facts {
+            vm: located.info.clone(),
+            source: source.clone(),
+            placed: survey.placed.clone(),
+            drives: devices::Drives {
+                source: source_drives.clone(),
+                target: probes.remove(name).unwrap_or_else(|| Ok(Vec::new())),
+            },
+            target: target.clone(),
+            sample: sample.clone(),
+            options: checks.options.clone(),
+        };
+        out.insert(name.clone(), Verdict::of(&facts, &checks.skip));
+    }
+    Ok(out)
+}
