@@ -310,6 +310,7 @@ pub fn execute(
         force: settings.force,
         skip: settings.skip_rules()?,
         hold: &no_hold,
+        planned: false,
     };
     vms.extend(run_moves(run, cluster, &moves, &now, &schedule, observer));
     for (vm, host) in &plan.starts {

@@ -358,6 +358,7 @@ pub fn execute(
         force: plan.settings.force,
         skip: plan.settings.skip_rules()?,
         hold: &hold,
+        planned: true,
     };
     vms.extend(run_moves(run, cluster, &moves, &now, &schedule, observer));
     let complete = if run.dry_run {

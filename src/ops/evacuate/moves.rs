@@ -103,6 +103,9 @@ pub struct Schedule<'a> {
     pub skip: Skip,
     /// Asked before each move starts: a reason ends the moves not started.
     pub hold: &'a (dyn Fn() -> Option<String> + Sync),
+    /// The moves were prechecked by their plan just now: a dry run plans
+    /// them without checking each again (a real run always does).
+    pub planned: bool,
 }
 
 impl std::fmt::Debug for Schedule<'_> {
@@ -178,6 +181,16 @@ pub fn run_moves(
     schedule: &Schedule<'_>,
     observer: &dyn Observer,
 ) -> Vec<VmResult> {
+    if run.dry_run && schedule.planned {
+        return moves
+            .iter()
+            .map(|step| {
+                let result = plan_only(run, cluster, step, observer);
+                observer.note(&Note::Result(result.clone()));
+                result
+            })
+            .collect();
+    }
     let mut results: Vec<Option<VmResult>> = vec![None; moves.len()];
     let mut budget = Budget::of(&snapshot.hosts);
     let mut pending: Vec<usize> = (0..moves.len()).collect();
@@ -281,6 +294,46 @@ pub fn run_moves(
             result.unwrap_or_else(|| not_started(step, Code::Failed, "its thread ended without a result"))
         })
         .collect()
+}
+
+/// A dry run's move that its plan checked: it joins the run's plan, and
+/// the front end shows it as a planned migration.
+fn plan_only(run: &Run, cluster: &Cluster, step: &Move, observer: &dyn Observer) -> VmResult {
+    let base = VmResult::new(&step.vm, &step.from, Some(&step.to));
+    let (Ok(source), Ok(target)) = (cluster.host(&step.from), cluster.host(&step.to)) else {
+        return VmResult {
+            status: Status::NotStarted,
+            code: Some(Code::NotFound),
+            message: Some("its hosts are no longer in the inventory".into()),
+            ..base
+        };
+    };
+    let plan = Plan {
+        id: String::new(),
+        vm: step.vm.clone(),
+        source: source.clone(),
+        target: target.clone(),
+        options: MigrationOptions::default(),
+        info: None,
+        force: false,
+        skip: Skip::default(),
+        run_id: None,
+    };
+    match run.change(plan.change()) {
+        Ok(_) => {
+            observer.migration(&plan, true).done(&Ok(Outcome::Planned));
+            VmResult {
+                status: Status::Planned,
+                ..base
+            }
+        }
+        Err(e) => VmResult {
+            status: Status::NotStarted,
+            code: Some(e.code()),
+            message: Some(e.to_string()),
+            ..base
+        },
+    }
 }
 
 fn not_started(step: &Move, code: Code, why: &str) -> VmResult {

@@ -259,6 +259,9 @@ fn verdicts(
     Ok(out)
 }
 
+/// One VM's verdict for each other host, by host.
+pub type Verdicts = BTreeMap<String, Verdict>;
+
 /// What one VM's moves are checked against, gathered once for many VMs.
 struct Survey {
     listing: Vec<super::cluster::Located>,
@@ -274,7 +277,7 @@ pub fn precheck_each(
     cluster: &Cluster,
     vms: &[String],
     checks: &Checks,
-) -> Vec<(String, Result<BTreeMap<String, Verdict>, PrecheckError>)> {
+) -> Vec<(String, Result<Verdicts, PrecheckError>)> {
     let (every, _) = cluster.every_copy();
     let listing = super::cluster::once_each(every.clone());
     let hosts: BTreeMap<String, HostFacts> = cluster
@@ -311,12 +314,7 @@ pub fn precheck_each(
 const AT_ONCE: usize = 16;
 
 /// `vm`'s verdict for every host of `survey` but its own.
-fn judge_all(
-    cluster: &Cluster,
-    survey: &Survey,
-    vm: &str,
-    checks: &Checks,
-) -> Result<BTreeMap<String, Verdict>, PrecheckError> {
+fn judge_all(cluster: &Cluster, survey: &Survey, vm: &str, checks: &Checks) -> Result<Verdicts, PrecheckError> {
     let located = cluster.find(&survey.listing, Vec::new(), vm)?;
     let source = survey
         .hosts
