@@ -67,7 +67,13 @@ fn reset(lab: &Lab) {
     let out = lab.run(&["rollback", "--last", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let on_a = lab.vms().iter().filter(|v| v["host"] == "hostA").count();
-    assert_eq!(on_a, VMS.len(), "the rollback left VMs elsewhere");
+    assert_eq!(
+        on_a,
+        VMS.len(),
+        "the rollback left VMs elsewhere: {}\n{}",
+        text(&out.stdout),
+        lab.ok(&["history"])
+    );
 }
 
 fn main() {

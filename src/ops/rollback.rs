@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use thiserror::Error;
-use vmig_backend::api::{HostFacts, Request, RunEvent, VmState};
+use vmig_backend::api::{Request, RunEntry, RunEvent, VmState};
 
 use super::cluster::{Cluster, ClusterError};
 use super::code::{Code, describe};
@@ -74,40 +74,78 @@ pub struct Plan {
     pub skipped: Vec<VmResult>,
 }
 
+/// What the journals and the agents say now: all [`decide`] looks at.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    /// Every host's journal of runs (host, entry).
+    pub journal: Vec<(String, RunEntry)>,
+    /// Every migration, both sides merged, oldest first.
+    pub records: Vec<Record>,
+    /// Where each VM is now: its host, state and memory.
+    pub now: BTreeMap<String, (String, VmState, u64)>,
+    /// The run each host's cordon names (None: no cordon, or not a run's).
+    pub cordon_runs: BTreeMap<String, Option<String>>,
+}
+
 /// Plans rolling back run `of`. Changes nothing.
 pub fn plan(cluster: &Cluster, of: &str) -> Result<Plan, RollbackError> {
     let (journal, mut missing) = runs::journals(cluster);
-    let runs = runs::family(&journal, of);
     let (records, failed) = history::history(cluster, &Query::default());
     missing.extend(failed.into_iter().map(|(h, _)| h.name));
     missing.sort();
     missing.dedup();
-    let ours = |r: &Record| r.run.as_ref().is_some_and(|run| runs.contains(run));
-    let known = records.iter().any(ours) || journal.iter().any(|(_, e)| runs.contains(&e.run));
-    if !known {
-        return Err(RollbackError::NoSuchRun {
-            run: of.to_string(),
-            missing,
-        });
-    }
     let (listing, _) = cluster.listing();
-    let where_now = |vm: &str| listing.iter().find(|l| l.info.name == vm);
+    let now = listing
+        .into_iter()
+        .map(|l| (l.info.name, (l.host.name, l.info.state, l.info.memory_bytes)))
+        .collect();
+    let cordon_runs = cluster
+        .hosts()
+        .into_iter()
+        .filter_map(|a| {
+            let facts = a.facts.ok()?;
+            Some((a.host.name, facts.cordon.and_then(|c| c.run)))
+        })
+        .collect();
+    let seen = Seen {
+        journal,
+        records,
+        now,
+        cordon_runs,
+    };
+    decide(of, &seen).ok_or_else(|| RollbackError::NoSuchRun {
+        run: of.to_string(),
+        missing,
+    })
+}
+
+/// What rolling back run `of` does, from what is seen (a pure function);
+/// None when no journal knows the run.
+pub fn decide(of: &str, seen: &Seen) -> Option<Plan> {
+    let runs = runs::family(&seen.journal, of);
+    let ours = |r: &Record| r.run.as_ref().is_some_and(|run| runs.contains(run));
+    let known = seen.records.iter().any(ours) || seen.journal.iter().any(|(_, e)| runs.contains(&e.run));
+    if !known {
+        return None;
+    }
     let ended = |r: &Record| r.ended_ms.or(r.started_ms).unwrap_or(0);
     // Each VM the run moved: from its first move's source to its last
     // move's target.
     let mut moved: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
-    for record in records.iter().filter(|r| r.outcome == "moved" && ours(r)) {
+    for record in seen.records.iter().filter(|r| r.outcome == "moved" && ours(r)) {
         moved.entry(record.vm.as_str()).or_default().push(record);
     }
     let mut moves: Vec<(u64, Move)> = Vec::new();
     let mut skipped = Vec::new();
-    for (vm, list) in moved {
+    for (vm, mut list) in moved {
+        list.sort_by_key(|r| ended(r));
         let (first, last) = (list[0], list[list.len() - 1]);
         let (Some(origin), Some(there)) = (first.from.clone(), last.to.clone()) else {
             continue;
         };
         let base = VmResult::new(vm, &there, Some(&origin));
-        let latest = records
+        let latest = seen
+            .records
             .iter()
             .filter(|r| r.vm == vm && r.outcome == "moved")
             .max_by_key(|r| ended(r));
@@ -124,25 +162,25 @@ pub fn plan(cluster: &Cluster, of: &str) -> Result<Plan, RollbackError> {
             });
             continue;
         }
-        match where_now(vm) {
+        match seen.now.get(vm) {
             None => skipped.push(VmResult {
                 status: Status::Skipped,
                 message: Some("deleted since: no host has it".into()),
                 ..base
             }),
-            Some(l) if l.host.name != there => skipped.push(VmResult {
+            Some((host, ..)) if *host != there => skipped.push(VmResult {
                 status: Status::Skipped,
-                message: Some(format!("it is on {} now, not {there}", l.host.name)),
-                now_on: Some(l.host.name.clone()),
+                message: Some(format!("it is on {host} now, not {there}")),
+                now_on: Some(host.clone()),
                 ..base
             }),
-            Some(l) => moves.push((
+            Some((_, _, memory)) => moves.push((
                 ended(last),
                 Move {
                     vm: vm.to_string(),
                     from: there,
                     to: origin,
-                    memory_bytes: l.info.memory_bytes,
+                    memory_bytes: *memory,
                     watch: None,
                     skip: Vec::new(),
                     after: Vec::new(),
@@ -152,40 +190,36 @@ pub fn plan(cluster: &Cluster, of: &str) -> Result<Plan, RollbackError> {
     }
     // The last moved goes back first.
     moves.sort_by_key(|m| std::cmp::Reverse(m.0));
-    let facts: BTreeMap<String, HostFacts> = cluster
-        .hosts()
-        .into_iter()
-        .filter_map(|a| Some((a.host.name, a.facts.ok()?)))
-        .collect();
     let mut uncordon = BTreeSet::new();
     let mut starts = Vec::new();
-    for (host, entry) in journal.iter().filter(|(_, e)| runs.contains(&e.run)) {
+    for (host, entry) in seen.journal.iter().filter(|(_, e)| runs.contains(&e.run)) {
         match &entry.event {
             RunEvent::Evacuating { .. } => {
                 let Some(evacuation) = runs::evacuation(entry) else {
                     continue;
                 };
+                // Cordoned before the run by someone else: not its to lift.
                 let before = evacuation
                     .snapshot
                     .host(host)
                     .is_some_and(|h| h.cordoned && !h.cordon_run.as_ref().is_some_and(|r| runs.contains(r)));
-                let held = facts
+                let held = seen
+                    .cordon_runs
                     .get(host)
-                    .and_then(|f| f.cordon.as_ref())
-                    .and_then(|c| c.run.as_ref())
+                    .and_then(Option::as_ref)
                     .is_some_and(|run| runs.contains(run));
                 if held && !before {
                     uncordon.insert(host.clone());
                 }
             }
-            RunEvent::Stopping { vm } => match where_now(vm) {
-                Some(l) if l.host.name == *host && l.info.state == VmState::Stopped => {
+            RunEvent::Stopping { vm } => match seen.now.get(vm) {
+                Some((now, VmState::Stopped, _)) if now == host => {
                     starts.push((vm.clone(), host.clone()));
                 }
-                Some(l) => skipped.push(VmResult {
+                Some((now, state, _)) => skipped.push(VmResult {
                     status: Status::Skipped,
-                    message: Some(format!("it is {} on {} now: not started", l.info.state, l.host.name)),
-                    now_on: Some(l.host.name.clone()),
+                    message: Some(format!("it is {state} on {now} now: not started")),
+                    now_on: Some(now.clone()),
                     ..VmResult::new(vm, host, None)
                 }),
                 None => skipped.push(VmResult {
@@ -197,7 +231,7 @@ pub fn plan(cluster: &Cluster, of: &str) -> Result<Plan, RollbackError> {
             RunEvent::Ended { .. } => {}
         }
     }
-    Ok(Plan {
+    Some(Plan {
         of: of.to_string(),
         runs,
         moves: moves.into_iter().map(|(_, m)| m).collect(),
@@ -377,5 +411,178 @@ fn start(run: &Run, cluster: &Cluster, vm: &str, host: &str) -> VmResult {
             message: Some(e.to_string()),
             ..base
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::evacuate::{Evacuation, SnapHost, Snapshot};
+
+    fn moved(id: &str, vm: &str, from: &str, to: &str, run: &str, at: u64) -> Record {
+        Record {
+            id: id.into(),
+            vm: vm.into(),
+            from: Some(from.into()),
+            to: Some(to.into()),
+            run: Some(run.into()),
+            by: Some("alice".into()),
+            started_ms: Some(at - 1),
+            ended_ms: Some(at),
+            outcome: "moved".into(),
+            code: None,
+            message: None,
+            downtime_ms: None,
+            total_ms: None,
+            bytes_sent: None,
+            arrival: None,
+            rules: Vec::new(),
+        }
+    }
+
+    fn entry(host: &str, run: &str, event: RunEvent) -> (String, RunEntry) {
+        (
+            host.into(),
+            RunEntry {
+                at_ms: 1,
+                run: run.into(),
+                by: None,
+                event,
+            },
+        )
+    }
+
+    /// An evacuation of `host` by `run` nested in `parent`; `cordoned` is
+    /// the run whose cordon the host had when it was planned, if any
+    /// (`Some(None)`: an operator's).
+    fn evacuating(host: &str, run: &str, parent: Option<&str>, cordoned: Option<Option<&str>>) -> (String, RunEntry) {
+        let plan = Evacuation {
+            format: crate::ops::evacuate::FORMAT,
+            run: run.into(),
+            parent: parent.map(str::to_string),
+            host: host.into(),
+            made_ms: 0,
+            settings: Default::default(),
+            snapshot: Snapshot {
+                vms: Vec::new(),
+                hosts: vec![SnapHost {
+                    name: host.into(),
+                    reachable: true,
+                    free_bytes: 0,
+                    chassis: None,
+                    cordoned: cordoned.is_some(),
+                    cordon_run: cordoned.flatten().map(str::to_string),
+                    cost_limit: 8,
+                    cost_in_use: 0,
+                    cost: 1,
+                }],
+            },
+            steps: Vec::new(),
+            in_flight: Vec::new(),
+            stopped: Vec::new(),
+            left: Vec::new(),
+            unreachable: Vec::new(),
+        };
+        entry(host, run, RunEvent::Evacuating { plan: plan.to_json() })
+    }
+
+    fn now(list: &[(&str, &str, VmState)]) -> BTreeMap<String, (String, VmState, u64)> {
+        list.iter()
+            .map(|(vm, host, state)| (vm.to_string(), (host.to_string(), *state, 1 << 26)))
+            .collect()
+    }
+
+    fn moves(plan: &Plan) -> Vec<(&str, &str, &str)> {
+        plan.moves
+            .iter()
+            .map(|m| (m.vm.as_str(), m.from.as_str(), m.to.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn the_last_moved_goes_back_first_to_where_the_run_found_it() {
+        let seen = Seen {
+            records: vec![
+                moved("m-1", "v1", "A", "B", "r-1", 10),
+                moved("m-2", "v2", "A", "C", "r-1", 20),
+                moved("m-3", "v1", "B", "D", "r-1", 30),
+                moved("m-4", "x", "A", "B", "r-9", 40),
+            ],
+            now: now(&[("v1", "D", VmState::Running), ("v2", "C", VmState::Running)]),
+            ..Seen::default()
+        };
+        let plan = decide("r-1", &seen).unwrap();
+        assert_eq!(moves(&plan), [("v1", "D", "A"), ("v2", "C", "A")]);
+        assert!(plan.skipped.is_empty());
+        assert!(decide("r-7", &seen).is_none(), "an unknown run");
+    }
+
+    #[test]
+    fn what_moved_again_or_was_deleted_since_is_skipped_with_why() {
+        let seen = Seen {
+            records: vec![
+                moved("m-1", "v1", "A", "B", "r-1", 10),
+                moved("m-2", "v2", "A", "C", "r-1", 20),
+                moved("m-3", "v3", "A", "C", "r-1", 25),
+                moved("m-4", "v1", "B", "D", "r-2", 30),
+            ],
+            now: now(&[("v1", "D", VmState::Running), ("v3", "B", VmState::Running)]),
+            ..Seen::default()
+        };
+        let plan = decide("r-1", &seen).unwrap();
+        assert!(plan.moves.is_empty(), "{:?}", plan.moves);
+        let why: BTreeMap<&str, &str> = plan
+            .skipped
+            .iter()
+            .map(|s| (s.vm.as_str(), s.message.as_deref().unwrap()))
+            .collect();
+        assert!(
+            why["v1"].contains("moved again since: migration m-4 (run r-2)"),
+            "{why:?}"
+        );
+        assert!(why["v2"].contains("deleted since"), "{why:?}");
+        assert!(why["v3"].contains("on B now, not C"), "{why:?}");
+    }
+
+    #[test]
+    fn nested_runs_stops_and_cordons_are_the_runs_own() {
+        let seen = Seen {
+            journal: vec![
+                // A runbook r-1 evacuated A (as r-2, A cordoned by r-1
+                // itself) and B (as r-3, B cordoned by an operator before).
+                evacuating("A", "r-2", Some("r-1"), Some(Some("r-1"))),
+                entry("A", "r-2", RunEvent::Stopping { vm: "batch".into() }),
+                entry("A", "r-2", RunEvent::Stopping { vm: "gone".into() }),
+                evacuating("B", "r-3", Some("r-1"), Some(None)),
+                evacuating("C", "r-8", None, None),
+            ],
+            records: vec![
+                moved("m-1", "v1", "A", "C", "r-2", 10),
+                moved("m-2", "v2", "B", "C", "r-3", 20),
+            ],
+            now: now(&[
+                ("v1", "C", VmState::Running),
+                ("v2", "C", VmState::Running),
+                ("batch", "A", VmState::Stopped),
+            ]),
+            cordon_runs: BTreeMap::from([
+                ("A".to_string(), Some("r-1".to_string())),
+                ("B".to_string(), Some("r-3".to_string())),
+                ("C".to_string(), Some("r-8".to_string())),
+            ]),
+        };
+        let plan = decide("r-1", &seen).unwrap();
+        assert_eq!(plan.runs, ["r-1", "r-2", "r-3"]);
+        assert_eq!(moves(&plan), [("v2", "C", "B"), ("v1", "C", "A")]);
+        assert_eq!(plan.starts, [("batch".to_string(), "A".to_string())]);
+        assert_eq!(plan.skipped.len(), 1, "{:?}", plan.skipped);
+        assert_eq!(plan.skipped[0].vm, "gone");
+        // A's cordon is the runbook's: lifted. B was cordoned before by an
+        // operator: kept. C is another run's.
+        assert_eq!(plan.uncordon, ["A"]);
+        // Rolled back alone, the nested evacuation of A is found too.
+        let alone = decide("r-2", &seen).unwrap();
+        assert_eq!(moves(&alone), [("v1", "C", "A")]);
+        assert_eq!(alone.runs, ["r-2"]);
     }
 }
