@@ -85,6 +85,8 @@ pub struct Seen {
     pub now: BTreeMap<String, (String, VmState, u64)>,
     /// The run each host's cordon names (None: no cordon, or not a run's).
     pub cordon_runs: BTreeMap<String, Option<String>>,
+    /// Hosts that did not answer: a VM not found may be on one of them.
+    pub unanswered: Vec<String>,
 }
 
 /// Plans rolling back run `of`. Changes nothing.
@@ -94,7 +96,8 @@ pub fn plan(cluster: &Cluster, of: &str) -> Result<Plan, RollbackError> {
     missing.extend(failed.into_iter().map(|(h, _)| h.name));
     missing.sort();
     missing.dedup();
-    let (listing, _) = cluster.listing();
+    let (listing, failed) = cluster.listing();
+    let unanswered = failed.into_iter().map(|(h, _)| h.name).collect();
     let now = listing
         .into_iter()
         .map(|l| (l.info.name, (l.host.name, l.info.state, l.info.memory_bytes)))
@@ -112,6 +115,7 @@ pub fn plan(cluster: &Cluster, of: &str) -> Result<Plan, RollbackError> {
         records,
         now,
         cordon_runs,
+        unanswered,
     };
     decide(of, &seen).ok_or_else(|| RollbackError::NoSuchRun {
         run: of.to_string(),
@@ -163,6 +167,16 @@ pub fn decide(of: &str, seen: &Seen) -> Option<Plan> {
             continue;
         }
         match seen.now.get(vm) {
+            // Not deleted for all we know: a host did not say.
+            None if !seen.unanswered.is_empty() => skipped.push(VmResult {
+                status: Status::NotStarted,
+                code: Some(Code::Unreachable),
+                message: Some(format!(
+                    "where it is is not known: {} did not answer; not moved",
+                    seen.unanswered.join(", ")
+                )),
+                ..base
+            }),
             None => skipped.push(VmResult {
                 status: Status::Skipped,
                 message: Some("deleted since: no host has it".into()),
@@ -220,6 +234,15 @@ pub fn decide(of: &str, seen: &Seen) -> Option<Plan> {
                     status: Status::Skipped,
                     message: Some(format!("it is {state} on {now} now: not started")),
                     now_on: Some(now.clone()),
+                    ..VmResult::new(vm, host, None)
+                }),
+                None if !seen.unanswered.is_empty() => skipped.push(VmResult {
+                    status: Status::NotStarted,
+                    code: Some(Code::Unreachable),
+                    message: Some(format!(
+                        "where it is is not known: {} did not answer; not started",
+                        seen.unanswered.join(", ")
+                    )),
                     ..VmResult::new(vm, host, None)
                 }),
                 None => skipped.push(VmResult {
@@ -542,6 +565,15 @@ mod tests {
         );
         assert!(why["v2"].contains("deleted since"), "{why:?}");
         assert!(why["v3"].contains("on B now, not C"), "{why:?}");
+        // With a host silent, a VM not found is not called deleted.
+        let silent = Seen {
+            unanswered: vec!["E".into()],
+            ..seen
+        };
+        let plan = decide("r-1", &silent).unwrap();
+        let v2 = plan.skipped.iter().find(|s| s.vm == "v2").unwrap();
+        assert_eq!(v2.status, Status::NotStarted);
+        assert!(v2.message.as_deref().unwrap().contains("E did not answer"));
     }
 
     #[test]
@@ -570,6 +602,7 @@ mod tests {
                 ("B".to_string(), Some("r-3".to_string())),
                 ("C".to_string(), Some("r-8".to_string())),
             ]),
+            unanswered: Vec::new(),
         };
         let plan = decide("r-1", &seen).unwrap();
         assert_eq!(plan.runs, ["r-1", "r-2", "r-3"]);

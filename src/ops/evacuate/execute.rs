@@ -456,12 +456,23 @@ fn stop(run: &Run, cluster: &Cluster, host: &str, run_id: &str, vm: &str) -> VmR
 /// Where every VM is now, asked of the agents: each result's `now_on`; and
 /// whether `host` is empty of running VMs that could move.
 fn verify(cluster: &Cluster, host: &str, vms: &mut [VmResult]) -> bool {
-    let (listing, _) = cluster.listing();
+    let (listing, failed) = cluster.listing();
+    let unanswered: Vec<String> = failed.into_iter().map(|(h, _)| h.name).collect();
     for result in vms.iter_mut() {
         result.now_on = listing
             .iter()
             .find(|l| l.info.name == result.vm)
             .map(|l| l.host.name.clone());
+        if result.now_on.is_none() && !unanswered.is_empty() {
+            // Not found where it was asked: it may be on a host that did
+            // not answer. Said, not judged.
+            let note = format!("not verified: {} did not answer", unanswered.join(", "));
+            result.message = Some(match result.message.take() {
+                Some(message) => format!("{message}; {note}"),
+                None => note,
+            });
+            continue;
+        }
         // A move reported as done is checked: the VM must be there.
         if result.status == Status::Moved && result.now_on != result.to {
             result.status = Status::Failed;
@@ -472,9 +483,11 @@ fn verify(cluster: &Cluster, host: &str, vms: &mut [VmResult]) -> bool {
             ));
         }
     }
-    !listing.iter().any(|l| {
-        l.host.name == host
-            && matches!(l.info.state, VmState::Running | VmState::Migrating)
-            && l.info.maintenance == Maintenance::Live
-    })
+    // The evacuated host itself must answer for the run to be complete.
+    !unanswered.iter().any(|h| h == host)
+        && !listing.iter().any(|l| {
+            l.host.name == host
+                && matches!(l.info.state, VmState::Running | VmState::Migrating)
+                && l.info.maintenance == Maintenance::Live
+        })
 }
