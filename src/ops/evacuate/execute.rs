@@ -273,6 +273,11 @@ pub fn execute(
         observer.note(&Note::Result(result.clone()));
         vms.push(result);
     }
+    // The plan is journaled first: a run killed from here on is found and
+    // resumed (its cordon too).
+    if !run.dry_run && resumed.is_none() {
+        record(cluster, &host, &plan.run, RunEvent::Evacuating { plan: plan.to_json() })?;
+    }
     // The host takes no new VMs while it is emptied (a cordon already there
     // is left as it is: its run, or its operator, lifts it); lifting the
     // cordon ends the run's pending steps.
@@ -293,9 +298,6 @@ pub fn execute(
             host: host.clone(),
             what: "cordoned".into(),
         });
-    }
-    if !run.dry_run && resumed.is_none() {
-        record(cluster, &host, &plan.run, RunEvent::Evacuating { plan: plan.to_json() })?;
     }
     // Policy `stop`: shut down now, started again by a rollback.
     for vm in &plan.stopped {

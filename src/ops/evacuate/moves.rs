@@ -117,9 +117,11 @@ impl std::fmt::Debug for Schedule<'_> {
     }
 }
 
-/// How often the schedule looks at the clock, Ctrl-C and the hold while
-/// moves are in flight.
+/// How often the schedule looks at the clock and Ctrl-C while moves are
+/// in flight.
 const TICK: Duration = Duration::from_millis(200);
+/// How often it asks the hold (an agent's facts) while it cannot start more.
+const HOLD_EVERY: Duration = Duration::from_secs(1);
 
 /// Each host's budget as this schedule spends it.
 #[derive(Debug, Default)]
@@ -199,15 +201,21 @@ pub fn run_moves(
     let mut stop_reason: Option<(Code, String)> = None;
     let mut past_deadline = false;
     let (done_tx, done_rx) = mpsc::channel::<(usize, VmResult)>();
+    // The hold is asked before a move may start, and at most every
+    // HOLD_EVERY while the schedule is full.
+    let mut held_at: Option<Instant> = None;
     std::thread::scope(|scope| {
         loop {
+            let may_start = flying.len() < schedule.parallel;
+            let ask_hold = !pending.is_empty() && (may_start || held_at.is_none_or(|at| at.elapsed() >= HOLD_EVERY));
             if stop_reason.is_none() {
                 stop_reason = if run.interrupted() {
                     Some((Code::Interrupted, "the run was interrupted (Ctrl-C or SIGTERM)".into()))
                 } else if Instant::now() >= schedule.deadline {
                     past_deadline = true;
                     Some((Code::TimedOut, "the evacuation's deadline passed".into()))
-                } else if !pending.is_empty() {
+                } else if ask_hold {
+                    held_at = Some(Instant::now());
                     (schedule.hold)().map(|why| (Code::Cancelled, why))
                 } else {
                     None
