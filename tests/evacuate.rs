@@ -636,3 +636,35 @@ vmig.log.info("cycle done")
     assert_eq!(lab.vm("vm3")["host"], "hostA");
     assert!(!lab.ok(&["hosts"]).contains("cordoned"), "{}", lab.ok(&["hosts"]));
 }
+
+#[test]
+fn a_move_waiting_for_a_busy_hosts_budget_queues_instead_of_staying_behind() {
+    // Each host takes one migration at a time; hostB's is taken by an
+    // outside migration (held in its first pass) when the evacuation starts.
+    let lab = Lab::up_with_env(3, &["--max-migration-cost", "1"], &[]);
+    lab.create("outside", "hostB", "64M", "fill=16M idle verify=0 sleep=1 hb=500");
+    lab.wait_filled("outside");
+    for vm in ["vm1", "vm2"] {
+        idle_vm(&lab, vm, "hostA", &[]);
+    }
+    lab.arm("first-pass");
+    let outside = lab.spawn_migrate("outside", "hostC", &[]);
+    lab.wait_held("first-pass", Duration::from_secs(60))
+        .expect("the outside migration never reached its first pass");
+    let mut evacuation = lab
+        .command(&["evacuate", "hostA", "--to", "hostB", "--parallel", "2", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(evacuation.stdout.take().unwrap()).lines();
+    let queued = lines.by_ref().map_while(Result::ok).find(|l| l.contains("\"queued\""));
+    lab.release("first-pass");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = evacuation.wait().unwrap();
+    assert!(queued.is_some(), "the move did not queue: {}", rest.join("\n"));
+    assert_eq!(status.code(), Some(0), "{}", rest.join("\n"));
+    assert!(outside.wait_with_output().unwrap().status.success());
+    assert!(on(&lab, &["hostA"]).is_empty());
+    each_runs_once(&lab);
+}

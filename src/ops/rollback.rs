@@ -365,7 +365,7 @@ pub fn execute(
         run_id: &run.id,
         options: settings.migration.clone(),
         force: settings.force,
-        skip: settings.skip_rules()?,
+        skip: settings.skip_rules()?.with(&[super::evacuate::moves::SCHEDULED]),
         hold: &no_hold,
         planned: false,
     };

@@ -358,7 +358,7 @@ pub fn execute(
         run_id: &plan.run,
         options: plan.settings.migration.clone(),
         force: plan.settings.force,
-        skip: plan.settings.skip_rules()?,
+        skip: plan.settings.skip_rules()?.with(&[super::moves::SCHEDULED]),
         hold: &hold,
         planned: true,
     };

@@ -117,6 +117,11 @@ impl std::fmt::Debug for Schedule<'_> {
     }
 }
 
+/// The rule the schedule keeps to itself: moves start within the hosts'
+/// budgets, and one that must wait queues at its agent, so a warning that
+/// it would queue is not a reason to leave the VM behind.
+pub const SCHEDULED: &str = "concurrency.budget";
+
 /// How often the schedule looks at the clock and Ctrl-C while moves are
 /// in flight.
 const TICK: Duration = Duration::from_millis(200);
