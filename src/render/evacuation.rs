@@ -32,6 +32,8 @@ impl EvacuationUi {
                     .progress_chars("=> "),
             );
             bar.set_message("planning");
+            // Its clock and spinner turn while the moves' own bars report.
+            bar.enable_steady_tick(std::time::Duration::from_millis(250));
             bar
         });
         Self { base, overall }
@@ -102,11 +104,19 @@ impl Observer for EvacuationUi {
         self.json(&json!({ "note": note }));
         match note {
             Note::Planned {
-                steps, stopped, left, ..
+                kind,
+                steps,
+                stopped,
+                left,
+                ..
             } => {
                 if let Some(bar) = &self.overall {
                     bar.set_length((steps + stopped + left).max(1) as u64);
-                    bar.set_message("evacuating");
+                    bar.set_message(if *kind == "rollback" {
+                        "rolling back"
+                    } else {
+                        "evacuating"
+                    });
                 }
                 self.line(&note.to_string());
             }
