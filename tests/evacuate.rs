@@ -668,3 +668,88 @@ fn a_move_waiting_for_a_busy_hosts_budget_queues_instead_of_staying_behind() {
     assert!(on(&lab, &["hostA"]).is_empty());
     each_runs_once(&lab);
 }
+
+#[test]
+fn the_deadline_cancels_what_is_slow_and_ctrl_c_stops_a_run_that_the_next_resumes() {
+    let lab = Lab::up_with_env(3, &[], &[]);
+    for vm in ["vm1", "vm2"] {
+        lab.create(vm, "hostA", "64M", "fill=16M idle verify=0 sleep=1 hb=500");
+        lab.wait_filled(vm);
+    }
+    // vm1's first pass is held past a 2 s deadline: vm2 never starts, and
+    // vm1's move is cancelled (slow), not left hanging.
+    lab.arm("first-pass");
+    let mut child = lab
+        .command(&["evacuate", "hostA", "--parallel", "1", "--deadline", "2s", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    lab.wait_held("first-pass", Duration::from_secs(60))
+        .expect("no migration reached its first pass");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let deadline = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("not_started"))
+        .expect("the deadline never ended the pending move");
+    assert!(deadline.contains("deadline"), "{deadline}");
+    // The move in flight is cancelled (its agent says so) before it may go on.
+    let cancel = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("\"cancel\""))
+        .expect("the move in flight was not cancelled");
+    assert!(cancel.contains("\"accepted\":true"), "{cancel}");
+    lab.release("first-pass");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert_eq!(child.wait().unwrap().code(), Some(13), "{}", rest.join("\n"));
+    let ended: Value = rest
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|l| l.get("evacuation").cloned())
+        .expect("no report");
+    let statuses = status_of(&ended);
+    assert_eq!(statuses["vm1"], "slow", "{ended}");
+    assert_eq!(statuses["vm2"], "not_started", "{ended}");
+    assert_eq!(on(&lab, &["hostA"]).len(), 2);
+    each_runs_once(&lab);
+
+    // Ctrl-C in the middle of the next run: exit 12, nothing half done; the
+    // same command again resumes that run and finishes it.
+    lab.disarm_all();
+    lab.arm("first-pass");
+    let mut child = lab
+        .command(&["evacuate", "hostA", "--parallel", "1", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    lab.wait_held("first-pass", Duration::from_secs(60))
+        .expect("no migration reached its first pass");
+    signal(child.id() as i32, libc::SIGINT);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let cancel = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("\"cancel\""))
+        .expect("Ctrl-C did not cancel the move in flight");
+    assert!(cancel.contains("\"accepted\":true"), "{cancel}");
+    lab.release("first-pass");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert_eq!(child.wait().unwrap().code(), Some(12), "{}", rest.join("\n"));
+    let stopped: Value = rest
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|l| l.get("evacuation").cloned())
+        .expect("no report");
+    assert_eq!(on(&lab, &["hostA"]).len(), 2, "{stopped}");
+    each_runs_once(&lab);
+    let again = lab.run(&["evacuate", "hostA", "--json"]);
+    assert_eq!(again.status.code(), Some(0), "{}", show(&again));
+    let resumed = report(&again, "evacuation");
+    assert_eq!(resumed["resumed"], true, "{resumed}");
+    assert_eq!(resumed["run"], stopped["run"], "a new run, not the interrupted one");
+    assert!(on(&lab, &["hostA"]).is_empty());
+    each_runs_once(&lab);
+}
