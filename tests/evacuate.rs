@@ -48,6 +48,21 @@ fn show(out: &std::process::Output) -> String {
     )
 }
 
+/// Reads `lines` up to the first that contains `needle` (None: they
+/// ended first).
+fn first_line(lines: &mut impl Iterator<Item = std::io::Result<String>>, needle: &str) -> Option<String> {
+    lines.map_while(Result::ok).find(|l| l.contains(needle))
+}
+
+/// The report line among JSON lines already read (`evacuation` or `rollback`).
+fn report_in(lines: &[String], key: &str) -> Value {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|l| l.get(key).cloned())
+        .unwrap_or_else(|| panic!("no {key} line: {}", lines.join("\n")))
+}
+
 /// The report line of `--json` output (`evacuation` or `rollback`).
 fn report(out: &std::process::Output, key: &str) -> Value {
     json_lines(&out.stdout)
@@ -337,21 +352,13 @@ fn an_uncordon_ends_the_pending_steps_and_a_killed_run_resumes_from_the_journal(
         .unwrap();
     let stdout = again.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    let resuming = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("\"resuming\""))
-        .expect("the run was not found again");
+    let resuming = first_line(&mut lines, "\"resuming\"").expect("the run was not found again");
     assert!(resuming.contains("in flight"), "{resuming}");
     lab.release("prepared");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = again.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{}", rest.join("\n"));
-    let end: Value = rest
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find_map(|l| l.get("evacuation").cloned())
-        .expect("no report");
+    let end: Value = report_in(&rest, "evacuation");
     assert_eq!(end["resumed"], true, "{end}");
     for vm in placement(&lab) {
         assert_ne!(vm.1.0, "hostA", "{vm:?}");
@@ -658,7 +665,7 @@ fn a_move_waiting_for_a_busy_hosts_budget_queues_instead_of_staying_behind() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(evacuation.stdout.take().unwrap()).lines();
-    let queued = lines.by_ref().map_while(Result::ok).find(|l| l.contains("\"queued\""));
+    let queued = first_line(&mut lines, "\"queued\"");
     lab.release("first-pass");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = evacuation.wait().unwrap();
@@ -688,27 +695,15 @@ fn the_deadline_cancels_what_is_slow_and_ctrl_c_stops_a_run_that_the_next_resume
     lab.wait_held("first-pass", Duration::from_secs(60))
         .expect("no migration reached its first pass");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let deadline = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("not_started"))
-        .expect("the deadline never ended the pending move");
+    let deadline = first_line(&mut lines, "not_started").expect("the deadline never ended the pending move");
     assert!(deadline.contains("deadline"), "{deadline}");
     // The move in flight is cancelled (its agent says so) before it may go on.
-    let cancel = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("\"cancel\""))
-        .expect("the move in flight was not cancelled");
+    let cancel = first_line(&mut lines, "\"cancel\"").expect("the move in flight was not cancelled");
     assert!(cancel.contains("\"accepted\":true"), "{cancel}");
     lab.release("first-pass");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert_eq!(child.wait().unwrap().code(), Some(13), "{}", rest.join("\n"));
-    let ended: Value = rest
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find_map(|l| l.get("evacuation").cloned())
-        .expect("no report");
+    let ended: Value = report_in(&rest, "evacuation");
     let statuses = status_of(&ended);
     assert_eq!(statuses["vm1"], "slow", "{ended}");
     assert_eq!(statuses["vm2"], "not_started", "{ended}");
@@ -729,20 +724,12 @@ fn the_deadline_cancels_what_is_slow_and_ctrl_c_stops_a_run_that_the_next_resume
         .expect("no migration reached its first pass");
     signal(child.id() as i32, libc::SIGINT);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let cancel = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.contains("\"cancel\""))
-        .expect("Ctrl-C did not cancel the move in flight");
+    let cancel = first_line(&mut lines, "\"cancel\"").expect("Ctrl-C did not cancel the move in flight");
     assert!(cancel.contains("\"accepted\":true"), "{cancel}");
     lab.release("first-pass");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert_eq!(child.wait().unwrap().code(), Some(12), "{}", rest.join("\n"));
-    let stopped: Value = rest
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find_map(|l| l.get("evacuation").cloned())
-        .expect("no report");
+    let stopped: Value = report_in(&rest, "evacuation");
     assert_eq!(on(&lab, &["hostA"]).len(), 2, "{stopped}");
     each_runs_once(&lab);
     let again = lab.run(&["evacuate", "hostA", "--json"]);

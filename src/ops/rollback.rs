@@ -376,13 +376,7 @@ pub fn execute(
         vms.push(result);
     }
     if !run.dry_run {
-        let (listing, _) = cluster.listing();
-        for result in &mut vms {
-            result.now_on = listing
-                .iter()
-                .find(|l| l.info.name == result.vm)
-                .map(|l| l.host.name.clone());
-        }
+        super::evacuate::execute::locate(cluster, &mut vms);
     }
     let complete = vms.iter().all(|v| v.ok() || v.status == Status::Skipped);
     Ok(Report {
@@ -428,12 +422,7 @@ fn start(run: &Run, cluster: &Cluster, vm: &str, host: &str) -> VmResult {
                 },
             }
         }
-        Err(e) => VmResult {
-            status: Status::NotStarted,
-            code: Some(e.code()),
-            message: Some(e.to_string()),
-            ..base
-        },
+        Err(e) => base.refused_by(&e),
     }
 }
 

@@ -92,6 +92,16 @@ impl VmResult {
         }
     }
 
+    /// The run did not let it happen (no consent, declined, interrupted).
+    pub fn refused_by(self, error: &crate::ops::run::RunError) -> Self {
+        VmResult {
+            status: Status::NotStarted,
+            code: Some(error.code()),
+            message: Some(error.to_string()),
+            ..self
+        }
+    }
+
     /// It ended as it should: moved (or would), stopped or started, pinned.
     pub fn ok(&self) -> bool {
         matches!(
@@ -418,14 +428,7 @@ fn stop(run: &Run, cluster: &Cluster, host: &str, run_id: &str, vm: &str) -> VmR
     };
     let go = match run.change(change) {
         Ok(go) => go,
-        Err(e) => {
-            return VmResult {
-                status: Status::NotStarted,
-                code: Some(e.code()),
-                message: Some(e.to_string()),
-                ..base
-            };
-        }
+        Err(e) => return base.refused_by(&e),
     };
     if go == Go::DryRun {
         return VmResult {
@@ -458,6 +461,21 @@ fn stop(run: &Run, cluster: &Cluster, host: &str, run_id: &str, vm: &str) -> VmR
 /// Where every VM is now, asked of the agents: each result's `now_on`; and
 /// whether `host` is empty of running VMs that could move.
 fn verify(cluster: &Cluster, host: &str, vms: &mut [VmResult]) -> bool {
+    let (listing, unanswered) = locate(cluster, vms);
+    // The evacuated host itself must answer for the run to be complete.
+    !unanswered.iter().any(|h| h == host)
+        && !listing.iter().any(|l| {
+            l.host.name == host
+                && matches!(l.info.state, VmState::Running | VmState::Migrating)
+                && l.info.maintenance == Maintenance::Live
+        })
+}
+
+/// Where each VM of `vms` is now (`now_on`), asked of every agent; a moved
+/// VM found elsewhere than its target is a failure, and one not found
+/// while a host is silent is "not verified". Returns the listing and the
+/// hosts that did not answer.
+pub(crate) fn locate(cluster: &Cluster, vms: &mut [VmResult]) -> (Vec<crate::ops::cluster::Located>, Vec<String>) {
     let (listing, failed) = cluster.listing();
     let unanswered: Vec<String> = failed.into_iter().map(|(h, _)| h.name).collect();
     for result in vms.iter_mut() {
@@ -485,11 +503,5 @@ fn verify(cluster: &Cluster, host: &str, vms: &mut [VmResult]) -> bool {
             ));
         }
     }
-    // The evacuated host itself must answer for the run to be complete.
-    !unanswered.iter().any(|h| h == host)
-        && !listing.iter().any(|l| {
-            l.host.name == host
-                && matches!(l.info.state, VmState::Running | VmState::Migrating)
-                && l.info.maintenance == Maintenance::Live
-        })
+    (listing, unanswered)
 }

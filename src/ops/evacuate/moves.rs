@@ -313,24 +313,8 @@ pub fn run_moves(
 /// the front end shows it as a planned migration.
 fn plan_only(run: &Run, cluster: &Cluster, step: &Move, observer: &dyn Observer) -> VmResult {
     let base = VmResult::new(&step.vm, &step.from, Some(&step.to));
-    let (Ok(source), Ok(target)) = (cluster.host(&step.from), cluster.host(&step.to)) else {
-        return VmResult {
-            status: Status::NotStarted,
-            code: Some(Code::NotFound),
-            message: Some("its hosts are no longer in the inventory".into()),
-            ..base
-        };
-    };
-    let plan = Plan {
-        id: String::new(),
-        vm: step.vm.clone(),
-        source: source.clone(),
-        target: target.clone(),
-        options: MigrationOptions::default(),
-        info: None,
-        force: false,
-        skip: Skip::default(),
-        run_id: None,
+    let Some(plan) = known_plan(cluster, step, "") else {
+        return hosts_gone(step, Status::NotStarted);
     };
     match run.change(plan.change()) {
         Ok(_) => {
@@ -340,12 +324,36 @@ fn plan_only(run: &Run, cluster: &Cluster, step: &Move, observer: &dyn Observer)
                 ..base
             }
         }
-        Err(e) => VmResult {
-            status: Status::NotStarted,
-            code: Some(e.code()),
-            message: Some(e.to_string()),
-            ..base
-        },
+        Err(e) => base.refused_by(&e),
+    }
+}
+
+/// A migration plan for `step` (its id `id`) from the inventory alone;
+/// None when its hosts are no longer there.
+fn known_plan(cluster: &Cluster, step: &Move, id: &str) -> Option<Plan> {
+    let (Ok(source), Ok(target)) = (cluster.host(&step.from), cluster.host(&step.to)) else {
+        return None;
+    };
+    Some(Plan {
+        id: id.to_string(),
+        vm: step.vm.clone(),
+        source: source.clone(),
+        target: target.clone(),
+        options: MigrationOptions::default(),
+        info: None,
+        force: false,
+        skip: Skip::default(),
+        run_id: None,
+    })
+}
+
+/// `step`'s result when its hosts are no longer in the inventory.
+fn hosts_gone(step: &Move, status: Status) -> VmResult {
+    VmResult {
+        status,
+        code: Some(Code::NotFound),
+        message: Some("its hosts are no longer in the inventory".into()),
+        ..VmResult::new(&step.vm, &step.from, Some(&step.to))
     }
 }
 
@@ -411,25 +419,8 @@ fn one(
 
 /// Follows an interrupted run's migration to its end.
 fn follow(cluster: &Cluster, step: &Move, id: &str, base: VmResult, observer: &dyn Observer) -> VmResult {
-    let hosts = (cluster.host(&step.from), cluster.host(&step.to));
-    let (Ok(source), Ok(target)) = hosts else {
-        return VmResult {
-            status: Status::Failed,
-            code: Some(Code::NotFound),
-            message: Some("its hosts are no longer in the inventory".into()),
-            ..base
-        };
-    };
-    let plan = Plan {
-        id: id.to_string(),
-        vm: step.vm.clone(),
-        source: source.clone(),
-        target: target.clone(),
-        options: MigrationOptions::default(),
-        info: None,
-        force: false,
-        skip: Skip::default(),
-        run_id: None,
+    let Some(plan) = known_plan(cluster, step, id) else {
+        return hosts_gone(step, Status::Failed);
     };
     let mut progress = observer.migration(&plan, false);
     let outcome = flow::watch(cluster, &plan, &mut |event| progress.event(event)).map(|r| Outcome::Moved(Box::new(r)));

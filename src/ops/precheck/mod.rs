@@ -162,6 +162,44 @@ fn drive_probes(
         .collect()
 }
 
+/// What the source's agent found at the VM's images (taken out of
+/// `probes`); its failure to say is the precheck's.
+fn source_drives(
+    probes: &mut BTreeMap<String, Result<Vec<DriveProbe>, String>>,
+    source: &str,
+) -> Result<Vec<DriveProbe>, PrecheckError> {
+    probes
+        .remove(source)
+        .unwrap_or_else(|| Ok(Vec::new()))
+        .map_err(|detail| {
+            ClusterError::from(ClientError::Protocol {
+                host: source.to_string(),
+                detail,
+            })
+            .into()
+        })
+}
+
+/// How fast the VM dirties its memory, sampled once for every target (none
+/// for a VM that is not running: that is vm.stable's; none when the
+/// convergence rule is skipped).
+fn sample(
+    cluster: &Cluster,
+    located: &super::cluster::Located,
+    checks: &Checks,
+) -> Option<Result<vmig_backend::runtime::control::DirtySample, String>> {
+    (located.info.state == vmig_backend::api::VmState::Running && !checks.skip.ids().contains(&"migration.convergence"))
+        .then(|| {
+            cluster
+                .client(&located.host)
+                .call::<vmig_backend::runtime::control::DirtySample>(Request::SampleDirtyRate {
+                    name: located.info.name.clone(),
+                    window_ms: forecast::WINDOW_MS,
+                })
+                .map_err(|e| e.to_string())
+        })
+}
+
 /// The facts once (every host's, every VM), then a verdict per target.
 fn verdicts(
     cluster: &Cluster,
@@ -204,25 +242,8 @@ fn verdicts(
     let drives_of = |probes: &mut BTreeMap<String, Result<Vec<DriveProbe>, String>>, host: &str| {
         probes.remove(host).unwrap_or_else(|| Ok(Vec::new()))
     };
-    let source_drives = drives_of(&mut probes, &source.name).map_err(|detail| {
-        ClusterError::from(ClientError::Protocol {
-            host: source.name.clone(),
-            detail,
-        })
-    })?;
-    // How fast it dirties its memory, sampled once for every target (a VM
-    // that is not running is vm.stable's).
-    let sample = (located.info.state == vmig_backend::api::VmState::Running
-        && !checks.skip.ids().contains(&"migration.convergence"))
-    .then(|| {
-        cluster
-            .client(&located.host)
-            .call::<vmig_backend::runtime::control::DirtySample>(Request::SampleDirtyRate {
-                name: vm.to_string(),
-                window_ms: forecast::WINDOW_MS,
-            })
-            .map_err(|e| e.to_string())
-    });
+    let source_drives = source_drives(&mut probes, &source.name)?;
+    let sample = sample(cluster, &located, checks);
     let mut out = Vec::new();
     for entry in &cluster.inventory.hosts {
         if only.is_some_and(|h| h != entry.name) || (only.is_none() && entry.name == source.name) {
@@ -322,26 +343,8 @@ fn judge_all(cluster: &Cluster, survey: &Survey, vm: &str, checks: &Checks) -> R
         .cloned()
         .ok_or_else(|| unanswered(&located.host.name))?;
     let mut probes = drive_probes(cluster, &located.info);
-    let source_drives = probes
-        .remove(&source.name)
-        .unwrap_or_else(|| Ok(Vec::new()))
-        .map_err(|detail| {
-            ClusterError::from(ClientError::Protocol {
-                host: source.name.clone(),
-                detail,
-            })
-        })?;
-    let sample = (located.info.state == vmig_backend::api::VmState::Running
-        && !checks.skip.ids().contains(&"migration.convergence"))
-    .then(|| {
-        cluster
-            .client(&located.host)
-            .call::<vmig_backend::runtime::control::DirtySample>(Request::SampleDirtyRate {
-                name: vm.to_string(),
-                window_ms: forecast::WINDOW_MS,
-            })
-            .map_err(|e| e.to_string())
-    });
+    let source_drives = source_drives(&mut probes, &source.name)?;
+    let sample = sample(cluster, &located, checks);
     let mut out = BTreeMap::new();
     for (name, target) in survey.hosts.iter().filter(|(name, _)| **name != source.name) {
         let facts = rules::Facts {
