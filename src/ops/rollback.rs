@@ -14,7 +14,7 @@ use thiserror::Error;
 use vmig_backend::api::{Request, RunEntry, RunEvent, VmState};
 
 use super::cluster::{Cluster, ClusterError};
-use super::code::{Code, describe};
+use super::code::Code;
 use super::evacuate::moves::{Move, Note, Observer, Schedule, run_moves};
 use super::evacuate::{Report, Settings, Snapshot, Status, VmResult};
 use super::history::{self, Query, Record};
@@ -356,7 +356,7 @@ pub fn execute(
             m
         })
         .collect();
-    let (now, _) = Snapshot::take(cluster);
+    let now = Snapshot::take(cluster);
     let no_hold = || None;
     let schedule = Schedule {
         parallel: settings.parallel,
@@ -408,19 +408,7 @@ fn start(run: &Run, cluster: &Cluster, vm: &str, host: &str) -> VmResult {
                     .call::<serde_json::Value>(Request::StartVm { name: vm.to_string() })
                     .map_err(ClusterError::from)
             });
-            match started {
-                Ok(_) => VmResult {
-                    status: Status::Started,
-                    message: Some("started again".into()),
-                    ..base
-                },
-                Err(e) => VmResult {
-                    status: Status::Failed,
-                    code: Some(e.code()),
-                    message: Some(describe(&e)),
-                    ..base
-                },
-            }
+            base.after(started, Status::Started, "started again")
         }
         Err(e) => base.refused_by(&e),
     }

@@ -102,12 +102,54 @@ impl VmResult {
         }
     }
 
+    /// What an agent's answer to a stop or start makes of it: `status`
+    /// (with `message`) when it did, failed with the error's code when not.
+    pub fn after<T>(self, answer: Result<T, ClusterError>, status: Status, message: &str) -> Self {
+        match answer {
+            Ok(_) => VmResult {
+                status,
+                message: Some(message.to_string()),
+                ..self
+            },
+            Err(e) => VmResult {
+                status: Status::Failed,
+                code: Some(e.code()),
+                message: Some(describe(&e)),
+                ..self
+            },
+        }
+    }
+
     /// It ended as it should: moved (or would), stopped or started, pinned.
     pub fn ok(&self) -> bool {
         matches!(
             self.status,
             Status::Moved | Status::Planned | Status::Stopped | Status::Started | Status::Pinned
         )
+    }
+}
+
+impl std::fmt::Display for VmResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let status = serde_json::to_value(self.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        write!(f, "{} {}", self.vm, status.replace('_', " "))?;
+        match (&self.to, self.status) {
+            (Some(to), Status::Moved | Status::Planned) => write!(f, " {} → {to}", self.from)?,
+            _ => write!(f, " (on {})", self.now_on.as_deref().unwrap_or(&self.from))?,
+        }
+        if let Some(ms) = self.downtime_ms {
+            write!(f, ", downtime {ms:.1} ms")?;
+        }
+        if let Some(rule) = &self.rule {
+            write!(f, " [{rule}]")?;
+        }
+        if let Some(message) = &self.message {
+            write!(f, ": {message}")?;
+        }
+        Ok(())
     }
 }
 
@@ -200,7 +242,7 @@ pub fn apply(
             run: open.evacuation.run.clone(),
         });
     }
-    let (now, _) = Snapshot::take(cluster);
+    let now = Snapshot::take(cluster);
     let changes = stale::changes(plan, &now);
     if !changes.is_empty() {
         return Err(EvacuateError::Stale(changes));
@@ -288,11 +330,16 @@ pub fn execute(
     if !run.dry_run && resumed.is_none() {
         record(cluster, &host, &plan.run, RunEvent::Evacuating { plan: plan.to_json() })?;
     }
+    // The cluster now: the host's cordon, the steps done already, the budgets.
+    let now = Snapshot::take(cluster);
+    if !now.host(&host).is_some_and(|h| h.reachable) {
+        // Its answer is the error: nothing is done to a host that cannot be asked.
+        cluster.facts(&host)?;
+    }
     // The host takes no new VMs while it is emptied (a cordon already there
     // is left as it is: its run, or its operator, lifts it); lifting the
     // cordon ends the run's pending steps.
-    let facts = cluster.facts(&host)?;
-    if facts.cordon.is_none()
+    if !now.host(&host).is_some_and(|h| h.cordoned)
         && run.change(Change::Cordon {
             host: host.clone(),
             on: true,
@@ -338,7 +385,6 @@ pub fn execute(
         }))
         .collect();
     // Steps an earlier attempt of this run made already (an apply resumed).
-    let (now, _) = Snapshot::take(cluster);
     let (done, moves): (Vec<Move>, Vec<Move>) = moves
         .into_iter()
         .partition(|m| m.watch.is_none() && now.vm(&m.vm).is_some_and(|v| v.host == m.to));
@@ -443,19 +489,11 @@ fn stop(run: &Run, cluster: &Cluster, host: &str, run_id: &str, vm: &str) -> VmR
             .call::<serde_json::Value>(Request::StopVm { name: vm.to_string() })
             .map_err(ClusterError::from)
     });
-    match stopped {
-        Ok(_) => VmResult {
-            status: Status::Stopped,
-            message: Some("stopped for the maintenance (maintenance = \"stop\"); a rollback starts it".into()),
-            ..base
-        },
-        Err(e) => VmResult {
-            status: Status::Failed,
-            code: Some(e.code()),
-            message: Some(describe(&e)),
-            ..base
-        },
-    }
+    base.after(
+        stopped,
+        Status::Stopped,
+        "stopped for the maintenance (maintenance = \"stop\"); a rollback starts it",
+    )
 }
 
 /// Where every VM is now, asked of the agents: each result's `now_on`; and

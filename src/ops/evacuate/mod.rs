@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use vmig_backend::api::{HostFacts, Maintenance, Request, RunEntry, RunEvent, VmState};
+use vmig_backend::api::{Maintenance, Request, RunEntry, RunEvent, VmState};
 use vmig_backend::migration::MigrationOptions;
 
 use super::cluster::{Cluster, ClusterError, Located};
@@ -194,27 +194,22 @@ pub struct SnapHost {
 
 impl Snapshot {
     /// Takes one: every host's facts and every VM, asked at once.
-    pub fn take(cluster: &Cluster) -> (Self, BTreeMap<String, HostFacts>) {
-        let mut facts = BTreeMap::new();
+    pub fn take(cluster: &Cluster) -> Self {
         let hosts = cluster
             .hosts()
             .into_iter()
             .map(|answer| match answer.facts {
-                Ok(f) => {
-                    let host = SnapHost {
-                        name: answer.host.name.clone(),
-                        reachable: true,
-                        free_bytes: f.memory_available_bytes,
-                        chassis: f.chassis.clone(),
-                        cordoned: f.cordon.is_some(),
-                        cordon_run: f.cordon.as_ref().and_then(|c| c.run.clone()),
-                        cost_limit: f.migration_cost_limit,
-                        cost_in_use: f.migration_cost_in_use,
-                        cost: f.migration_cost.max(1),
-                    };
-                    facts.insert(answer.host.name, f);
-                    host
-                }
+                Ok(f) => SnapHost {
+                    name: answer.host.name,
+                    reachable: true,
+                    free_bytes: f.memory_available_bytes,
+                    chassis: f.chassis.clone(),
+                    cordoned: f.cordon.is_some(),
+                    cordon_run: f.cordon.as_ref().and_then(|c| c.run.clone()),
+                    cost_limit: f.migration_cost_limit,
+                    cost_in_use: f.migration_cost_in_use,
+                    cost: f.migration_cost.max(1),
+                },
                 Err(_) => SnapHost {
                     name: answer.host.name,
                     reachable: false,
@@ -230,7 +225,7 @@ impl Snapshot {
             .collect();
         let (listing, _) = cluster.listing();
         let vms = listing.iter().map(SnapVm::of).collect();
-        (Snapshot { vms, hosts }, facts)
+        Snapshot { vms, hosts }
     }
 
     pub fn host(&self, name: &str) -> Option<&SnapHost> {
@@ -338,7 +333,7 @@ impl Evacuation {
     }
 }
 
-pub(crate) fn now_ms() -> u64 {
+fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -364,8 +359,8 @@ pub fn plan(
             )));
         }
     }
-    let (snapshot, facts) = Snapshot::take(cluster);
-    if !facts.contains_key(&source) {
+    let snapshot = Snapshot::take(cluster);
+    if !snapshot.host(&source).is_some_and(|h| h.reachable) {
         // Its answer is the error: nothing is planned for a host that cannot be asked.
         cluster.facts(&source)?;
     }

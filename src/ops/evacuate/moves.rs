@@ -489,30 +489,6 @@ impl std::fmt::Display for Note {
     }
 }
 
-impl std::fmt::Display for VmResult {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let status = serde_json::to_value(self.status)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        write!(f, "{} {}", self.vm, status.replace('_', " "))?;
-        match (&self.to, self.status) {
-            (Some(to), Status::Moved | Status::Planned) => write!(f, " {} → {to}", self.from)?,
-            _ => write!(f, " (on {})", self.now_on.as_deref().unwrap_or(&self.from))?,
-        }
-        if let Some(ms) = self.downtime_ms {
-            write!(f, ", downtime {ms:.1} ms")?;
-        }
-        if let Some(rule) = &self.rule {
-            write!(f, " [{rule}]")?;
-        }
-        if let Some(message) = &self.message {
-            write!(f, ": {message}")?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
