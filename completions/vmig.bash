@@ -487,7 +487,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__evacuate)
-            opts="-o -h -V --to --parallel --on-error --deadline --dry-run --output --force --skip --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --json --inventory --help --version"
+            opts="-o -h -V --to --parallel --on-error --deadline --dry-run --output --force --skip --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --announce-rounds --announce-initial-ms --announce-step-ms --announce-max-ms --json --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -539,6 +539,22 @@ _vmig() {
                     ;;
                 --timeout-action)
                     COMPREPLY=($(compgen -W "cancel force" -- "${cur}"))
+                    return 0
+                    ;;
+                --announce-rounds)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --announce-initial-ms)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --announce-step-ms)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --announce-max-ms)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --inventory)
@@ -1503,7 +1519,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__lab__subcmd__up)
-            opts="-h -V --hosts --vms --max-migration-cost --storage-migrations --accept-timeout --stream-timeout --handoff-timeout --dir --inventory --help --version"
+            opts="-h -V --hosts --vms --max-migration-cost --storage-migrations --network --accept-timeout --stream-timeout --handoff-timeout --dir --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1523,6 +1539,10 @@ _vmig() {
                     ;;
                 --storage-migrations)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --network)
+                    COMPREPLY=($(compgen -W "auto netns loopback" -- "${cur}"))
                     return 0
                     ;;
                 --accept-timeout)
@@ -1553,7 +1573,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__migrate)
-            opts="-h -V --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --dry-run --force --skip --json --inventory --help --version"
+            opts="-h -V --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --announce-rounds --announce-initial-ms --announce-step-ms --announce-max-ms --dry-run --force --skip --ping --ping-interval-ms --json --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1579,7 +1599,31 @@ _vmig() {
                     COMPREPLY=($(compgen -W "cancel force" -- "${cur}"))
                     return 0
                     ;;
+                --announce-rounds)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --announce-initial-ms)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --announce-step-ms)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --announce-max-ms)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --skip)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ping)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ping-interval-ms)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1733,7 +1777,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__precheck)
-            opts="-h -V --json --skip --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --inventory --help --version"
+            opts="-h -V --json --skip --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --announce-rounds --announce-initial-ms --announce-step-ms --announce-max-ms --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1761,6 +1805,22 @@ _vmig() {
                     ;;
                 --timeout-action)
                     COMPREPLY=($(compgen -W "cancel force" -- "${cur}"))
+                    return 0
+                    ;;
+                --announce-rounds)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --announce-initial-ms)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --announce-step-ms)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --announce-max-ms)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --inventory)
@@ -2083,7 +2143,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm__subcmd__create)
-            opts="-h -V --spec --name --kernel --initrd --cmdline --memory --vcpus --redundancy-group --disk --cdrom --pmu --maintenance --cpu --host --no-start --json --inventory --help --version"
+            opts="-h -V --spec --name --kernel --initrd --cmdline --memory --vcpus --redundancy-group --disk --cdrom --pmu --maintenance --nic --cpu --host --no-start --json --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2131,6 +2191,10 @@ _vmig() {
                     ;;
                 --maintenance)
                     COMPREPLY=($(compgen -W "live stop pin" -- "${cur}"))
+                    return 0
+                    ;;
+                --nic)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --cpu)
@@ -2489,7 +2553,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm__subcmd__run)
-            opts="-h -V --kernel --initrd --cmdline --memory --vcpus --drive --pmu --hide-cpu --allow-disk --console --control --restore --incoming --token-file --name --record --migration-id --accept-timeout --stream-timeout --handoff-timeout --inventory --help --version"
+            opts="-h -V --kernel --initrd --cmdline --memory --vcpus --drive --nic --bridge --pmu --hide-cpu --allow-disk --console --control --restore --incoming --token-file --name --record --migration-id --accept-timeout --stream-timeout --handoff-timeout --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2516,6 +2580,14 @@ _vmig() {
                     return 0
                     ;;
                 --drive)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --nic)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bridge)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -2609,7 +2681,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm__subcmd__send)
-            opts="-h -V --control --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --token-file --json --inventory --help --version"
+            opts="-h -V --control --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --announce-rounds --announce-initial-ms --announce-step-ms --announce-max-ms --token-file --json --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2637,6 +2709,22 @@ _vmig() {
                     ;;
                 --timeout-action)
                     COMPREPLY=($(compgen -W "cancel force" -- "${cur}"))
+                    return 0
+                    ;;
+                --announce-rounds)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --announce-initial-ms)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --announce-step-ms)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --announce-max-ms)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --token-file)

@@ -51,7 +51,13 @@ complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l bandwidth -d 'Band
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l timeout -d 'Time limit in seconds for the whole migration' -r
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l timeout-action -d 'What the time limit does: `cancel` (the VM stays on the source) or `force` (switch over now)' -r -f -a "cancel\t''
 force\t''"
+complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l announce-rounds -d 'After the switchover, the target announces the VM\'s network cards (RARP from each MAC) this many times; 0: only the one at the pause' -r
+complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l announce-initial-ms -d 'Milliseconds from the first announcement to the second; each later gap is --announce-step-ms longer, at most --announce-max-ms' -r
+complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l announce-step-ms -r
+complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l announce-max-ms -r
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l skip -d 'Do not check this precheck rule (repeatable; `vmig precheck --help` lists them)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l ping -d 'Probe ADDR (the VM\'s IPv4 address) with ICMP echo from here during the move, and report the probes lost and the longest gap between two answers beside the downtime' -r
+complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l ping-interval-ms -d 'With --ping: milliseconds between probes' -r
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l no-auto-converge -d 'Do not throttle the vCPUs of a guest that dirties memory faster than the link sends'
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l verify-memory -d 'Hash guest memory on both sides at switchover and refuse the handoff if they differ (for testing; adds the hashing time to the downtime)'
@@ -67,6 +73,10 @@ complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l bandwidth -d 'Ban
 complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l timeout -d 'Time limit in seconds for the whole migration' -r
 complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l timeout-action -d 'What the time limit does: `cancel` (the VM stays on the source) or `force` (switch over now)' -r -f -a "cancel\t''
 force\t''"
+complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l announce-rounds -d 'After the switchover, the target announces the VM\'s network cards (RARP from each MAC) this many times; 0: only the one at the pause' -r
+complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l announce-initial-ms -d 'Milliseconds from the first announcement to the second; each later gap is --announce-step-ms longer, at most --announce-max-ms' -r
+complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l announce-step-ms -r
+complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l announce-max-ms -r
 complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l json -d 'Print the verdicts as JSON'
 complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l no-auto-converge -d 'Do not throttle the vCPUs of a guest that dirties memory faster than the link sends'
@@ -86,6 +96,10 @@ complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l bandwidth -d 'Ban
 complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l timeout -d 'Time limit in seconds for the whole migration' -r
 complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l timeout-action -d 'What the time limit does: `cancel` (the VM stays on the source) or `force` (switch over now)' -r -f -a "cancel\t''
 force\t''"
+complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l announce-rounds -d 'After the switchover, the target announces the VM\'s network cards (RARP from each MAC) this many times; 0: only the one at the pause' -r
+complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l announce-initial-ms -d 'Milliseconds from the first announcement to the second; each later gap is --announce-step-ms longer, at most --announce-max-ms' -r
+complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l announce-step-ms -r
+complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l announce-max-ms -r
 complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l dry-run -d 'Plan, print the plan, move nothing'
 complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l force -d 'Move VMs despite the prechecks\' warnings (never despite an error)'
@@ -183,6 +197,7 @@ complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l maintenance -d 'What host maintenance does with it: live (move it live), stop (shut it down, start it on return) or pin (never move it; evacuations report it)' -r -f -a "live\t''
 stop\t''
 pin\t''"
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l nic -d 'A network card on NETWORK (repeatable), with a MAC address derived from the VM\'s name unless one is given: `--nic lab` or `--nic lab=52:54:00:12:34:56`. A host runs the VM only if it has a bridge for the network' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l cpu -d 'The CPU the guest sees: `host` (all its host\'s KVM offers) or `baseline` (only what every host of the cluster offers, so it can move anywhere)' -r -f -a "host\t''
 baseline\t''"
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from create" -l host -d 'The host to create it on (default: the one with the most memory available)' -r
@@ -225,6 +240,8 @@ complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l memory -d 'Guest memory (64M to 1T, a multiple of 2M)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l vcpus -d 'Number of vCPUs' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l drive -d 'A drive, in slot order: `disk:PATH` (read-write), `cdrom:PATH` or `cdrom-ejected:PATH` (a read-only CD/DVD with or without its medium in). The image is locked while this VMM may write or read it' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l nic -d 'A network card on NETWORK (repeatable, in the slots after the drives): `NETWORK=MAC`, or `NETWORK` for a MAC derived from the name. Its TAP joins the bridge --bridge gives for the network' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l bridge -d 'The host bridge of NETWORK: `NETWORK=BRIDGE` (repeatable). With --incoming, an arriving VM with a card on another network is refused' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l hide-cpu -d 'Hide this CPU feature (a /proc/cpuinfo name) from the guest; with --incoming, refuse a VM that uses it (repeatable)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l allow-disk -d 'With --incoming: an image the arriving VM may open (repeatable); a VM naming any other drive is refused' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l console -d 'Write the serial console to FILE instead of standard output' -r -F
@@ -285,6 +302,10 @@ complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l timeout -d 'Time limit in seconds for the whole migration' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l timeout-action -d 'What the time limit does: `cancel` (the VM stays on the source) or `force` (switch over now)' -r -f -a "cancel\t''
 force\t''"
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l announce-rounds -d 'After the switchover, the target announces the VM\'s network cards (RARP from each MAC) this many times; 0: only the one at the pause' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l announce-initial-ms -d 'Milliseconds from the first announcement to the second; each later gap is --announce-step-ms longer, at most --announce-max-ms' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l announce-step-ms -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l announce-max-ms -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l token-file -d 'The target\'s migration token (when it runs with `--token-file`)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l no-auto-converge -d 'Do not throttle the vCPUs of a guest that dirties memory faster than the link sends'
@@ -337,7 +358,7 @@ complete -c vmig -n "__fish_vmig_using_subcommand pki; and __fish_seen_subcomman
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subcommand_from up demo down help" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subcommand_from up demo down help" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subcommand_from up demo down help" -s V -l version -d 'Print version'
-complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subcommand_from up demo down help" -f -a "up" -d 'Start the lab: agents hostA, hostB, ... on loopback addresses, and demo VMs vm1, vm2, ...'
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subcommand_from up demo down help" -f -a "up" -d 'Start the lab: agents hostA, hostB, ..., each a network namespace on a shared switch (or a loopback address), and demo VMs vm1, vm2, ...'
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subcommand_from up demo down help" -f -a "demo" -d 'Bring the lab up if needed and take vm1\'s host through a maintenance with runbooks/rolling-maintenance.lua (evacuate, bring back), with progress bars'
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subcommand_from up demo down help" -f -a "down" -d 'Stop every VM and agent of the lab and remove its files'
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and not __fish_seen_subcommand_from up demo down help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -345,6 +366,9 @@ complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcomman
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l vms -d 'Number of demo VMs, placed round-robin (1 vCPU each, the test guest dirtying memory)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l max-migration-cost -d 'Each host\'s migration cost limit (default: the agent\'s)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l storage-migrations -d 'Migrations the shared storage takes at once, cluster-wide (default 8)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l network -d 'How hosts are networked: `netns` (each host a network namespace with its own addresses and bridge, on a switch bridge here; VMs get network cards), `loopback` (loopback addresses, no VM network), or `auto` (netns where this machine allows it, else loopback)' -r -f -a "auto\t''
+netns\t''
+loopback\t''"
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l accept-timeout -d 'A receiving VMM that no sender reached within S seconds ends (the source\'s agent keeps it waiting while it queues)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l stream-timeout -d 'A migration stream on which nothing moves for S seconds has failed' -r
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l handoff-timeout -d 'Each side of the switchover waits S seconds for the other (and a receiver holding the state for Go)' -r
@@ -360,7 +384,7 @@ complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcomman
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from down" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from down" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from down" -s V -l version -d 'Print version'
-complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from help" -f -a "up" -d 'Start the lab: agents hostA, hostB, ... on loopback addresses, and demo VMs vm1, vm2, ...'
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from help" -f -a "up" -d 'Start the lab: agents hostA, hostB, ..., each a network namespace on a shared switch (or a loopback address), and demo VMs vm1, vm2, ...'
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from help" -f -a "demo" -d 'Bring the lab up if needed and take vm1\'s host through a maintenance with runbooks/rolling-maintenance.lua (evacuate, bring back), with progress bars'
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from help" -f -a "down" -d 'Stop every VM and agent of the lab and remove its files'
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -421,7 +445,7 @@ complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcomma
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "send" -d 'Live-migrate a running VM to a VMM waiting with `vm run --incoming`'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from pki" -f -a "init" -d 'Create the cluster CA (ca.pem, ca.key) in a directory'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from pki" -f -a "issue" -d 'Issue a host or operator certificate signed by the cluster CA'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from lab" -f -a "up" -d 'Start the lab: agents hostA, hostB, ... on loopback addresses, and demo VMs vm1, vm2, ...'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from lab" -f -a "up" -d 'Start the lab: agents hostA, hostB, ..., each a network namespace on a shared switch (or a loopback address), and demo VMs vm1, vm2, ...'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from lab" -f -a "demo" -d 'Bring the lab up if needed and take vm1\'s host through a maintenance with runbooks/rolling-maintenance.lua (evacuate, bring back), with progress bars'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from lab" -f -a "down" -d 'Stop every VM and agent of the lab and remove its files'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from testguest" -f -a "export" -d 'Write the test guest\'s PVH ELF image to a file (e.g. for `qemu-system-x86_64 -kernel`)'

@@ -43,11 +43,13 @@ fn hello(cpuid: Vec<CpuidLeaf>) -> Hello {
             vcpus: 1,
             cpuid_masks: Vec::new(),
             disks: Vec::new(),
+            nics: Vec::new(),
         },
         cpuid,
         xsave_size: 0,
         streams: 1,
         token: Token::default(),
+        announce: Default::default(),
     }
 }
 

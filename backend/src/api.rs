@@ -361,6 +361,22 @@ pub struct VmSpec {
     /// (never moved).
     #[serde(default, skip_serializing_if = "Maintenance::is_live")]
     pub maintenance: Maintenance,
+    /// Network cards (virtio-net), in the slots after the drives: each on a
+    /// network a host must reach (its bridge there) for the VM to run there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<NicSpec>,
+}
+
+/// A network card as the operator declares it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicSpec {
+    /// The network (a name in the hosts' `networks` and `[bridges]`).
+    pub network: String,
+    /// Its MAC address; none: one derived from the VM's name and the
+    /// card's slot (stable for the VM's life, wherever it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<crate::vmm::devices::virtio::Mac>,
 }
 
 /// What an evacuation of its host does with a VM.
@@ -407,6 +423,7 @@ impl Default for VmSpec {
             cpu: None,
             cpu_hide: Vec::new(),
             maintenance: Maintenance::Live,
+            nics: Vec::new(),
         }
     }
 }
@@ -447,6 +464,14 @@ pub struct VgpuSpec {
     pub framebuffer: String,
 }
 
+fn valid_network_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 fn default_vcpus() -> u8 {
     1
 }
@@ -471,12 +496,24 @@ impl VmSpec {
         if self.kernel.is_empty() {
             return Err("kernel: must not be empty".into());
         }
-        let slots = self.disks.len() + usize::from(self.cdrom.is_some());
+        let slots = self.disks.len() + usize::from(self.cdrom.is_some()) + self.nics.len();
         if slots > crate::vmm::devices::virtio::mmio::MAX_DEVICES {
             return Err(format!(
-                "disks: {slots} drives (disks and CD/DVD); at most {} are supported",
+                "disks: {slots} devices (disks, CD/DVD and network cards); at most {} are supported",
                 crate::vmm::devices::virtio::mmio::MAX_DEVICES
             ));
+        }
+        let mut macs = std::collections::BTreeSet::new();
+        for (i, nic) in self.nic_configs().iter().enumerate() {
+            if !valid_network_name(&nic.network) {
+                return Err(format!(
+                    "nics[{i}].network: {:?} is not a network name (letters, digits, -, _ and .)",
+                    nic.network
+                ));
+            }
+            if !macs.insert(nic.mac) {
+                return Err(format!("nics[{i}].mac: {} is given twice", nic.mac));
+            }
         }
         let mut paths = std::collections::BTreeSet::new();
         for (i, disk) in self.disks.iter().enumerate() {
@@ -526,6 +563,21 @@ impl VmSpec {
             connected: c.connected,
         });
         disks.chain(cdrom).collect()
+    }
+
+    /// The VM's network cards as its VMM gets them, each with its MAC.
+    pub fn nic_configs(&self) -> Vec<crate::vmm::devices::virtio::NicConfig> {
+        let first = self.disks.len() + usize::from(self.cdrom.is_some());
+        self.nics
+            .iter()
+            .enumerate()
+            .map(|(i, nic)| crate::vmm::devices::virtio::NicConfig {
+                network: nic.network.clone(),
+                mac: nic.mac.unwrap_or_else(|| {
+                    crate::vmm::devices::virtio::Mac::derived(&format!("{}/{}", self.name, first + i))
+                }),
+            })
+            .collect()
     }
 
     /// The slot of the CD/DVD drive.
@@ -640,6 +692,9 @@ pub struct VmInfo {
     /// What host maintenance does with it.
     #[serde(default, skip_serializing_if = "Maintenance::is_live")]
     pub maintenance: Maintenance,
+    /// Its network cards.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<NicSpec>,
 }
 
 /// `vmig vm show`: the definition, the summary and the VMM's own figures.
@@ -678,6 +733,10 @@ pub struct HostFacts {
     pub migration_address: String,
     pub link_speed_mbps: u64,
     pub networks: Vec<String>,
+    /// The networks whose bridge exists here (measured): the ones a VM's
+    /// network card can be plugged into on this host.
+    #[serde(default)]
+    pub bridged_networks: Vec<String>,
     pub storage: Vec<StorageFacts>,
     pub vms: usize,
     /// The host's cordon, while it has one.
@@ -907,6 +966,24 @@ pub struct MigrateResult {
     /// The engine's report; none when an in-doubt handoff was settled by the agents.
     pub report: Option<Report>,
     pub note: Option<String>,
+    /// The operator's probes of the VM's address during the move (`--ping`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeReport>,
+}
+
+/// ICMP echo probes of a VM's address from the operator's side while it
+/// moved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeReport {
+    pub address: String,
+    pub interval_ms: f64,
+    pub sent: u64,
+    pub received: u64,
+    pub lost: u64,
+    /// The longest time between two answers in a row.
+    pub longest_gap_ms: f64,
+    pub rtt_median_ms: f64,
+    pub rtt_max_ms: f64,
 }
 
 /// Answer to `prepare_incoming`.

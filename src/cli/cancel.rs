@@ -65,6 +65,7 @@ pub fn exec(args: &CancelArgs, inventory: Option<&Path>) -> Result<Exit> {
         force: false,
         skip: crate::ops::precheck::Skip::default(),
         run_id: None,
+        ping: None,
     };
     let result = flow::watch(&cluster, &plan, &mut |event| display.show(event));
     display.finish();

@@ -9,7 +9,7 @@ use vmig_backend::api::Request;
 
 use crate::exit::Exit;
 use crate::inventory::lab_dir;
-use crate::lab::{Lab, LabOptions};
+use crate::lab::{Lab, LabNetwork, LabOptions};
 use crate::lua::Runbook;
 use crate::ops::cluster::Cluster;
 
@@ -17,7 +17,8 @@ use super::options::TimeoutArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
-    /// Start the lab: agents hostA, hostB, ... on loopback addresses, and demo VMs vm1, vm2, ...
+    /// Start the lab: agents hostA, hostB, ..., each a network namespace on a shared switch
+    /// (or a loopback address), and demo VMs vm1, vm2, ...
     Up(UpArgs),
     /// Bring the lab up if needed and take vm1's host through a maintenance with
     /// runbooks/rolling-maintenance.lua (evacuate, bring back), with progress bars.
@@ -44,6 +45,12 @@ pub struct UpArgs {
     /// Migrations the shared storage takes at once, cluster-wide (default 8).
     #[arg(long, value_name = "N")]
     storage_migrations: Option<u32>,
+    /// How hosts are networked: `netns` (each host a network namespace with
+    /// its own addresses and bridge, on a switch bridge here; VMs get network
+    /// cards), `loopback` (loopback addresses, no VM network), or `auto`
+    /// (netns where this machine allows it, else loopback).
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "netns", "loopback"])]
+    network: String,
     #[command(flatten)]
     timeouts: TimeoutArgs,
     #[command(flatten)]
@@ -74,6 +81,11 @@ pub fn exec(command: LabCommand) -> Result<Exit> {
                 max_migration_cost: args.max_migration_cost,
                 storage_migrations: args.storage_migrations,
                 timeouts,
+                network: match args.network.as_str() {
+                    "netns" => LabNetwork::Namespaces,
+                    "loopback" => LabNetwork::Loopback,
+                    _ => LabNetwork::Auto,
+                },
                 ..LabOptions::default()
             };
             let lab = args.dir.lab();

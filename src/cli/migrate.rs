@@ -47,6 +47,13 @@ pub struct MigrateArgs {
     /// Do not check this precheck rule (repeatable; `vmig precheck --help` lists them).
     #[arg(long, value_name = "RULE")]
     skip: Vec<String>,
+    /// Probe ADDR (the VM's IPv4 address) with ICMP echo from here during the move, and report
+    /// the probes lost and the longest gap between two answers beside the downtime.
+    #[arg(long, value_name = "ADDR")]
+    ping: Option<std::net::IpAddr>,
+    /// With --ping: milliseconds between probes.
+    #[arg(long, value_name = "MS", default_value_t = 10, requires = "ping")]
+    ping_interval_ms: u64,
     /// Print progress and the result as JSON lines (the default without a terminal).
     #[arg(long)]
     json: bool,
@@ -60,6 +67,12 @@ pub fn exec(args: &MigrateArgs, inventory: Option<&Path>) -> Result<Exit> {
     let mut plan = flow::plan(&cluster, &args.vm, &args.host, options)?;
     plan.force = args.force;
     plan.skip = skip;
+    if args.ping_interval_ms == 0 {
+        return Err(crate::cli::UsageError("--ping-interval-ms: must be at least 1".into()).into());
+    }
+    plan.ping = args
+        .ping
+        .map(|address| (address, std::time::Duration::from_millis(args.ping_interval_ms)));
     let json = args.json || !std::io::stderr().is_terminal();
     if args.dry_run {
         return dry_run(&cluster, &plan, json);
@@ -174,6 +187,19 @@ fn print_moved(plan: &Plan, result: &MigrateResult, json: bool) -> Result<()> {
         None => writeln!(out, "{} now runs on {}", plan.vm, plan.target.name)?,
     }
     let mut out = std::io::stdout().lock();
+    if let Some(probe) = &result.probe {
+        writeln!(
+            out,
+            "  ping {}: {} sent every {} ms, {} lost, longest gap {:.1} ms, round trip median {:.2} ms, max {:.1} ms",
+            probe.address,
+            probe.sent,
+            probe.interval_ms,
+            probe.lost,
+            probe.longest_gap_ms,
+            probe.rtt_median_ms,
+            probe.rtt_max_ms
+        )?;
+    }
     if let Some(note) = &result.note {
         writeln!(out, "  {note}")?;
     }

@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::Args;
 use vmig_backend::migration::{MigrationOptions, TimeoutAction, Timeouts};
 use vmig_backend::size::parse_size;
+use vmig_backend::vmm::AnnounceOptions;
 
 use super::UsageError;
 
@@ -33,6 +34,18 @@ pub struct MigrationArgs {
     /// they differ (for testing; adds the hashing time to the downtime).
     #[arg(long)]
     pub verify_memory: bool,
+    /// After the switchover, the target announces the VM's network cards
+    /// (RARP from each MAC) this many times; 0: only the one at the pause.
+    #[arg(long, value_name = "N", default_value_t = AnnounceOptions::default().rounds)]
+    pub announce_rounds: u32,
+    /// Milliseconds from the first announcement to the second; each later
+    /// gap is --announce-step-ms longer, at most --announce-max-ms.
+    #[arg(long, value_name = "MS", default_value_t = AnnounceOptions::default().initial_ms)]
+    pub announce_initial_ms: u64,
+    #[arg(long, value_name = "MS", default_value_t = AnnounceOptions::default().step_ms)]
+    pub announce_step_ms: u64,
+    #[arg(long, value_name = "MS", default_value_t = AnnounceOptions::default().max_ms)]
+    pub announce_max_ms: u64,
 }
 
 /// How long the two sides of a migration wait for each other (the agents'
@@ -91,6 +104,12 @@ impl MigrationArgs {
             token: Default::default(),
             migration_id: None,
             timeouts: Default::default(),
+            announce: AnnounceOptions {
+                rounds: self.announce_rounds,
+                initial_ms: self.announce_initial_ms,
+                step_ms: self.announce_step_ms,
+                max_ms: self.announce_max_ms,
+            },
         };
         // Checked here, before anything is asked of an agent or a VMM; the
         // message names the option.

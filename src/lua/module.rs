@@ -367,13 +367,23 @@ pub struct MigrateOptions {
     force: Option<bool>,
     /// Precheck rules not to check.
     skip: Option<Vec<String>>,
+    /// The VM's IPv4 address, probed with ICMP echo during the move.
+    ping: Option<String>,
+    /// Milliseconds between probes (default 10).
+    ping_interval_ms: Option<u64>,
+    announce_rounds: Option<u32>,
+    announce_initial_ms: Option<u64>,
+    announce_step_ms: Option<u64>,
+    announce_max_ms: Option<u64>,
 }
 
-/// How a migration's prechecks are taken: forced past warnings, rules skipped.
+/// How a migration's prechecks are taken (forced past warnings, rules
+/// skipped), and whether the VM's address is probed meanwhile.
 #[derive(Debug, Clone, Default)]
 struct Checks {
     force: bool,
     skip: crate::ops::precheck::Skip,
+    ping: Option<(std::net::IpAddr, Duration)>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -387,9 +397,23 @@ impl MigrateOptions {
     fn checks(&self, function: &str) -> Result<Checks, Fail> {
         let skip = crate::ops::precheck::Skip::parse(self.skip.as_deref().unwrap_or_default())
             .map_err(|e| invalid(function, format!("skip: {e}")))?;
+        let ping = match &self.ping {
+            None => None,
+            Some(address) => {
+                let address = address
+                    .parse()
+                    .map_err(|_| invalid(function, format!("ping: {address:?} is not an IP address")))?;
+                let interval = self.ping_interval_ms.unwrap_or(10);
+                if interval == 0 {
+                    return Err(invalid(function, "ping_interval_ms: must be at least 1"));
+                }
+                Some((address, Duration::from_millis(interval)))
+            }
+        };
         Ok(Checks {
             force: self.force.unwrap_or(false),
             skip,
+            ping,
         })
     }
 
@@ -427,6 +451,11 @@ impl MigrateOptions {
         if let Some(on) = self.verify_memory {
             options.verify_memory = on;
         }
+        let a = &mut options.announce;
+        a.rounds = self.announce_rounds.unwrap_or(a.rounds);
+        a.initial_ms = self.announce_initial_ms.unwrap_or(a.initial_ms);
+        a.step_ms = self.announce_step_ms.unwrap_or(a.step_ms);
+        a.max_ms = self.announce_max_ms.unwrap_or(a.max_ms);
         options.validate().map_err(|e| invalid(function, e))?;
         Ok(options)
     }
@@ -459,6 +488,8 @@ struct Migrated {
     rounds: Option<u32>,
     queued_ms: Option<u64>,
     note: Option<String>,
+    /// The probes of the VM's address (`ping`): sent, lost, longest gap.
+    probe: Option<vmig_backend::api::ProbeReport>,
 }
 
 impl Migrated {
@@ -476,6 +507,7 @@ impl Migrated {
             rounds: None,
             queued_ms: None,
             note: None,
+            probe: None,
         };
         match outcome {
             Outcome::Planned => planned,
@@ -494,6 +526,7 @@ impl Migrated {
             rounds: report.map(|r| r.rounds),
             queued_ms: Some(result.queued_ms),
             note: result.note.clone(),
+            probe: result.probe.clone(),
             ..planned
         }
     }
@@ -511,6 +544,7 @@ fn run_one(
     let mut plan = flow::plan(cluster, vm, host, options).map_err(|e| Fail::of_migrate(&e, vm, host))?;
     plan.force = checks.force;
     plan.skip = checks.skip;
+    plan.ping = checks.ping;
     let mut progress = context.ui.migration(&plan, context.run.dry_run);
     let outcome = flow::migrate(&context.run, cluster, &plan, &mut |event| progress.event(event));
     progress.done(&outcome);

@@ -233,6 +233,7 @@ mod tests {
             target: "hostB".into(),
             queued_ms: 0,
             report: None,
+            probe: None,
             note: None,
         });
         let source = vec![

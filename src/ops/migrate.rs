@@ -55,6 +55,8 @@ pub struct Plan {
     /// The run its journal entries name, when not the [`Run`]'s own (an
     /// evacuation inside a runbook is a run of its own).
     pub run_id: Option<String>,
+    /// Probe this address (the VM's) during the move, every so often.
+    pub ping: Option<(std::net::IpAddr, Duration)>,
 }
 
 impl Plan {
@@ -99,6 +101,7 @@ pub fn plan(cluster: &Cluster, vm: &str, host: &str, options: MigrationOptions) 
         force: false,
         skip: precheck::Skip::default(),
         run_id: None,
+        ping: None,
     })
 }
 
@@ -165,6 +168,9 @@ pub enum MigrateError {
     /// The source's agent could not be reached: nothing was started.
     #[error("nothing was started")]
     NotStarted(#[source] ClientError),
+    /// The VM's address could not be probed (`--ping`): nothing was started.
+    #[error(transparent)]
+    Probe(super::probe::ProbeError),
     /// Neither agent could say what became of the migration in time.
     #[error(
         "the outcome of migration {id} is not known: {detail}; `vmig vms` shows where {vm} runs once the agents answer"
@@ -176,7 +182,7 @@ impl MigrateError {
     /// The stable code scripts decide on.
     pub fn code(&self) -> Code {
         match self {
-            MigrateError::Options(_) => Code::Invalid,
+            MigrateError::Options(_) | MigrateError::Probe(_) => Code::Invalid,
             MigrateError::Cluster(e) => e.code(),
             MigrateError::AlreadyThere { .. } => Code::Conflict,
             MigrateError::Run(e) => e.code(),
@@ -290,7 +296,27 @@ fn start(
         id: Some(plan.id.clone()),
         run: run.map(str::to_string),
     };
+    let prober = match plan.ping {
+        Some((address, interval)) => Some(super::probe::Prober::start(address, interval).map_err(MigrateError::Probe)?),
+        None => None,
+    };
     let mut canceller = Canceller::new(cluster, plan, cancel);
+    let mut result = watch_start(cluster, plan, &source, request, on_event, &mut canceller);
+    if let (Some(prober), Ok(result)) = (prober, &mut result) {
+        result.probe = Some(prober.finish());
+    }
+    result
+}
+
+/// Sends the migrate request and follows it to its end.
+fn watch_start(
+    cluster: &Cluster,
+    plan: &Plan,
+    source: &Client,
+    request: Request,
+    on_event: &mut dyn FnMut(&Event),
+    canceller: &mut Canceller<'_>,
+) -> Result<MigrateResult, MigrateError> {
     let first = source.call_until::<MigrateResult>(request, &mut |line| {
         on_event(&Event::Progress(line));
         canceller.look(on_event);
@@ -301,7 +327,7 @@ fn start(
         Err(ClientError::Status { code, message, .. }) => Err(MigrateError::Outcome { code, message }),
         // Never connected: nothing was asked, nothing started.
         Err(e @ (ClientError::Unreachable { .. } | ClientError::Tls { .. })) => Err(MigrateError::NotStarted(e)),
-        Err(e) => follow(cluster, plan, &e.to_string(), on_event, &mut canceller),
+        Err(e) => follow(cluster, plan, &e.to_string(), on_event, canceller),
     }
 }
 
@@ -393,6 +419,7 @@ fn ask_target(target: &Client, plan: &Plan, why: &str) -> Option<Result<MigrateR
             target: target_name.clone(),
             queued_ms: 0,
             report: None,
+            probe: None,
             note: Some(format!(
                 "{source}'s agent did not answer ({why}); {target_name} says {vm} arrived and is its now"
             )),

@@ -12,6 +12,7 @@ pub mod history;
 pub mod migrate;
 pub mod placement;
 pub mod precheck;
+pub mod probe;
 pub mod rollback;
 pub mod run;
 pub mod runs;

@@ -64,8 +64,16 @@ impl Lab {
             _serial: serial,
         };
         let hosts = hosts.to_string();
+        // Loopback unless a test asks for the network: the link cuts of
+        // the fault tests are rules on this namespace's loopback.
+        let network: &[&str] = if extra.contains(&"--network") {
+            &[]
+        } else {
+            &["--network", "loopback"]
+        };
         let args = [
             &["lab", "up", "--hosts", &hosts, "--vms", "0", "--dir", lab.path()],
+            network,
             extra,
         ]
         .concat();

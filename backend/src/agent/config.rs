@@ -9,6 +9,9 @@
 //! link_speed_mbps = 10000              # the migration link (default 10000)
 //! networks = ["prod", "backup"]        # networks this host's VMs can reach
 //!
+//! [bridges]                            # the host bridge of each network VMs' cards join
+//! prod = "br-prod"                     # (a network here is one this host reaches)
+//!
 //! [[storage]]                          # where VM images may live (repeatable)
 //! name = "shared"                      # its name in facts and prechecks
 //! path = "/srv/vmig/shared"            # its mount point here
@@ -78,6 +81,10 @@ pub struct AgentConfig {
     pub memory_for_vms: Option<String>,
     #[serde(default)]
     pub networks: Vec<String>,
+    /// The bridge of each network VMs' cards are plugged into (a TAP per
+    /// card); a network listed here is one the host reaches.
+    #[serde(default)]
+    pub bridges: crate::vmm::devices::virtio::Bridges,
     #[serde(default)]
     pub storage: Vec<super::storage::StorageRoot>,
     pub tls: Identity,
@@ -136,6 +143,18 @@ fn default_link_speed() -> u64 {
 const DEFAULT_MAX_COST: u32 = 8;
 
 impl AgentConfig {
+    /// The networks this host's VMs can reach: those listed, and those it
+    /// has a bridge for.
+    pub fn reached_networks(&self) -> Vec<String> {
+        let mut networks = self.networks.clone();
+        for network in self.bridges.keys() {
+            if !networks.contains(network) {
+                networks.push(network.clone());
+            }
+        }
+        networks
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),

@@ -58,7 +58,13 @@ pub fn gather(config: &AgentConfig, vms: &[u64], usage: (u32, u32, u32)) -> Host
         management_families: vec![family(config.api_address.ip())],
         migration_address: config.migration_ip().to_string(),
         link_speed_mbps: config.link_speed_mbps,
-        networks: config.networks.clone(),
+        networks: config.reached_networks(),
+        bridged_networks: config
+            .bridges
+            .iter()
+            .filter(|(_, bridge)| crate::vmm::devices::virtio::tap::interface_index(bridge).is_some())
+            .map(|(network, _)| network.clone())
+            .collect(),
         storage: config
             .storage
             .iter()

@@ -104,6 +104,7 @@ impl Agent {
                 timeouts: &self.config.timeouts,
                 allowed_disks,
                 hide_cpu: self.config.cpu.hide.clone(),
+                bridges: &self.config.bridges,
             },
         );
         match spawned {

@@ -265,6 +265,7 @@ impl Agent {
             vgpu: record.spec.vgpu.clone(),
             cpu_hide: record.spec.cpu_hide.clone(),
             maintenance: record.spec.maintenance,
+            nics: record.spec.nics.clone(),
         }
     }
 
@@ -399,12 +400,14 @@ impl Agent {
                 .cloned()
                 .collect::<Vec<_>>(),
         );
-        let child = dir.spawn_boot(&self.exe, &spec, &hide).map_err(|e| {
-            Failure::new(
-                500,
-                format!("cannot start {name}: {}", crate::runtime::process::chain(&e)),
-            )
-        })?;
+        let child = dir
+            .spawn_boot(&self.exe, &spec, &hide, &self.config.bridges)
+            .map_err(|e| {
+                Failure::new(
+                    500,
+                    format!("cannot start {name}: {}", crate::runtime::process::chain(&e)),
+                )
+            })?;
         let view = {
             let mut vms = self.vms();
             let vm = vms.get_mut(name).ok_or_else(|| Failure::not_found(name))?;

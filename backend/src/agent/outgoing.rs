@@ -629,6 +629,7 @@ impl Agent {
             target: target.clone(),
             queued_ms,
             report,
+            probe: None,
             note,
         })
     }

@@ -146,6 +146,8 @@ pub struct Arriving<'a> {
     pub allowed_disks: Vec<PathBuf>,
     /// CPU features this host hides from its guests.
     pub hide_cpu: Vec<String>,
+    /// This host's bridge for each network.
+    pub bridges: &'a crate::vmm::devices::virtio::Bridges,
 }
 
 /// The files of one VM.
@@ -279,11 +281,19 @@ impl VmDir {
     }
 
     /// Starts a VMM that boots `spec`.
-    /// `hide_cpu` names the features the host hides from its guests.
-    pub fn spawn_boot(&self, exe: &Path, spec: &VmSpec, hide_cpu: &[String]) -> Result<Child, VmmError> {
+    /// `hide_cpu` names the features the host hides from its guests; its
+    /// cards go on this host's `bridges`.
+    pub fn spawn_boot(
+        &self,
+        exe: &Path,
+        spec: &VmSpec,
+        hide_cpu: &[String],
+        bridges: &crate::vmm::devices::virtio::Bridges,
+    ) -> Result<Child, VmmError> {
         let command = self.command(
             exe,
             &spec.name,
+            bridges,
             LaunchStart::Boot {
                 kernel: spec.kernel.clone(),
                 initrd: spec.initrd.clone(),
@@ -291,6 +301,7 @@ impl VmDir {
                 memory: spec.memory.clone(),
                 vcpus: spec.vcpus,
                 disks: spec.drives(),
+                nics: spec.nic_configs(),
                 pmu: spec.pmu,
                 hide_cpu: hide_cpu.to_vec(),
             },
@@ -310,6 +321,7 @@ impl VmDir {
             timeouts,
             allowed_disks,
             hide_cpu,
+            bridges,
         } = arrival;
         let path = self.token();
         let write = |source| VmmError::Write {
@@ -332,6 +344,7 @@ impl VmDir {
         let command = self.command(
             exe,
             name,
+            bridges,
             LaunchStart::Incoming {
                 listen,
                 token_file: Some(path.clone()),
@@ -353,12 +366,19 @@ impl VmDir {
         Ok((child, url.unwrap_or_default()))
     }
 
-    fn command(&self, exe: &Path, name: &str, start: LaunchStart) -> Command {
+    fn command(
+        &self,
+        exe: &Path,
+        name: &str,
+        bridges: &crate::vmm::devices::virtio::Bridges,
+        start: LaunchStart,
+    ) -> Command {
         let launch = Launch {
             name: name.to_string(),
             control: Some(self.control()),
             console: Some(self.console()),
             record: Some(self.vmm_record()),
+            bridges: bridges.clone(),
             start,
         };
         let mut command = Command::new(exe);

@@ -509,11 +509,13 @@ mod tests {
                 vcpus: 1,
                 cpuid_masks: Vec::new(),
                 disks: Vec::new(),
+                nics: Vec::new(),
             },
             cpuid: Vec::new(),
             xsave_size: 0,
             streams: 2,
             token,
+            announce: Default::default(),
         };
         let payload = protocol::encode(&hello);
         let mut frame = Header::new(Kind::Hello, payload.len() as u32, 0).encode().to_vec();

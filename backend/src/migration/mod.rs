@@ -2,7 +2,7 @@
 //! so that the guest notices a few milliseconds at most, nothing is lost, and
 //! exactly one copy runs whatever happens.
 //!
-//! # Protocol (version 3)
+//! # Protocol (version 5)
 //!
 //! Frames and their parsing are in [`protocol`]. A migration uses `N` TCP
 //! streams; stream 0 is the control stream, and every stream carries pages.
@@ -30,14 +30,18 @@
 //!    leaves at most 3/4 of the one before and its pages would take over
 //!    0.5 ms to send paused; or at once when the time limit forces it)
 //! [source pauses its vCPUs: the switchover; a cancel is refused from here]
+//! ── Paused ──────────────────────────────────►  announces the VM's cards
+//!                                              (RARP), holds what arrives
 //! ── final round: last dirty pages, RoundEnd ─► ◄ RoundDone
 //! ── State{vCPUs, irqchip, PIT, clock, devices} ─►
 //!                                             restores it, VM still paused
 //! ◄─────────── Ready
 //! [source records its handoff]
+//! ── Frames (what its cards got while paused) ► held for the guest
 //! ── Go ──────────────────────────────────────►  records its commit, then
 //!                                              Running in its outcomes
-//! ◄─────────── Running                         then starts the vCPUs
+//! ◄─────────── Running                         then starts the vCPUs and
+//!                                              announces the cards again
 //! [source ends its copy]
 //! ```
 //!
@@ -245,6 +249,9 @@ pub struct MigrationOptions {
     pub migration_id: Option<String>,
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// How the target tells the network where the VM's cards are now.
+    #[serde(default)]
+    pub announce: crate::vmm::AnnounceOptions,
 }
 
 impl Default for MigrationOptions {
@@ -260,6 +267,7 @@ impl Default for MigrationOptions {
             token: Token::default(),
             migration_id: None,
             timeouts: Timeouts::default(),
+            announce: crate::vmm::AnnounceOptions::default(),
         }
     }
 }
@@ -284,6 +292,7 @@ impl MigrationOptions {
         if self.timeout_s == 0 {
             return Err("timeout: must be at least 1 second".into());
         }
+        self.announce.validate()?;
         self.timeouts.validate().map_err(|e| format!("timeouts: {e}"))
     }
 }

@@ -21,7 +21,7 @@ use thiserror::Error;
 use crate::vmm::MachineConfig;
 
 /// This engine's protocol version; a receiver refuses any other.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 pub const HEADER_LEN: usize = 16;
 pub const PAGE_SIZE: u64 = 4096;
 /// Largest control payload (a machine state).
@@ -118,6 +118,14 @@ pub enum Kind {
     /// budget); the receiver waits [`super::Timeouts::accept`] longer and
     /// echoes the frame.
     Keepalive = 14,
+    /// Sender → receiver on the control stream: the source has paused its
+    /// vCPUs (the switchover began); the receiver tells the network the
+    /// VM's cards are here from now on.
+    Paused = 15,
+    /// Sender → receiver before Go: the frames the paused source's cards
+    /// received meanwhile ([`crate::vmm::devices::virtio::HeldFrames`]), for
+    /// the guest to get on the target.
+    Frames = 16,
 }
 
 impl Kind {
@@ -138,6 +146,8 @@ impl Kind {
             12 => Query,
             13 => Outcome,
             14 => Keepalive,
+            15 => Paused,
+            16 => Frames,
             _ => return None,
         })
     }
@@ -151,6 +161,8 @@ impl Kind {
             Kind::Abort => 4096,
             Kind::Join => 4 + TOKEN_LEN as u64,
             Kind::Keepalive => TOKEN_LEN as u64,
+            // At most MAX_HELD frames of each of 4 cards, with their lengths.
+            Kind::Frames => 4 * 512 * (1518 + 16) + 64,
             _ => 0,
         }
     }
@@ -321,6 +333,8 @@ pub struct Hello {
     pub streams: u32,
     /// The migration's token, checked by a receiver that was given one.
     pub token: Token,
+    /// How the target announces the VM's cards once it runs there.
+    pub announce: crate::vmm::AnnounceOptions,
 }
 
 /// One CPUID leaf as the guest sees it.
@@ -454,6 +468,7 @@ mod tests {
                 vcpus: 2,
                 cpuid_masks: Vec::new(),
                 disks: Vec::new(),
+                nics: Vec::new(),
             },
             cpuid: vec![CpuidLeaf {
                 function: 1,
@@ -466,6 +481,7 @@ mod tests {
             xsave_size: 4096,
             streams: 2,
             token: Token::default(),
+            announce: Default::default(),
         };
         let bytes = encode(&hello);
         assert_eq!(decode::<Hello>(Kind::Hello, &bytes).unwrap(), hello);

@@ -19,8 +19,9 @@ use super::protocol::{
 };
 use super::transport;
 use super::{Timeouts, VmSideError};
+use crate::vmm::devices::virtio::HeldFrames;
 use crate::vmm::memory::GuestMemory;
-use crate::vmm::{MachineConfig, VmState, cpuid, memory};
+use crate::vmm::{AnnounceOptions, MachineConfig, VmState, cpuid, memory};
 
 /// How long a receiver that discarded a VM after Ready keeps answering queries.
 const LINGER: Duration = Duration::from_secs(15);
@@ -77,6 +78,13 @@ pub trait TargetVm {
     /// Stops every vCPU for good: a resume that failed half way must not
     /// leave part of the VM running here while the source resumes.
     fn halt(&mut self);
+    /// The source paused: tell the network the VM's cards are here, and
+    /// hold what arrives for the guest.
+    fn begin_switchover(&mut self);
+    /// Frames the source's cards held, for the guest before anything else.
+    fn put_frames(&mut self, frames: HeldFrames);
+    /// The VM runs here: announce its cards as `options` say (returns at once).
+    fn announce(&mut self, options: AnnounceOptions);
 }
 
 /// A sender that said Hello and waits for Accept.
@@ -311,6 +319,7 @@ impl Incoming {
                     apply_memory(&mut self.control, memory, &header)
                         .map_err(|detail| ReceiveError::Stream { index: 0, detail })?;
                 }
+                Kind::Paused => vm.begin_switchover(),
                 Kind::RoundEnd => {
                     round_open = false;
                     let round = header.arg;
@@ -411,7 +420,28 @@ impl Incoming {
         let waited_s = self.timeouts.handoff_s;
         let _ = self.control.set_read_timeout(Some(self.timeouts.handoff()));
         let fault = fault::injected();
-        let received = protocol::expect(&mut self.control, Kind::Go);
+        let received = loop {
+            match protocol::read_header(&mut self.control) {
+                Ok(header) if header.kind == Kind::Frames => {
+                    let payload = protocol::read_payload(&mut self.control, &header)?;
+                    vm.put_frames(protocol::decode::<HeldFrames>(Kind::Frames, &payload)?);
+                }
+                Ok(header) if header.kind == Kind::Go => break Ok(header),
+                Ok(header) if header.kind == Kind::Abort => {
+                    let payload = protocol::read_payload(&mut self.control, &header)?;
+                    break Err(ProtocolError::PeerAborted(
+                        String::from_utf8_lossy(&payload).into_owned(),
+                    ));
+                }
+                Ok(header) => {
+                    break Err(ProtocolError::Unexpected {
+                        expected: Kind::Go,
+                        got: header.kind,
+                    });
+                }
+                Err(e) => break Err(e),
+            }
+        };
         let received = match (received, fault) {
             (Ok(_), Some(Fault::IgnoreGo)) => {
                 // As if Go was lost on the way: wait out the rest of the timeout.
@@ -472,6 +502,7 @@ impl Incoming {
                 source,
             });
         }
+        vm.announce(self.hello.announce);
         Ok(())
     }
 }

@@ -20,6 +20,7 @@ use super::protocol::{
 use super::stats::{Phase, Progress, Report};
 use super::transport::{self, Piece, TransportError};
 use super::{MigrationOptions, TimeoutAction, VmSideError};
+use crate::vmm::devices::virtio::HeldFrames;
 use crate::vmm::memory::GuestMemory;
 use crate::vmm::{MachineConfig, VmState};
 
@@ -113,6 +114,9 @@ pub trait SourceVm: Sync {
     /// Keeps the vCPUs off the CPU for `duration` (returns at once).
     fn hold(&self, duration: Duration) -> Result<(), VmSideError>;
     fn save_state(&self) -> Result<VmState, VmSideError>;
+    /// The frames the paused VM's network cards received since the pause,
+    /// taken (the target's guest gets them).
+    fn take_frames(&self) -> Result<HeldFrames, VmSideError>;
 }
 
 /// The source VM's identity and memory.
@@ -396,6 +400,7 @@ pub fn migrate(
         xsave_size: ctx.xsave_size,
         streams: options.streams,
         token: options.token,
+        announce: options.announce,
     };
     protocol::write_frame(&mut control, Kind::Hello, 0, &protocol::encode(&hello))?;
     match protocol::expect(&mut control, Kind::Accept) {
@@ -462,6 +467,7 @@ pub fn migrate(
         throttle: Arc::new(ThrottleControl::default()),
         max_throttle: 0,
         paused: false,
+        frames_carried: 0,
         live: None,
         forced_at: None,
     };
@@ -563,6 +569,8 @@ struct Engine<'a> {
     handles: Vec<TcpStream>,
     throttle: Arc<ThrottleControl>,
     max_throttle: u8,
+    /// Frames the source's cards held through the switchover, sent along.
+    frames_carried: u64,
     paused: bool,
     live: Option<LiveProgress>,
     /// When the time limit forced the switchover.
@@ -937,6 +945,16 @@ impl Engine<'_> {
             source,
         })?;
         self.paused = true;
+        // The target tells the network the VM is there from now on, so what
+        // is sent to the VM queues there while it is stopped.
+        self.submit(
+            0,
+            Job::Frame {
+                kind: Kind::Paused,
+                arg: 0,
+                payload: Vec::new(),
+            },
+        )?;
         round += 1;
         let mut last = dirty::collect(&self.ctx.vm_fd, &self.ctx.memory)?;
         last.merge(&dirty);
@@ -1000,6 +1018,8 @@ impl Engine<'_> {
             forced: self.forced_at.is_some(),
             forced_at_ms: self.forced_at.map(|at| (at - self.started).as_secs_f64() * 1000.0),
             memory_hash,
+            announce: (!self.ctx.machine.nics.is_empty()).then_some(self.options.announce),
+            frames_carried: self.frames_carried,
         })
     }
 
@@ -1013,14 +1033,32 @@ impl Engine<'_> {
             source,
         })?;
         let handoff = self.options.timeouts.handoff();
-        let sent = self.submit(
-            0,
-            Job::Frame {
-                kind: Kind::Go,
-                arg: 0,
-                payload: Vec::new(),
-            },
-        );
+        // What reached the source's cards since the pause goes along; a
+        // card's frames are no reason to keep the VM here.
+        let frames = self.vm.take_frames().unwrap_or_default();
+        self.frames_carried = frames.iter().map(|(_, f)| f.len() as u64).sum();
+        let carried = if frames.is_empty() {
+            Ok(())
+        } else {
+            self.submit(
+                0,
+                Job::Frame {
+                    kind: Kind::Frames,
+                    arg: 0,
+                    payload: protocol::encode(&frames),
+                },
+            )
+        };
+        let sent = carried.and_then(|()| {
+            self.submit(
+                0,
+                Job::Frame {
+                    kind: Kind::Go,
+                    arg: 0,
+                    payload: Vec::new(),
+                },
+            )
+        });
         let confirmed = sent.and_then(|()| {
             self.control
                 .set_read_timeout(Some(handoff))

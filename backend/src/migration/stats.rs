@@ -69,4 +69,11 @@ pub struct Report {
     pub forced_at_ms: Option<f64>,
     /// With `verify_memory`: the content hash both sides agreed on.
     pub memory_hash: Option<u64>,
+    /// How the target announced the VM's network cards (none without cards).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<crate::vmm::AnnounceOptions>,
+    /// Frames that reached the source's cards while it was paused, carried
+    /// to the target's guest.
+    #[serde(default)]
+    pub frames_carried: u64,
 }

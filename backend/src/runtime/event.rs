@@ -43,12 +43,15 @@ pub enum SourceRequest {
     SaveState,
     /// Keep the vCPUs off the CPU for this long (auto-converge).
     Hold(std::time::Duration),
+    /// Hand over what the paused VM's cards received.
+    TakeFrames,
 }
 
 #[derive(Debug)]
 pub enum SourceReply {
     Done,
     State(Box<crate::vmm::VmState>),
+    Frames(crate::vmm::devices::virtio::HeldFrames),
 }
 
 /// A VM's stops, reported as events of the main loop.

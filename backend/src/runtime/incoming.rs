@@ -32,6 +32,9 @@ pub(super) struct Expect {
     pub allowed_disks: Vec<std::path::PathBuf>,
     /// CPU features this host hides from guests.
     pub hide_cpu: Vec<crate::vmm::cpuid::CpuidMask>,
+    /// This host's bridge for each network: a VM with a card on any other
+    /// is refused.
+    pub bridges: crate::vmm::devices::virtio::Bridges,
 }
 
 /// Opens the gate on `listener` and starts the thread that takes the VM;
@@ -49,6 +52,7 @@ pub(super) fn start(
         migration,
         allowed_disks,
         hide_cpu,
+        bridges,
     } = expect;
     let gate = Gate::open(listener, token, timeouts.accept())?;
     let receiving = Receiving {
@@ -62,7 +66,7 @@ pub(super) fn start(
             gate,
             timeouts,
             migration.as_deref(),
-            (allowed_disks.as_slice(), hide_cpu.as_slice()),
+            (allowed_disks.as_slice(), hide_cpu.as_slice(), &bridges),
             console,
             &events,
             &record,
@@ -77,7 +81,11 @@ fn receive(
     gate: Gate,
     timeouts: Timeouts,
     migration: Option<&str>,
-    (allowed_disks, hide_cpu): (&[std::path::PathBuf], &[crate::vmm::cpuid::CpuidMask]),
+    (allowed_disks, hide_cpu, bridges): (
+        &[std::path::PathBuf],
+        &[crate::vmm::cpuid::CpuidMask],
+        &crate::vmm::devices::virtio::Bridges,
+    ),
     console: Box<dyn Write + Send>,
     events: &Sender<VmmEvent>,
     record: &RecordFile,
@@ -97,10 +105,16 @@ fn receive(
         let xsave = u32::try_from(kvm.check_extension_int(kvm_ioctls::Cap::Xsave2)).unwrap_or(0);
         let machine = incoming.check(&local, xsave)?;
         // The stream is not trusted to name files on this host.
-        match machine.disks.iter().find(|d| !allowed_disks.contains(&d.path)) {
-            Some(disk) => Err(format!(
+        if let Some(disk) = machine.disks.iter().find(|d| !allowed_disks.contains(&d.path)) {
+            return Err(format!(
                 "the VM names drive image {}, which this host's agent did not approve",
                 disk.path.display()
+            ));
+        }
+        match machine.nics.iter().find(|n| !bridges.contains_key(&n.network)) {
+            Some(nic) => Err(format!(
+                "the VM has a card on network {}, which this host does not reach",
+                nic.network
             )),
             None => Ok(machine),
         }
@@ -112,7 +126,7 @@ fn receive(
             return Err(not_received("refused", format!("refused the VM: {reason}")));
         }
     };
-    let mut vm = match Vm::create(machine, console, super::event::stops(events), Start::Incoming) {
+    let mut vm = match Vm::create(machine, console, super::event::stops(events), Start::Incoming, bridges) {
         Ok(vm) => vm,
         Err(e) => {
             let reason = chain(&e);
@@ -163,5 +177,17 @@ impl receiver::TargetVm for Vm {
 
     fn halt(&mut self) {
         Vm::halt(self);
+    }
+
+    fn begin_switchover(&mut self) {
+        Vm::begin_switchover(self);
+    }
+
+    fn put_frames(&mut self, frames: crate::vmm::devices::virtio::HeldFrames) {
+        self.put_held_frames(frames);
+    }
+
+    fn announce(&mut self, options: crate::vmm::AnnounceOptions) {
+        Vm::announce(self, options);
     }
 }

@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::migration::Timeouts;
-use crate::vmm::devices::virtio::{DiskConfig, DiskKind};
+use crate::vmm::devices::virtio::{Bridges, DiskConfig, DiskKind, NicConfig};
 
 /// One VMM process to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +17,8 @@ pub struct Launch {
     pub console: Option<PathBuf>,
     /// The record the process keeps for its agent.
     pub record: Option<PathBuf>,
+    /// This host's bridge for each network its VMs' cards may be on.
+    pub bridges: Bridges,
     pub start: LaunchStart,
 }
 
@@ -33,6 +35,8 @@ pub enum LaunchStart {
         vcpus: u8,
         /// Its drives, by slot.
         disks: Vec<DiskConfig>,
+        /// Its network cards, in the slots after the drives.
+        nics: Vec<NicConfig>,
         /// Virtual performance counters for the guest.
         pmu: bool,
         /// CPU features the host hides from its guests.
@@ -64,6 +68,37 @@ pub fn drive_arg(disk: &DiskConfig) -> String {
         (DiskKind::Cdrom, false) => "cdrom-ejected",
     };
     format!("{kind}:{}", disk.path.display())
+}
+
+/// A card as `--nic` takes it: `NETWORK=MAC`.
+pub fn nic_arg(nic: &NicConfig) -> String {
+    format!("{}={}", nic.network, nic.mac)
+}
+
+/// Reads a `--nic` value: `NETWORK=MAC`, or `NETWORK` alone for an
+/// address derived from `seed` (the VM's name and the card's slot).
+pub fn parse_nic(value: &str, seed: &str) -> Result<NicConfig, String> {
+    let (network, mac) = match value.split_once('=') {
+        Some((network, mac)) => (network, mac.parse()?),
+        None => (value, crate::vmm::devices::virtio::Mac::derived(seed)),
+    };
+    if network.is_empty() {
+        return Err(format!("{value:?} names no network"));
+    }
+    Ok(NicConfig {
+        network: network.to_string(),
+        mac,
+    })
+}
+
+/// A bridge as `--bridge` takes it: `NETWORK=BRIDGE`.
+pub fn parse_bridge(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((network, bridge)) if !network.is_empty() && !bridge.is_empty() => {
+            Ok((network.to_string(), bridge.to_string()))
+        }
+        _ => Err(format!("{value:?} is not NETWORK=BRIDGE")),
+    }
 }
 
 /// Reads a `--drive` value ([`drive_arg`]).
@@ -104,6 +139,9 @@ impl Launch {
             args.push(flag.into());
             args.push(value.into());
         };
+        for (network, bridge) in &self.bridges {
+            flag("--bridge", &format!("{network}={bridge}"));
+        }
         match &self.start {
             LaunchStart::Boot {
                 kernel,
@@ -112,6 +150,7 @@ impl Launch {
                 memory,
                 vcpus,
                 disks,
+                nics,
                 pmu,
                 hide_cpu,
             } => {
@@ -124,6 +163,9 @@ impl Launch {
                 }
                 for disk in disks {
                     flag("--drive", &drive_arg(disk));
+                }
+                for nic in nics {
+                    flag("--nic", &nic_arg(nic));
                 }
                 for name in hide_cpu {
                     flag("--hide-cpu", name);

@@ -197,7 +197,14 @@ impl SourceVm for ProcessSource {
     fn save_state(&self) -> Result<VmState, VmSideError> {
         match self.ask(SourceRequest::SaveState)? {
             SourceReply::State(state) => Ok(*state),
-            SourceReply::Done => Err(SourceError::NoState.into()),
+            _ => Err(SourceError::NoState.into()),
+        }
+    }
+
+    fn take_frames(&self) -> Result<crate::vmm::devices::virtio::HeldFrames, VmSideError> {
+        match self.ask(SourceRequest::TakeFrames)? {
+            SourceReply::Frames(frames) => Ok(frames),
+            _ => Ok(Vec::new()),
         }
     }
 }
@@ -235,8 +242,13 @@ pub(super) fn handle_source(vm: Option<&mut Vm>, request: SourceRequest) -> Resu
         }
         SourceRequest::Resume => {
             take_disks_back(vm)?;
-            vm.resume().map(|()| SourceReply::Done)?
+            vm.resume()?;
+            // The target may have told the network the VM was there: say
+            // otherwise (what the cards held meanwhile is delivered first).
+            vm.announce(crate::vmm::AnnounceOptions::default());
+            SourceReply::Done
         }
+        SourceRequest::TakeFrames => SourceReply::Frames(vm.take_held_frames()),
         SourceRequest::SaveState => vm.save_state().map(|state| SourceReply::State(Box::new(state)))?,
         SourceRequest::Hold(duration) => vm.hold(duration).map(|()| SourceReply::Done)?,
     })

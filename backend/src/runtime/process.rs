@@ -73,6 +73,8 @@ pub struct VmmOptions {
     pub control: Option<PathBuf>,
     /// Where to keep the VMM's record for its agent.
     pub record: Option<PathBuf>,
+    /// This host's bridge for each network (the VM's cards are plugged in there).
+    pub bridges: crate::vmm::devices::virtio::Bridges,
 }
 
 #[derive(Debug, Error)]
@@ -160,7 +162,7 @@ fn run_vm(
     let mut ready = Ready { incoming: None };
     match options.launch {
         Launch::New { machine, start } => {
-            let mut vm = Vm::create(machine, sink, super::event::stops(&events), start)?;
+            let mut vm = Vm::create(machine, sink, super::event::stops(&events), start, &options.bridges)?;
             vm.resume()?;
             vmm.vm = Some(vm);
         }
@@ -186,6 +188,7 @@ fn run_vm(
                     migration,
                     allowed_disks,
                     hide_cpu,
+                    bridges: options.bridges.clone(),
                 },
                 timeouts,
                 sink,

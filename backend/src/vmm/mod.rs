@@ -32,14 +32,15 @@ use vmm_sys_util::eventfd::EventFd;
 
 use self::boot::{BootConfig, BootError};
 use self::devices::DevicesState;
-use self::devices::virtio::{DriveStats, MmioBus, mmio as virtio_mmio};
+use self::devices::virtio::net::{Net, RxMode};
+use self::devices::virtio::{Bridges, DriveStats, HeldFrames, MmioBus, NicStats, mmio as virtio_mmio};
 use self::devices::{PortIoBus, SerialConsole};
 use self::memory::{GuestMemory, MemoryError};
 use self::regs::RegsError;
 use self::state::{IrqchipState, STATE_FORMAT};
 pub use self::state::{MachineConfig, VmState};
 use self::stop::Stops;
-use self::vcpu::{VcpuContext, VcpuError, VcpuHandle, VcpuState};
+use self::vcpu::{Doorbell, VcpuContext, VcpuError, VcpuHandle, VcpuState};
 
 /// The KVM device node.
 pub const KVM_DEVICE: &str = "/dev/kvm";
@@ -82,8 +83,10 @@ pub enum VmError {
     DeviceState(#[from] devices::serial::SerialStateError),
     #[error("restored virtio state is invalid: {0}")]
     VirtioState(String),
-    #[error("{} drives requested; at most {} are supported", .0, devices::virtio::mmio::MAX_DEVICES)]
+    #[error("{} drives and network cards requested; at most {} are supported", .0, devices::virtio::mmio::MAX_DEVICES)]
     TooManyDisks(usize),
+    #[error("network card")]
+    Net(#[from] devices::virtio::NetError),
     #[error("drive {slot} is not a CD/DVD drive")]
     NotCdrom { slot: usize },
     #[error("disk")]
@@ -164,6 +167,52 @@ pub struct VmStats {
     /// Each drive: its medium, whether the VMM holds it, its counters.
     #[serde(default)]
     pub drives: Vec<DriveStats>,
+    /// Each network card: its network, MAC, TAP and counters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<NicStats>,
+}
+
+/// How a VM that has just resumed somewhere new tells the network where it
+/// is: RARP from each card's MAC, `rounds` times, the first at once, then
+/// after `initial_ms`, each gap `step_ms` longer than the one before, at most
+/// `max_ms` (QEMU's announce-self has the same four knobs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnnounceOptions {
+    pub rounds: u32,
+    pub initial_ms: u64,
+    pub step_ms: u64,
+    pub max_ms: u64,
+}
+
+impl Default for AnnounceOptions {
+    fn default() -> Self {
+        AnnounceOptions {
+            rounds: 5,
+            initial_ms: 50,
+            step_ms: 100,
+            max_ms: 550,
+        }
+    }
+}
+
+impl AnnounceOptions {
+    /// The waits before each round after the first.
+    pub fn gaps(&self) -> impl Iterator<Item = std::time::Duration> + use<> {
+        let (initial, step, max) = (self.initial_ms, self.step_ms, self.max_ms.max(1));
+        (0..u64::from(self.rounds.saturating_sub(1)))
+            .map(move |i| std::time::Duration::from_millis(initial.saturating_add(step.saturating_mul(i)).min(max)))
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.rounds > 100 {
+            return Err(format!("announce rounds: {} is more than 100", self.rounds));
+        }
+        if self.max_ms > 60_000 || self.initial_ms > 60_000 || self.step_ms > 60_000 {
+            return Err("announce intervals: at most 60000 ms".into());
+        }
+        Ok(())
+    }
 }
 
 /// One virtual machine.
@@ -193,12 +242,14 @@ pub fn open_kvm() -> Result<Kvm, VmError> {
 
 impl Vm {
     /// Builds a VM and gives it its first state; vCPUs stay paused until
-    /// [`Vm::resume`].
+    /// [`Vm::resume`]. Its network cards are plugged into this host's
+    /// `bridges`.
     pub fn create(
         machine: MachineConfig,
         console: Box<dyn Write + Send>,
         stops: Stops,
         start: Start,
+        bridges: &Bridges,
     ) -> Result<Self, VmError> {
         memory::validate_size(machine.memory_bytes)?;
         let kvm = open_kvm()?;
@@ -239,17 +290,30 @@ impl Vm {
         fd.register_irqfd(&serial_irq, devices::SERIAL_IRQ)
             .map_err(kvm_err("register the serial interrupt"))?;
         let bus = Arc::new(PortIoBus::new(SerialConsole::new(serial_irq, console), stops.clone()));
-        if machine.disks.len() > virtio_mmio::MAX_DEVICES {
-            return Err(VmError::TooManyDisks(machine.disks.len()));
+        let slots = machine.disks.len() + machine.nics.len();
+        if slots > virtio_mmio::MAX_DEVICES {
+            return Err(VmError::TooManyDisks(slots));
         }
-        let mut disk_irqs = Vec::with_capacity(machine.disks.len());
-        for irq in &virtio_mmio::IRQS[..machine.disks.len()] {
+        let mut irqs = Vec::with_capacity(slots);
+        for irq in &virtio_mmio::IRQS[..slots] {
             let event = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
             fd.register_irqfd(&event, *irq)
                 .map_err(kvm_err("register a virtio interrupt"))?;
-            disk_irqs.push(event);
+            irqs.push(event);
         }
-        let mmio = Arc::new(MmioBus::new(&machine.disks, disk_irqs, &memory));
+        // A migration's target hears nothing meant for the guest until the
+        // switchover; any other VM holds its frames until it first runs.
+        let rx_mode = match start {
+            Start::Incoming => RxMode::Discard,
+            _ => RxMode::Hold,
+        };
+        let mut nets = Vec::with_capacity(machine.nics.len());
+        for (index, nic) in machine.nics.iter().enumerate() {
+            let tap = format!("vmig{}n{}", std::process::id(), machine.disks.len() + index);
+            nets.push(Net::open(nic.clone(), bridges, &tap, rx_mode)?);
+        }
+        let doorbell = Doorbell::default();
+        let mmio = Arc::new(MmioBus::new(&machine.disks, nets, irqs, &memory, &doorbell).map_err(VmError::EventFd)?);
 
         let supported = cpuid::supported(&kvm)?;
         let mut vcpu_fds: Vec<(VcpuFd, Vec<kvm_bindings::kvm_cpuid_entry2>)> =
@@ -304,6 +368,7 @@ impl Vm {
                     .to_vec(),
             ),
             xsave_size,
+            doorbell,
         };
         let mut vcpus = Vec::with_capacity(vcpu_fds.len());
         for (id, (vcpu, cpuid)) in vcpu_fds.into_iter().enumerate() {
@@ -400,7 +465,50 @@ impl Vm {
             vcpu.wait_done()?;
         }
         self.state = RunState::Running;
+        self.mmio.set_rx_mode(RxMode::Deliver);
         Ok(())
+    }
+
+    /// A migration's target at the switchover: the source has paused, so
+    /// the network is told the cards are here now (one RARP each) and what
+    /// arrives is held for the guest; the rest of the announcement follows
+    /// the resume ([`Vm::announce`]).
+    pub fn begin_switchover(&self) {
+        self.mmio.set_rx_mode(RxMode::Hold);
+        self.mmio.announce();
+    }
+
+    /// Announces the cards from here, as `options` say, on a thread of its
+    /// own; the series stops as soon as the VM pauses (another migration
+    /// may be taking it elsewhere) or is gone. Returns at once.
+    pub fn announce(&self, options: AnnounceOptions) {
+        if self.machine.nics.is_empty() || options.rounds == 0 {
+            return;
+        }
+        self.mmio.announce_running();
+        let bus = Arc::downgrade(&self.mmio);
+        let spawned = std::thread::Builder::new().name("announce".into()).spawn(move || {
+            for gap in options.gaps() {
+                std::thread::sleep(gap);
+                match bus.upgrade() {
+                    Some(bus) if bus.announce_running() => {}
+                    _ => return,
+                }
+            }
+        });
+        // Without a thread the first round went out; the switches learn
+        // from the guest's own traffic for the rest.
+        drop(spawned);
+    }
+
+    /// The frames the paused VM's cards held (for the copy that continues).
+    pub fn take_held_frames(&self) -> HeldFrames {
+        self.mmio.take_held()
+    }
+
+    /// Frames the other copy held, for the guest before anything heard here.
+    pub fn put_held_frames(&self, frames: HeldFrames) {
+        self.mmio.put_held(frames);
     }
 
     /// Keeps every vCPU out of the guest for `duration`, without waiting
@@ -426,8 +534,9 @@ impl Vm {
             other => return Err(VmError::WrongState(other)),
         }
         let requested: Vec<_> = self.vcpus.iter().map(VcpuHandle::request_pause_saving).collect();
-        let states = self.gather(requested)?;
-        self.captured = Some(states);
+        let states = self.gather(requested);
+        self.mmio.set_rx_mode(RxMode::Hold);
+        self.captured = Some(states?);
         self.state = RunState::Paused;
         Ok(())
     }
@@ -444,14 +553,20 @@ impl Vm {
         Ok(())
     }
 
+    /// Stops the vCPUs, then the cards' writes into guest memory: from here
+    /// nothing changes the guest until it resumes.
     fn stop_vcpus(&mut self) -> Result<(), VmError> {
         for vcpu in &self.vcpus {
             vcpu.request_pause()?;
         }
+        let mut result = Ok(());
         for vcpu in &self.vcpus {
-            vcpu.wait_done()?;
+            if let Err(e) = vcpu.wait_done() {
+                result = result.and(Err(e));
+            }
         }
-        Ok(())
+        self.mmio.set_rx_mode(RxMode::Hold);
+        Ok(result?)
     }
 
     /// Marks the VM as gone elsewhere: it is stopped here for good, and output
@@ -651,6 +766,7 @@ impl Vm {
             pv_sleeps: sum(|c| c.pv_sleeps.load(Relaxed)),
             console_bytes: self.bus.console_bytes(),
             drives: self.mmio.stats(),
+            nics: self.mmio.nic_stats(),
         }
     }
 }
@@ -675,13 +791,21 @@ mod tests {
             vcpus,
             cpuid_masks: Vec::new(),
             disks: Vec::new(),
+            nics: Vec::new(),
         };
         let boot = BootConfig {
             kernel: KernelSource::from_spec("builtin:testguest").unwrap(),
             initrd: None,
             cmdline: cmdline.to_string(),
         };
-        let vm = Vm::create(machine, Box::new(std::io::sink()), events, Start::Boot(boot)).unwrap();
+        let vm = Vm::create(
+            machine,
+            Box::new(std::io::sink()),
+            events,
+            Start::Boot(boot),
+            &Bridges::new(),
+        )
+        .unwrap();
         (vm, inbox)
     }
 
@@ -721,6 +845,7 @@ mod tests {
                 state: Box::new(decoded),
                 memory_image: image,
             },
+            &Bridges::new(),
         )
         .unwrap();
         assert_eq!(restored.state(), RunState::Paused);
@@ -818,6 +943,7 @@ mod tests {
             vcpus: 1,
             cpuid_masks: Vec::new(),
             disks: Vec::new(),
+            nics: Vec::new(),
         };
         let result = Vm::create(
             other,
@@ -827,6 +953,7 @@ mod tests {
                 state: Box::new(state),
                 memory_image: tempfile::tempfile().unwrap(),
             },
+            &Bridges::new(),
         );
         assert!(matches!(result, Err(VmError::ConfigMismatch { .. })));
     }

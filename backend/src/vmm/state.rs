@@ -7,12 +7,12 @@ use thiserror::Error;
 
 use super::cpuid::CpuidMask;
 use super::devices::DevicesState;
-use super::devices::virtio::DiskConfig;
+use super::devices::virtio::{DiskConfig, NicConfig};
 use super::vcpu::VcpuState;
 
 /// Bumped whenever a field changes meaning; readers refuse other versions.
 /// 2: drives in the machine, virtio devices in the device state.
-pub const STATE_FORMAT: u32 = 2;
+pub const STATE_FORMAT: u32 = 3;
 
 /// What a machine is: fixed for its lifetime, and travels with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +25,10 @@ pub struct MachineConfig {
     /// Its drives, one virtio-blk device each, by slot.
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    /// Its network cards, one virtio-net device each, in the slots after
+    /// the drives.
+    #[serde(default)]
+    pub nics: Vec<NicConfig>,
 }
 
 /// In-kernel interrupt controllers and timer.

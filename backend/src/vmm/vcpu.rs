@@ -8,9 +8,9 @@
 //! while the vCPU is paused, after any pending port I/O has completed.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, Once, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -150,6 +150,50 @@ pub struct VcpuContext {
     pub msr_indices: Arc<Vec<u32>>,
     /// Size in bytes of the XSAVE area (`KVM_CAP_XSAVE2`, at least 4096).
     pub xsave_size: usize,
+    /// Where devices ring when they have work for a sleeping guest.
+    pub doorbell: Doorbell,
+}
+
+/// A vCPU's side of the [`Doorbell`].
+#[derive(Debug, Default)]
+struct SleepState {
+    /// A device rang since the vCPU last asked to sleep.
+    pending: AtomicBool,
+    /// Parked by the paravirtual sleep register right now.
+    sleeping: AtomicBool,
+}
+
+/// Ends the paravirtual sleeps of a VM's vCPUs when a device has work for
+/// the guest (a frame arrived): a guest that parks itself until its next
+/// deadline still answers the network at once. A ring that comes while a
+/// vCPU is on its way to sleep is not lost: its next sleep request returns
+/// at once instead.
+#[derive(Debug, Clone, Default)]
+pub struct Doorbell {
+    sleepers: Arc<Mutex<Vec<Sleeper>>>,
+}
+
+/// A vCPU the [`Doorbell`] wakes: its flags and its request channel.
+type Sleeper = (Arc<SleepState>, Sender<Request>);
+
+impl Doorbell {
+    fn join(&self, state: Arc<SleepState>, requests: Sender<Request>) {
+        self.sleepers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((state, requests));
+    }
+
+    /// Wakes every sleeping vCPU (a sleep about to start returns at once).
+    pub fn ring(&self) {
+        let sleepers = self.sleepers.lock().unwrap_or_else(PoisonError::into_inner);
+        for (state, requests) in sleepers.iter() {
+            state.pending.store(true, Ordering::SeqCst);
+            if state.sleeping.swap(false, Ordering::SeqCst) {
+                let _ = requests.send(Request::Wake);
+            }
+        }
+    }
 }
 
 enum Request {
@@ -163,6 +207,8 @@ enum Request {
     Hold(Duration),
     Save,
     Restore(Box<VcpuState>),
+    /// A device rang the [`Doorbell`]: end a paravirtual sleep; not answered.
+    Wake,
     Finish,
 }
 
@@ -191,6 +237,7 @@ impl std::fmt::Debug for Request {
             Request::Restore(_) => "Restore",
             Request::Finish => "Finish",
             Request::Hold(_) => "Hold",
+            Request::Wake => "Wake",
         })
     }
 }
@@ -256,6 +303,8 @@ impl VcpuHandle {
         let (outbox, replies) = channel();
         let counters = Arc::new(VcpuCounters::default());
         let thread_counters = Arc::clone(&counters);
+        let sleep = Arc::new(SleepState::default());
+        context.doorbell.join(Arc::clone(&sleep), requests.clone());
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
@@ -270,6 +319,8 @@ impl VcpuHandle {
                     running: false,
                     stopped: false,
                     hold_until: None,
+                    sleep,
+                    pv_sleeping: false,
                     io_pending: false,
                 };
                 vcpu.main_loop(&inbox, &outbox);
@@ -397,6 +448,10 @@ struct Vcpu {
     stopped: bool,
     /// Auto-converge keeps the vCPU out of the guest until then.
     hold_until: Option<Instant>,
+    sleep: Arc<SleepState>,
+    /// `hold_until` is a paravirtual sleep (a [`Request::Wake`] ends it),
+    /// not auto-converge's hold.
+    pv_sleeping: bool,
     /// The last exit was a port or MMIO access that KVM completes only on the
     /// next `KVM_RUN`.
     io_pending: bool,
@@ -406,13 +461,16 @@ impl Vcpu {
     fn main_loop(&mut self, inbox: &Receiver<Request>, outbox: &Sender<Reply>) {
         KVM_RUN.with(|run| run.set(std::ptr::from_mut(self.fd.get_kvm_run())));
         loop {
+            if self.hold_until.is_some_and(|until| until <= Instant::now()) {
+                self.end_hold();
+            }
             let throttled = self.hold_until.filter(|until| *until > Instant::now());
             let request = if let (true, Some(until)) = (self.running && !self.stopped, throttled) {
                 // Held off the CPU by auto-converge, but still answering.
                 match inbox.recv_timeout(until.saturating_duration_since(Instant::now())) {
                     Ok(request) => Some(request),
                     Err(RecvTimeoutError::Timeout) => {
-                        self.hold_until = None;
+                        self.end_hold();
                         None
                     }
                     Err(RecvTimeoutError::Disconnected) => break,
@@ -436,7 +494,13 @@ impl Vcpu {
                 }
                 Some(Request::Hold(duration)) => {
                     // No reply: the throttle does not wait for its vCPUs.
+                    self.end_hold();
                     self.hold_until = Some(Instant::now() + duration);
+                }
+                Some(Request::Wake) => {
+                    if self.pv_sleeping {
+                        self.end_hold();
+                    }
                 }
                 Some(request) => {
                     let reply = self.handle(request);
@@ -451,6 +515,29 @@ impl Vcpu {
         KVM_RUN.with(|run| run.set(std::ptr::null_mut()));
     }
 
+    /// Parks the vCPU for `sleep`, unless a device rang since the last
+    /// request (or rings now: the order of the two flags sees to it).
+    fn pv_sleep(&mut self, sleep: Duration) {
+        if self.sleep.pending.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        self.sleep.sleeping.store(true, Ordering::SeqCst);
+        if self.sleep.pending.swap(false, Ordering::SeqCst) {
+            self.sleep.sleeping.store(false, Ordering::SeqCst);
+            return;
+        }
+        self.pv_sleeping = true;
+        self.hold_until = Some(Instant::now() + sleep);
+    }
+
+    fn end_hold(&mut self) {
+        self.hold_until = None;
+        if self.pv_sleeping {
+            self.pv_sleeping = false;
+            self.sleep.sleeping.store(false, Ordering::SeqCst);
+        }
+    }
+
     fn handle(&mut self, request: Request) -> Reply {
         let result = match request {
             Request::Pause { save } => {
@@ -461,7 +548,7 @@ impl Vcpu {
                     self.complete_pending_io();
                 }
                 self.running = false;
-                self.hold_until = None;
+                self.end_hold();
                 if save {
                     self.save().map(|s| Reply::State(Box::new(s)))
                 } else {
@@ -485,7 +572,7 @@ impl Vcpu {
                 self.io_pending = false;
                 self.restore(&state).map(|()| Reply::Done)
             }
-            Request::Finish | Request::Hold(_) => Ok(Reply::Done),
+            Request::Finish | Request::Hold(_) | Request::Wake => Ok(Reply::Done),
         };
         result.unwrap_or_else(Reply::Failed)
     }
@@ -540,7 +627,7 @@ impl Vcpu {
                     // Parked like auto-converge's hold: off the CPU, still
                     // answering requests; the write completes on re-entry.
                     self.counters.pv_sleeps.fetch_add(1, Ordering::Relaxed);
-                    self.hold_until = Some(Instant::now() + sleep);
+                    self.pv_sleep(sleep);
                 } else {
                     self.context.mmio.write(addr, data);
                 }

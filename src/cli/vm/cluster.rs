@@ -55,6 +55,12 @@ pub struct CreateArgs {
     /// return) or pin (never move it; evacuations report it).
     #[arg(long, value_name = "POLICY", default_value = "live", value_parser = ["live", "stop", "pin"])]
     maintenance: String,
+    /// A network card on NETWORK (repeatable), with a MAC address derived
+    /// from the VM's name unless one is given: `--nic lab` or
+    /// `--nic lab=52:54:00:12:34:56`. A host runs the VM only if it has a
+    /// bridge for the network.
+    #[arg(long, value_name = "NETWORK[=MAC]", value_parser = parse_nic_spec)]
+    nic: Vec<vmig_backend::api::NicSpec>,
     /// The CPU the guest sees: `host` (all its host's KVM offers) or
     /// `baseline` (only what every host of the cluster offers, so it can move anywhere).
     #[arg(long, value_name = "MODE", value_parser = ["host", "baseline"])]
@@ -115,6 +121,17 @@ pub struct ConsoleArgs {
     bytes: String,
 }
 
+fn parse_nic_spec(value: &str) -> Result<vmig_backend::api::NicSpec, String> {
+    let (network, mac) = match value.split_once('=') {
+        Some((network, mac)) => (network, Some(mac.parse()?)),
+        None => (value, None),
+    };
+    Ok(vmig_backend::api::NicSpec {
+        network: network.to_string(),
+        mac,
+    })
+}
+
 fn load_spec(path: &Path) -> Result<VmSpec> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let spec: VmSpec = toml::from_str(&text).map_err(|e| {
@@ -161,6 +178,7 @@ pub fn create(args: &CreateArgs, inventory: Option<&Path>) -> Result<Exit> {
                 "pin" => vmig_backend::api::Maintenance::Pin,
                 _ => vmig_backend::api::Maintenance::Live,
             },
+            nics: args.nic.clone(),
         },
     };
     spec.validate().map_err(|e| UsageError(format!("--{e}")))?;
@@ -284,6 +302,17 @@ pub fn show(args: &NameArgs, inventory: Option<&Path>) -> Result<Exit> {
             )
         });
         writeln!(out, "  {kind} {}{counters}", drive.path.display())?;
+    }
+    let nics = detail.stats.as_ref().map(|s| s.nics.as_slice()).unwrap_or_default();
+    for (index, nic) in detail.spec.nic_configs().iter().enumerate() {
+        let counters = nics.get(index).map_or(String::new(), |n| {
+            let c = &n.counters;
+            format!(
+                "  tap {}  rx {} frames  tx {} frames  dropped {}  announced {}",
+                n.tap, c.rx_frames, c.tx_frames, c.rx_dropped, c.announcements
+            )
+        });
+        writeln!(out, "  nic {} on {}{counters}", nic.mac, nic.network)?;
     }
     if detail.spec.pmu {
         writeln!(out, "  virtual performance counters (pmu)")?;

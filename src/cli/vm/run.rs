@@ -43,6 +43,15 @@ pub struct RunArgs {
     /// The image is locked while this VMM may write or read it.
     #[arg(long, value_name = "KIND:PATH", conflicts_with = "restore", value_parser = parse_drive_arg)]
     drive: Vec<DiskConfig>,
+    /// A network card on NETWORK (repeatable, in the slots after the
+    /// drives): `NETWORK=MAC`, or `NETWORK` for a MAC derived from the name.
+    /// Its TAP joins the bridge --bridge gives for the network.
+    #[arg(long, value_name = "NETWORK[=MAC]", conflicts_with = "restore")]
+    nic: Vec<String>,
+    /// The host bridge of NETWORK: `NETWORK=BRIDGE` (repeatable). With
+    /// --incoming, an arriving VM with a card on another network is refused.
+    #[arg(long, value_name = "NETWORK=BRIDGE", value_parser = parse_bridge_arg)]
+    bridge: Vec<(String, String)>,
     /// Give the guest virtual performance counters (CPUID leaf 0xA); without
     /// it the leaf is hidden.
     #[arg(long, conflicts_with = "restore")]
@@ -91,6 +100,10 @@ fn hidden(args: &RunArgs) -> Result<Vec<vmig_backend::vmm::cpuid::CpuidMask>> {
     vmig_backend::vmm::cpuid::hiding(&args.hide_cpu).map_err(|e| usage(format!("--hide-cpu: {e}")))
 }
 
+fn parse_bridge_arg(value: &str) -> Result<(String, String), String> {
+    vmig_backend::runtime::launch::parse_bridge(value)
+}
+
 fn parse_drive_arg(value: &str) -> Result<DiskConfig, String> {
     vmig_backend::runtime::launch::parse_drive(value)
 }
@@ -122,6 +135,7 @@ pub fn exec(args: &RunArgs) -> Result<Exit> {
         console: args.console.clone().map_or(Console::Stdout, Console::File),
         control: args.control.clone(),
         record: args.record.clone(),
+        bridges: args.bridge.iter().cloned().collect(),
     };
     let reason = process::run(options, |ready| {
         if let Some(addr) = ready.incoming {
@@ -179,6 +193,15 @@ fn new_machine(args: &RunArgs) -> Result<(MachineConfig, Start)> {
                 masks
             },
             disks: args.drive.clone(),
+            nics: args
+                .nic
+                .iter()
+                .enumerate()
+                .map(|(i, nic)| {
+                    let seed = format!("{}/{}", args.name, args.drive.len() + i);
+                    vmig_backend::runtime::launch::parse_nic(nic, &seed).map_err(|e| usage(format!("--nic: {e}")))
+                })
+                .collect::<Result<_>>()?,
         };
         let boot = BootConfig {
             kernel,
@@ -227,9 +250,11 @@ mod tests {
                     parse_drive_arg("disk:/srv/a b.img").unwrap(),
                     parse_drive_arg("cdrom-ejected:/srv/x.iso").unwrap(),
                 ],
+                nics: vec![vmig_backend::runtime::launch::parse_nic("lab=52:54:00:00:00:07", "").unwrap()],
                 pmu: true,
                 hide_cpu: vec!["avx2".into()],
             },
+            bridges: [("lab".to_string(), "br-lab".to_string())].into(),
         };
         let args = parse(&boot);
         assert_eq!(args.name, "vm1");
@@ -243,6 +268,8 @@ mod tests {
             unreachable!()
         };
         assert_eq!(&args.drive, disks);
+        assert_eq!(args.nic, ["lab=52:54:00:00:00:07"]);
+        assert_eq!(args.bridge, [("lab".to_string(), "br-lab".to_string())]);
         assert!(args.pmu);
         assert_eq!(args.hide_cpu, ["avx2"]);
 

@@ -344,6 +344,7 @@ fn known_plan(cluster: &Cluster, step: &Move, id: &str) -> Option<Plan> {
         force: false,
         skip: Skip::default(),
         run_id: None,
+        ping: None,
     })
 }
 

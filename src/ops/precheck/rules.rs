@@ -132,6 +132,13 @@ pub const RULES: &[Rule] = &[
         check: network_family,
     },
     Rule {
+        id: "network.reachable",
+        doc: "error when the VM has a network card on a network whose bridge the target lacks (measured: the \
+              agent's `[bridges]` entry and the interface); fix: give the target a bridge for that network, or \
+              pick another host",
+        check: network_reachable,
+    },
+    Rule {
         id: "capacity.memory",
         doc: "error when the target has less memory free for VMs than the VM has; fix: free memory or pick another host",
         check: capacity_memory,
@@ -266,6 +273,42 @@ fn cordoned(f: &Facts) -> Option<Finding> {
             cordon.by.as_ref().map(|b| format!(" by {b}")).unwrap_or_default(),
         ),
         vec![fact(format!("{t}.cordon"), cordon, Origin::Measured)],
+    )
+}
+
+fn network_reachable(f: &Facts) -> Option<Finding> {
+    let t = &f.target;
+    let missing: Vec<&str> =
+        f.vm.nics
+            .iter()
+            .map(|nic| nic.network.as_str())
+            .filter(|network| !t.bridged_networks.iter().any(|n| n == network))
+            .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    error(
+        "network.reachable",
+        format!(
+            "{} has a network card on {}, which {} has no bridge for; give {} a bridge for it \
+             ([bridges] in its agent's config) or pick another host",
+            f.vm.name,
+            missing.join(", "),
+            t.name,
+            t.name
+        ),
+        vec![
+            fact(
+                format!("{}.nics", f.vm.name),
+                f.vm.nics.iter().map(|n| n.network.as_str()).collect::<Vec<_>>(),
+                Origin::Declared,
+            ),
+            fact(
+                format!("{}.bridged_networks", t.name),
+                &t.bridged_networks,
+                Origin::Measured,
+            ),
+        ],
     )
 }
 
@@ -529,6 +572,7 @@ pub(super) mod tests {
             migration_address: "10.0.0.1".into(),
             link_speed_mbps: 10_000,
             networks: vec![],
+            bridged_networks: vec!["lab".into()],
             storage: vec![],
             throughput_to: Default::default(),
             cordon: None,
@@ -558,6 +602,7 @@ pub(super) mod tests {
             vgpu: None,
             cpu_hide: Vec::new(),
             maintenance: Default::default(),
+            nics: Vec::new(),
         }
     }
 
@@ -608,6 +653,17 @@ pub(super) mod tests {
         let found = check(&f);
         assert_eq!(found[0].rule, "network.family");
         assert!(found[0].message.contains("ipv4") && found[0].message.contains("ipv6"));
+
+        let mut f = facts();
+        f.vm.nics = vec![vmig_backend::api::NicSpec {
+            network: "lab".into(),
+            mac: None,
+        }];
+        assert_eq!(rules_of(&f), [], "the target bridges lab");
+        f.vm.nics[0].network = "prod".into();
+        let found = check(&f);
+        assert_eq!((found[0].rule, found.len()), ("network.reachable", 1));
+        assert!(found[0].message.contains("prod"), "{}", found[0].message);
 
         let mut f = facts();
         f.target.memory_available_bytes = 512 << 20;

@@ -1,6 +1,10 @@
-//! The local lab: several agents on this machine, each on its own loopback
-//! address with its own state directory and certificate, an inventory that
-//! plain `vmig` commands find, and demo VMs running the test guest.
+//! The local lab: several agents on this machine, each a host with its own
+//! state directory and certificate, an inventory that plain `vmig` commands
+//! find, and demo VMs running the test guest. Where the kernel allows, each
+//! host is a network namespace on a shared switch ([`netns`]) and the VMs
+//! have network cards; otherwise each host is a loopback address.
+
+pub mod netns;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::ffi::OsStrExt;
@@ -20,6 +24,7 @@ use vmig_backend::client::Client;
 use vmig_backend::migration::Timeouts;
 use vmig_backend::pki::{self, Identity, Role};
 
+use self::netns::LabNet;
 use crate::inventory::{HostEntry, Inventory};
 
 /// How long an agent may take to answer after it was started.
@@ -47,6 +52,18 @@ pub struct LabOptions {
     pub timeouts: Timeouts,
     /// Migrations the shared storage takes at once (None: the default).
     pub storage_migrations: Option<u32>,
+    pub network: LabNetwork,
+}
+
+/// How the lab's hosts are networked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabNetwork {
+    /// Network namespaces where this machine allows them, else loopback.
+    Auto,
+    /// Network namespaces, or fail.
+    Namespaces,
+    /// Loopback addresses of this namespace; VMs have no network.
+    Loopback,
 }
 
 impl Default for LabOptions {
@@ -60,6 +77,7 @@ impl Default for LabOptions {
             memory_per_host: "6G".into(),
             timeouts: Timeouts::default(),
             storage_migrations: None,
+            network: LabNetwork::Auto,
         }
     }
 }
@@ -72,7 +90,8 @@ pub fn host_name(index: usize) -> String {
 /// How one lab host differs from the others, so that every precheck rule
 /// can be tripped on one machine. hostA..hostC are alike (each its own
 /// chassis); then hostD shares hostA's chassis over a 1 GbE link, hostE's
-/// management network is IPv6, hostF lacks the shared storage root, and
+/// management network is IPv6, hostF lacks the shared storage root and a
+/// bridge for the VMs' network, and
 /// hostG hides a CPU feature and offers no performance counters. Later
 /// hosts are alike again.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +102,8 @@ struct Profile {
     shared_storage: bool,
     hide_cpu: Vec<String>,
     pmu: bool,
+    /// Has a bridge for the VMs' network (in a lab of namespaces).
+    vm_network: bool,
 }
 
 /// Features hostG may hide (none that the test guest needs), in order of
@@ -109,6 +130,7 @@ fn profile(index: usize) -> Profile {
         shared_storage: true,
         hide_cpu: Vec::new(),
         pmu: true,
+        vm_network: true,
     };
     match index {
         3 => Profile {
@@ -119,6 +141,7 @@ fn profile(index: usize) -> Profile {
         4 => Profile { ipv6: true, ..standard },
         5 => Profile {
             shared_storage: false,
+            vm_network: false,
             ..standard
         },
         6 => Profile {
@@ -170,6 +193,11 @@ impl Lab {
 
     fn host_dir(&self, name: &str) -> PathBuf {
         self.dir.join("hosts").join(name)
+    }
+
+    /// The lab's network of namespaces, when it has one.
+    pub fn net(&self) -> Option<LabNet> {
+        LabNet::load(&self.dir)
     }
 
     /// The storage every host but hostF mounts: the demo VMs' disks and media.
@@ -258,6 +286,13 @@ impl Lab {
                     }),
                     ..VmSpec::default()
                 };
+                let mut spec = spec;
+                if self.net().is_some() {
+                    spec.nics = vec![vmig_backend::api::NicSpec {
+                        network: netns::NETWORK.into(),
+                        mac: None,
+                    }];
+                }
                 let client = Client::new(&host.name, &host.address, Arc::clone(&tls));
                 client
                     .call::<serde_json::Value>(Request::CreateVm { spec, start: true })
@@ -277,11 +312,42 @@ impl Lab {
         std::fs::create_dir_all(&shared).with_context(|| format!("cannot create {}", shared.display()))?;
         vmig_backend::testguest::write_medium(&shared.join(DEMO_MEDIUM), 4 << 20)
             .with_context(|| format!("cannot write {}", shared.join(DEMO_MEDIUM).display()))?;
+        let net = match (options.network, LabNet::available()) {
+            (LabNetwork::Loopback, _) => None,
+            (_, Ok(())) => {
+                let net = LabNet::create()?;
+                net.save(&self.dir)?;
+                say(&format!(
+                    "network: each host a network namespace on switch {} (10.77.{}.0/24, fd77:0:0:{}::/64; \
+                     the operator is 10.77.{}.254, a client namespace {} is 10.77.{}.250)",
+                    net.switch(),
+                    net.index,
+                    net.index,
+                    net.index,
+                    net.client_namespace(),
+                    net.index
+                ));
+                Some(net)
+            }
+            (LabNetwork::Namespaces, Err(e)) => bail!("cannot build the lab's network namespaces: {e}"),
+            (LabNetwork::Auto, Err(e)) => {
+                say(&format!(
+                    "network: loopback addresses, VMs without network cards (no network namespaces here: {e})"
+                ));
+                None
+            }
+        };
         let mut hosts = Vec::new();
         for index in 0..options.hosts {
             let name = host_name(index);
-            let ip = host_ip(index);
             let profile = profile(index);
+            let ip = match &net {
+                Some(net) => {
+                    net.add_host(&name, index)?;
+                    net.api_ip(index, profile.ipv6)
+                }
+                None => host_ip(index),
+            };
             let dir = self.host_dir(&name);
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
             let local = self.local_storage(&name);
@@ -301,7 +367,11 @@ impl Lab {
                 });
             }
             let identity: Identity = pki::issue(&pki_dir, Role::Host, &name, &[ip.to_string()], &dir)?;
-            let address = SocketAddr::new(ip, free_port(ip)?);
+            let port = match net {
+                Some(_) => netns::API_PORT,
+                None => free_port(ip)?,
+            };
+            let address = SocketAddr::new(ip, port);
             let config = AgentConfig {
                 name: name.clone(),
                 api_address: address,
@@ -312,7 +382,17 @@ impl Lab {
                 // The lab's hosts share one machine's memory: each is given
                 // a share, so that free memory differs by what each holds.
                 memory_for_vms: Some(options.memory_per_host.clone()),
-                networks: vec!["lab".into()],
+                networks: if profile.vm_network {
+                    vec![netns::NETWORK.into()]
+                } else {
+                    Vec::new()
+                },
+                bridges: match net {
+                    Some(_) if profile.vm_network => {
+                        [(netns::NETWORK.to_string(), netns::HOST_BRIDGE.to_string())].into()
+                    }
+                    _ => Default::default(),
+                },
                 storage,
                 tls: identity,
                 cpu: CpuConfig {
@@ -353,7 +433,11 @@ impl Lab {
             .create(true)
             .append(true)
             .open(dir.join("agent.log"))?;
-        let child = Command::new(std::env::current_exe()?)
+        let mut command = Command::new(std::env::current_exe()?);
+        if let Some(net) = self.net() {
+            netns::enter(&mut command, &net.namespace(name))?;
+        }
+        let child = command
             .arg("agent")
             .arg("--config")
             .arg(dir.join("agent.toml"))
@@ -385,6 +469,9 @@ impl Lab {
                     ended += 1;
                 }
             }
+        }
+        if let Some(net) = self.net() {
+            net.destroy(&self.host_names());
         }
         if self.dir.exists() {
             std::fs::remove_dir_all(&self.dir).with_context(|| format!("cannot remove {}", self.dir.display()))?;
