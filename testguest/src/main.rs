@@ -86,6 +86,8 @@ fn bsp_main() -> ! {
         }
     };
 
+    let devices = virtio::Devices::scan(&config.virtio[..config.virtio_count]);
+
     let mut ticker = Ticker::new(0, clock);
     let mut hb = Heartbeat::new(config.hb_ms, config.exit_after, ticker.tick());
     let mut idle = || {
@@ -128,7 +130,7 @@ fn bsp_main() -> ! {
         .emit();
     ticker.resync();
     let mut disks = disk::DiskWork::new(
-        &config.virtio[..config.virtio_count],
+        devices.of(virtio::DEVICE_BLOCK),
         config.disk,
         config.disk_rate,
         cpu::rdtsc() << 1,
