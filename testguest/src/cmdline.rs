@@ -2,7 +2,7 @@
 //!
 //! `fill=SIZE|all` `dirty=SIZE` `rate=MBPS|max` `idle` `hb=MS` `exit=N` `verify=0|1`
 //! `disk=SIZE|all` `disk_rate=MBPS|max` `sleep=0|1`, and the VMM's
-//! `virtio_mmio.device=4K@0xADDR:IRQ` device announcements;
+//! `virtio_mmio.device=SIZE@0xADDR:IRQ` device announcements;
 //! SIZE is bytes with an optional K/M/G/T suffix (powers of 1024), MBPS is 10^6 bytes
 //! per second and may have a fraction (`rate=2.5`).
 
@@ -138,9 +138,14 @@ fn parse_u64(s: &[u8]) -> Option<u64> {
     Some(s.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
 }
 
-/// `4K@0xd0000000:5` → the window's base (a page in the 32-bit MMIO gap).
+/// `4K@0xd0000000:5` (the vmig VMM's) or `512@0xfeb02e00:28` (QEMU
+/// microvm's) → the window's base: at least 512 bytes (registers and a
+/// configuration space), 512-aligned, in the 32-bit MMIO gap. The IRQ is
+/// not used: the guest polls.
 fn parse_virtio(s: &[u8]) -> Option<u64> {
+    const WINDOW_ALIGN: u64 = 0x200;
     let at = s.iter().position(|&b| b == b'@')?;
+    let size = parse_size(&s[..at])?;
     let rest = &s[at + 1..];
     let colon = rest.iter().position(|&b| b == b':').unwrap_or(rest.len());
     let hex = rest[..colon].strip_prefix(b"0x")?;
@@ -152,7 +157,12 @@ fn parse_virtio(s: &[u8]) -> Option<u64> {
         let digit = (d as char).to_digit(16)?;
         base = (base << 4) | u64::from(digit);
     }
-    (base.is_multiple_of(4096) && (0xc000_0000..0x1_0000_0000).contains(&base)).then_some(base)
+    let gap = 0xc000_0000..=0x1_0000_0000;
+    (size >= WINDOW_ALIGN
+        && base.is_multiple_of(WINDOW_ALIGN)
+        && gap.contains(&base)
+        && base.checked_add(size).is_some_and(|end| gap.contains(&end)))
+    .then_some(base)
 }
 
 fn parse_size(s: &[u8]) -> Option<u64> {
