@@ -126,7 +126,7 @@ impl Blk {
         self.queue.push(0);
         self.transport.notify(self.queue.index);
         let mut polls = 0;
-        while !self.queue.pop_used() {
+        while self.queue.pop_used().is_none() {
             polls += 1;
             if polls == POLLS || self.transport.needs_reset() {
                 return Err(IoError::Device);

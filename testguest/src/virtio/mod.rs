@@ -160,6 +160,12 @@ impl Transport {
         self.reg(REG_CONFIG + offset)
     }
 
+    /// The byte at `offset` of the device's configuration space.
+    pub fn config_u8(&self, offset: u64) -> u8 {
+        // SAFETY: as `reg`; byte access is allowed in the configuration space.
+        unsafe { read_volatile((self.base + REG_CONFIG + offset) as *const u8) }
+    }
+
     fn reg(&self, offset: u64) -> u32 {
         // SAFETY: `base` is a virtio-mmio device window from the command line,
         // identity-mapped and user-accessible (MMIO: every access exits to the VMM).

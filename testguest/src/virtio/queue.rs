@@ -107,6 +107,15 @@ impl<const N: usize> Ring<N> {
     }
 }
 
+/// A buffer chain the device has finished with.
+#[derive(Clone, Copy, Debug)]
+pub struct Completed {
+    /// The chain's first descriptor.
+    pub head: u16,
+    /// Bytes the device wrote into it.
+    pub len: u32,
+}
+
 /// The driver's side of one queue: where it is in both rings.
 pub struct Queue<const N: usize> {
     pub index: u16,
@@ -164,13 +173,19 @@ impl<const N: usize> Queue<N> {
         unsafe { read_volatile(&raw const self.ring.used.idx) != self.last_used }
     }
 
-    /// Takes the next chain the device has finished with; false if there is none.
-    pub fn pop_used(&mut self) -> bool {
+    /// The next chain the device has finished with, if any.
+    pub fn pop_used(&mut self) -> Option<Completed> {
         if !self.has_used() {
-            return false;
+            return None;
         }
         fence(Ordering::SeqCst);
+        let slot = usize::from(self.last_used) % N;
+        // SAFETY: as `has_used`; the entry is complete once the index covers it.
+        let elem = unsafe { read_volatile(&raw const self.ring.used.ring[slot]) };
         self.last_used = self.last_used.wrapping_add(1);
-        true
+        Some(Completed {
+            head: elem.id as u16,
+            len: elem.len,
+        })
     }
 }
