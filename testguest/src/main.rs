@@ -103,6 +103,7 @@ fn bsp_main() -> ! {
 
     let mut ticker = Ticker::new(0, clock);
     let mut hb = Heartbeat::new(config.hb_ms, config.exit_after, ticker.tick());
+    hb.show_net(net.up());
     let mut idle = || {
         let now = ticker.tick();
         if hb.poll(now) {

@@ -21,6 +21,7 @@ use smoltcp::wire::{EthernetAddress, IpCidr, Ipv4Address};
 
 use self::echo::{Echo, EchoMem, EchoSlots};
 use self::virtio_net::{NetMem, VirtioNet};
+pub use self::virtio_net::{RX_FRAMES, TX_FRAMES};
 use crate::cmdline::Ipv4Cidr;
 use crate::serial::Line;
 use crate::virtio::Found;
