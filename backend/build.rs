@@ -1,7 +1,9 @@
 //! Builds the test guest (`../testguest`, a `no_std` PVH kernel) with the same
 //! toolchain, for the host target, and puts the ELF in OUT_DIR for
 //! `include_bytes!`. The guest is its own cargo project so its linker script,
-//! panic strategy and flags never leak into the rest of the workspace.
+//! panic strategy and flags never leak into the rest of the workspace. It is
+//! built `--offline`: its crates (smoltcp) come into the registry cache as this
+//! package's build-dependencies.
 
 use std::env;
 use std::path::PathBuf;
@@ -14,6 +16,7 @@ fn main() {
     let target_dir = out_dir.join("testguest-target");
     println!("cargo:rerun-if-changed={}", guest_dir.join("src").display());
     println!("cargo:rerun-if-changed={}", guest_dir.join("Cargo.toml").display());
+    println!("cargo:rerun-if-changed={}", guest_dir.join("Cargo.lock").display());
     println!("cargo:rerun-if-changed={}", guest_dir.join("build.rs").display());
     println!("cargo:rerun-if-changed={}", guest_dir.join("link.ld").display());
 

@@ -1,10 +1,11 @@
 //! The workload parameters, from `key=value` tokens on the kernel command line.
 //!
 //! `fill=SIZE|all` `dirty=SIZE` `rate=MBPS|max` `idle` `hb=MS` `exit=N` `verify=0|1`
-//! `disk=SIZE|all` `disk_rate=MBPS|max` `sleep=0|1`, and the VMM's
-//! `virtio_mmio.device=4K@0xADDR:IRQ` device announcements;
+//! `disk=SIZE|all` `disk_rate=MBPS|max` `sleep=0|1` `ip=A.B.C.D/LEN` `gw=A.B.C.D`, and
+//! the VMM's `virtio_mmio.device=SIZE@0xADDR:IRQ` device announcements;
 //! SIZE is bytes with an optional K/M/G/T suffix (powers of 1024), MBPS is 10^6 bytes
-//! per second and may have a fraction (`rate=2.5`).
+//! per second and may have a fraction (`rate=2.5`). Without `ip=` a network device
+//! is left alone; `gw=` adds a default route.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fill {
@@ -17,6 +18,13 @@ pub enum Rate {
     /// Bytes per second, over all CPUs.
     BytesPerSec(u64),
     Max,
+}
+
+/// An IPv4 address and its prefix length (`ip=10.77.0.10/24`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    pub addr: [u8; 4],
+    pub prefix_len: u8,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -36,6 +44,10 @@ pub struct Config {
     pub disk_rate: Option<u64>,
     /// With nothing to do, park the CPU through the VMM's sleep register.
     pub sleep: bool,
+    /// The network interface's address (None: no network).
+    pub ip: Option<Ipv4Cidr>,
+    /// The default route's gateway.
+    pub gw: Option<[u8; 4]>,
 }
 
 impl Default for Config {
@@ -52,6 +64,8 @@ impl Default for Config {
             disk: None,
             disk_rate: None,
             sleep: false,
+            ip: None,
+            gw: None,
         }
     }
 }
@@ -114,6 +128,8 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, &[u8]> {
                 true
             }
             (b"disk_rate", Some(v)) => parse_mbps(v).map(|r| config.disk_rate = Some(r)).is_some(),
+            (b"ip", Some(v)) => parse_cidr(v).map(|cidr| config.ip = Some(cidr)).is_some(),
+            (b"gw", Some(v)) => parse_ipv4(v).map(|addr| config.gw = Some(addr)).is_some(),
             (b"virtio_mmio.device", Some(v)) => match parse_virtio(v) {
                 Some(base) if config.virtio_count < config.virtio.len() => {
                     config.virtio[config.virtio_count] = base;
@@ -138,9 +154,14 @@ fn parse_u64(s: &[u8]) -> Option<u64> {
     Some(s.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
 }
 
-/// `4K@0xd0000000:5` → the window's base (a page in the 32-bit MMIO gap).
+/// `4K@0xd0000000:5` (the vmig VMM's) or `512@0xfeb02e00:28` (QEMU
+/// microvm's) → the window's base: at least 512 bytes (registers and a
+/// configuration space), 512-aligned, in the 32-bit MMIO gap. The IRQ is
+/// not used: the guest polls.
 fn parse_virtio(s: &[u8]) -> Option<u64> {
+    const WINDOW_ALIGN: u64 = 0x200;
     let at = s.iter().position(|&b| b == b'@')?;
+    let size = parse_size(&s[..at])?;
     let rest = &s[at + 1..];
     let colon = rest.iter().position(|&b| b == b':').unwrap_or(rest.len());
     let hex = rest[..colon].strip_prefix(b"0x")?;
@@ -152,7 +173,31 @@ fn parse_virtio(s: &[u8]) -> Option<u64> {
         let digit = (d as char).to_digit(16)?;
         base = (base << 4) | u64::from(digit);
     }
-    (base.is_multiple_of(4096) && (0xc000_0000..0x1_0000_0000).contains(&base)).then_some(base)
+    let gap = 0xc000_0000..=0x1_0000_0000;
+    (size >= WINDOW_ALIGN
+        && base.is_multiple_of(WINDOW_ALIGN)
+        && gap.contains(&base)
+        && base.checked_add(size).is_some_and(|end| gap.contains(&end)))
+    .then_some(base)
+}
+
+/// `10.77.0.10`: four decimal octets.
+fn parse_ipv4(s: &[u8]) -> Option<[u8; 4]> {
+    let mut addr = [0u8; 4];
+    let mut octets = s.split(|&b| b == b'.');
+    for octet in &mut addr {
+        let digits = octets.next()?;
+        *octet = u8::try_from(parse_u64(digits).filter(|_| digits.len() <= 3)?).ok()?;
+    }
+    octets.next().is_none().then_some(addr)
+}
+
+/// `10.77.0.10/24`: a unicast address and a prefix length of 1 to 32.
+fn parse_cidr(s: &[u8]) -> Option<Ipv4Cidr> {
+    let slash = s.iter().position(|&b| b == b'/')?;
+    let addr = parse_ipv4(&s[..slash]).filter(|a| a[0] != 0 && a[0] < 224)?;
+    let prefix_len = parse_u64(&s[slash + 1..]).filter(|len| (1..=32).contains(len))? as u8;
+    Some(Ipv4Cidr { addr, prefix_len })
 }
 
 fn parse_size(s: &[u8]) -> Option<u64> {

@@ -18,7 +18,8 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::pattern::stamp;
 use crate::serial::Line;
-use crate::virtio::{Blk, CHUNK, IoError, QueueMem, SECTOR};
+use crate::virtio::Found;
+use crate::virtio::blk::{self, Blk, CHUNK, IoError, QueueMem, SECTOR};
 
 /// The medium stamp's seed (even, so stamps stay odd and never zero).
 pub const MEDIUM_SEED: u64 = 0x6d65_6469_756d_7632;
@@ -219,28 +220,20 @@ pub struct DiskWork {
 }
 
 impl DiskWork {
-    /// Sets up the devices at `bases` (reporting each on the console) and,
-    /// with `limit`, the workload over up to `limit` bytes of the first disk
-    /// (`u64::MAX`: all of it) at `rate` bytes per second (None: as fast as
-    /// the device goes).
-    pub fn new(bases: &[u64], limit: Option<u64>, rate: Option<u64>, nonce: u64) -> DiskWork {
+    /// Sets up the block devices `devices` (reporting each on the console)
+    /// and, with `limit`, the workload over up to `limit` bytes of the first
+    /// disk (`u64::MAX`: all of it) at `rate` bytes per second (None: as fast
+    /// as the device goes).
+    pub fn new(devices: impl Iterator<Item = Found>, limit: Option<u64>, rate: Option<u64>, nonce: u64) -> DiskWork {
         let mut work = DiskWork {
             disk: None,
             cd: None,
             interval_ns: 0,
             next_ns: 0,
         };
-        for (slot, &base) in bases.iter().enumerate() {
-            let Some(read_only) = crate::virtio::read_only(base) else {
-                Line::new()
-                    .str("ERR blk slot=")
-                    .dec(slot as u64)
-                    .str(" addr=")
-                    .hex(base)
-                    .emit();
-                continue;
-            };
-            let queue = match (read_only, &work.disk, &work.cd) {
+        for device in devices {
+            let (slot, base) = (device.slot as u64, device.transport.base());
+            let queue = match (blk::read_only(&device), &work.disk, &work.cd) {
                 (false, None, _) => take(&raw mut DISK_QUEUE, &DISK_QUEUE_TAKEN),
                 (true, _, None) => take(&raw mut CD_QUEUE, &CD_QUEUE_TAKEN),
                 _ => None,
@@ -248,10 +241,10 @@ impl DiskWork {
             let Some(queue) = queue else {
                 continue;
             };
-            let Some(blk) = Blk::init(base, queue) else {
+            let Some(blk) = Blk::init(&device, queue) else {
                 Line::new()
                     .str("ERR blk slot=")
-                    .dec(slot as u64)
+                    .dec(slot)
                     .str(" addr=")
                     .hex(base)
                     .emit();
@@ -260,7 +253,7 @@ impl DiskWork {
             let sectors = blk.capacity();
             Line::new()
                 .str("BLK slot=")
-                .dec(slot as u64)
+                .dec(slot)
                 .str(" addr=")
                 .hex(base)
                 .str(" sectors=")

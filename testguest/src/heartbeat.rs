@@ -1,10 +1,14 @@
 //! The BSP's periodic status line and the `exit=N` countdown.
 //!
 //! `HB seq=<n> t_ms=<ms> cpus=<online> written=<pages> verified=<pages> errors=<words>
-//!  rate_mbps=<MB/s, one decimal> maxgap_us=<µs>`
+//!  rate_mbps=<MB/s, one decimal> maxgap_us=<µs>`, then with the disk workload
+//! `disk_written=.. disk_verified=.. disk_errors=.. cd_verified=.. cd_errors=..
+//!  io_errors=..`, then with the network `rx=<frames> tx=<frames>` (new fields
+//! only ever go at the end).
 
 use crate::cpu;
 use crate::disk;
+use crate::net;
 use crate::serial::Line;
 use crate::stats;
 
@@ -17,6 +21,7 @@ pub struct Heartbeat {
     last_written: u64,
     last_ns: u64,
     disks: bool,
+    net: bool,
 }
 
 impl Heartbeat {
@@ -33,6 +38,7 @@ impl Heartbeat {
             last_written: 0,
             last_ns: now,
             disks: false,
+            net: false,
         }
     }
 
@@ -44,6 +50,11 @@ impl Heartbeat {
     /// Adds the disk workload's counters to every line.
     pub fn show_disks(&mut self, on: bool) {
         self.disks = on;
+    }
+
+    /// Adds the network's frame counters to every line.
+    pub fn show_net(&mut self, on: bool) {
+        self.net = on;
     }
 
     /// Print a heartbeat if one is due; true if it printed (the caller then resyncs
@@ -96,6 +107,13 @@ impl Heartbeat {
                 .dec(disk::CD_ERRORS.load(Relaxed))
                 .str(" io_errors=")
                 .dec(disk::IO_ERRORS.load(Relaxed));
+        }
+        if self.net {
+            use core::sync::atomic::Ordering::Relaxed;
+            line.str(" rx=")
+                .dec(net::RX_FRAMES.load(Relaxed))
+                .str(" tx=")
+                .dec(net::TX_FRAMES.load(Relaxed));
         }
         line.emit();
         self.seq += 1;

@@ -7,10 +7,15 @@
 //!
 //! Lines printed on COM1:
 //! - `VMIG-TESTGUEST v1 mem_mib=<MiB> cpus=<n> clock=<kvmclock|tsc> cmdline="<...>"`
+//! - `NET mac=<xx:xx:xx:xx:xx:xx> ip=<a.b.c.d/len>[ gw=<a.b.c.d>]` once the network
+//!   is up (`ip=` and a virtio-net device: see `net/mod.rs`)
 //! - `FILLED pages=<n> ms=<ms>`
 //! - `HB ...` (see `heartbeat.rs`)
 //! - `ERR integrity addr=0x.. expected=0x.. found=0x..` (first 8 only)
 //! - `ERR cmdline token=<token>`, `ERR boot <reason>`
+//! - `ERR virtio slot=<n> addr=0x.. device=<id>` (an announced window with no device
+//!   the guest drives), `ERR blk|net slot=<n> addr=0x..` (a device that failed to set
+//!   up), `ERR net no device` (`ip=` without a virtio-net device)
 //! - `FATAL vector=<n> rip=0x.. addr=0x.. error=0x.. cpl=<n>`
 //! - `EXIT code=<c>`, then the exit code is written to port 0xf4:
 //!   0 ok, 1 integrity errors seen, 2 bad command line, 3 fatal trap or boot failure.
@@ -27,6 +32,7 @@ mod disk;
 mod heartbeat;
 mod layout;
 mod mem;
+mod net;
 mod pattern;
 mod phys;
 mod pv;
@@ -86,13 +92,24 @@ fn bsp_main() -> ! {
         }
     };
 
+    let devices = virtio::Devices::scan(&config.virtio[..config.virtio_count]);
+    let mut net = net::Net::start(
+        devices.of(virtio::DEVICE_NET),
+        config.ip,
+        config.gw,
+        cpu::rdtsc(),
+        clock.now_ns(),
+    );
+
     let mut ticker = Ticker::new(0, clock);
     let mut hb = Heartbeat::new(config.hb_ms, config.exit_after, ticker.tick());
+    hb.show_net(net.up());
     let mut idle = || {
         let now = ticker.tick();
         if hb.poll(now) {
             ticker.resync();
         }
+        net.poll(now);
     };
     idle();
     smp::start_aps(cpu_list.ids(), &clock, &mut idle);
@@ -105,6 +122,7 @@ fn bsp_main() -> ! {
         if hb.poll(now) {
             ticker.resync();
         }
+        net.poll(now);
         if !worker.fill_step(&ticker) {
             break;
         }
@@ -115,6 +133,7 @@ fn bsp_main() -> ! {
         if hb.poll(now) {
             ticker.resync();
         }
+        net.poll(now);
         if stats::fill_done(plan.workers()) {
             break;
         }
@@ -128,7 +147,7 @@ fn bsp_main() -> ! {
         .emit();
     ticker.resync();
     let mut disks = disk::DiskWork::new(
-        &config.virtio[..config.virtio_count],
+        devices.of(virtio::DEVICE_BLOCK),
         config.disk,
         config.disk_rate,
         cpu::rdtsc() << 1,
@@ -143,13 +162,17 @@ fn bsp_main() -> ! {
         if hb.poll(now) {
             ticker.resync();
         }
+        // Not resynced, like the disk: a migration's pause shows in maxgap.
+        net.poll(now);
         worker.work_step(now, &ticker);
         if disks.active() {
             // Not resynced: a migration's pause during a request shows in maxgap.
             disks.step(now);
         } else if sleeps && worker.idle() {
-            // Nothing to do until the next heartbeat: off the host's CPU.
-            let wait_ns = hb.next_ns().saturating_sub(now);
+            // Nothing to do until the next heartbeat or the network's next
+            // deadline: off the host's CPU. The receive ring is full (the
+            // poll gave every buffer back), so a frame can end the sleep.
+            let wait_ns = hb.next_ns().saturating_sub(now).min(net.wait_ns(now));
             if wait_ns > 1_000_000 {
                 pv::sleep_us(wait_ns / 1000);
                 ticker.resync();
