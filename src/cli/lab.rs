@@ -130,6 +130,28 @@ fn demo(lab: &Lab, say: &mut dyn FnMut(&str)) -> Result<Exit> {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    // On the lab's network: a live move of vm1 with its address probed
+    // from here all along, as an operator would watch it with ping.
+    let vm1 = match lab.net() {
+        Some(net) => {
+            let to = cluster
+                .hosts()
+                .iter()
+                .map(|h| h.host.name.clone())
+                .find(|h| *h != vm1.host.name)
+                .unwrap_or_default();
+            let address = net.vm_ip(0);
+            say(&format!("vmig migrate vm1 {to} --ping {address}"));
+            let mut plan = crate::ops::migrate::plan(&cluster, "vm1", &to, Default::default())?;
+            plan.ping = Some((address.into(), Duration::from_millis(10)));
+            let exit = super::migrate::run(&cluster, &plan, false)?;
+            if exit != Exit::Ok {
+                return Ok(exit);
+            }
+            cluster.locate("vm1")?
+        }
+        None => vm1,
+    };
     let host = vm1.host.name.clone();
     let hook = "true";
     say(&format!("vmig run runbooks/rolling-maintenance.lua -- {hook} {host}"));

@@ -236,7 +236,11 @@ impl Lab {
         }
         let exists = self.inventory_path().is_file();
         if !exists {
-            self.create(options, say)?;
+            // Half a lab is no use: what was made goes again.
+            if let Err(e) = self.create(options, say) {
+                let _ = self.down();
+                return Err(e);
+            }
         }
         let mut started = Vec::new();
         for name in self.host_names() {
@@ -287,11 +291,12 @@ impl Lab {
                     ..VmSpec::default()
                 };
                 let mut spec = spec;
-                if self.net().is_some() {
+                if let Some(net) = self.net() {
                     spec.nics = vec![vmig_backend::api::NicSpec {
                         network: netns::NETWORK.into(),
                         mac: None,
                     }];
+                    spec.cmdline.push_str(&format!(" ip={}/24", net.vm_ip(i)));
                 }
                 let client = Client::new(&host.name, &host.address, Arc::clone(&tls));
                 client
@@ -471,7 +476,7 @@ impl Lab {
             }
         }
         if let Some(net) = self.net() {
-            net.destroy(&self.host_names());
+            net.destroy();
         }
         if self.dir.exists() {
             std::fs::remove_dir_all(&self.dir).with_context(|| format!("cannot remove {}", self.dir.display()))?;

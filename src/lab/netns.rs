@@ -67,6 +67,9 @@ impl LabNet {
                 let _ = ip(&["link", "del", &net.switch()]);
                 continue;
             }
+            // Namespaces of this number without their switch are what a lab
+            // that was killed half-built left: the number is ours now.
+            net.remove_namespaces();
             net.build_switch()
                 .with_context(|| format!("cannot build the lab switch {}", net.switch()))?;
             return Ok(net);
@@ -194,12 +197,26 @@ impl LabNet {
     }
 
     /// Removes the namespaces (their veths go with them) and the switch.
-    pub fn destroy(&self, hosts: &[String]) {
-        for host in hosts {
-            let _ = ip(&["netns", "del", &self.namespace(host)]);
-        }
-        let _ = ip(&["netns", "del", &self.client_namespace()]);
+    pub fn destroy(&self) {
+        self.remove_namespaces();
         let _ = ip(&["link", "del", &self.switch()]);
+    }
+
+    /// Every namespace named for this lab number.
+    fn remove_namespaces(&self) {
+        let prefix = format!("vmiglab{}-", self.index);
+        let names = std::fs::read_dir("/run/netns")
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|name| name.starts_with(&prefix))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        for name in names {
+            let _ = ip(&["netns", "del", &name]);
+        }
     }
 
     /// An API address of host `index`: its IPv4 address, or IPv6.

@@ -233,6 +233,14 @@ pub fn print_report(report: &Report, headline: &str, json: bool) -> Result<()> {
         report.zero_pages_skipped,
         report.untouched_pages
     )?;
+    if let Some(a) = &report.announce {
+        writeln!(
+            out,
+            "  network: the target announced the VM's cards at the pause and {} times after it \
+             ({} ms, then +{} ms, at most {} ms apart); {} frames that reached the source meanwhile went along",
+            a.rounds, a.initial_ms, a.step_ms, a.max_ms, report.frames_carried
+        )?;
+    }
     if report.max_throttle_pct > 0 {
         writeln!(
             out,
