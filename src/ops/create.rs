@@ -14,7 +14,9 @@ pub enum CreateError {
     Cluster(#[from] ClusterError),
     #[error("a VM named {vm} exists on {host} already")]
     Exists { vm: String, host: String },
-    #[error("no host could be asked where {vm} should go, or every host is cordoned")]
+    #[error(
+        "no host could be asked where {vm} should go, or every host is cordoned or lacks a bridge for its networks"
+    )]
     NoHost { vm: String },
     /// A baseline needs every host's features: one did not answer.
     #[error("cannot compute the cluster's CPU baseline: {host} did not answer ({detail})")]
@@ -68,6 +70,8 @@ pub fn create(cluster: &Cluster, mut spec: VmSpec, host: Option<&str>, start: bo
                     .as_ref()
                     .ok()
                     .filter(|f| f.cordon.is_none())
+                    // A host that bridges every network the VM's cards are on.
+                    .filter(|f| spec.nics.iter().all(|nic| f.bridged_networks.contains(&nic.network)))
                     .map(|f| (&a.host, f.memory_available_bytes))
             })
             .max_by_key(|(_, free)| *free)
