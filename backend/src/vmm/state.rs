@@ -12,7 +12,9 @@ use super::vcpu::VcpuState;
 
 /// Bumped whenever a field changes meaning; readers refuse other versions.
 /// 2: drives in the machine, virtio devices in the device state.
-pub const STATE_FORMAT: u32 = 2;
+/// 3: the serial state carries the console's absolute offset instead of an
+/// unfinished line (console output is no longer held back for a newline).
+pub const STATE_FORMAT: u32 = 3;
 
 /// What a machine is: fixed for its lifetime, and travels with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
