@@ -1,7 +1,7 @@
 //! The workload parameters, from `key=value` tokens on the kernel command line.
 //!
 //! `fill=SIZE|all` `dirty=SIZE` `rate=MBPS|max` `idle` `hb=MS` `exit=N` `verify=0|1`
-//! `disk=SIZE|all` `disk_rate=MBPS|max` `sleep=0|1`, and the VMM's
+//! `disk=SIZE|all` `disk_rate=MBPS|max` `sleep=0|1` `prompt=0|1`, and the VMM's
 //! `virtio_mmio.device=4K@0xADDR:IRQ` device announcements;
 //! SIZE is bytes with an optional K/M/G/T suffix (powers of 1024), MBPS is 10^6 bytes
 //! per second and may have a fraction (`rate=2.5`).
@@ -36,6 +36,8 @@ pub struct Config {
     pub disk_rate: Option<u64>,
     /// With nothing to do, park the CPU through the VMM's sleep register.
     pub sleep: bool,
+    /// A login-like console on COM1 (`tty.rs`).
+    pub prompt: bool,
 }
 
 impl Default for Config {
@@ -52,6 +54,7 @@ impl Default for Config {
             disk: None,
             disk_rate: None,
             sleep: false,
+            prompt: false,
         }
     }
 }
@@ -102,6 +105,10 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, &[u8]> {
             }
             (b"sleep", Some(b"0")) => {
                 config.sleep = false;
+                true
+            }
+            (b"prompt", Some(v @ (b"0" | b"1"))) => {
+                config.prompt = v == b"1";
                 true
             }
             (b"disk", Some(b"all")) => {

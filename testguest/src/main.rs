@@ -12,6 +12,8 @@
 //! - `ERR integrity addr=0x.. expected=0x.. found=0x..` (first 8 only)
 //! - `ERR cmdline token=<token>`, `ERR boot <reason>`
 //! - `FATAL vector=<n> rip=0x.. addr=0x.. error=0x.. cpl=<n>`
+//! - with `prompt=1`: `vmig login: ` (no newline), the echo of what it reads
+//!   from COM1, `GOT <line>` on Enter (see `tty.rs`)
 //! - `EXIT code=<c>`, then the exit code is written to port 0xf4:
 //!   0 ok, 1 integrity errors seen, 2 bad command line, 3 fatal trap or boot failure.
 
@@ -35,6 +37,7 @@ mod serial;
 mod smp;
 mod stats;
 mod traps;
+mod tty;
 mod virtio;
 mod workload;
 
@@ -136,11 +139,15 @@ fn bsp_main() -> ! {
     hb.show_disks(disks.active());
     ticker.resync();
     let sleeps = config.sleep && pv::present();
+    let mut tty = tty::Tty::new(config.prompt);
     workload::start_work();
     worker.start(ticker.tick());
     loop {
         let now = ticker.tick();
         if hb.poll(now) {
+            ticker.resync();
+        }
+        if tty.poll(now) {
             ticker.resync();
         }
         worker.work_step(now, &ticker);
