@@ -134,21 +134,32 @@ fn log_start(dir: &VmDir, pid: Option<u32>) -> Option<u64> {
     record.and_then(|r| r.console_start)
 }
 
-/// The console as this host keeps it, as one run of bytes without a gap:
-/// (the offset of its first byte, the bytes). History that does not reach
-/// the log is left out.
-fn kept(dir: &VmDir, pid: Option<u32>) -> (u64, Vec<u8>) {
+/// The last `max` bytes of the console this host keeps, as one run without
+/// a gap: (the offset of its first byte, the bytes). History that does not
+/// reach the log is left out; of the log, only its end is read.
+fn kept(dir: &VmDir, pid: Option<u32>, max: u64) -> (u64, Vec<u8>) {
     let history = read_history(dir);
-    let log = std::fs::read(dir.console()).unwrap_or_default();
     let start = log_start(dir, pid).unwrap_or_else(|| history.as_ref().map_or(0, History::end));
-    match history {
-        Some(history) if history.from <= start && history.end() >= start => {
-            let mut bytes = history.bytes;
-            bytes.truncate((start - history.from) as usize);
-            bytes.extend_from_slice(&log);
-            (history.from, bytes)
+    let mut log = Vec::new();
+    let mut skipped = 0;
+    if let Ok(mut file) = File::open(dir.console()) {
+        let len = file.metadata().map_or(0, |m| m.len());
+        skipped = len.saturating_sub(max);
+        if file.seek(SeekFrom::Start(skipped)).is_ok() {
+            let _ = file.take(max).read_to_end(&mut log);
         }
-        _ => (start, log),
+    }
+    let first = start + skipped;
+    let want = max.saturating_sub(log.len() as u64) as usize;
+    match history {
+        Some(history) if want > 0 && first == start && history.from <= start && history.end() >= start => {
+            let before = &history.bytes[..(start - history.from) as usize];
+            let from = before.len().saturating_sub(want);
+            let mut bytes = before[from..].to_vec();
+            bytes.extend_from_slice(&log);
+            (history.from + from as u64, bytes)
+        }
+        _ => (first, log),
     }
 }
 
@@ -341,8 +352,8 @@ impl Agent {
     /// The last `bytes` of the VM's console this host keeps, earlier hosts' included.
     pub fn console(&self, name: &str, bytes: u64) -> Result<String, Failure> {
         let view = self.view(name)?;
-        let (_, kept) = kept(&view.dir, view.record.pid);
-        let mut cut = kept.len().saturating_sub(bytes.min(16 << 20) as usize);
+        let (_, kept) = kept(&view.dir, view.record.pid, bytes.min(16 << 20));
+        let mut cut = 0;
         // Not inside a character.
         while cut < kept.len() && kept[cut] & 0xc0 == 0x80 {
             cut += 1;
@@ -354,7 +365,14 @@ impl Agent {
     /// agent's record of the VM and the VMM's life.
     fn look_console(&self, name: &str, pid: Option<u32>, to: &mut Option<String>) -> Look {
         let Some(pid) = pid else {
-            return Look::Over(ConsoleEndReason::Stopped);
+            // Reserved for an arrival whose VMM is still to come: the
+            // follower asks again in a moment.
+            let arriving = self.vms().get(name).is_some_and(|vm| vm.record.arrival.is_some());
+            return Look::Over(if arriving {
+                ConsoleEndReason::Gone
+            } else {
+                ConsoleEndReason::Stopped
+            });
         };
         let now = self.vms().get(name).map(|vm| {
             (
@@ -496,10 +514,8 @@ impl Agent {
     /// (its VMM with `pid` has paused for good: its log is final) to the
     /// target, for arrival `id`, oldest part first.
     pub(super) fn hand_console_on(&self, peer: &Client, name: &str, dir: &VmDir, pid: u32, id: &str) {
-        let (first, bytes) = kept(dir, Some(pid));
-        let skip = bytes.len().saturating_sub(HISTORY as usize);
-        let mut from = first + skip as u64;
-        for part in bytes[skip..].chunks(HISTORY_PART) {
+        let (mut from, bytes) = kept(dir, Some(pid), HISTORY);
+        for part in bytes.chunks(HISTORY_PART) {
             let kept = peer.call::<bool>(Request::ConsoleHistory {
                 name: name.to_string(),
                 id: id.to_string(),
@@ -525,8 +541,10 @@ mod tests {
         (tmp, dir)
     }
 
+    /// The record of the VMM with pid 7 (the one the streams follow).
     fn record_start(dir: &VmDir, start: u64) {
         let mut record = VmmRecord::new();
+        record.pid = 7;
         record.console_start = Some(start);
         record.store(&dir.vmm_record()).unwrap();
     }
@@ -555,18 +573,113 @@ mod tests {
         let (_tmp, dir) = dir();
         std::fs::write(dir.console(), b"ms=7\nHB seq=5").unwrap();
         record_start(&dir, 14);
-        assert_eq!(kept(&dir, None), (14, b"ms=7\nHB seq=5".to_vec()), "the log alone");
+        assert_eq!(kept(&dir, None, 100), (14, b"ms=7\nHB seq=5".to_vec()), "the log alone");
         add_history(&dir, 0, b"HB seq=4 t_").unwrap();
-        assert_eq!(
-            kept(&dir, None),
-            (14, b"ms=7\nHB seq=5".to_vec()),
-            "a gap: history left out"
-        );
+        let gap = kept(&dir, None, 100);
+        assert_eq!(gap, (14, b"ms=7\nHB seq=5".to_vec()), "a gap: history left out");
         std::fs::remove_file(dir.history()).unwrap();
         add_history(&dir, 3, b"HB seq=4 t_").unwrap();
-        assert_eq!(kept(&dir, None), (3, b"HB seq=4 t_ms=7\nHB seq=5".to_vec()));
+        assert_eq!(kept(&dir, None, 100), (3, b"HB seq=4 t_ms=7\nHB seq=5".to_vec()));
+        // Only the end: of the log alone, or reaching into the history.
+        assert_eq!(kept(&dir, None, 5), (22, b"seq=5".to_vec()));
+        assert_eq!(kept(&dir, None, 16), (11, b" t_ms=7\nHB seq=5".to_vec()));
         // A VMM that never said where its log begins: right after the history.
         std::fs::remove_file(dir.vmm_record()).unwrap();
-        assert_eq!(kept(&dir, None).0, 3);
+        assert_eq!(kept(&dir, None, 100).0, 3);
+    }
+
+    /// Runs a stream over `dir` whose VMM's life is `looks` (each look may
+    /// first append to the log, as the VMM would); its lines and end.
+    fn stream(dir: &VmDir, from: Option<u64>, mut looks: Vec<(&[u8], Look)>) -> (Vec<ConsoleLine>, ConsoleEnd) {
+        let mut lines = Vec::new();
+        let mut send = |line| {
+            lines.push(line);
+            true
+        };
+        let console = dir.console();
+        let mut look = move |_: Option<u32>, to: &mut Option<String>| {
+            *to = Some("hostB".into());
+            let (append, look) = if looks.is_empty() {
+                (&b""[..], Look::Over(ConsoleEndReason::Moved))
+            } else {
+                looks.remove(0)
+            };
+            let mut file = std::fs::OpenOptions::new().append(true).open(&console).unwrap();
+            std::io::Write::write_all(&mut file, append).unwrap();
+            look
+        };
+        let end = {
+            let mut stream = Stream {
+                host: "hostA",
+                name: "vm1",
+                look: &mut look,
+                dir: dir.clone(),
+                pid: Some(7),
+                send: &mut send,
+                still_there: &|| true,
+                last_line: Instant::now(),
+                to: None,
+            };
+            match stream.run(from, 0) {
+                Ok(end) => end,
+                Err(_) => panic!("the stream stopped"),
+            }
+        };
+        (lines, end)
+    }
+
+    fn bytes_of(lines: &[ConsoleLine]) -> (Vec<u8>, Vec<(u64, u64)>) {
+        let mut bytes = Vec::new();
+        let mut skipped = Vec::new();
+        for line in lines {
+            match line {
+                ConsoleLine::Output { hex, .. } => bytes.extend(crate::hex::decode(hex).unwrap()),
+                ConsoleLine::Skipped { from, to } => skipped.push((*from, *to)),
+                ConsoleLine::Waiting { .. } => {}
+            }
+        }
+        (bytes, skipped)
+    }
+
+    #[test]
+    fn a_stream_serves_history_then_the_log_and_its_last_bytes_before_it_ends() {
+        let (_tmp, dir) = dir();
+        add_history(&dir, 100, b"HB seq=4 t_").unwrap();
+        std::fs::write(dir.console(), b"ms=7\n").unwrap();
+        record_start(&dir, 111);
+        // The VMM writes twice more, the second time just as it ends.
+        let looks = vec![
+            (&b"HB "[..], Look::Live),
+            (&b"seq=5"[..], Look::Over(ConsoleEndReason::Moved)),
+        ];
+        let (lines, end) = stream(&dir, Some(103), looks);
+        let (bytes, skipped) = bytes_of(&lines);
+        assert_eq!(bytes, b"seq=4 t_ms=7\nHB seq=5", "from offset 103, every byte once");
+        assert!(skipped.is_empty());
+        assert_eq!(
+            end,
+            ConsoleEnd {
+                at: 124,
+                reason: ConsoleEndReason::Moved,
+                to: Some("hostB".into())
+            }
+        );
+        let ConsoleLine::Output { at, .. } = &lines[0] else {
+            panic!("{lines:?}");
+        };
+        assert_eq!(*at, 103);
+    }
+
+    #[test]
+    fn what_is_kept_nowhere_is_said() {
+        let (_tmp, dir) = dir();
+        add_history(&dir, 100, b"0123456789").unwrap();
+        std::fs::write(dir.console(), b"log").unwrap();
+        record_start(&dir, 120);
+        let (lines, end) = stream(&dir, Some(90), vec![(&b""[..], Look::Over(ConsoleEndReason::Stopped))]);
+        let (bytes, skipped) = bytes_of(&lines);
+        assert_eq!(bytes, b"0123456789log");
+        assert_eq!(skipped, [(90, 100), (110, 120)], "{lines:?}");
+        assert_eq!((end.at, end.reason, end.to), (123, ConsoleEndReason::Stopped, None));
     }
 }
