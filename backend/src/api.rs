@@ -315,7 +315,8 @@ pub enum ConsoleLine {
     /// scrolled out of the history that follows a VM, or an agent died
     /// before it handed them on): the stream goes on at `to`.
     Skipped { from: u64, to: u64 },
-    /// Nothing new: the console ends at `at` for now (a keepalive).
+    /// Nothing new (a keepalive): the stream is at `at` (or, before its
+    /// first byte, at the offset asked for).
     Waiting { at: u64 },
 }
 

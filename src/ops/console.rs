@@ -183,10 +183,8 @@ impl Cursor<'_> {
                 }
                 ControlFlow::Continue(())
             }
-            ConsoleLine::Waiting { at } => {
-                self.next.get_or_insert(at);
-                ControlFlow::Continue(())
-            }
+            // A keepalive: the position comes from bytes, or the end's answer.
+            ConsoleLine::Waiting { .. } => ControlFlow::Continue(()),
         }
     }
 }
@@ -237,7 +235,9 @@ pub fn follow(
             Ok(end) => {
                 outage = None;
                 told = false;
-                from = Some(from.map_or(end.at, |at| at.max(end.at)));
+                // Bytes it did not hand on (none, unless a host erred) are
+                // asked of the next: they come, or are said to be skipped.
+                from = Some(from.unwrap_or(end.at));
                 if end.reason == ConsoleEndReason::Stopped {
                     return Ok(followed(from, FollowEnd::Stopped));
                 }
@@ -437,6 +437,6 @@ mod tests {
         assert_eq!(next, Some(12));
         let (seen, next) = run(vec![ConsoleLine::Waiting { at: 40 }], None);
         assert!(seen.is_empty());
-        assert_eq!(next, Some(40));
+        assert_eq!(next, None, "a keepalive is no position");
     }
 }
