@@ -2121,13 +2121,17 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm__subcmd__console)
-            opts="-h -V --bytes --inventory --help --version"
+            opts="-f -h -V --bytes --follow --attach --from --json --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --bytes)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --from)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

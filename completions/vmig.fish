@@ -173,7 +173,7 @@ complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcom
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -f -a "stop" -d 'Stop a VM (its definition stays)'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -f -a "destroy" -d 'Stop a VM and forget it'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -f -a "show" -d 'Show a VM\'s definition, state and counters'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -f -a "console" -d 'Print the end of a VM\'s console log'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -f -a "console" -d 'Print a VM\'s serial console; follow it live across migrations (--follow) or attach to it (--attach, detach with Ctrl-])'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -f -a "cdrom" -d 'Insert or eject the medium of a VM\'s CD/DVD drive'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -f -a "run" -d 'Run a VM in the foreground: this process is its VMM'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and not __fish_seen_subcommand_from create start stop destroy show console cdrom run status stats pause resume save shutdown send help" -f -a "status" -d 'Show a running VMM\'s state'
@@ -223,8 +223,12 @@ complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from show" -l json -d 'Print JSON'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from show" -s V -l version -d 'Print version'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from console" -l bytes -d 'How much of the end of the console log to print' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from console" -l bytes -d 'How much of the end of the console to print (first, with --follow or --attach)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from console" -l from -d 'With --follow or --attach: begin at this absolute byte offset of the console instead of the last --bytes' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from console" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from console" -s f -l follow -d 'Keep printing the console as the guest writes it, across migrations, until the VM stops'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from console" -l attach -d 'Interactive: also send what is typed to the guest\'s console; detach with Ctrl-]'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from console" -l json -d 'Print JSON (with --follow: one line per event)'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from console" -s h -l help -d 'Print help'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from console" -s V -l version -d 'Print version'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from cdrom" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
@@ -318,7 +322,7 @@ complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "stop" -d 'Stop a VM (its definition stays)'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "destroy" -d 'Stop a VM and forget it'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "show" -d 'Show a VM\'s definition, state and counters'
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "console" -d 'Print the end of a VM\'s console log'
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "console" -d 'Print a VM\'s serial console; follow it live across migrations (--follow) or attach to it (--attach, detach with Ctrl-])'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "cdrom" -d 'Insert or eject the medium of a VM\'s CD/DVD drive'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "run" -d 'Run a VM in the foreground: this process is its VMM'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from help" -f -a "status" -d 'Show a running VMM\'s state'
@@ -433,7 +437,7 @@ complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcomma
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "stop" -d 'Stop a VM (its definition stays)'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "destroy" -d 'Stop a VM and forget it'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "show" -d 'Show a VM\'s definition, state and counters'
-complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "console" -d 'Print the end of a VM\'s console log'
+complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "console" -d 'Print a VM\'s serial console; follow it live across migrations (--follow) or attach to it (--attach, detach with Ctrl-])'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "cdrom" -d 'Insert or eject the medium of a VM\'s CD/DVD drive'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "run" -d 'Run a VM in the foreground: this process is its VMM'
 complete -c vmig -n "__fish_vmig_using_subcommand help; and __fish_seen_subcommand_from vm" -f -a "status" -d 'Show a running VMM\'s state'

@@ -28,6 +28,15 @@
 //! may name the run that asked for it (a `vmig` invocation or a runbook);
 //! the source's journal keeps it, with the name in the asking certificate,
 //! and `history` answers with the agent's journal entries.
+//!
+//! A VM's console is one byte stream over its whole life, on every host it
+//! ran on, each byte at an absolute offset (see `crate::agent::console`).
+//! `console_stream` answers `{"console": ...}` lines ([`ConsoleLine`]) with
+//! the bytes from an offset as the guest writes them, a keepalive at least
+//! every [`KEEPALIVE_EVERY`], until this host's part of the console is over:
+//! the final answer ([`ConsoleEnd`]) says at which offset and why (the VM
+//! moved away, stopped, is gone), and a follower asks the VM's new host from
+//! there. `console_input` puts bytes into the guest's console input.
 
 use serde::{Deserialize, Serialize};
 
@@ -144,6 +153,26 @@ pub enum Request {
         name: String,
         bytes: u64,
     },
+    /// Streams the VM's console from absolute offset `from` (none: the last
+    /// `back` bytes this host keeps) as the guest writes it: console lines
+    /// ([`ConsoleLine`]), then a [`ConsoleEnd`] once this host's part of
+    /// the console is over.
+    ConsoleStream {
+        name: String,
+        #[serde(default)]
+        from: Option<u64>,
+        #[serde(default)]
+        back: u64,
+    },
+    /// Bytes (hex, at most [`MAX_CONSOLE_INPUT`]) for the VM's console
+    /// input, its UART's receive FIFO; answers [`ConsoleAccepted`], how many
+    /// it took (the rest is the caller's to offer again). 503 while the VM
+    /// migrates or is still arriving: nothing was taken, offer them again
+    /// where it runs next; 409 when it does not run here.
+    ConsoleInput {
+        name: String,
+        hex: String,
+    },
     /// Live-migrates the VM to `target` (streams progress); `id` names the
     /// migration (the agent makes one when none is given).
     Migrate {
@@ -189,15 +218,26 @@ pub enum Request {
         source: String,
         id: String,
     },
-    /// Host only: the source reports the migration's end; with the VM's
-    /// console output so far (its last MiB), so the log moves with the VM.
-    /// Answers the arrival's [`IncomingState`].
+    /// Host only: the source reports the migration's end. Answers the
+    /// arrival's [`IncomingState`]. (`console` is no longer sent nor read:
+    /// the console's history comes by `console_history`, at its offsets.)
     FinishIncoming {
         name: String,
         id: String,
         migrated: bool,
         #[serde(default)]
         console: String,
+    },
+    /// Host only: console output that follows VM `name` to this host on
+    /// arrival `id` (hex, from absolute offset `from`): the source sends the
+    /// end of the console it holds, in order, in parts that fit a request,
+    /// before its `finish_incoming`. Answers whether it was kept (the part
+    /// continues what is kept, for the VM that arrived by `id`).
+    ConsoleHistory {
+        name: String,
+        id: String,
+        from: u64,
+        hex: String,
     },
     /// Host only: what became of migration `id` of VM `name` here?
     IncomingState {
@@ -260,6 +300,67 @@ pub enum Request {
         #[serde(default)]
         medium: Option<String>,
     },
+}
+
+/// Most bytes one `console_input` carries.
+pub const MAX_CONSOLE_INPUT: usize = 4096;
+
+/// A line of a `console_stream`, before its final answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsoleLine {
+    /// The console's bytes (hex) from absolute offset `at`.
+    Output { at: u64, hex: String },
+    /// The bytes from `from` to `to` are kept nowhere this host knows (they
+    /// scrolled out of the history that follows a VM, or an agent died
+    /// before it handed them on): the stream goes on at `to`.
+    Skipped { from: u64, to: u64 },
+    /// Nothing new (a keepalive): the stream is at `at` (or, before its
+    /// first byte, at the offset asked for).
+    Waiting { at: u64 },
+}
+
+impl ConsoleLine {
+    pub fn output(at: u64, bytes: &[u8]) -> Self {
+        ConsoleLine::Output {
+            at,
+            hex: crate::hex::encode(bytes),
+        }
+    }
+}
+
+/// How a host's part of a VM's console ended: the answer to `console_stream`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleEnd {
+    /// The offset after the last byte this host has: where the console
+    /// goes on, wherever the VM is now.
+    pub at: u64,
+    pub reason: ConsoleEndReason,
+    /// Where the VM went, when it moved and this host knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsoleEndReason {
+    /// The VM migrated away: its console goes on at its new host.
+    Moved,
+    /// The VM stopped here (or was restarted: a new boot's console starts
+    /// again at offset 0).
+    Stopped,
+    /// This host holds the VM no more (destroyed, or it never arrived).
+    Gone,
+    /// An answer of a newer agent.
+    #[serde(other)]
+    Unknown,
+}
+
+/// Answer to `console_input`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleAccepted {
+    /// Bytes the guest's UART took, from the first on.
+    pub accepted: usize,
 }
 
 /// What an agent found at an image path.
@@ -1036,15 +1137,17 @@ pub struct Answer {
 #[serde(untagged)]
 pub enum Line {
     Progress { progress: MigrateProgress },
+    Console { console: ConsoleLine },
     Answer(Answer),
 }
 
 /// Which certificate roles may make a request.
 pub fn allowed(request: &Request, role: Role) -> bool {
     match request {
-        Request::PrepareIncoming { .. } | Request::FinishIncoming { .. } | Request::IncomingState { .. } => {
-            role == Role::Host
-        }
+        Request::PrepareIncoming { .. }
+        | Request::FinishIncoming { .. }
+        | Request::IncomingState { .. }
+        | Request::ConsoleHistory { .. } => role == Role::Host,
         _ => true,
     }
 }
@@ -1158,5 +1261,38 @@ mod tests {
         assert!(allowed(&request, Role::Host));
         assert!(!allowed(&request, Role::Operator));
         assert!(allowed(&Request::ListVms, Role::Operator));
+        let history = Request::ConsoleHistory {
+            name: "vm1".into(),
+            id: "m-1".into(),
+            from: 0,
+            hex: String::new(),
+        };
+        assert!(!allowed(&history, Role::Operator), "only agents hand consoles on");
+    }
+
+    #[test]
+    fn console_lines_are_tagged_and_carry_exact_bytes() {
+        let line = Line::Console {
+            console: ConsoleLine::output(7, b"vmig login: \xff"),
+        };
+        let text = serde_json::to_string(&line).unwrap();
+        assert!(
+            text.starts_with(r#"{"console":{"output":{"at":7,"hex":"766d"#),
+            "{text}"
+        );
+        let end: ConsoleEnd = serde_json::from_str(r#"{"at":9,"reason":"moved","to":"hostB"}"#).unwrap();
+        assert_eq!(end.reason, ConsoleEndReason::Moved);
+        let newer: ConsoleEnd = serde_json::from_str(r#"{"at":9,"reason":"teleported"}"#).unwrap();
+        assert_eq!(newer.reason, ConsoleEndReason::Unknown);
+        let request: Envelope =
+            serde_json::from_str(r#"{"v":1,"op":"console_stream","name":"vm1","from":42}"#).unwrap();
+        assert!(matches!(
+            request.request,
+            Request::ConsoleStream {
+                from: Some(42),
+                back: 0,
+                ..
+            }
+        ));
     }
 }

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use thiserror::Error;
 
-use crate::api::{API_VERSION, Code, Envelope, MAX_ANSWER, MigrateProgress, Request};
+use crate::api::{API_VERSION, Code, ConsoleLine, Envelope, MAX_ANSWER, MigrateProgress, Request};
 use crate::pki::{self, PkiError};
 
 /// How long a connection attempt may take.
@@ -110,6 +110,8 @@ struct RawLine<'a> {
     #[serde(default)]
     progress: Option<MigrateProgress>,
     #[serde(default)]
+    console: Option<ConsoleLine>,
+    #[serde(default)]
     status: Option<u16>,
     #[serde(default, borrow)]
     result: Option<&'a RawValue>,
@@ -117,6 +119,12 @@ struct RawLine<'a> {
     error: Option<String>,
     #[serde(default)]
     code: Option<Code>,
+}
+
+/// A line before the final answer.
+enum Streamed {
+    Progress(MigrateProgress),
+    Console(ConsoleLine),
 }
 
 /// One agent to talk to.
@@ -174,6 +182,31 @@ impl Client {
         &self,
         request: Request,
         progress: &mut dyn FnMut(MigrateProgress) -> bool,
+    ) -> Result<T, ClientError> {
+        self.exchange(request, &mut |line| match line {
+            Streamed::Progress(p) => progress(p),
+            Streamed::Console(_) => true,
+        })
+    }
+
+    /// Sends a `console_stream` request and hands its console lines to
+    /// `on_line` as they come, until the final answer; gives up
+    /// ([`ClientError::Aborted`]) once `on_line` returns false.
+    pub fn stream_console<T: DeserializeOwned>(
+        &self,
+        request: Request,
+        on_line: &mut dyn FnMut(ConsoleLine) -> bool,
+    ) -> Result<T, ClientError> {
+        self.exchange(request, &mut |line| match line {
+            Streamed::Console(c) => on_line(c),
+            Streamed::Progress(_) => true,
+        })
+    }
+
+    fn exchange<T: DeserializeOwned>(
+        &self,
+        request: Request,
+        on_line: &mut dyn FnMut(Streamed) -> bool,
     ) -> Result<T, ClientError> {
         let unreachable = |source| ClientError::Unreachable {
             host: self.host.clone(),
@@ -234,15 +267,20 @@ impl Client {
             }
             // One pass over the line, the result kept raw: an answer can be
             // megabytes (a history), parsed once, straight into `T`.
-            let line: RawLine<'_> = serde_json::from_str(&text).map_err(|e| self.protocol(e.to_string()))?;
-            match line {
-                RawLine { progress: Some(p), .. } => {
-                    if !progress(p) {
-                        return Err(ClientError::Aborted {
-                            host: self.host.clone(),
-                        });
-                    }
+            let mut line: RawLine<'_> = serde_json::from_str(&text).map_err(|e| self.protocol(e.to_string()))?;
+            let streamed = match line.progress.take() {
+                Some(p) => Some(Streamed::Progress(p)),
+                None => line.console.take().map(Streamed::Console),
+            };
+            if let Some(streamed) = streamed {
+                if !on_line(streamed) {
+                    return Err(ClientError::Aborted {
+                        host: self.host.clone(),
+                    });
                 }
+                continue;
+            }
+            match line {
                 RawLine {
                     status: Some(200),
                     result,
@@ -264,7 +302,9 @@ impl Client {
                         message: error.unwrap_or_else(|| format!("status {status}")),
                     });
                 }
-                RawLine { .. } => return Err(self.protocol("a line that is neither progress nor an answer".into())),
+                RawLine { .. } => {
+                    return Err(self.protocol("a line that is neither progress, console nor an answer".into()));
+                }
             }
         }
     }

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod api;
 pub mod client;
+pub mod hex;
 pub mod lockfile;
 pub mod migration;
 pub mod net;

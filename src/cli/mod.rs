@@ -168,6 +168,9 @@ fn classify(error: &anyhow::Error) -> Exit {
         if let Some(error) = cause.downcast_ref::<crate::ops::rollback::RollbackError>() {
             return Exit::of(error.code());
         }
+        if let Some(error) = cause.downcast_ref::<crate::ops::console::ConsoleError>() {
+            return Exit::of(error.code());
+        }
         if let Some(error) = cause.downcast_ref::<crate::ops::create::CreateError>() {
             return Exit::of(error.code());
         }

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod code;
+pub mod console;
 pub mod cordon;
 pub mod create;
 pub mod evacuate;

@@ -1,6 +1,7 @@
 //! Drawing for the front ends: progress bars on a terminal, JSON lines
 //! without one. Nothing here decides anything.
 
+pub mod console;
 pub mod evacuation;
 pub mod progress;
 pub mod roff;

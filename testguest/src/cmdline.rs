@@ -1,8 +1,8 @@
 //! The workload parameters, from `key=value` tokens on the kernel command line.
 //!
 //! `fill=SIZE|all` `dirty=SIZE` `rate=MBPS|max` `idle` `hb=MS` `exit=N` `verify=0|1`
-//! `disk=SIZE|all` `disk_rate=MBPS|max` `sleep=0|1` `ip=A.B.C.D/LEN` `gw=A.B.C.D`, and
-//! the VMM's `virtio_mmio.device=SIZE@0xADDR:IRQ` device announcements;
+//! `disk=SIZE|all` `disk_rate=MBPS|max` `sleep=0|1` `prompt=0|1` `ip=A.B.C.D/LEN` `gw=A.B.C.D`,
+//! and the VMM's `virtio_mmio.device=SIZE@0xADDR:IRQ` device announcements;
 //! SIZE is bytes with an optional K/M/G/T suffix (powers of 1024), MBPS is 10^6 bytes
 //! per second and may have a fraction (`rate=2.5`). Without `ip=` a network device
 //! is left alone; `gw=` adds a default route.
@@ -48,6 +48,8 @@ pub struct Config {
     pub ip: Option<Ipv4Cidr>,
     /// The default route's gateway.
     pub gw: Option<[u8; 4]>,
+    /// A login-like console on COM1 (`tty.rs`).
+    pub prompt: bool,
 }
 
 impl Default for Config {
@@ -66,6 +68,7 @@ impl Default for Config {
             sleep: false,
             ip: None,
             gw: None,
+            prompt: false,
         }
     }
 }
@@ -116,6 +119,10 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, &[u8]> {
             }
             (b"sleep", Some(b"0")) => {
                 config.sleep = false;
+                true
+            }
+            (b"prompt", Some(v @ (b"0" | b"1"))) => {
+                config.prompt = v == b"1";
                 true
             }
             (b"disk", Some(b"all")) => {

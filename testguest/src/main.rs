@@ -17,6 +17,8 @@
 //!   the guest drives), `ERR blk|net slot=<n> addr=0x..` (a device that failed to set
 //!   up), `ERR net no device` (`ip=` without a virtio-net device)
 //! - `FATAL vector=<n> rip=0x.. addr=0x.. error=0x.. cpl=<n>`
+//! - with `prompt=1`: `vmig login: ` (no newline), the echo of what it reads
+//!   from COM1, `GOT <line>` on Enter (see `tty.rs`)
 //! - `EXIT code=<c>`, then the exit code is written to port 0xf4:
 //!   0 ok, 1 integrity errors seen, 2 bad command line, 3 fatal trap or boot failure.
 
@@ -41,6 +43,7 @@ mod serial;
 mod smp;
 mod stats;
 mod traps;
+mod tty;
 mod virtio;
 mod workload;
 
@@ -155,6 +158,7 @@ fn bsp_main() -> ! {
     hb.show_disks(disks.active());
     ticker.resync();
     let sleeps = config.sleep && pv::present();
+    let mut tty = tty::Tty::new(config.prompt);
     workload::start_work();
     worker.start(ticker.tick());
     loop {
@@ -164,6 +168,9 @@ fn bsp_main() -> ! {
         }
         // Not resynced, like the disk: a migration's pause shows in maxgap.
         net.poll(now);
+        if tty.poll(now) {
+            ticker.resync();
+        }
         worker.work_step(now, &ticker);
         if disks.active() {
             // Not resynced: a migration's pause during a request shows in maxgap.

@@ -102,6 +102,21 @@ impl Line {
     }
 }
 
+/// Send `bytes` as they are (no newline), between other CPUs' lines.
+pub fn write(bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    while LOCK
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        core::hint::spin_loop();
+    }
+    send(bytes);
+    LOCK.store(false, Ordering::Release);
+}
+
 fn send(bytes: &[u8]) {
     for chunk in bytes.chunks(FIFO_DEPTH) {
         for _ in 0..THRE_POLLS {

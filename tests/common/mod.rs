@@ -261,6 +261,36 @@ impl Drop for Vmm {
     }
 }
 
+/// The heartbeats of one guest whose console went on from one VMM's file
+/// to the next (a restore, migrations): the files' bytes joined, as a line
+/// the guest was writing when it paused ends in the next file. Every
+/// heartbeat line must be whole, and they come once each, in order, from 0.
+pub fn joined_heartbeats(vmms: &[&Vmm]) -> Vec<Heartbeat> {
+    let mut text = String::new();
+    for vmm in vmms {
+        text.push_str(&std::fs::read_to_string(&vmm.console).unwrap_or_default());
+    }
+    let complete = text.rfind('\n').map_or(0, |i| i + 1);
+    text.truncate(complete);
+    let beats: Vec<Heartbeat> = text.lines().filter_map(Heartbeat::parse).collect();
+    assert_eq!(
+        beats.len(),
+        text.matches("HB seq=").count(),
+        "a heartbeat line is damaged:\n{}",
+        tail(&text)
+    );
+    for (i, beat) in beats.iter().enumerate() {
+        assert_eq!(
+            beat.seq(),
+            i as u64,
+            "heartbeat {i} is lost, repeated or out of order across {} consoles:\n{}",
+            vmms.len(),
+            tail(&text)
+        );
+    }
+    beats
+}
+
 pub fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")

@@ -177,15 +177,12 @@ impl Agent {
     }
 
     /// The source reports the migration's end; answers what became of the VM here.
-    pub fn finish_incoming(&self, name: &str, id: &str, migrated: bool, console: &str) -> IncomingState {
+    pub fn finish_incoming(&self, name: &str, id: &str, migrated: bool) -> IncomingState {
         let pending = self.vms().get(name).and_then(|vm| {
             let arrival = vm.record.arrival.as_ref().filter(|a| a.id == id)?;
             Some((vm.dir.clone(), vm.record.pid, arrival.source.clone()))
         });
         let Some((dir, pid, source)) = pending else {
-            if migrated {
-                let _ = std::fs::write(VmDir::new(&self.config.state_dir, name).history(), console);
-            }
             return self.journaled_arrival(id);
         };
         let observed = pid.map_or(Observed::Gone(None), |pid| dir.observe(pid));
@@ -194,7 +191,6 @@ impl Agent {
             // The source holds the receiving VMM's `Running`: that VMM has
             // committed to run the VM, even if its main loop has not taken the
             // VM over yet and its status still says it receives.
-            let _ = std::fs::write(dir.history(), console);
             return match state {
                 IncomingState::Lost | IncomingState::Gone => {
                     self.arrival_lost(name, id, &source);

@@ -203,6 +203,7 @@ mod tests {
             listening: None,
             handoff,
             exit,
+            console_start: None,
         }))
     }
 
@@ -276,6 +277,7 @@ mod tests {
                 listening: None,
                 handoff: handoff(Side::Source, "m"),
                 exit: None,
+                console_start: None,
             }),
         };
         for (target, moved) in [
@@ -362,6 +364,7 @@ mod tests {
                 listening: None,
                 handoff,
                 exit: None,
+                console_start: None,
             }),
         };
         assert_eq!(arrival("m", &silent(None)), IncomingState::Undecided);

@@ -10,6 +10,7 @@
 
 mod cdrom;
 pub mod config;
+mod console;
 pub mod cordon;
 pub mod facts;
 mod incoming;
@@ -318,12 +319,6 @@ impl Agent {
             stats,
             console_path: vm.dir.console().display().to_string(),
         })
-    }
-
-    pub fn console(&self, name: &str, bytes: u64) -> Result<String, Failure> {
-        let vms = self.vms();
-        let vm = vms.get(name).ok_or_else(|| Failure::not_found(name))?;
-        Ok(vm.dir.console_tail(bytes.min(16 << 20)))
     }
 
     /// Defines a VM and, with `start`, boots it. A VM whose first start

@@ -41,8 +41,6 @@ use crate::runtime::control::{ControlClient, ControlError, Failure as VmmFailure
 use crate::runtime::process::chain;
 use crate::vmm::RunState;
 
-/// How much console output follows a VM to its new host.
-const CONSOLE_HISTORY: u64 = 1 << 20;
 /// How long a call to the target's agent waits for its next line.
 const PEER_PATIENCE: Duration = Duration::from_secs(15);
 /// How long the source waits for its old VMM to exit once the VM moved.
@@ -690,19 +688,19 @@ impl Agent {
     /// of the VM there (none when it could not be asked).
     fn finish(&self, claim: &Claim, migrated: bool) -> Option<IncomingState> {
         let id = self.departure_id(&claim.name)?;
-        let console = if migrated {
-            claim.dir.console_tail(CONSOLE_HISTORY)
-        } else {
-            String::new()
-        };
-        self.peer(&claim.target)
-            .call::<IncomingState>(Request::FinishIncoming {
-                name: claim.name.clone(),
-                id,
-                migrated,
-                console,
-            })
-            .ok()
+        let peer = self.peer(&claim.target);
+        if migrated {
+            // The end of the console goes with the VM, before the target
+            // hears the migration is over.
+            self.hand_console_on(&peer, &claim.name, &claim.dir, claim.pid, &id);
+        }
+        peer.call::<IncomingState>(Request::FinishIncoming {
+            name: claim.name.clone(),
+            id,
+            migrated,
+            console: String::new(),
+        })
+        .ok()
     }
 
     /// Records the end of migration `id`: in the journal, and for its watchers.

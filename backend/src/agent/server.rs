@@ -177,6 +177,13 @@ fn handle<S: Write>(
         Request::DestroyVm { name } => answer(agent.destroy(&name)),
         Request::ShowVm { name } => answer(agent.show(&name)),
         Request::Console { name, bytes } => answer(agent.console(&name, bytes)),
+        Request::ConsoleStream { name, from, back } => {
+            let mut send = |line| out.line(&Line::Console { console: line });
+            return agent
+                .console_stream(&name, from, back, &mut send, still_there)
+                .map(answer);
+        }
+        Request::ConsoleInput { name, hex } => answer(agent.console_input(&name, &hex)),
         Request::Migrate {
             name,
             target,
@@ -210,12 +217,8 @@ fn handle<S: Write>(
             };
             answer(agent.prepare_incoming(&spec, token, &source, &id, &mut progress, still_there))
         }
-        Request::FinishIncoming {
-            name,
-            id,
-            migrated,
-            console,
-        } => ok(agent.finish_incoming(&name, &id, migrated, &console)),
+        Request::FinishIncoming { name, id, migrated, .. } => ok(agent.finish_incoming(&name, &id, migrated)),
+        Request::ConsoleHistory { name, id, from, hex } => answer(agent.console_history(&name, &id, from, &hex)),
         Request::IncomingState { name, id } => ok(agent.incoming_state(&name, &id)),
         Request::ProbeDrives { paths } => ok(paths
             .iter()

@@ -3,7 +3,8 @@
 //! Each VM has a directory under `<state_dir>/vms/<name>/`: `vm.json` (its
 //! spec, the VMM's pid and the migration it is in, rewritten atomically),
 //! `vmm.json` (the VMM's own record: the handoff it passed and how it ended,
-//! see [`crate::runtime::record`]), `control.sock`, `console.log`, `vmm.log` (the
+//! see [`crate::runtime::record`]), `control.sock`, `console.log` and
+//! `console.history.log` (see [`super::console`]), `vmm.log` (the
 //! VMM's messages, for people only) and, while it is arriving, `token`
 //! (0600). VMMs run in their own process group, so they outlive the agent;
 //! a restarted agent finds them through these files.
@@ -171,7 +172,8 @@ impl VmDir {
         self.path.join("console.log")
     }
 
-    /// Console output from the hosts the VM ran on before this one.
+    /// Console output from the hosts the VM ran on before this one (see
+    /// [`super::console`]).
     pub fn history(&self) -> PathBuf {
         self.path.join("console.history.log")
     }
@@ -258,17 +260,6 @@ impl VmDir {
         client.request(request)
     }
 
-    /// The last `bytes` of the console output, earlier hosts' included.
-    pub fn console_tail(&self, bytes: u64) -> String {
-        let mut text = tail(&self.history(), bytes);
-        text.push_str(&tail(&self.console(), bytes));
-        let cut = text.len().saturating_sub(bytes as usize);
-        let cut = (cut..text.len())
-            .find(|i| text.is_char_boundary(*i))
-            .unwrap_or(text.len());
-        text.split_off(cut)
-    }
-
     /// The VMM's last message, for people (a failed start's reason); never
     /// used to decide anything.
     pub fn log_tail(&self) -> String {
@@ -290,6 +281,8 @@ impl VmDir {
         hide_cpu: &[String],
         bridges: &crate::vmm::devices::virtio::Bridges,
     ) -> Result<Child, VmmError> {
+        // A boot's console begins again at offset 0: what came before is not its history.
+        let _ = std::fs::remove_file(self.history());
         let command = self.command(
             exe,
             &spec.name,

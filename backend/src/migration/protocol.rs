@@ -20,7 +20,9 @@ use thiserror::Error;
 
 use crate::vmm::MachineConfig;
 
-/// This engine's protocol version; a receiver refuses any other.
+/// This engine's protocol version; a receiver refuses any other. 5: the
+/// machine state is of format 3 (the console's absolute offset travels; network
+/// cards), and the switchover's `Paused` and `Frames`.
 pub const PROTOCOL_VERSION: u32 = 5;
 pub const HEADER_LEN: usize = 16;
 pub const PAGE_SIZE: u64 = 4096;

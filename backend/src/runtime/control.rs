@@ -5,7 +5,11 @@
 //! `migrate {"url", "options"}`, `cancel_migration`, `await_migration`
 //! (the running migration's outcome, with its progress, for an agent that
 //! restarted), `read_memory {"gpa","len"}` and `write_memory {"gpa","hex"}`
-//! (paused only; for diagnosis and tests). Every request gets exactly one
+//! (paused only; for diagnosis and tests), `console_input {"hex"}` (bytes
+//! for the guest's console: into the UART's receive FIFO as far as it has
+//! room; answers `{"console_input": {"accepted": N}}`; refused with `busy`
+//! while a migration runs, so that no byte is left behind in a copy that
+//! stops, and `wrong_state` without a VM that runs here). Every request gets exactly one
 //! final response line: `{"ok": <reply>}` or
 //! `{"error": {"code": "...", "message": "..."}}`; `migrate` and
 //! `await_migration` send `{"progress": {...}}` lines before it. A malformed
@@ -80,6 +84,10 @@ pub enum Request {
     },
     /// Wait for the running migration to end; its progress, then its outcome.
     AwaitMigration,
+    /// Bytes (hex) for the guest's console input.
+    ConsoleInput {
+        hex: String,
+    },
 }
 
 /// A refusal or a failure, with a stable code (see the module docs).
@@ -147,9 +155,16 @@ pub enum Reply {
     Status(VmStatus),
     Stats(VmStats),
     Saved(SnapshotInfo),
-    Memory { hex: String },
+    Memory {
+        hex: String,
+    },
     Migrated(Report),
     DirtySample(DirtySample),
+    /// How many bytes of a `console_input` the UART took (its receive FIFO
+    /// holds 64; the rest is the caller's to offer again).
+    ConsoleInput {
+        accepted: usize,
+    },
 }
 
 /// What a `sample_dirty` window saw.

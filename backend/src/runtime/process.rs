@@ -163,6 +163,7 @@ fn run_vm(
     match options.launch {
         Launch::New { machine, start } => {
             let mut vm = Vm::create(machine, sink, super::event::stops(&events), start, &options.bridges)?;
+            record_console_start(record, &vm).map_err(ProcessError::Record)?;
             vm.resume()?;
             vmm.vm = Some(vm);
         }
@@ -267,6 +268,9 @@ impl Vmm {
             }
             VmmEvent::Signal(_) => self.stop_requested(),
             VmmEvent::Received(Ok(vm)) => {
+                // After the resume, off the guest's pause: a reader of the
+                // console waits for this to place the file's bytes.
+                let _ = record_console_start(&self.record, &vm);
                 self.vm = Some(vm);
                 self.stopping.then(|| self.stop_now())
             }
@@ -386,6 +390,14 @@ impl Vmm {
                     "refused: a migration is in progress (cancel it first)".into(),
                 ));
             }
+            // Input taken now could stay behind in the FIFO of a copy that
+            // has paused for the last time: it waits for the outcome.
+            Request::ConsoleInput { .. } if migrating => {
+                return Err(Failure::new(
+                    "busy",
+                    "refused: the VM is migrating; its console takes input again where it runs next",
+                ));
+            }
             _ => {}
         }
         let Some(vm) = self.vm.as_mut() else {
@@ -415,7 +427,9 @@ impl Vmm {
                 let mut bytes = vec![0u8; len as usize];
                 vm.memory()
                     .read_slice(&mut bytes, GuestAddress(gpa))
-                    .map(|()| Reply::Memory { hex: to_hex(&bytes) })
+                    .map(|()| Reply::Memory {
+                        hex: crate::hex::encode(&bytes),
+                    })
                     .map_err(|_| Failure::new("invalid", format!("{len} bytes at {gpa:#x} are not all guest memory")))
             }
             Request::WriteMemory { gpa, hex } => {
@@ -425,7 +439,7 @@ impl Vmm {
                         vm.state()
                     )));
                 }
-                let bytes = from_hex(&hex)
+                let bytes = crate::hex::decode(&hex)
                     .ok_or_else(|| Failure::new("invalid", "hex must be an even number of hex digits"))?;
                 vm.memory()
                     .write_slice(&bytes, GuestAddress(gpa))
@@ -453,6 +467,13 @@ impl Vmm {
                 sample_dirty(vm, window_ms)
                     .map(Reply::DirtySample)
                     .map_err(|e| failed(&e))
+            }
+            Request::ConsoleInput { hex } => {
+                let bytes = crate::hex::decode(&hex)
+                    .ok_or_else(|| Failure::new("invalid", "hex must be an even number of hex digits"))?;
+                vm.console_input(&bytes)
+                    .map(|accepted| Reply::ConsoleInput { accepted })
+                    .map_err(|e| wrong_state(chain(&e)))
             }
             Request::ChangeMedium { slot, medium } => vm
                 .change_medium(slot, medium.as_deref())
@@ -528,6 +549,13 @@ impl Vmm {
     }
 }
 
+/// Notes in the record at which absolute offset of the VM's console this
+/// process's console output begins.
+fn record_console_start(record: &RecordFile, vm: &Vm) -> std::io::Result<()> {
+    let (start, _) = vm.console_offsets();
+    record.update(|r| r.console_start = Some(start))
+}
+
 fn console_sink(console: &Console) -> Result<Box<dyn Write + Send>, ProcessError> {
     Ok(match console {
         Console::Stdout => Box::new(std::io::stdout()),
@@ -580,20 +608,6 @@ fn sample_dirty(vm: &Vm, window_ms: u32) -> Result<control::DirtySample, crate::
     })
 }
 
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 /// Loads a saved machine for [`Start::Restore`].
 pub fn restore_from(dir: &std::path::Path) -> Result<(MachineConfig, Start), SnapshotError> {
     let (state, image) = snapshot::load(dir)?;
@@ -604,17 +618,4 @@ pub fn restore_from(dir: &std::path::Path) -> Result<(MachineConfig, Start), Sna
             memory_image: image,
         },
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hex_round_trips_and_rejects_garbage() {
-        assert_eq!(from_hex(&to_hex(&[0, 1, 0xab, 0xff])), Some(vec![0, 1, 0xab, 0xff]));
-        assert_eq!(from_hex("abc"), None);
-        assert_eq!(from_hex("zz"), None);
-        assert_eq!(from_hex("é1"), None);
-    }
 }

@@ -9,7 +9,11 @@
 //! - a target writes [`Handoff`] when it commits, just before it sends
 //!   `Running`: from then on the VM is this VMM's, whatever becomes of it;
 //! - both write [`Exit`] as the process ends. A record without an exit, of a
-//!   process that is gone, belongs to a VMM that was killed.
+//!   process that is gone, belongs to a VMM that was killed;
+//! - once it holds its VM (booted, restored, or received and resumed), the
+//!   absolute offset at which its console output begins
+//!   ([`VmmRecord::console_start`]): its console file holds the VM's console
+//!   bytes from there on.
 //!
 //! The record is replaced with a rename, so a reader sees the old record or
 //! the new one. The handoff and the commit happen while the guest is paused,
@@ -45,6 +49,11 @@ pub struct VmmRecord {
     /// How the process ended; none while it runs or if it was killed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<Exit>,
+    /// The VM's console offset at which this process's console output
+    /// begins (0 for a boot; a restored or migrated VM's saved offset);
+    /// none until it holds its VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_start: Option<u64>,
 }
 
 /// Which side of a migration a VMM was.
@@ -88,6 +97,7 @@ impl VmmRecord {
             listening: None,
             handoff: None,
             exit: None,
+            console_start: None,
         }
     }
 

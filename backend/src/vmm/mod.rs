@@ -569,11 +569,11 @@ impl Vm {
         Ok(result?)
     }
 
-    /// Marks the VM as gone elsewhere: it is stopped here for good, and output
-    /// it had not finished belongs to the copy that continues.
+    /// Marks the VM as gone elsewhere: it is stopped here for good (its
+    /// console output is all out: the copy that continues goes on from the
+    /// saved console offset).
     pub fn mark_migrated(&mut self) {
         self.mark_stopped();
-        self.bus.discard_console_pending();
     }
 
     /// Marks the VM as ended by its guest; vCPUs are parked.
@@ -744,6 +744,22 @@ impl Vm {
         let config = self.mmio.change_medium(slot, medium)?;
         self.machine.disks[slot] = config;
         Ok(())
+    }
+
+    /// The console's absolute offsets in this process: where its output
+    /// began and where it is now (see [`devices::serial::ConsoleOutput`]).
+    pub fn console_offsets(&self) -> (u64, u64) {
+        self.bus.console_offsets()
+    }
+
+    /// Offers bytes to the guest's console input (the UART's receive FIFO);
+    /// returns how many it took (the FIFO holds 64). The VM must be one that
+    /// runs here (running or paused): a stopped VM takes none.
+    pub fn console_input(&self, input: &[u8]) -> Result<usize, VmError> {
+        match self.state {
+            RunState::Created | RunState::Running | RunState::Paused => Ok(self.bus.console_input(input)),
+            RunState::Stopped => Err(VmError::WrongState(self.state)),
+        }
     }
 
     /// Each drive, its medium and counters.

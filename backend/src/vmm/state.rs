@@ -12,6 +12,10 @@ use super::vcpu::VcpuState;
 
 /// Bumped whenever a field changes meaning; readers refuse other versions.
 /// 2: drives in the machine, virtio devices in the device state.
+/// 3: the serial state carries the console's absolute offset instead of an
+/// unfinished line (console output is no longer held back for a newline).
+/// Also 3: network cards in the machine (`nics`), several queues per virtio
+/// device, and the card's state beside each drive's.
 pub const STATE_FORMAT: u32 = 3;
 
 /// What a machine is: fixed for its lifetime, and travels with it.

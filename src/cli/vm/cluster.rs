@@ -1,5 +1,5 @@
-//! `vmig vm create|start|stop|destroy|show|console`: VMs in the cluster,
-//! through the agent of the host that holds them.
+//! `vmig vm create|start|stop|destroy|show|cdrom`: VMs in the cluster,
+//! through the agent of the host that holds them (`console`: `console.rs`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -110,15 +110,6 @@ pub enum CdromAction {
     },
     /// Take the medium out; the drive remembers it, to reconnect it later.
     Eject,
-}
-
-#[derive(Debug, Args)]
-pub struct ConsoleArgs {
-    /// The VM's name.
-    name: String,
-    /// How much of the end of the console log to print.
-    #[arg(long, value_name = "SIZE", default_value = "16K")]
-    bytes: String,
 }
 
 fn parse_nic_spec(value: &str) -> Result<vmig_backend::api::NicSpec, String> {
@@ -334,17 +325,5 @@ pub fn show(args: &NameArgs, inventory: Option<&Path>) -> Result<Exit> {
         writeln!(out, "  note: {note}")?;
     }
     writeln!(out, "  console {} (on {})", detail.console_path, info.host)?;
-    Ok(Exit::Ok)
-}
-
-pub fn console(args: &ConsoleArgs, inventory: Option<&Path>) -> Result<Exit> {
-    let bytes = vmig_backend::size::parse_size(&args.bytes).map_err(|e| UsageError(format!("--bytes: {e}")))?;
-    let cluster = Cluster::open(inventory)?;
-    let located = cluster.locate(&args.name)?;
-    let text: String = cluster.client(&located.host).call(Request::Console {
-        name: args.name.clone(),
-        bytes,
-    })?;
-    std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(Exit::Ok)
 }

@@ -108,6 +108,7 @@ fn print_reply(reply: &Reply, json: bool) -> Result<()> {
             format_size(info.memory_bytes_written)
         )?,
         Reply::Memory { hex } => writeln!(out, "{hex}")?,
+        Reply::ConsoleInput { accepted } => writeln!(out, "{accepted} bytes of console input taken")?,
         Reply::Migrated(report) => writeln!(out, "{}", serde_json::to_string(report)?)?,
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! `vmig vm`: one VM on this host, in its own VMM process.
 
 mod cluster;
+mod console;
 mod control;
 mod run;
 mod send;
@@ -22,8 +23,8 @@ pub enum VmCommand {
     Destroy(cluster::NameArgs),
     /// Show a VM's definition, state and counters.
     Show(cluster::NameArgs),
-    /// Print the end of a VM's console log.
-    Console(cluster::ConsoleArgs),
+    /// Print a VM's serial console; follow it live across migrations (--follow) or attach to it (--attach, detach with Ctrl-]).
+    Console(console::ConsoleArgs),
     /// Insert or eject the medium of a VM's CD/DVD drive.
     Cdrom(cluster::CdromArgs),
     /// Run a VM in the foreground: this process is its VMM.
@@ -52,7 +53,7 @@ pub fn exec(command: VmCommand, inventory: Option<&std::path::Path>) -> Result<E
         VmCommand::Stop(args) => cluster::lifecycle(&args, inventory, cluster::Lifecycle::Stop),
         VmCommand::Destroy(args) => cluster::lifecycle(&args, inventory, cluster::Lifecycle::Destroy),
         VmCommand::Show(args) => cluster::show(&args, inventory),
-        VmCommand::Console(args) => cluster::console(&args, inventory),
+        VmCommand::Console(args) => console::exec(&args, inventory),
         VmCommand::Cdrom(args) => cluster::cdrom(&args, inventory),
         VmCommand::Run(args) => run::exec(&args),
         VmCommand::Status(args) => control::exec(&args, &Request::Status),

@@ -76,6 +76,7 @@ impl PortIoBus {
                 for byte in data {
                     serial.write((port - SERIAL_PORT_BASE) as u8, *byte);
                 }
+                serial.end_burst();
             }
             DEBUG_EXIT_PORT if !data.is_empty() => {
                 self.stops.report(StopReason::PowerOff { code: data[0] });
@@ -95,13 +96,20 @@ impl PortIoBus {
         self.serial().restore(state)
     }
 
-    /// Forgets the console's unfinished line (the VM continues elsewhere).
-    pub fn discard_console_pending(&self) {
-        self.serial().discard_pending();
-    }
-
-    /// Bytes the guest has written to its console.
+    /// Bytes the guest has written to its console in this process.
     pub fn console_bytes(&self) -> u64 {
         self.serial().bytes_out()
+    }
+
+    /// The console's absolute offsets here: (where this process's output
+    /// began, where it is now).
+    pub fn console_offsets(&self) -> (u64, u64) {
+        self.serial().offsets()
+    }
+
+    /// Offers console input to the UART's receive FIFO; returns how many
+    /// bytes it took.
+    pub fn console_input(&self, input: &[u8]) -> usize {
+        self.serial().enqueue_input(input)
     }
 }
