@@ -19,7 +19,8 @@
 //! machine's floor) and the guest's own longest stall (its heartbeats'
 //! `maxgap_us`) while pinged. Prints medians and maxima, and vmig/QEMU of the
 //! median longest gap; each move's figures go to stderr as it ends.
-//! `VMIG_NET_BENCH_RUNS=N`: N moves per engine (default 6). Without `ping`
+//! `VMIG_NET_BENCH_RUNS=N`: N moves per engine (default 6); `VMIG_NET_BENCH_STREAMS=N`:
+//! vmig's migration streams (default 2, vmig's own default). Without `ping`
 //! there are no ping figures, and without QEMU no QEMU row.
 //! Run with `cargo bench --bench network`.
 
@@ -463,7 +464,8 @@ fn vmig_engine(lab: &Lab, setup: &Setup) -> Result<EngineRun, String> {
         let ping = setup.start_ping(address)?;
         thread::sleep(MARGIN);
         let start = now();
-        let out = lab.run(&["migrate", "web", HOSTS[to], "--json"]);
+        let streams = std::env::var("VMIG_NET_BENCH_STREAMS").unwrap_or_else(|_| "2".into());
+        let out = lab.run(&["migrate", "web", HOSTS[to], "--json", "--streams", &streams]);
         let end = now();
         if !out.status.success() {
             let stderr = text(&out.stderr);
