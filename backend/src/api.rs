@@ -115,15 +115,42 @@ impl std::fmt::Display for Code {
 }
 
 /// The envelope of every request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Envelope {
     pub v: u32,
     #[serde(flatten)]
     pub request: Request,
 }
 
+impl Envelope {
+    /// Reads one request line strictly: a field the request does not have
+    /// (a misspelling, a newer client's option) is refused, and the message
+    /// names it, rather than the request running with a default. (serde
+    /// cannot refuse unknown fields through `flatten`, so the version is
+    /// taken out first and the rest is the request.)
+    pub fn decode(line: &str) -> Result<Envelope, String> {
+        let mut value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("the request is not JSON: {e}"))?;
+        let object = value
+            .as_object_mut()
+            .ok_or_else(|| "the request is not a JSON object".to_string())?;
+        let v = object
+            .remove("v")
+            .and_then(|v| v.as_u64())
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| "the request has no version (\"v\")".to_string())?;
+        if v != API_VERSION {
+            return Err(format!(
+                "API version {v} is not supported; this agent speaks version {API_VERSION}"
+            ));
+        }
+        let request = serde_json::from_value(value).map_err(|e| format!("malformed request: {e}"))?;
+        Ok(Envelope { v, request })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// The host's facts and its VMs' summary.
     Host,
@@ -410,6 +437,7 @@ pub struct StorageFacts {
 
 /// Another agent, as the operator's inventory knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Peer {
     pub name: String,
     /// `HOST:PORT` of its API.
@@ -847,6 +875,9 @@ pub struct HostFacts {
     /// (bytes per second of its full pass, measured), for forecasts.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub throughput_to: std::collections::BTreeMap<String, f64>,
+    /// What this agent's API refused since it started.
+    #[serde(default)]
+    pub api_refused: ApiRefused,
     /// Migrations running (and queued) on this host, by cost.
     pub migration_cost_in_use: u32,
     pub migration_cost_limit: u32,
@@ -854,6 +885,19 @@ pub struct HostFacts {
     #[serde(default)]
     pub migration_cost: u32,
     pub migrations_queued: u32,
+}
+
+/// Connections and requests an agent's API refused, by why.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiRefused {
+    /// Every connection place was taken (`agent::guard::MAX_CONNECTIONS`).
+    pub busy: u64,
+    /// No request within the deadline (handshake included).
+    pub timed_out: u64,
+    /// The TLS handshake or the certificate was refused.
+    pub tls: u64,
+    /// Requests answered 400 (malformed, unknown fields) or 403.
+    pub requests: u64,
 }
 
 /// A `migrate` request's progress lines.
@@ -961,7 +1005,7 @@ pub struct RunEntry {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
+#[serde(tag = "event", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RunEvent {
     /// An evacuation of this host began, with its plan (the operator's
     /// JSON: the agent keeps it, it does not read it).
@@ -1159,7 +1203,7 @@ mod tests {
     #[test]
     fn requests_round_trip_with_their_version() {
         let line = r#"{"v":1,"op":"migrate","name":"vm1","target":{"name":"hostB","address":"127.0.0.1:7070"},"options":{"downtime_limit_ms":50,"bandwidth_limit":null,"timeout_s":600,"timeout_action":"cancel","streams":2,"auto_converge":true}}"#;
-        let envelope: Envelope = serde_json::from_str(line).unwrap();
+        let envelope = Envelope::decode(line).unwrap();
         assert_eq!(envelope.v, 1);
         let Request::Migrate {
             name, target, options, ..
@@ -1169,9 +1213,27 @@ mod tests {
         };
         assert_eq!((name.as_str(), target.name.as_str()), ("vm1", "hostB"));
         assert_eq!(options.streams, 2);
-        let again: Envelope = serde_json::from_str(&serde_json::to_string(&envelope).unwrap()).unwrap();
+        let again = Envelope::decode(&serde_json::to_string(&envelope).unwrap()).unwrap();
         assert!(matches!(again.request, Request::Migrate { .. }));
-        assert!(serde_json::from_str::<Envelope>(r#"{"v":1,"op":"format_disk"}"#).is_err());
+        assert!(Envelope::decode(r#"{"v":1,"op":"format_disk"}"#).is_err());
+    }
+
+    #[test]
+    fn a_field_no_request_has_is_refused_by_name() {
+        let misspelt = r#"{"v":1,"op":"migrate","name":"vm1","target":{"name":"hostB","address":"127.0.0.1:7070"},"options":{"downtime_limit_ms":50,"bandwidth_limit":null,"timeout_s":600,"timeout_action":"cancel","streems":9,"streams":2,"auto_converge":true}}"#;
+        let error = Envelope::decode(misspelt).unwrap_err();
+        assert!(error.contains("unknown field `streems`"), "{error}");
+        let top = r#"{"v":1,"op":"start_vm","name":"vm1","force":true}"#;
+        assert!(Envelope::decode(top).unwrap_err().contains("unknown field `force`"));
+        let peer = r#"{"v":1,"op":"migrate","name":"vm1","target":{"name":"hostB","address":"a:1","port":2},"options":{"downtime_limit_ms":50,"bandwidth_limit":null,"timeout_s":600,"timeout_action":"cancel","streams":2,"auto_converge":true}}"#;
+        assert!(Envelope::decode(peer).unwrap_err().contains("unknown field `port`"));
+        assert!(
+            Envelope::decode(r#"{"v":2,"op":"host"}"#)
+                .unwrap_err()
+                .contains("version 2")
+        );
+        assert!(Envelope::decode(r#"{"op":"host"}"#).is_err(), "no version");
+        assert!(Envelope::decode(r#"{"v":1,"op":"host"}"#).is_ok());
     }
 
     #[test]
@@ -1284,8 +1346,7 @@ mod tests {
         assert_eq!(end.reason, ConsoleEndReason::Moved);
         let newer: ConsoleEnd = serde_json::from_str(r#"{"at":9,"reason":"teleported"}"#).unwrap();
         assert_eq!(newer.reason, ConsoleEndReason::Unknown);
-        let request: Envelope =
-            serde_json::from_str(r#"{"v":1,"op":"console_stream","name":"vm1","from":42}"#).unwrap();
+        let request = Envelope::decode(r#"{"v":1,"op":"console_stream","name":"vm1","from":42}"#).unwrap();
         assert!(matches!(
             request.request,
             Request::ConsoleStream {

@@ -79,6 +79,7 @@ pub fn gather(config: &AgentConfig, vms: &[u64], usage: (u32, u32, u32)) -> Host
         vms: vms.len(),
         cordon: None,
         throughput_to: Default::default(),
+        api_refused: Default::default(),
         migration_cost_in_use: in_use,
         migration_cost_limit: limit,
         migration_cost: config.migration_cost(),

@@ -13,6 +13,7 @@ pub mod config;
 mod console;
 pub mod cordon;
 pub mod facts;
+pub mod guard;
 mod incoming;
 pub mod journal;
 pub mod judge;
@@ -143,6 +144,8 @@ pub struct Agent {
     throughput: Mutex<BTreeMap<String, f64>>,
     /// The host's cordon (kept in the state directory).
     cordon: Mutex<Option<crate::api::Cordon>>,
+    /// What the API refused, for the facts.
+    pub api: Arc<guard::ApiCounters>,
 }
 
 impl Agent {
@@ -188,6 +191,7 @@ impl Agent {
             settling: Mutex::new(std::collections::BTreeSet::new()),
             throughput: Mutex::new(BTreeMap::new()),
             cordon: Mutex::new(cordon::load(&config_state_dir)),
+            api: Arc::default(),
         });
         // VMMs that ended while the agent was down, and migrations that were
         // under way, are judged by the settler, as every second after.
@@ -293,6 +297,13 @@ impl Agent {
         let mut facts = facts::gather(&self.config, &self.vm_memory(), self.slots.usage());
         facts.throughput_to = self.throughput.lock().unwrap_or_else(PoisonError::into_inner).clone();
         facts.cordon = self.cordon_state();
+        let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        facts.api_refused = crate::api::ApiRefused {
+            busy: count(&self.api.refused_busy),
+            timed_out: count(&self.api.timed_out),
+            tls: count(&self.api.refused_tls),
+            requests: count(&self.api.refused_requests),
+        };
         facts
     }
 

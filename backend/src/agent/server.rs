@@ -10,21 +10,23 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use serde::Serialize;
 
+use super::guard::{self, Guard};
 use super::journal::Event;
 use super::migrations::Migration;
 use super::{Agent, AgentError, Failure};
 use crate::api::{
-    API_VERSION, Answer, Envelope, KEEPALIVE_EVERY, Line, MAX_REQUEST, MigrateProgress, MigrationInfo, MigrationSide,
-    Request,
+    Answer, Envelope, KEEPALIVE_EVERY, Line, MAX_REQUEST, MigrateProgress, MigrationInfo, MigrationSide, Request,
 };
 use crate::pki::{self, Peer};
 
-/// A client has this long to finish the handshake and send its request.
+/// A read of the handshake or request that takes longer ends the
+/// connection (the whole of both has [`guard::REQUEST_DEADLINE`]).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// A write to a client that takes longer than this ends the connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,36 +39,81 @@ pub fn serve(agent: &Arc<Agent>, ready: impl FnOnce(std::net::SocketAddr)) -> Re
         source,
     })?;
     let tls = pki::server_config(&agent.config.tls)?;
+    let guard =
+        Guard::start(format!("vmig agent {}", agent.config.name), Arc::clone(&agent.api)).map_err(|source| {
+            AgentError::Listen {
+                address: address.to_string(),
+                source,
+            }
+        })?;
     ready(listener.local_addr().unwrap_or(address));
     for stream in listener.incoming() {
         let Ok(stream) = stream else {
             continue;
         };
+        let Ok(peer) = stream.peer_addr() else {
+            continue;
+        };
+        // Refused at once, counted and logged, when every place is taken:
+        // the threads a flood of clients can hold are bounded.
+        if guard.open() >= guard::MAX_CONNECTIONS {
+            guard.refuse(peer);
+            continue;
+        }
         let agent = Arc::clone(agent);
         let tls = Arc::clone(&tls);
+        let guard = Arc::clone(&guard);
         let _ = std::thread::Builder::new()
             .name("api".into())
-            .spawn(move || connection(&agent, tls, stream));
+            .spawn(move || connection(&agent, &guard, tls, stream, peer));
     }
     Ok(())
 }
 
-fn connection(agent: &Arc<Agent>, tls: Arc<rustls::ServerConfig>, tcp: TcpStream) {
+fn connection(
+    agent: &Arc<Agent>,
+    guard: &Guard,
+    tls: Arc<rustls::ServerConfig>,
+    tcp: TcpStream,
+    address: std::net::SocketAddr,
+) {
+    let Some(place) = guard.admit(&tcp, address) else {
+        return;
+    };
     let _ = tcp.set_nodelay(true);
     let _ = tcp.set_read_timeout(Some(REQUEST_TIMEOUT));
     let _ = tcp.set_write_timeout(Some(WRITE_TIMEOUT));
     let raw = tcp.as_raw_fd();
-    // A client without a valid certificate ends here, refused by TLS.
-    let Ok(mut stream) = pki::accept(tls, tcp) else {
-        return;
+    // A client without a certificate of the cluster's CA ends here, refused
+    // by TLS; the refusal is logged with its address.
+    let mut stream = match pki::accept(tls, tcp) {
+        Ok(stream) => stream,
+        Err(e) => {
+            agent.api.refused_tls.fetch_add(1, Ordering::Relaxed);
+            guard.log(&format!("refused a connection from {address}: {}", chain(&e)));
+            return;
+        }
     };
-    let Ok(peer) = pki::peer_of(&stream.conn) else {
-        return;
+    let peer = match pki::peer_of(&stream.conn) {
+        Ok(peer) => peer,
+        Err(e) => {
+            // A certificate of this CA that names no role we know: said, not
+            // just dropped (the client exits with the auth code).
+            agent.api.refused_tls.fetch_add(1, Ordering::Relaxed);
+            let message = format!("this agent refuses the certificate: {}", chain(&e));
+            guard.log(&format!("refused a connection from {address}: {message}"));
+            let mut out = LineWriter { stream: &mut stream };
+            out.line(&Line::Answer(failed(Failure::new(403, message))));
+            stream.conn.send_close_notify();
+            let _ = stream.flush();
+            return;
+        }
     };
     let mut reader = BufReader::new(&mut stream);
     let mut line = String::new();
     let read = reader.by_ref().take(MAX_REQUEST as u64).read_line(&mut line);
     drop(reader);
+    place.request_read();
     let _ = stream.sock.set_read_timeout(None);
     let mut out = LineWriter { stream: &mut stream };
     let answer = match read {
@@ -78,10 +125,31 @@ fn connection(agent: &Arc<Agent>, tls: Arc<rustls::ServerConfig>, tcp: TcpStream
         Ok(_) => handle(agent, &peer, &line, &mut out, &|| still_there(raw)),
     };
     if let Some(answer) = answer {
+        if matches!(answer.status, 400 | 403) {
+            agent.api.refused_requests.fetch_add(1, Ordering::Relaxed);
+            guard.log(&format!(
+                "refused a request from {address} ({} {:?}): {}",
+                peer.name,
+                peer.role,
+                answer.error.as_deref().unwrap_or_default()
+            ));
+        }
         out.line(&Line::Answer(answer));
     }
     stream.conn.send_close_notify();
     let _ = stream.flush();
+}
+
+/// An error with its causes, for the log.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// True while the client of `fd` has neither closed its side nor sent more
@@ -146,20 +214,9 @@ fn handle<S: Write>(
     out: &mut LineWriter<'_, S>,
     still_there: &dyn Fn() -> bool,
 ) -> Option<Answer> {
-    let value: serde_json::Value = match serde_json::from_str(line) {
-        Ok(value) => value,
-        Err(e) => return Some(failed(Failure::new(400, format!("the request is not JSON: {e}")))),
-    };
-    let version = value.get("v").and_then(serde_json::Value::as_u64);
-    if version != Some(u64::from(API_VERSION)) {
-        return Some(failed(Failure::new(
-            400,
-            format!("API version {version:?} is not supported; this agent speaks version {API_VERSION}"),
-        )));
-    }
-    let envelope: Envelope = match serde_json::from_value(value) {
+    let envelope = match Envelope::decode(line) {
         Ok(envelope) => envelope,
-        Err(e) => return Some(failed(Failure::new(400, format!("malformed request: {e}")))),
+        Err(message) => return Some(failed(Failure::new(400, message))),
     };
     let request = envelope.request;
     if !crate::api::allowed(&request, peer.role) {

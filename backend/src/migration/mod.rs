@@ -223,6 +223,7 @@ pub enum TimeoutAction {
 
 /// How a migration is run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MigrationOptions {
     /// Switch over once the expected downtime is below this.
     pub downtime_limit_ms: u64,

@@ -577,6 +577,7 @@ pub(super) mod tests {
             throughput_to: Default::default(),
             cordon: None,
             vms: 0,
+            api_refused: Default::default(),
             migration_cost_in_use: 0,
             migration_cost_limit: 8,
             migration_cost: 1,

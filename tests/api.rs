@@ -1,0 +1,143 @@
+//! The agent's API is strict and bounded, tried from outside as a client
+//! would: a misspelt field is refused by name (not run with a default), a
+//! client that trickles its handshake is cut at one deadline for the whole
+//! request, and every refusal is logged with the peer and counted in the
+//! host's facts.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::lab::Lab;
+use serde_json::Value;
+
+/// One raw request line over the operator's mutual TLS; the answer line.
+fn raw_request(lab: &Lab, host: &str, line: &str) -> Value {
+    let inventory = vmig::inventory::Inventory::load(&lab.inventory()).unwrap();
+    let tls = vmig_backend::pki::client_config(&inventory.operator).unwrap();
+    let (ip, port) = lab.address(host);
+    let tcp = TcpStream::connect((ip, port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut stream = vmig_backend::pki::connect(tls, host, tcp).unwrap();
+    stream.write_all(line.as_bytes()).unwrap();
+    stream.write_all(b"\n").unwrap();
+    stream.flush().unwrap();
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).unwrap();
+    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
+}
+
+fn agent_log(lab: &Lab, host: &str) -> String {
+    std::fs::read_to_string(lab.host_dir(host).join("agent.log")).unwrap_or_default()
+}
+
+fn refused(lab: &Lab, host: &str) -> Value {
+    let answer = raw_request(lab, host, r#"{"v":1,"op":"host"}"#);
+    answer["result"]["api_refused"].clone()
+}
+
+#[test]
+fn a_misspelt_field_is_refused_by_name_and_logged() {
+    let lab = Lab::up_hosts(1, &[]);
+    lab.create("vm1", "hostA", "128M", "idle verify=0 sleep=1");
+    let line = r#"{"v":1,"op":"migrate","name":"vm1","target":{"name":"hostB","address":"127.0.0.1:1"},"options":{"downtime_limit_ms":50,"bandwidth_limit":null,"timeout_s":600,"timeout_action":"cancel","streems":9,"streams":2,"auto_converge":true}}"#;
+    let answer = raw_request(&lab, "hostA", line);
+    assert_eq!(answer["status"], 400, "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(error.contains("unknown field `streems`"), "{error}");
+    // Nothing started: the VM is where it was, not migrating.
+    let vm = lab.vm("vm1");
+    assert_eq!(
+        (vm["host"].as_str(), vm["state"].as_str()),
+        (Some("hostA"), Some("running")),
+        "{vm}"
+    );
+    let log = agent_log(&lab, "hostA");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("refused a request from") && l.contains("operator") && l.contains("streems")),
+        "{log}"
+    );
+    assert_eq!(refused(&lab, "hostA")["requests"], 1);
+
+    // An operator of another cluster's CA: refused by TLS, and logged.
+    let other = tempfile::tempdir().unwrap();
+    let pki_dir = other.path().to_str().unwrap();
+    lab.ok(&["pki", "init", "--dir", pki_dir, "--cluster", "elsewhere"]);
+    lab.ok(&["pki", "issue", "--dir", pki_dir, "--operator", "mallory"]);
+    let identity = vmig_backend::pki::Identity {
+        cert: other.path().join("mallory.pem"),
+        key: other.path().join("mallory.key"),
+        ca: lab.dir_path().join("pki/ca.pem"),
+    };
+    let tls = vmig_backend::pki::client_config(&identity).unwrap();
+    let (ip, port) = lab.address("hostA");
+    let tcp = TcpStream::connect((ip, port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The server's refusal of our certificate comes with the first read.
+    let refused_tls = vmig_backend::pki::connect(tls, "hostA", tcp).map(|mut stream| {
+        let _ = stream.write_all(b"{\"v\":1,\"op\":\"host\"}\n");
+        let mut answer = String::new();
+        BufReader::new(stream).read_line(&mut answer).map(|_| answer)
+    });
+    assert!(
+        !matches!(refused_tls, Ok(Ok(ref answer)) if answer.contains("\"status\":200")),
+        "a foreign operator was served: {refused_tls:?}"
+    );
+    let log = wait_for_log(&lab, "hostA", "refused a connection from");
+    assert!(log.contains("refused a connection from 127."), "{log}");
+    assert_eq!(refused(&lab, "hostA")["tls"], 1);
+}
+
+/// The agent's log once it has a line containing `needle` (10 s at most).
+fn wait_for_log(lab: &Lab, host: &str, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = agent_log(lab, host);
+        if log.contains(needle) || Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_client_that_trickles_its_handshake_is_cut_at_one_deadline() {
+    let lab = Lab::up_hosts(1, &[]);
+    let (ip, port) = lab.address("hostA");
+    let mut slow = TcpStream::connect((ip, port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    // A TLS record header that announces more than is ever sent: the
+    // agent's TLS waits for the rest, one byte every 2 s (each read well
+    // within a per-read timeout).
+    let start = Instant::now();
+    slow.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).unwrap();
+    let mut next_byte = start + Duration::from_secs(2);
+    let cut = loop {
+        let mut byte = [0u8; 1];
+        match slow.read(&mut byte) {
+            Ok(0) => break start.elapsed(),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break start.elapsed(),
+            _ => {}
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the agent kept the connection"
+        );
+        if Instant::now() >= next_byte {
+            let _ = slow.write_all(&[0]);
+            next_byte += Duration::from_secs(2);
+        }
+    };
+    assert!(
+        cut >= Duration::from_secs(9) && cut < Duration::from_secs(15),
+        "cut after {cut:?}, not at the 10 s deadline"
+    );
+    let log = agent_log(&lab, "hostA");
+    assert!(log.contains("no request within 10 s"), "{log}");
+    assert_eq!(refused(&lab, "hostA")["timed_out"], 1);
+    // And it answers others.
+    assert_eq!(raw_request(&lab, "hostA", r#"{"v":1,"op":"list_vms"}"#)["status"], 200);
+}
