@@ -141,3 +141,32 @@ fn a_client_that_trickles_its_handshake_is_cut_at_one_deadline() {
     // And it answers others.
     assert_eq!(raw_request(&lab, "hostA", r#"{"v":1,"op":"list_vms"}"#)["status"], 200);
 }
+
+#[test]
+fn an_agent_refuses_to_start_with_a_certificate_not_its_own() {
+    let lab = Lab::up_hosts(2, &[]);
+    let config_of = |host: &str| -> toml::Value {
+        toml::from_str(&std::fs::read_to_string(lab.host_dir(host).join("agent.toml")).unwrap()).unwrap()
+    };
+    let inventory = vmig::inventory::Inventory::load(&lab.inventory()).unwrap();
+    let others = [
+        (config_of("hostB")["tls"].clone(), "host hostB's certificate"),
+        (
+            toml::Value::try_from(&inventory.operator).unwrap(),
+            "operator operator's certificate",
+        ),
+    ];
+    for (tls, whose) in others {
+        let mut config = config_of("hostA");
+        config["tls"] = tls;
+        let path = lab.dir_path().join("wrong.toml");
+        std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+        let out = lab.run(&["agent", "--config", path.to_str().unwrap()]);
+        let stderr = common::lab::text(&out.stderr);
+        assert_eq!(out.status.code(), Some(9), "{stderr}");
+        assert!(
+            stderr.contains(whose) && stderr.contains("vmig pki issue --host hostA"),
+            "{stderr}"
+        );
+    }
+}

@@ -146,6 +146,13 @@ pub enum PkiError {
     PeerCert(#[source] X509Error),
     #[error("the peer's certificate names no known role")]
     PeerRole,
+    /// An agent's own certificate is not a host's, or another host's.
+    #[error("{} is {}'s certificate; {wanted}", path.display(), whose)]
+    NotOwn {
+        path: PathBuf,
+        whose: String,
+        wanted: String,
+    },
     #[error("the peer's certificate names no subject")]
     PeerName,
 }
@@ -349,6 +356,27 @@ pub fn peer_of(conn: &CommonState) -> Result<Peer, PkiError> {
         .and_then(<[_]>::first)
         .ok_or(PkiError::NoPeerCert)?;
     subject_of(der)
+}
+
+/// Checks that `identity` is host `host`'s own: a host certificate that
+/// names it. An agent that started with an operator's or another host's
+/// certificate would act, towards its peers, as someone it is not.
+pub fn check_host_identity(identity: &Identity, host: &str) -> Result<(), PkiError> {
+    let peer = whoami(identity)?;
+    let wanted = || format!("the agent of {host} needs its own host certificate (vmig pki issue --host {host})");
+    match peer.role {
+        Role::Host if peer.name == host => Ok(()),
+        Role::Host => Err(PkiError::NotOwn {
+            path: identity.cert.clone(),
+            whose: format!("host {}", peer.name),
+            wanted: wanted(),
+        }),
+        Role::Operator => Err(PkiError::NotOwn {
+            path: identity.cert.clone(),
+            whose: format!("operator {}", peer.name),
+            wanted: wanted(),
+        }),
+    }
 }
 
 /// Who an identity of this machine is (its certificate's role and name):

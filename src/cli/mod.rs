@@ -195,6 +195,11 @@ fn classify(error: &anyhow::Error) -> Exit {
         if cause.downcast_ref::<vmig_backend::pki::PkiError>().is_some() {
             return Exit::Auth;
         }
+        // An agent's certificate problem (its own, a peer's) is transparent
+        // in its error: the PKI error itself is not in the chain.
+        if let Some(vmig_backend::agent::AgentError::Tls(_)) = cause.downcast_ref::<vmig_backend::agent::AgentError>() {
+            return Exit::Auth;
+        }
     }
     Exit::Failure
 }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -36,10 +36,19 @@ pub struct ApiCounters {
 pub struct Guard {
     open: AtomicUsize,
     next: AtomicU64,
-    pending: Mutex<HashMap<u64, (Instant, TcpStream, SocketAddr)>>,
+    pending: Mutex<HashMap<u64, Watched>>,
     pub counters: Arc<ApiCounters>,
     /// The agent's log prefix.
     who: String,
+}
+
+/// A connection whose request is awaited.
+#[derive(Debug)]
+struct Watched {
+    deadline: Instant,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    expired: Arc<AtomicBool>,
 }
 
 /// A connection being served; dropping it frees its place.
@@ -47,6 +56,7 @@ pub struct Guard {
 pub struct Place<'a> {
     guard: &'a Guard,
     id: u64,
+    expired: Arc<AtomicBool>,
 }
 
 impl Guard {
@@ -82,11 +92,21 @@ impl Guard {
             return None;
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        if let Ok(watched) = tcp.try_clone() {
-            self.pending()
-                .insert(id, (Instant::now() + REQUEST_DEADLINE, watched, peer));
+        let expired = Arc::new(AtomicBool::new(false));
+        if let Ok(tcp) = tcp.try_clone() {
+            let watched = Watched {
+                deadline: Instant::now() + REQUEST_DEADLINE,
+                tcp,
+                peer,
+                expired: Arc::clone(&expired),
+            };
+            self.pending().insert(id, watched);
         }
-        Some(Place { guard: self, id })
+        Some(Place {
+            guard: self,
+            id,
+            expired,
+        })
     }
 
     /// Counts and logs a connection refused for want of a place.
@@ -102,31 +122,32 @@ impl Guard {
         eprintln!("{}: {message}", self.who);
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Instant, TcpStream, SocketAddr)>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Watched>> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Ends every connection whose request has not come by its deadline.
     fn expire(&self, now: Instant) {
-        let overdue: Vec<(TcpStream, SocketAddr)> = {
+        let overdue: Vec<Watched> = {
             let mut pending = self.pending();
             let ids: Vec<u64> = pending
                 .iter()
-                .filter(|(_, (deadline, _, _))| *deadline <= now)
+                .filter(|(_, w)| w.deadline <= now)
                 .map(|(id, _)| *id)
                 .collect();
-            ids.iter()
-                .filter_map(|id| pending.remove(id))
-                .map(|(_, tcp, peer)| (tcp, peer))
-                .collect()
+            ids.iter().filter_map(|id| pending.remove(id)).collect()
         };
-        for (tcp, peer) in overdue {
-            let _ = tcp.shutdown(Shutdown::Both);
+        for watched in overdue {
+            // Said and counted before the socket goes: whoever sees it
+            // closed finds the reason already in the log.
+            watched.expired.store(true, Ordering::Release);
             self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
             self.log(&format!(
-                "dropped the connection from {peer}: no request within {} s",
+                "dropped the connection from {}: no request within {} s",
+                watched.peer,
                 REQUEST_DEADLINE.as_secs()
             ));
+            let _ = watched.tcp.shutdown(Shutdown::Both);
         }
     }
 
@@ -140,6 +161,11 @@ impl Place<'_> {
     /// The request line is read: its deadline no longer runs.
     pub fn request_read(&self) {
         self.guard.pending().remove(&self.id);
+    }
+
+    /// Whether the deadline ended the connection (its failure is no news).
+    pub fn expired(&self) -> bool {
+        self.expired.load(Ordering::Acquire)
     }
 }
 

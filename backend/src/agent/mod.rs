@@ -152,6 +152,9 @@ impl Agent {
     /// Loads the state directory; VMMs that still run are adopted, and
     /// migrations that were under way are settled in the background.
     pub fn new(config: AgentConfig) -> Result<Arc<Self>, AgentError> {
+        // Before anything is touched: an agent with another's certificate
+        // does not start.
+        crate::pki::check_host_identity(&config.tls, &config.name)?;
         let state_error = |path: &std::path::Path| {
             let path = path.to_path_buf();
             move |source| AgentError::StateDir { path, source }

@@ -88,6 +88,7 @@ fn connection(
     // by TLS; the refusal is logged with its address.
     let mut stream = match pki::accept(tls, tcp) {
         Ok(stream) => stream,
+        Err(_) if place.expired() => return,
         Err(e) => {
             agent.api.refused_tls.fetch_add(1, Ordering::Relaxed);
             guard.log(&format!("refused a connection from {address}: {}", chain(&e)));
