@@ -170,3 +170,42 @@ fn an_agent_refuses_to_start_with_a_certificate_not_its_own() {
         );
     }
 }
+
+#[test]
+fn a_certificate_of_the_ca_with_an_unknown_role_is_refused_with_a_reason() {
+    let lab = Lab::up_hosts(1, &[]);
+    let pki_dir = lab.dir_path().join("pki");
+    let ca_pem = std::fs::read_to_string(pki_dir.join("ca.pem")).unwrap();
+    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki_dir.join("ca.key")).unwrap()).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationalUnitName, "auditor");
+    params.distinguished_name.push(rcgen::DnType::CommonName, "eve");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("eve.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("eve.key"), key.serialize_pem()).unwrap();
+    let mut inventory: toml::Value = toml::from_str(&std::fs::read_to_string(lab.inventory()).unwrap()).unwrap();
+    inventory["operator"]["cert"] = dir.path().join("eve.pem").display().to_string().into();
+    inventory["operator"]["key"] = dir.path().join("eve.key").display().to_string().into();
+    let path = dir.path().join("vmig.toml");
+    std::fs::write(&path, toml::to_string(&inventory).unwrap()).unwrap();
+    let out = std::process::Command::new(common::VMIG)
+        .arg("--inventory")
+        .arg(&path)
+        .args(["host", "cordon", "hostA"])
+        .output()
+        .unwrap();
+    let stderr = common::lab::text(&out.stderr);
+    assert_eq!(out.status.code(), Some(9), "{stderr}");
+    assert!(stderr.contains("refuses the certificate"), "{stderr}");
+    let log = wait_for_log(&lab, "hostA", "refuses the certificate");
+    assert!(log.contains("refused a connection from"), "{log}");
+    // Nothing was done.
+    assert!(lab.ok(&["hosts"]).contains("up"));
+}
