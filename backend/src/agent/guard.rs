@@ -53,8 +53,8 @@ struct Watched {
 
 /// A connection being served; dropping it frees its place.
 #[derive(Debug)]
-pub struct Place<'a> {
-    guard: &'a Guard,
+pub struct Place {
+    guard: Arc<Guard>,
     id: u64,
     expired: Arc<AtomicBool>,
 }
@@ -84,7 +84,7 @@ impl Guard {
     /// Takes a place for a new connection from `peer`, its deadline running;
     /// None (the connection is refused, counted and logged) when every
     /// place is taken.
-    pub fn admit(&self, tcp: &TcpStream, peer: SocketAddr) -> Option<Place<'_>> {
+    pub fn admit(self: &Arc<Self>, tcp: &TcpStream, peer: SocketAddr) -> Option<Place> {
         let open = self.open.fetch_add(1, Ordering::AcqRel);
         if open >= MAX_CONNECTIONS {
             self.open.fetch_sub(1, Ordering::AcqRel);
@@ -103,14 +103,14 @@ impl Guard {
             self.pending().insert(id, watched);
         }
         Some(Place {
-            guard: self,
+            guard: Arc::clone(self),
             id,
             expired,
         })
     }
 
     /// Counts and logs a connection refused for want of a place.
-    pub fn refuse(&self, peer: SocketAddr) {
+    fn refuse(&self, peer: SocketAddr) {
         self.counters.refused_busy.fetch_add(1, Ordering::Relaxed);
         self.log(&format!(
             "refused a connection from {peer}: {MAX_CONNECTIONS} connections are open"
@@ -157,7 +157,7 @@ impl Guard {
     }
 }
 
-impl Place<'_> {
+impl Place {
     /// The request line is read: its deadline no longer runs.
     pub fn request_read(&self) {
         self.guard.pending().remove(&self.id);
@@ -169,7 +169,7 @@ impl Place<'_> {
     }
 }
 
-impl Drop for Place<'_> {
+impl Drop for Place {
     fn drop(&mut self) {
         self.request_read();
         self.guard.open.fetch_sub(1, Ordering::AcqRel);
@@ -186,13 +186,13 @@ mod tests {
     fn a_connection_past_its_deadline_is_shut_and_places_are_bounded() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
-        let guard = Guard {
+        let guard = Arc::new(Guard {
             open: AtomicUsize::new(0),
             next: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
             counters: Arc::default(),
             who: "test".into(),
-        };
+        });
         let _client = TcpStream::connect(address).unwrap();
         let (mut served, peer) = listener.accept().unwrap();
         let place = guard.admit(&served, peer).unwrap();

@@ -55,17 +55,17 @@ pub fn serve(agent: &Arc<Agent>, ready: impl FnOnce(std::net::SocketAddr)) -> Re
             continue;
         };
         // Refused at once, counted and logged, when every place is taken:
-        // the threads a flood of clients can hold are bounded.
-        if guard.open() >= guard::MAX_CONNECTIONS {
-            guard.refuse(peer);
+        // a place is taken before its thread starts, so the threads a flood
+        // of clients can hold are bounded.
+        let Some(place) = guard.admit(&stream, peer) else {
             continue;
-        }
+        };
         let agent = Arc::clone(agent);
         let tls = Arc::clone(&tls);
         let guard = Arc::clone(&guard);
         let _ = std::thread::Builder::new()
             .name("api".into())
-            .spawn(move || connection(&agent, &guard, tls, stream, peer));
+            .spawn(move || connection(&agent, &guard, &place, tls, stream, peer));
     }
     Ok(())
 }
@@ -73,13 +73,11 @@ pub fn serve(agent: &Arc<Agent>, ready: impl FnOnce(std::net::SocketAddr)) -> Re
 fn connection(
     agent: &Arc<Agent>,
     guard: &Guard,
+    place: &guard::Place,
     tls: Arc<rustls::ServerConfig>,
     tcp: TcpStream,
     address: std::net::SocketAddr,
 ) {
-    let Some(place) = guard.admit(&tcp, address) else {
-        return;
-    };
     let _ = tcp.set_nodelay(true);
     let _ = tcp.set_read_timeout(Some(REQUEST_TIMEOUT));
     let _ = tcp.set_write_timeout(Some(WRITE_TIMEOUT));
