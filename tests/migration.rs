@@ -68,7 +68,7 @@ fn idle_filled_and_dirtying_guests_migrate_intact() {
         let status = from.wait_exit(BOOT_TIMEOUT);
         assert!(status.success(), "{cmdline}: {}", from.stderr_text());
         assert!(from.stderr_text().contains("migrated to"), "{}", from.stderr_text());
-        assert_eq!(to.state(), Some(RunState::Running));
+        assert_eq!(to.wait_state(RunState::Running, BOOT_TIMEOUT), Some(RunState::Running));
         assert_continues(&from, &to);
         if cmdline.contains("dirty") {
             let beat = to.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.get("written") > 0);

@@ -165,6 +165,24 @@ impl Vmm {
         }
     }
 
+    /// Waits until the VMM reports `expected` (a receiver answers Running
+    /// to its sender a moment before its main loop holds the VM), at most
+    /// `limit`; the state it reported last.
+    pub fn wait_state(
+        &self,
+        expected: vmig_backend::vmm::RunState,
+        limit: Duration,
+    ) -> Option<vmig_backend::vmm::RunState> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let state = self.state();
+            if state == Some(expected) || Instant::now() > deadline {
+                return state;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// True once the process has exited.
     pub fn exited(&mut self) -> bool {
         self.child.try_wait().unwrap().is_some()
