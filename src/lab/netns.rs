@@ -67,8 +67,11 @@ impl LabNet {
                 let _ = ip(&["link", "del", &net.switch()]);
                 continue;
             }
-            // Namespaces of this number without their switch are what a lab
-            // that was killed half-built left: the number is ours now.
+            // Namespaces and ports of this number without their switch are
+            // what a lab that was killed half-built left, or one whose
+            // namespaces the kernel is still tearing down: the number is
+            // ours now.
+            net.remove_ports();
             net.remove_namespaces();
             net.build_switch()
                 .with_context(|| format!("cannot build the lab switch {}", net.switch()))?;
@@ -196,10 +199,31 @@ impl LabNet {
         Ok(())
     }
 
-    /// Removes the namespaces (their veths go with them) and the switch.
+    /// Removes the switch's ports, the namespaces and the switch. The
+    /// ports go first and explicitly: a namespace's veths go with it only
+    /// when the kernel gets round to it, and a lab made at once after
+    /// would find their names taken.
     pub fn destroy(&self) {
+        self.remove_ports();
         self.remove_namespaces();
         let _ = ip(&["link", "del", &self.switch()]);
+    }
+
+    /// Every interface here named for this lab number's ports.
+    fn remove_ports(&self) {
+        let prefix = format!("vmiglab{}-", self.index);
+        let names = std::fs::read_dir("/sys/class/net")
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|name| name.starts_with(&prefix))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        for name in names {
+            let _ = ip(&["link", "del", &name]);
+        }
     }
 
     /// Every namespace named for this lab number.
