@@ -211,36 +211,30 @@ impl LabNet {
 
     /// Every interface here named for this lab number's ports.
     fn remove_ports(&self) {
-        let prefix = format!("vmiglab{}-", self.index);
-        let names = std::fs::read_dir("/sys/class/net")
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|name| name.starts_with(&prefix))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
-        for name in names {
+        for name in self.named_in("/sys/class/net") {
             let _ = ip(&["link", "del", &name]);
         }
     }
 
     /// Every namespace named for this lab number.
     fn remove_namespaces(&self) {
+        for name in self.named_in("/run/netns") {
+            let _ = ip(&["netns", "del", &name]);
+        }
+    }
+
+    /// The entries of `dir` whose names begin with this lab number's prefix.
+    fn named_in(&self, dir: &str) -> Vec<String> {
         let prefix = format!("vmiglab{}-", self.index);
-        let names = std::fs::read_dir("/run/netns")
+        std::fs::read_dir(dir)
             .map(|entries| {
                 entries
                     .flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
                     .filter(|name| name.starts_with(&prefix))
-                    .collect::<Vec<_>>()
+                    .collect()
             })
-            .unwrap_or_default();
-        for name in names {
-            let _ = ip(&["netns", "del", &name]);
-        }
+            .unwrap_or_default()
     }
 
     /// An API address of host `index`: its IPv4 address, or IPv6.

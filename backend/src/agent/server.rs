@@ -24,6 +24,7 @@ use crate::api::{
     Answer, Envelope, KEEPALIVE_EVERY, Line, MAX_REQUEST, MigrateProgress, MigrationInfo, MigrationSide, Request,
 };
 use crate::pki::{self, Peer};
+use crate::runtime::process::chain;
 
 /// A read of the handshake or request that takes longer ends the
 /// connection (the whole of both has [`guard::REQUEST_DEADLINE`]).
@@ -137,18 +138,6 @@ fn connection(
     }
     stream.conn.send_close_notify();
     let _ = stream.flush();
-}
-
-/// An error with its causes, for the log.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// True while the client of `fd` has neither closed its side nor sent more
