@@ -14,15 +14,18 @@
 //! one run per row; `VMIG_BENCH_RUNS=N`: N runs per row; `VMIG_BENCH_VMIG_ONLY=1`:
 //! no QEMU rows.
 
+#[path = "support/qemu.rs"]
+mod qemu;
+
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use qemu::{Process, Qmp};
 use serde_json::{Value, json};
 use vmig_backend::migration::MigrationOptions;
 use vmig_backend::runtime::control::{ControlClient, ControlError, Request};
@@ -154,25 +157,7 @@ impl Sample {
     }
 }
 
-/// A child process that is killed when it goes out of scope.
-struct Process {
-    child: Child,
-    name: &'static str,
-}
-
 impl Process {
-    fn spawn(command: &mut Command, name: &'static str) -> Result<Self, String> {
-        let child = command.spawn().map_err(|e| format!("cannot start {name}: {e}"))?;
-        Ok(Process { child, name })
-    }
-
-    fn ensure_alive(&mut self) -> Result<(), String> {
-        match self.child.try_wait() {
-            Ok(Some(status)) => Err(format!("{} exited early ({status})", self.name)),
-            _ => Ok(()),
-        }
-    }
-
     /// Waits for the process to exit by itself, killing it at `deadline`; returns
     /// its exit status (None when killed) and everything it wrote to stdout.
     fn finish(mut self, deadline: Instant) -> (Option<ExitStatus>, String) {
@@ -191,13 +176,6 @@ impl Process {
         };
         drop(self); // kills it if still running, which closes its stdout
         (status, reader.join().unwrap_or_default())
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -462,62 +440,6 @@ fn log_file(path: &Path) -> Result<std::fs::File, String> {
 
 // ---------------------------------------------------------------------------
 // QEMU, driven over QMP
-
-/// A QMP connection: one JSON object per line, events skipped.
-struct Qmp {
-    stream: BufReader<UnixStream>,
-}
-
-impl Qmp {
-    fn connect(socket: &Path, qemu: &mut Process) -> Result<Self, String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let stream = loop {
-            match UnixStream::connect(socket) {
-                Ok(stream) => break stream,
-                Err(e) if Instant::now() >= deadline => return Err(format!("QMP: {e}")),
-                Err(_) => {
-                    qemu.ensure_alive()?;
-                    thread::sleep(Duration::from_millis(20));
-                }
-            }
-        };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .map_err(|e| e.to_string())?;
-        let mut qmp = Qmp {
-            stream: BufReader::new(stream),
-        };
-        qmp.read()?; // the greeting
-        qmp.execute("qmp_capabilities", None)?;
-        Ok(qmp)
-    }
-
-    fn read(&mut self) -> Result<Value, String> {
-        let mut line = String::new();
-        match self.stream.read_line(&mut line) {
-            Ok(0) => Err("QMP: connection closed".into()),
-            Ok(_) => serde_json::from_str(&line).map_err(|e| format!("QMP: {e}: {line}")),
-            Err(e) => Err(format!("QMP: {e}")),
-        }
-    }
-
-    fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, String> {
-        let mut request = json!({ "execute": command });
-        if let Some(arguments) = arguments {
-            request["arguments"] = arguments;
-        }
-        writeln!(self.stream.get_mut(), "{request}").map_err(|e| format!("QMP: {e}"))?;
-        loop {
-            let message = self.read()?;
-            if let Some(value) = message.get("return") {
-                return Ok(value.clone());
-            }
-            if let Some(error) = message.get("error") {
-                return Err(format!("QMP {command}: {}", error["desc"]));
-            }
-        }
-    }
-}
 
 fn qemu_command(kernel: &Path, memory: &str, workload: &Workload, serial: &Path, qmp: &Path) -> Command {
     let mut command = Command::new(QEMU);

@@ -26,12 +26,13 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/qemu.rs"]
+mod qemu;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
@@ -41,6 +42,7 @@ use serde_json::{Value, json};
 
 use common::lab::{Lab, complete_lines, migrated, text};
 use common::{Heartbeat, VMIG};
+use qemu::{Process, Qmp};
 
 const QEMU: &str = "qemu-system-x86_64";
 /// The guest's workload for both engines; each adds only `ip=`.
@@ -86,33 +88,6 @@ fn max(values: &[f64]) -> Option<f64> {
     values.iter().copied().max_by(f64::total_cmp)
 }
 
-/// A child process that is killed when it goes out of scope.
-struct Process {
-    child: Child,
-    name: String,
-}
-
-impl Process {
-    fn spawn(command: &mut Command, name: String) -> Result<Self, String> {
-        let child = command.spawn().map_err(|e| format!("cannot start {name}: {e}"))?;
-        Ok(Process { child, name })
-    }
-
-    fn ensure_alive(&mut self) -> Result<(), String> {
-        match self.child.try_wait() {
-            Ok(Some(status)) => Err(format!("{} exited early ({status})", self.name)),
-            _ => Ok(()),
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 // ---------------------------------------------------------------------------
 // ping from the client namespace
 
@@ -143,7 +118,7 @@ impl Ping {
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped()),
-            "ping".into(),
+            "ping",
         )?;
         Ok(Ping { process })
     }
@@ -500,63 +475,7 @@ fn vmig_engine(lab: &Lab, setup: &Setup) -> Result<EngineRun, String> {
 }
 
 // ---------------------------------------------------------------------------
-// QEMU, driven over QMP (the client of benches/migrate.rs)
-
-/// A QMP connection: one JSON object per line, events skipped.
-struct Qmp {
-    stream: BufReader<UnixStream>,
-}
-
-impl Qmp {
-    fn connect(socket: &Path, qemu: &mut Process) -> Result<Self, String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let stream = loop {
-            match UnixStream::connect(socket) {
-                Ok(stream) => break stream,
-                Err(e) if Instant::now() >= deadline => return Err(format!("QMP: {e}")),
-                Err(_) => {
-                    qemu.ensure_alive()?;
-                    thread::sleep(Duration::from_millis(20));
-                }
-            }
-        };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .map_err(|e| e.to_string())?;
-        let mut qmp = Qmp {
-            stream: BufReader::new(stream),
-        };
-        qmp.read()?; // the greeting
-        qmp.execute("qmp_capabilities", None)?;
-        Ok(qmp)
-    }
-
-    fn read(&mut self) -> Result<Value, String> {
-        let mut line = String::new();
-        match self.stream.read_line(&mut line) {
-            Ok(0) => Err("QMP: connection closed".into()),
-            Ok(_) => serde_json::from_str(&line).map_err(|e| format!("QMP: {e}: {line}")),
-            Err(e) => Err(format!("QMP: {e}")),
-        }
-    }
-
-    fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, String> {
-        let mut request = json!({ "execute": command });
-        if let Some(arguments) = arguments {
-            request["arguments"] = arguments;
-        }
-        writeln!(self.stream.get_mut(), "{request}").map_err(|e| format!("QMP: {e}"))?;
-        loop {
-            let message = self.read()?;
-            if let Some(value) = message.get("return") {
-                return Ok(value.clone());
-            }
-            if let Some(error) = message.get("error") {
-                return Err(format!("QMP {command}: {}", error["desc"]));
-            }
-        }
-    }
-}
+// QEMU, driven over QMP (benches/support/qemu.rs)
 
 /// QEMU's part of the lab: the exported guest, a persistent TAP on each
 /// host's br0, the QEMU processes' files; the TAPs go when it is dropped
