@@ -244,6 +244,11 @@ pub enum Request {
         token: Token,
         source: String,
         id: String,
+        /// The source's agent allows plaintext streams (its
+        /// `migration_encryption = "off"`); they are plaintext only when
+        /// the target's agent allows them too.
+        #[serde(default)]
+        plaintext: bool,
     },
     /// Host only: the source reports the migration's end. Answers the
     /// arrival's [`IncomingState`]. (`console` is no longer sent nor read:
@@ -1138,6 +1143,10 @@ pub struct Prepared {
     pub url: String,
     /// How long it waits for its sender without a keepalive.
     pub accept_s: u64,
+    /// The receiver takes plaintext streams (both agents opted out of
+    /// encryption); otherwise TLS 1.3 only.
+    #[serde(default)]
+    pub plaintext: bool,
 }
 
 /// Answer to `incoming_state` and `finish_incoming`: what became of a

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
+use vmig_backend::agent::config::Encryption;
 use vmig_backend::api::Request;
 
 use crate::exit::Exit;
@@ -51,6 +52,11 @@ pub struct UpArgs {
     /// (netns where this machine allows it, else loopback).
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "netns", "loopback"])]
     network: String,
+    /// The agents' `migration_encryption`: `tls` (TLS 1.3 streams with the
+    /// host certificates) or `off` (plaintext, as for a dedicated trusted
+    /// migration network).
+    #[arg(long, value_name = "MODE", default_value = "tls", value_parser = ["tls", "off"])]
+    migration_encryption: String,
     #[command(flatten)]
     timeouts: TimeoutArgs,
     #[command(flatten)]
@@ -85,6 +91,11 @@ pub fn exec(command: LabCommand) -> Result<Exit> {
                     "netns" => LabNetwork::Namespaces,
                     "loopback" => LabNetwork::Loopback,
                     _ => LabNetwork::Auto,
+                },
+                migration_encryption: if args.migration_encryption == "off" {
+                    Encryption::Off
+                } else {
+                    Encryption::Tls
                 },
                 ..LabOptions::default()
             };

@@ -1,8 +1,12 @@
 //! Migration limits shared by `vmig migrate` and `vmig vm send`.
 
+use std::path::PathBuf;
+
 use anyhow::Result;
 use clap::Args;
+use vmig_backend::migration::tls::TlsPeer;
 use vmig_backend::migration::{MigrationOptions, TimeoutAction, Timeouts};
+use vmig_backend::pki::Identity;
 use vmig_backend::size::parse_size;
 use vmig_backend::vmm::AnnounceOptions;
 
@@ -63,6 +67,42 @@ pub struct TimeoutArgs {
     /// receiver holding the state for Go).
     #[arg(long, value_name = "S", default_value_t = Timeouts::default().handoff_s)]
     pub handoff_timeout: u64,
+}
+
+/// TLS 1.3 on the streams of a migration between VMMs run by hand; without
+/// it they are plaintext (agents always use TLS unless both opted out).
+#[derive(Debug, Args)]
+pub struct StreamTlsArgs {
+    /// This host's certificate (`vmig pki issue --host`): the migration
+    /// streams are TLS 1.3, and the other side must be --tls-peer.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca", "tls_peer"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA's certificate, which the other side's must chain to.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+    /// The host at the other end, as its certificate names it.
+    #[arg(long, value_name = "HOST", requires = "tls_cert")]
+    pub tls_peer: Option<String>,
+}
+
+impl StreamTlsArgs {
+    /// The TLS asked for, if any.
+    pub fn peer(&self) -> Option<TlsPeer> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_ca, &self.tls_peer) {
+            (Some(cert), Some(key), Some(ca), Some(peer)) => Some(TlsPeer {
+                identity: Identity {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    ca: ca.clone(),
+                },
+                peer: peer.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 impl TimeoutArgs {

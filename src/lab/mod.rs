@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use vmig_backend::agent::AgentConfig;
-use vmig_backend::agent::config::{CpuConfig, Limits};
+use vmig_backend::agent::config::{CpuConfig, Encryption, Limits};
 use vmig_backend::agent::storage::StorageRoot;
 use vmig_backend::agent::vmm::{Record, alive, kill};
 use vmig_backend::api::{HostFacts, Request, VmSpec};
@@ -53,6 +53,8 @@ pub struct LabOptions {
     /// Migrations the shared storage takes at once (None: the default).
     pub storage_migrations: Option<u32>,
     pub network: LabNetwork,
+    /// The agents' `migration_encryption` (TLS unless told `off`).
+    pub migration_encryption: Encryption,
 }
 
 /// How the lab's hosts are networked.
@@ -78,6 +80,7 @@ impl Default for LabOptions {
             timeouts: Timeouts::default(),
             storage_migrations: None,
             network: LabNetwork::Auto,
+            migration_encryption: Encryption::Tls,
         }
     }
 }
@@ -400,6 +403,7 @@ impl Lab {
                 },
                 storage,
                 tls: identity,
+                migration_encryption: options.migration_encryption,
                 cpu: CpuConfig {
                     hide: profile.hide_cpu,
                     pmu: profile.pmu,

@@ -233,6 +233,10 @@ pub fn print_report(report: &Report, headline: &str, json: bool) -> Result<()> {
         report.zero_pages_skipped,
         report.untouched_pages
     )?;
+    match &report.encryption {
+        Some(suite) => writeln!(out, "  streams encrypted: TLS 1.3, {suite}")?,
+        None => writeln!(out, "  streams in plaintext (no TLS)")?,
+    }
     if let Some(a) = &report.announce {
         writeln!(
             out,

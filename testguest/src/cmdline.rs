@@ -2,7 +2,8 @@
 //!
 //! `fill=SIZE|all` `dirty=SIZE` `rate=MBPS|max` `idle` `hb=MS` `exit=N` `verify=0|1`
 //! `disk=SIZE|all` `disk_rate=MBPS|max` `sleep=0|1` `prompt=0|1` `ip=A.B.C.D/LEN` `gw=A.B.C.D`,
-//! and the VMM's `virtio_mmio.device=SIZE@0xADDR:IRQ` device announcements;
+//! `note=TEXT` (ignored: text a test wants in guest memory, where the command line
+//! stays), and the VMM's `virtio_mmio.device=SIZE@0xADDR:IRQ` device announcements;
 //! SIZE is bytes with an optional K/M/G/T suffix (powers of 1024), MBPS is 10^6 bytes
 //! per second and may have a fraction (`rate=2.5`). Without `ip=` a network device
 //! is left alone; `gw=` adds a default route.
@@ -85,6 +86,7 @@ pub fn parse(cmdline: &[u8]) -> Result<Config, &[u8]> {
             None => (token, None),
         };
         let ok = match (key, value) {
+            (b"note", Some(_)) => true,
             (b"idle", None) => {
                 config.dirty_bytes = 0;
                 true

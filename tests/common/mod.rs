@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod capture;
 pub mod faults;
 pub mod lab;
 pub mod netcut;

@@ -8,6 +8,8 @@
 //! chassis = "rack4-chassis2"           # VMs of one redundancy group must not share one
 //! link_speed_mbps = 10000              # the migration link (default 10000)
 //! networks = ["prod", "backup"]        # networks this host's VMs can reach
+//! migration_encryption = "tls"        # "off": plaintext migration streams, for a dedicated,
+//!                                      # trusted migration network (both agents must say "off")
 //!
 //! [bridges]                            # the host bridge of each network VMs' cards join
 //! prod = "br-prod"                     # (a network here is one this host reaches)
@@ -88,12 +90,29 @@ pub struct AgentConfig {
     #[serde(default)]
     pub storage: Vec<super::storage::StorageRoot>,
     pub tls: Identity,
+    /// How migration streams are protected; TLS 1.3 with the host
+    /// certificates unless both agents of a migration say `off`.
+    #[serde(default)]
+    pub migration_encryption: Encryption,
     #[serde(default)]
     pub cpu: CpuConfig,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
     pub timeouts: Timeouts,
+}
+
+/// How this host's migration streams are protected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encryption {
+    /// TLS 1.3, mutually authenticated with the host certificates.
+    #[default]
+    Tls,
+    /// Plaintext, for a dedicated, trusted migration network: taken only
+    /// when the other agent says `off` too (the token still authenticates
+    /// the sender, but anyone on the link reads the guest's memory).
+    Off,
 }
 
 /// What the host offers its guests of its CPU.

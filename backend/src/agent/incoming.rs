@@ -14,13 +14,27 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::config::Encryption;
 use super::journal::Event;
 use super::judge;
 use super::vmm::{Arrival, Ended, Observed, Record, VmDir};
 use super::{Agent, Failure, Vm};
 use crate::api::{IncomingState, MigrateProgress, MigrationPhase, Prepared, VmSpec};
 use crate::migration::Token;
+use crate::migration::tls::TlsPeer;
 use crate::runtime::process::chain;
+
+/// What the source's agent asks of this host in `prepare_incoming`.
+#[derive(Debug, Clone, Copy)]
+pub struct Offer<'a> {
+    /// What its sender must prove it holds.
+    pub token: Token,
+    /// The source host: the only one whose streams the receiver takes.
+    pub source: &'a str,
+    pub id: &'a str,
+    /// The source allows plaintext streams.
+    pub plaintext: bool,
+}
 
 /// How often a waiting `prepare_incoming` tells its caller it still waits.
 const WAITING_EVERY: Duration = Duration::from_secs(1);
@@ -32,12 +46,22 @@ impl Agent {
     pub fn prepare_incoming(
         self: &Arc<Self>,
         spec: &VmSpec,
-        token: Token,
-        source: &str,
-        id: &str,
+        offer: &Offer<'_>,
         progress: &mut dyn FnMut(MigrateProgress),
         still_wanted: &dyn Fn() -> bool,
     ) -> Result<Prepared, Failure> {
+        let Offer {
+            token,
+            source,
+            id,
+            plaintext,
+        } = *offer;
+        // Plaintext only when both agents opted out of encryption.
+        let plaintext = plaintext && self.config.migration_encryption == Encryption::Off;
+        let tls = (!plaintext).then(|| TlsPeer {
+            identity: self.config.tls.clone(),
+            peer: source.to_string(),
+        });
         spec.validate()
             .map_err(|e| Failure::new(400, format!("invalid VM spec: {e}")))?;
         if !super::migrations::valid_id(id) {
@@ -105,6 +129,7 @@ impl Agent {
                 allowed_disks,
                 hide_cpu: self.config.cpu.hide.clone(),
                 bridges: &self.config.bridges,
+                tls,
             },
         );
         match spawned {
@@ -121,6 +146,7 @@ impl Agent {
                 Ok(Prepared {
                     url,
                     accept_s: self.config.timeouts.accept_s,
+                    plaintext,
                 })
             }
             Err(e) => {

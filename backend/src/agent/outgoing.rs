@@ -25,6 +25,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::config::Encryption;
 use super::journal::Event;
 use super::judge::{self, SourceVerdict};
 use super::migrations::{self, Cancel, Migration};
@@ -36,6 +37,7 @@ use crate::api::{
 };
 use crate::client::{Client, ClientError};
 use crate::migration::fault::{self, Fault, Hold};
+use crate::migration::tls::{ClientSide, TlsPeer};
 use crate::migration::{MigrationOptions, Report, Token, gate};
 use crate::runtime::control::{ControlClient, ControlError, Failure as VmmFailure, Reply, Request as VmmRequest};
 use crate::runtime::process::chain;
@@ -331,6 +333,7 @@ impl Agent {
             token,
             source: self.config.name.clone(),
             id: migration.id.clone(),
+            plaintext: self.config.migration_encryption == Encryption::Off,
         };
         let prepared = peer.call_until::<Prepared>(request, &mut |line| {
             if matches!(line, MigrateProgress::Queued { .. }) {
@@ -350,8 +353,21 @@ impl Agent {
                 return (not_started(code, status, message, e.answer_lost()), slot, 0);
             }
         };
+        // TLS unless both agents opted out (the target decides from the
+        // source's word and its own; it never takes plaintext otherwise).
+        let tls = (!prepared.plaintext || self.config.migration_encryption != Encryption::Off).then(|| TlsPeer {
+            identity: self.config.tls.clone(),
+            peer: claim.target.name.clone(),
+        });
         if slot.is_none() {
-            match self.own_slot(migration, Some((&prepared, token))) {
+            let keepalive = match tls.as_ref().map(TlsPeer::client).transpose() {
+                Ok(keepalive) => keepalive,
+                Err(e) => {
+                    let message = format!("cannot set up TLS to {}: {}", claim.target.name, chain(&e));
+                    return (not_started(Code::Failed, 500, message, true), slot, 0);
+                }
+            };
+            match self.own_slot(migration, Some((&prepared, token, keepalive.as_ref()))) {
                 Some(s) => slot = Some(s),
                 None if migration.cancel_asked() => return (cancelled(), None, 0),
                 None => {
@@ -376,6 +392,7 @@ impl Agent {
         let request = VmmRequest::Migrate {
             url: prepared.url.clone(),
             options,
+            tls: tls.map(Box::new),
         };
         (self.follow_vmm(migration, claim, &request), slot, queued_ms)
     }
@@ -405,9 +422,13 @@ impl Agent {
 
     /// Waits for this host's migration slot; None when a cancel came or the
     /// target's receiver went away meanwhile (kept waiting by keepalives).
-    fn own_slot(&self, migration: &Migration, receiver: Option<(&Prepared, Token)>) -> Option<super::slots::Slot> {
+    fn own_slot(
+        &self,
+        migration: &Migration,
+        receiver: Option<(&Prepared, Token, Option<&ClientSide>)>,
+    ) -> Option<super::slots::Slot> {
         let me = self.config.name.clone();
-        let every = receiver.map(|(p, _)| Duration::from_secs(p.accept_s.max(3)) / 3);
+        let every = receiver.map(|(p, _, _)| Duration::from_secs(p.accept_s.max(3)) / 3);
         let mut last = Instant::now();
         self.slots.acquire(
             self.config.migration_cost(),
@@ -421,13 +442,14 @@ impl Agent {
                 if migration.cancel_asked() {
                     return false;
                 }
-                if let (Some((prepared, token)), Some(every)) = (receiver, every)
+                if let (Some((prepared, token, tls)), Some(every)) = (receiver, every)
                     && last.elapsed() >= every
                 {
                     last = Instant::now();
                     return gate::keepalive_from(
                         &prepared.url,
                         Some(self.config.api_address.ip()),
+                        tls,
                         token,
                         Duration::from_secs(2),
                     );

@@ -256,11 +256,26 @@ fn handle<S: Write>(
             token,
             source,
             id,
+            plaintext,
         } => {
+            // The source named is whom the receiver's TLS will take the
+            // streams from: it must be the host that asks.
+            if source != peer.name {
+                return Some(failed(Failure::new(
+                    403,
+                    format!("host {} cannot prepare a migration from {source}", peer.name),
+                )));
+            }
             let mut progress = |p: MigrateProgress| {
                 out.line(&Line::Progress { progress: p });
             };
-            answer(agent.prepare_incoming(&spec, token, &source, &id, &mut progress, still_there))
+            let offer = super::incoming::Offer {
+                token,
+                source: &source,
+                id: &id,
+                plaintext,
+            };
+            answer(agent.prepare_incoming(&spec, &offer, &mut progress, still_there))
         }
         Request::FinishIncoming { name, id, migrated, .. } => ok(agent.finish_incoming(&name, &id, migrated)),
         Request::ConsoleHistory { name, id, from, hex } => answer(agent.console_history(&name, &id, from, &hex)),

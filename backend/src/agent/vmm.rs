@@ -149,6 +149,8 @@ pub struct Arriving<'a> {
     pub hide_cpu: Vec<String>,
     /// This host's bridge for each network.
     pub bridges: &'a crate::vmm::devices::virtio::Bridges,
+    /// TLS streams only, from the source host it names; none: plaintext.
+    pub tls: Option<crate::migration::tls::TlsPeer>,
 }
 
 /// The files of one VM.
@@ -315,6 +317,7 @@ impl VmDir {
             allowed_disks,
             hide_cpu,
             bridges,
+            tls,
         } = arrival;
         let path = self.token();
         let write = |source| VmmError::Write {
@@ -345,6 +348,7 @@ impl VmDir {
                 timeouts: *timeouts,
                 allowed_disks,
                 hide_cpu,
+                tls,
             },
         );
         let mut child = self.spawn(command)?;

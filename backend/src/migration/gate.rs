@@ -6,7 +6,10 @@
 //! `Join` (one of the sender's extra streams), `Query` (what became of a
 //! session), `Keepalive` (the sender's agent: the sender is still coming).
 //! `Hello`, `Join` and `Keepalive` must carry the migration token when the
-//! receiver has one. One thread polls every connection that has not said
+//! receiver has one (bound to the TLS session: [`super::tls`]). With TLS,
+//! every connection first makes its handshake, in the same table, and must
+//! present the certificate of the source host the receiver was told of, or
+//! its first frame is answered with an Abort saying whose it was. One thread polls every connection that has not said
 //! its first frame yet, so an idle, slow or hostile connection costs a slot
 //! in a bounded table, never a thread, and never delays another: at most
 //! [`MAX_PENDING`] such connections are kept, and when a new one comes while
@@ -18,14 +21,16 @@
 //! reached within [`super::Timeouts::accept_s`] of its start or of the last
 //! keepalive gives up.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::link::Link;
 use super::protocol::{self, HEADER_LEN, Header, Hello, Kind, Outcome, TOKEN_LEN, Token};
+use super::tls::{Accepting, ClientSide, ServerSide};
 use super::transport;
 
 /// How long a new connection has to deliver its whole first frame.
@@ -37,6 +42,7 @@ const TICK: Duration = Duration::from_millis(50);
 
 const NOT_AUTHENTICATED: &[u8] = b"not authenticated: the migration token is missing or wrong";
 const TAKEN: &[u8] = b"this receiver has its sender already; start another with --incoming";
+const TLS_ONLY: &[u8] = b"this receiver takes TLS streams only (its agent does not allow plaintext migration)";
 
 /// Where a receiver is in taking its VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -58,9 +64,9 @@ pub enum Phase {
 #[derive(Debug)]
 pub enum Arrival {
     /// The sender's control stream and its Hello.
-    Hello { stream: TcpStream, hello: Box<Hello> },
+    Hello { stream: Link, hello: Box<Hello> },
     /// Extra stream `index` of the accepted session.
-    Join { stream: TcpStream, index: u32 },
+    Join { stream: Link, index: u32 },
 }
 
 #[derive(Debug)]
@@ -80,6 +86,7 @@ struct Shared {
     state: Mutex<State>,
     token: Option<Token>,
     accept: Duration,
+    tls: Option<ServerSide>,
 }
 
 impl Shared {
@@ -95,8 +102,9 @@ impl Shared {
             .map_or(Outcome::Discarded, |(_, o)| *o)
     }
 
-    fn authentic(&self, token: &Token) -> bool {
-        self.token.is_none_or(|t| t.matches(token))
+    /// Whether `presented` on `link` proves the token.
+    fn authentic(&self, link: &Link, presented: &Token) -> bool {
+        self.token.is_none_or(|t| link.present(t).matches(presented))
     }
 }
 
@@ -123,9 +131,14 @@ pub struct GateHandle {
 }
 
 impl Gate {
-    /// Opens the gate on `listener`; a thread serves it for the rest of the
-    /// process's life.
-    pub fn open(listener: TcpListener, token: Option<Token>, accept: Duration) -> io::Result<Self> {
+    /// Opens the gate on `listener`, taking TLS streams only with `tls`; a
+    /// thread serves it for the rest of the process's life.
+    pub fn open(
+        listener: TcpListener,
+        token: Option<Token>,
+        accept: Duration,
+        tls: Option<ServerSide>,
+    ) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -137,6 +150,7 @@ impl Gate {
             }),
             token,
             accept,
+            tls,
         });
         // Arrivals are few (a Hello, up to MAX_STREAMS Joins); more than that
         // waiting means a receiver that is not reading, and they are dropped.
@@ -161,7 +175,7 @@ impl Gate {
 
     /// Waits for the sender's Hello until the accept deadline (which
     /// keepalives push back).
-    pub fn wait_hello(&self) -> Result<(TcpStream, Hello), NoSender> {
+    pub fn wait_hello(&self) -> Result<(Link, Hello), NoSender> {
         loop {
             match self.arrivals.recv_timeout(TICK) {
                 Ok(Arrival::Hello { stream, hello }) => return Ok((stream, *hello)),
@@ -183,7 +197,7 @@ impl Gate {
     }
 
     /// The next extra stream of the accepted session, waiting until `deadline`.
-    pub fn next_join(&self, deadline: Instant) -> Option<(TcpStream, u32)> {
+    pub fn next_join(&self, deadline: Instant) -> Option<(Link, u32)> {
         loop {
             let left = deadline.checked_duration_since(Instant::now())?;
             match self.arrivals.recv_timeout(left.min(TICK)) {
@@ -254,7 +268,14 @@ fn set(state: &mut State, session: u64, outcome: Outcome) {
 
 /// A connection that has not said its first frame yet.
 struct Pending {
-    stream: TcpStream,
+    /// What the door polls.
+    socket: TcpStream,
+    /// The TLS handshake, until it is done.
+    handshake: Option<Accepting>,
+    /// The stream, once it can carry frames.
+    link: Option<Link>,
+    /// Why its TLS peer is not the source expected.
+    refused: Option<String>,
     since: Instant,
     buf: Vec<u8>,
     /// Header and payload length, once the header is in.
@@ -294,7 +315,7 @@ impl Door {
     /// Sleeps until the listener or a pending connection can be read, or a tick.
     fn wait(&self) {
         let mut fds: Vec<libc::pollfd> = std::iter::once(self.listener.as_raw_fd())
-            .chain(self.pending.iter().map(|p| p.stream.as_raw_fd()))
+            .chain(self.pending.iter().map(|p| p.socket.as_raw_fd()))
             .map(|fd| libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -308,17 +329,30 @@ impl Door {
     fn accept_new(&mut self) {
         loop {
             match self.listener.accept() {
-                Ok((stream, _)) => {
-                    if stream.set_nonblocking(true).is_err() {
+                Ok((socket, _)) => {
+                    if socket.set_nonblocking(true).is_err() {
                         continue;
                     }
+                    let (handshake, link) = match &self.shared.tls {
+                        Some(tls) => match Accepting::new(tls) {
+                            Ok(handshake) => (Some(handshake), None),
+                            Err(_) => continue,
+                        },
+                        None => match socket.try_clone().and_then(Link::plain) {
+                            Ok(link) => (None, Some(link)),
+                            Err(_) => continue,
+                        },
+                    };
                     if self.pending.len() >= MAX_PENDING
                         && let Some(oldest) = (0..self.pending.len()).min_by_key(|i| self.pending[*i].since)
                     {
                         self.pending.swap_remove(oldest);
                     }
                     self.pending.push(Pending {
-                        stream,
+                        socket,
+                        handshake,
+                        link,
+                        refused: None,
                         since: Instant::now(),
                         buf: Vec::with_capacity(HEADER_LEN),
                         want: HEADER_LEN,
@@ -333,24 +367,30 @@ impl Door {
     }
 
     fn dispatch(&self, conn: Pending) {
-        let Pending { stream, buf, .. } = conn;
+        let Pending { link, buf, refused, .. } = conn;
+        let Some(mut stream) = link else { return };
         let header = match <&[u8; HEADER_LEN]>::try_from(&buf[..HEADER_LEN]).map(Header::decode) {
             Ok(Ok(header)) => header,
             _ => return,
         };
         let payload = &buf[HEADER_LEN..];
-        if stream.set_nonblocking(false).is_err() {
+        if stream.socket().set_nonblocking(false).is_err() {
             return;
         }
         let _ = stream.set_write_timeout(Some(AUTH_TIMEOUT));
+        if let Some(reason) = refused {
+            let reason = format!("not authenticated: {reason}");
+            let _ = protocol::write_frame(&mut stream, Kind::Abort, 0, reason.as_bytes());
+            return;
+        }
         match header.kind {
             Kind::Query => {
                 let outcome = self.shared.outcome(header.arg);
-                let _ = protocol::write_frame(&mut &stream, Kind::Outcome, outcome as u64, &[]);
+                let _ = protocol::write_frame(&mut stream, Kind::Outcome, outcome as u64, &[]);
             }
             Kind::Keepalive => {
                 let Some(token) = token_at(payload, 0) else { return };
-                if !self.shared.authentic(&token) {
+                if !self.shared.authentic(&stream, &token) {
                     return;
                 }
                 let mut state = self.shared.lock();
@@ -360,9 +400,9 @@ impl Door {
                 }
                 drop(state);
                 if waiting {
-                    let _ = protocol::write_frame(&mut &stream, Kind::Keepalive, 0, &[]);
+                    let _ = protocol::write_frame(&mut stream, Kind::Keepalive, 0, &[]);
                 } else {
-                    let _ = protocol::write_frame(&mut &stream, Kind::Abort, 0, TAKEN);
+                    let _ = protocol::write_frame(&mut stream, Kind::Abort, 0, TAKEN);
                 }
             }
             Kind::Hello => self.hello(stream, payload),
@@ -374,7 +414,7 @@ impl Door {
                     return;
                 };
                 let session = self.shared.lock().session;
-                if session == Some(header.arg) && self.shared.authentic(&token) {
+                if session == Some(header.arg) && self.shared.authentic(&stream, &token) {
                     self.deliver(Arrival::Join { stream, index });
                 }
             }
@@ -382,7 +422,7 @@ impl Door {
         }
     }
 
-    fn hello(&self, mut stream: TcpStream, payload: &[u8]) {
+    fn hello(&self, mut stream: Link, payload: &[u8]) {
         let hello = match protocol::decode::<Hello>(Kind::Hello, payload) {
             Ok(hello) => hello,
             Err(e) => {
@@ -390,7 +430,7 @@ impl Door {
                 return;
             }
         };
-        if !self.shared.authentic(&hello.token) {
+        if !self.shared.authentic(&stream, &hello.token) {
             let _ = protocol::write_frame(&mut stream, Kind::Abort, 0, NOT_AUTHENTICATED);
             return;
         }
@@ -406,7 +446,7 @@ impl Door {
         state.phase = Phase::Receiving;
         drop(state);
         let _ = stream.set_write_timeout(None);
-        transport::tune(&stream);
+        transport::tune(stream.socket());
         self.deliver(Arrival::Hello {
             stream,
             hello: Box::new(hello),
@@ -434,8 +474,38 @@ enum Step {
     Drop,
 }
 
-/// Reads what a pending connection has sent, without blocking.
+/// Reads what a pending connection has sent, without blocking: its TLS
+/// handshake first, when it makes one.
 fn read_some(conn: &mut Pending) -> Step {
+    if let Some(handshake) = &mut conn.handshake {
+        match handshake.advance(&mut conn.socket) {
+            Ok(false) => return Step::More,
+            Ok(true) => {}
+            Err(_) => {
+                if handshake.saw_plaintext() {
+                    // A sender not told to use TLS: say why, in its terms.
+                    let _ = conn.socket.set_nonblocking(false);
+                    let _ = conn.socket.set_write_timeout(Some(AUTH_TIMEOUT));
+                    let _ = protocol::write_frame(&mut &conn.socket, Kind::Abort, 0, TLS_ONLY);
+                }
+                return Step::Drop;
+            }
+        }
+        let Some(handshake) = conn.handshake.take() else {
+            return Step::Drop;
+        };
+        let Ok((session, verdict)) = handshake.finish() else {
+            return Step::Drop;
+        };
+        conn.refused = verdict.err();
+        match conn.socket.try_clone().and_then(|socket| Link::sealed(socket, session)) {
+            Ok(link) => conn.link = Some(link),
+            Err(_) => return Step::Drop,
+        }
+    }
+    let Some(link) = &mut conn.link else {
+        return Step::Drop;
+    };
     loop {
         let have = conn.buf.len();
         if have == conn.want {
@@ -459,7 +529,7 @@ fn read_some(conn: &mut Pending) -> Step {
         }
         let mut chunk = [0u8; 4096];
         let room = (conn.want - have).min(chunk.len());
-        match conn.stream.read(&mut chunk[..room]) {
+        match link.read(&mut chunk[..room]) {
             Ok(0) => return Step::Drop,
             Ok(n) => conn.buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::More,
@@ -472,31 +542,40 @@ fn read_some(conn: &mut Pending) -> Step {
 /// The sender's agent tells the receiver at `url` that its sender is still
 /// coming; true when the receiver is there, still waiting, and took it.
 pub fn keepalive(url: &str, token: Token, timeout: Duration) -> bool {
-    keepalive_from(url, None, token, timeout)
+    keepalive_from(url, None, None, token, timeout)
 }
 
-/// [`keepalive`] from the address `local`.
-pub fn keepalive_from(url: &str, local: Option<std::net::IpAddr>, token: Token, timeout: Duration) -> bool {
-    let Ok(mut stream) = transport::connect_from(url, local, timeout) else {
+/// [`keepalive`] from the address `local`, over TLS with `tls`.
+pub fn keepalive_from(
+    url: &str,
+    local: Option<std::net::IpAddr>,
+    tls: Option<&ClientSide>,
+    token: Token,
+    timeout: Duration,
+) -> bool {
+    let Ok(mut stream) = Link::connect(url, local, timeout, tls) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(timeout));
     let _ = stream.set_write_timeout(Some(timeout));
-    if protocol::write_frame(&mut stream, Kind::Keepalive, 0, &token.0).is_err() {
+    let proof = stream.present(token);
+    if protocol::write_frame(&mut stream, Kind::Keepalive, 0, &proof.0).is_err() {
         return false;
     }
-    let _ = stream.flush();
     protocol::expect(&mut stream, Kind::Keepalive).is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::migration::tls::TlsPeer;
+    use crate::pki::{self, Identity, Role};
+    use std::io::Write;
 
     fn gate(token: Option<Token>, accept: Duration) -> (Gate, String) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("tcp:{}", listener.local_addr().unwrap());
-        (Gate::open(listener, token, accept).unwrap(), url)
+        (Gate::open(listener, token, accept, None).unwrap(), url)
     }
 
     fn hello(token: Token) -> Vec<u8> {
@@ -637,5 +716,83 @@ mod tests {
         assert!(other.handle().commit(2, || Err("disk full".into())).is_err());
         assert_eq!(other.handle().outcome(2), Outcome::Discarded);
         drop(gate);
+    }
+
+    /// hostA's and hostC's identities, and a gate on hostB that takes
+    /// streams from hostA only.
+    fn tls_gate(dir: &std::path::Path, token: Token) -> (Gate, String, Identity, Identity) {
+        pki::init_ca(&dir.join("ca"), "test").unwrap();
+        let issue = |name| pki::issue(&dir.join("ca"), Role::Host, name, &[], &dir.join("certs")).unwrap();
+        let (a, b, c) = (issue("hostA"), issue("hostB"), issue("hostC"));
+        let side = TlsPeer {
+            identity: b,
+            peer: "hostA".into(),
+        }
+        .server()
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("tcp:{}", listener.local_addr().unwrap());
+        let gate = Gate::open(listener, Some(token), Duration::from_secs(30), Some(side)).unwrap();
+        (gate, url, a, c)
+    }
+
+    fn to_hostb(identity: &Identity) -> ClientSide {
+        TlsPeer {
+            identity: identity.clone(),
+            peer: "hostB".into(),
+        }
+        .client()
+        .unwrap()
+    }
+
+    #[test]
+    fn over_tls_only_the_expected_host_with_a_bound_token_gets_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = Token([9; TOKEN_LEN]);
+        let (gate, url, a, c) = tls_gate(dir.path(), token);
+        let timeout = Duration::from_secs(5);
+        let addr = url.strip_prefix("tcp:").unwrap().to_string();
+
+        // A plaintext sender is told why.
+        let mut plain = TcpStream::connect(&addr).unwrap();
+        plain.write_all(&hello(token)).unwrap();
+        let refused = protocol::expect(&mut plain, Kind::Accept).unwrap_err();
+        assert!(refused.to_string().contains("TLS streams only"), "{refused}");
+
+        // Another host of the cluster, token and all, is refused by name.
+        let mut other = Link::connect(&url, None, timeout, Some(&to_hostb(&c))).unwrap();
+        let proof = other.present(token);
+        other.write_all(&hello(proof)).unwrap();
+        other.flush().unwrap();
+        let refused = protocol::expect(&mut other, Kind::Accept).unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("the source presented the certificate of host hostC, not host hostA's"),
+            "{refused}"
+        );
+
+        // The right host presenting the raw token, not its proof, is refused:
+        // a token seen elsewhere is worth nothing on this session.
+        let mut replay = Link::connect(&url, None, timeout, Some(&to_hostb(&a))).unwrap();
+        replay.write_all(&hello(token)).unwrap();
+        replay.flush().unwrap();
+        let refused = protocol::expect(&mut replay, Kind::Accept).unwrap_err();
+        assert!(refused.to_string().contains("not authenticated"), "{refused}");
+
+        // hostA with the proof gets in; its keepalives too.
+        assert!(keepalive_from(&url, None, Some(&to_hostb(&a)), token, timeout));
+        assert!(!keepalive_from(&url, None, Some(&to_hostb(&c)), token, timeout));
+        let mut sender = Link::connect(&url, None, timeout, Some(&to_hostb(&a))).unwrap();
+        let proof = sender.present(token);
+        sender.write_all(&hello(proof)).unwrap();
+        sender.flush().unwrap();
+        let (mut taken, hello) = gate.wait_hello().expect("hostA is taken");
+        assert_eq!(hello.session, 42);
+        assert_eq!(taken.suite(), sender.suite());
+        // The stream carries frames both ways, sealed.
+        protocol::write_frame(&mut taken, Kind::Accept, 2, &[]).unwrap();
+        let (header, _) = protocol::expect(&mut sender, Kind::Accept).unwrap();
+        assert_eq!(header.arg, 2);
     }
 }

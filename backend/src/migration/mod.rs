@@ -118,10 +118,12 @@
 pub mod dirty;
 pub mod fault;
 pub mod gate;
+pub mod link;
 pub mod protocol;
 pub mod receiver;
 pub mod sender;
 pub mod stats;
+pub mod tls;
 pub mod transport;
 
 /// What the VM's side of the engine could not do, through the

@@ -13,6 +13,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use super::dirty;
 use super::fault::{self, Fault, Hold};
 use super::gate::{Gate, GateHandle, NoSender, Phase};
+use super::link::Link;
 use super::protocol::{
     self, CpuidLeaf, Header, Hello, Kind, MAX_BATCH_RANGES, Outcome, PROTOCOL_VERSION, ProtocolError, RANGE_ENTRY_LEN,
     RANGE_ZERO,
@@ -92,7 +93,7 @@ pub trait TargetVm {
 pub struct Incoming {
     gate: Gate,
     handle: GateHandle,
-    control: TcpStream,
+    control: Link,
     pub hello: Hello,
     timeouts: Timeouts,
 }
@@ -237,7 +238,7 @@ impl Incoming {
             self.handle.set_outcome(session, Outcome::Discarded);
         }
         if result.is_err() {
-            let _ = self.control.shutdown(std::net::Shutdown::Both);
+            self.control.shutdown();
             if asked_later {
                 std::thread::sleep(LINGER);
             }
@@ -274,9 +275,9 @@ impl Incoming {
                 });
             }
             joined[index as usize] = true;
-            transport::tune(&stream);
+            transport::tune(stream.socket());
             let _ = stream.set_read_timeout(Some(self.timeouts.stream()));
-            worker_streams.push(stream.try_clone().map_err(ProtocolError::Io)?);
+            worker_streams.push(stream.socket().try_clone().map_err(ProtocolError::Io)?);
             let memory = memory.clone();
             let done = done_tx.clone();
             workers.push(
@@ -482,7 +483,7 @@ impl Incoming {
             });
         }
         if fault == Some(Fault::CloseAfterGo) {
-            let _ = self.control.shutdown(std::net::Shutdown::Both);
+            self.control.shutdown();
         } else {
             let _ = protocol::write_frame(&mut self.control, Kind::Running, 0, &[]);
         }
@@ -508,7 +509,7 @@ impl Incoming {
 }
 
 /// Reads pages and round markers from one extra stream.
-fn stream_loop(index: u32, mut stream: TcpStream, memory: &GuestMemory, done: &Sender<(u32, Result<u64, String>)>) {
+fn stream_loop(index: u32, mut stream: Link, memory: &GuestMemory, done: &Sender<(u32, Result<u64, String>)>) {
     loop {
         let header = match protocol::read_header(&mut stream) {
             Ok(header) => header,
@@ -544,7 +545,7 @@ fn in_one_region(memory: &GuestMemory, gpa: u64, len: u64) -> bool {
 
 /// Reads one memory batch straight into guest memory, after checking its
 /// whole range table.
-fn apply_memory(stream: &mut TcpStream, memory: &GuestMemory, header: &Header) -> Result<(), String> {
+fn apply_memory(stream: &mut Link, memory: &GuestMemory, header: &Header) -> Result<(), String> {
     let mut count = [0u8; 4];
     stream.read_exact(&mut count).map_err(|e| e.to_string())?;
     let ranges = u32::from_le_bytes(count);
@@ -573,7 +574,7 @@ fn apply_memory(stream: &mut TcpStream, memory: &GuestMemory, header: &Header) -
             continue;
         }
         // SAFETY: as above; the socket writes exactly `range.bytes()` bytes there.
-        unsafe { transport::read_into(stream, host, range.bytes() as usize) }.map_err(|e| e.to_string())?;
+        unsafe { stream.reader.read_into(host, range.bytes() as usize) }.map_err(|e| e.to_string())?;
     }
     Ok(())
 }

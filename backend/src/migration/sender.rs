@@ -13,11 +13,13 @@ use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use super::dirty::{self, DirtyError, PageSet};
 use super::fault::{self, Hold};
+use super::link::{Link, LinkReader, LinkWriter};
 use super::protocol::{
     self, CpuidLeaf, HEADER_LEN, Header, Hello, Kind, MAX_BATCH_RANGES, Outcome, PAGE_SIZE, PROTOCOL_VERSION,
     ProtocolError, Range,
 };
 use super::stats::{Phase, Progress, Report};
+use super::tls::ClientSide;
 use super::transport::{self, Piece, TransportError};
 use super::{MigrationOptions, TimeoutAction, VmSideError};
 use crate::vmm::devices::virtio::HeldFrames;
@@ -251,7 +253,7 @@ fn random_session() -> u64 {
 
 /// Writes one memory batch: header, range table, then the pages from guest memory.
 fn write_pages(
-    stream: &TcpStream,
+    stream: &mut LinkWriter,
     memory: &GuestMemory,
     ranges: &[Range],
     skip_zero: bool,
@@ -324,7 +326,7 @@ fn write_pages(
     }
     // SAFETY: the header and table live until the call returns; guest ranges were
     // checked above and stay mapped while `memory` (held by this thread) lives.
-    unsafe { transport::write_pieces(stream, &pieces) }.map_err(|e| e.to_string())?;
+    unsafe { stream.write_pieces(&pieces) }.map_err(|e| e.to_string())?;
     let frame = HEADER_LEN as u64 + table.len() as u64 + data;
     shared.bytes_sent.fetch_add(frame, Ordering::Relaxed);
     shared
@@ -333,10 +335,10 @@ fn write_pages(
     Ok(())
 }
 
-fn stream_worker(index: u32, mut stream: TcpStream, memory: &GuestMemory, jobs: Receiver<Job>, shared: &Shared) {
+fn stream_worker(index: u32, mut stream: LinkWriter, memory: &GuestMemory, jobs: Receiver<Job>, shared: &Shared) {
     for job in jobs {
         let result = match job {
-            Job::Pages { ranges, skip_zero } => write_pages(&stream, memory, &ranges, skip_zero, shared),
+            Job::Pages { ranges, skip_zero } => write_pages(&mut stream, memory, &ranges, skip_zero, shared),
             Job::RoundEnd(round) => {
                 protocol::write_frame(&mut stream, Kind::RoundEnd, round, &[]).map_err(|e| e.to_string())
             }
@@ -356,7 +358,8 @@ fn stream_worker(index: u32, mut stream: TcpStream, memory: &GuestMemory, jobs: 
     }
 }
 
-/// Runs a migration to `url`. On success the VM runs on the target and the
+/// Runs a migration to `url`, over TLS with `tls` (the target must be the
+/// host it names), else in plaintext. On success the VM runs on the target and the
 /// caller must destroy the source; on error the source VM has been resumed,
 /// except for [`MigrationError::InDoubt`], where it stays paused.
 pub fn migrate(
@@ -364,6 +367,7 @@ pub fn migrate(
     vm: &dyn SourceVm,
     url: &str,
     options: &MigrationOptions,
+    tls: Option<&ClientSide>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Report, MigrationError> {
     options.validate().map_err(MigrationError::Options)?;
@@ -387,10 +391,11 @@ pub fn migrate(
     // Stage 1: handshake. Nothing has moved yet, so a refusal changes nothing.
     let connect_timeout = Duration::from_secs(10);
     let silence = options.timeouts.stream();
-    let mut control = transport::connect(url, connect_timeout)?;
-    transport::limit_silence(&control, silence);
+    let mut control = Link::connect(url, None, connect_timeout, tls)?;
+    transport::limit_silence(control.socket(), silence);
     // Early, so that the kernel stamps the target's Running when it comes.
-    transport::timestamp_arrivals(&control);
+    transport::timestamp_arrivals(control.socket());
+    let encryption = control.suite().map(str::to_string);
     let hello = Hello {
         version: PROTOCOL_VERSION,
         session,
@@ -399,7 +404,7 @@ pub fn migrate(
         cpuid: ctx.cpuid.clone(),
         xsave_size: ctx.xsave_size,
         streams: options.streams,
-        token: options.token,
+        token: control.present(options.token),
         announce: options.announce,
     };
     protocol::write_frame(&mut control, Kind::Hello, 0, &protocol::encode(&hello))?;
@@ -408,16 +413,17 @@ pub fn migrate(
         Err(ProtocolError::PeerAborted(reason)) => return Err(MigrationError::Refused(reason)),
         Err(e) => return Err(e.into()),
     }
-    let mut sockets = vec![control.try_clone().map_err(ProtocolError::Io)?];
-    let mut handles = vec![control.try_clone().map_err(ProtocolError::Io)?];
+    let mut handles = vec![control.socket().try_clone().map_err(ProtocolError::Io)?];
+    let (control, control_writer) = control.split();
+    let mut writers = vec![control_writer];
     for index in 1..options.streams {
-        let mut stream = transport::connect(url, connect_timeout)?;
-        transport::limit_silence(&stream, silence);
+        let mut stream = Link::connect(url, None, connect_timeout, tls)?;
+        transport::limit_silence(stream.socket(), silence);
         let mut join = index.to_le_bytes().to_vec();
-        join.extend_from_slice(&options.token.0);
+        join.extend_from_slice(&stream.present(options.token).0);
         protocol::write_frame(&mut stream, Kind::Join, session, &join)?;
-        handles.push(stream.try_clone().map_err(ProtocolError::Io)?);
-        sockets.push(stream);
+        handles.push(stream.socket().try_clone().map_err(ProtocolError::Io)?);
+        writers.push(stream.split().1);
     }
 
     for handle in &handles {
@@ -437,7 +443,7 @@ pub fn migrate(
             sent: AtomicU64::new(0),
         }),
     });
-    let streams: Vec<Stream> = sockets
+    let streams: Vec<Stream> = writers
         .into_iter()
         .enumerate()
         .map(|(index, socket)| {
@@ -462,6 +468,8 @@ pub fn migrate(
         started,
         deadline: started + timeout,
         url: url.to_string(),
+        tls,
+        encryption,
         session,
         handles,
         throttle: Arc::new(ThrottleControl::default()),
@@ -557,13 +565,16 @@ struct Engine<'a> {
     ctx: &'a SourceContext,
     vm: &'a dyn SourceVm,
     options: &'a MigrationOptions,
-    control: TcpStream,
+    control: LinkReader,
     streams: Vec<Stream>,
     shared: Arc<Shared>,
     started: Instant,
     /// When the time limit expires.
     deadline: Instant,
     url: String,
+    tls: Option<&'a ClientSide>,
+    /// The TLS suite of the streams; None in plaintext.
+    encryption: Option<String>,
     session: u64,
     /// Clones of every stream's socket, to shut them down on failure.
     handles: Vec<TcpStream>,
@@ -1020,6 +1031,7 @@ impl Engine<'_> {
             memory_hash,
             announce: (!self.ctx.machine.nics.is_empty()).then_some(self.options.announce),
             frames_carried: self.frames_carried,
+            encryption: self.encryption.clone(),
         })
     }
 
@@ -1063,7 +1075,7 @@ impl Engine<'_> {
             self.control
                 .set_read_timeout(Some(handoff))
                 .map_err(ProtocolError::Io)?;
-            let arrived = transport::next_arrival(&self.control);
+            let arrived = self.control.next_arrival();
             protocol::expect(&mut self.control, Kind::Running)
                 .map(|_| arrived)
                 .map_err(MigrationError::from)
@@ -1076,7 +1088,7 @@ impl Engine<'_> {
             Err(first) => first,
         };
         // The link failed around Go: ask the target what it did.
-        match query_outcome(&self.url, self.session, handoff) {
+        match query_outcome(&self.url, self.tls, self.session, handoff) {
             Some(Outcome::Running) => Ok(None),
             Some(Outcome::Discarded) => Err(MigrationError::Vm {
                 action: "hand over",
@@ -1099,11 +1111,11 @@ impl Engine<'_> {
 
 /// Asks the receiver at `url` what became of `session`, retrying until it has
 /// decided (a receiver waiting for Go decides within `handoff`).
-pub fn query_outcome(url: &str, session: u64, handoff: Duration) -> Option<Outcome> {
+pub fn query_outcome(url: &str, tls: Option<&ClientSide>, session: u64, handoff: Duration) -> Option<Outcome> {
     let deadline = Instant::now() + handoff + Duration::from_secs(5);
     loop {
         let answer = (|| -> Result<Outcome, MigrationError> {
-            let mut stream = transport::connect(url, Duration::from_secs(2))?;
+            let mut stream = Link::connect(url, None, Duration::from_secs(2), tls)?;
             stream
                 .set_read_timeout(Some(Duration::from_secs(2)))
                 .map_err(ProtocolError::Io)?;

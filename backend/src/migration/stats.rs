@@ -76,4 +76,8 @@ pub struct Report {
     /// to the target's guest.
     #[serde(default)]
     pub frames_carried: u64,
+    /// The streams' TLS 1.3 suite (`TLS13_AES_128_GCM_SHA256`); none when
+    /// they were plaintext.
+    #[serde(default)]
+    pub encryption: Option<String>,
 }

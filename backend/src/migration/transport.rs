@@ -18,6 +18,12 @@ pub enum TransportError {
     Connect(String, #[source] io::Error),
     #[error("cannot listen on {0}")]
     Listen(String, #[source] io::Error),
+    #[error("no secure stream to {url}")]
+    Tls {
+        url: String,
+        #[source]
+        source: Box<super::tls::TlsError>,
+    },
 }
 
 /// Parses `tcp:HOST:PORT` (HOST may be `[v6]`).

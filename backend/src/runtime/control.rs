@@ -68,6 +68,10 @@ pub enum Request {
     Migrate {
         url: String,
         options: MigrationOptions,
+        /// TLS for the streams (this host's identity, the target's host);
+        /// none: plaintext, which only the agents' explicit opt-out asks for.
+        #[serde(default)]
+        tls: Option<Box<crate::migration::tls::TlsPeer>>,
     },
     /// Stop a running migration; the VM keeps running here.
     CancelMigration,

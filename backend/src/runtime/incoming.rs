@@ -35,6 +35,8 @@ pub(super) struct Expect {
     /// This host's bridge for each network: a VM with a card on any other
     /// is refused.
     pub bridges: crate::vmm::devices::virtio::Bridges,
+    /// TLS streams only, from the source host it names.
+    pub tls: Option<crate::migration::tls::ServerSide>,
 }
 
 /// Opens the gate on `listener` and starts the thread that takes the VM;
@@ -53,8 +55,9 @@ pub(super) fn start(
         allowed_disks,
         hide_cpu,
         bridges,
+        tls,
     } = expect;
-    let gate = Gate::open(listener, token, timeouts.accept())?;
+    let gate = Gate::open(listener, token, timeouts.accept(), tls)?;
     let receiving = Receiving {
         gate: gate.handle(),
         migration: migration.clone(),

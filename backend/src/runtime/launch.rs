@@ -56,6 +56,8 @@ pub enum LaunchStart {
         allowed_disks: Vec<PathBuf>,
         /// CPU features the host hides from its guests: a VM that uses one is refused.
         hide_cpu: Vec<String>,
+        /// TLS streams only, from the source host it names; none: plaintext.
+        tls: Option<crate::migration::tls::TlsPeer>,
     },
 }
 
@@ -181,6 +183,7 @@ impl Launch {
                 timeouts,
                 allowed_disks,
                 hide_cpu,
+                tls,
             } => {
                 flag("--incoming", listen);
                 if let Some(id) = migration_id {
@@ -200,6 +203,18 @@ impl Launch {
                 for name in hide_cpu {
                     args.push("--hide-cpu".into());
                     args.push(name.into());
+                }
+                if let Some(tls) = tls {
+                    for (name, path) in [
+                        ("--tls-cert", &tls.identity.cert),
+                        ("--tls-key", &tls.identity.key),
+                        ("--tls-ca", &tls.identity.ca),
+                    ] {
+                        args.push(name.into());
+                        args.push(path.into());
+                    }
+                    args.push("--tls-peer".into());
+                    args.push(tls.peer.clone().into());
                 }
             }
         }

@@ -10,6 +10,7 @@ use super::process::chain;
 use super::record::{Handoff, RecordFile, Side};
 use crate::migration::protocol::CpuidLeaf;
 use crate::migration::sender::{self, Cancel, MigrationError, SourceContext, SourceVm};
+use crate::migration::tls::TlsPeer;
 use crate::migration::transport;
 use crate::migration::{MigrationOptions, Report, VmSideError};
 use crate::vmm::{RunState, Vm, VmState};
@@ -38,12 +39,12 @@ impl Outgoing {
     }
 }
 
-/// Starts migrating `vm` to `url` on a thread of its own; its end arrives
-/// as [`VmmEvent::MigrationEnded`].
+/// Starts migrating `vm` to `url` (over TLS with `tls`) on a thread of its
+/// own; its end arrives as [`VmmEvent::MigrationEnded`].
 pub(super) fn start(
     vm: &Vm,
     name: &str,
-    url: String,
+    (url, tls): (String, Option<Box<TlsPeer>>),
     options: &MigrationOptions,
     reply: Sender<Response>,
     events: &Sender<VmmEvent>,
@@ -57,6 +58,10 @@ pub(super) fn start(
     }
     transport::parse_url(&url).map_err(|e| Failure::new("invalid", chain(&e)))?;
     options.validate().map_err(|e| Failure::new("invalid", e))?;
+    let tls = tls
+        .map(|tls| tls.client())
+        .transpose()
+        .map_err(|e| Failure::new("invalid", format!("cannot set up TLS for the streams: {}", chain(&e))))?;
     let cancel = Arc::new(Cancel::default());
     let context = SourceContext {
         vm_name: name.to_string(),
@@ -81,7 +86,7 @@ pub(super) fn start(
     std::thread::Builder::new()
         .name("migrate-out".into())
         .spawn(move || {
-            let result = sender::migrate(&context, &source, &target, &options, &mut |progress| {
+            let result = sender::migrate(&context, &source, &target, &options, tls.as_ref(), &mut |progress| {
                 for watcher in progress_to.lock().unwrap_or_else(PoisonError::into_inner).iter() {
                     let _ = watcher.send(Response::Progress(progress.clone()));
                 }

@@ -60,6 +60,8 @@ pub enum Launch {
         allowed_disks: Vec<PathBuf>,
         /// CPU features this host hides from guests.
         hide_cpu: Vec<crate::vmm::cpuid::CpuidMask>,
+        /// TLS streams only, from the source host it names; none: plaintext.
+        tls: Option<crate::migration::tls::ServerSide>,
     },
 }
 
@@ -174,6 +176,7 @@ fn run_vm(
             timeouts,
             allowed_disks,
             hide_cpu,
+            tls,
         } => {
             let migration_listener = transport::listen(&url)?;
             ready.incoming = migration_listener.local_addr().ok();
@@ -190,6 +193,7 @@ fn run_vm(
                     allowed_disks,
                     hide_cpu,
                     bridges: options.bridges.clone(),
+                    tls,
                 },
                 timeouts,
                 sink,
@@ -328,7 +332,7 @@ impl Vmm {
 
     fn handle(&mut self, request: Request, reply: &Sender<Response>) {
         let response = match request {
-            Request::Migrate { url, options } => match self.start_migration(url, &options, reply.clone()) {
+            Request::Migrate { url, options, tls } => match self.start_migration(url, &options, tls, reply.clone()) {
                 Ok(()) => return,
                 Err(failure) => Response::Error(failure),
             },
@@ -495,6 +499,7 @@ impl Vmm {
         &mut self,
         url: String,
         options: &crate::migration::MigrationOptions,
+        tls: Option<Box<crate::migration::tls::TlsPeer>>,
         reply: Sender<Response>,
     ) -> Result<(), Failure> {
         if self.migration.is_some() {
@@ -513,7 +518,7 @@ impl Vmm {
             .vm
             .as_ref()
             .ok_or_else(|| Failure::new("wrong_state", "no VM here to migrate"))?;
-        let migration = outgoing::start(vm, &self.name, url, options, reply, &self.events, &self.record)?;
+        let migration = outgoing::start(vm, &self.name, (url, tls), options, reply, &self.events, &self.record)?;
         self.migration = Some(migration);
         Ok(())
     }

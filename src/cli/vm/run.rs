@@ -13,7 +13,7 @@ use vmig_backend::vmm::devices::virtio::DiskConfig;
 use vmig_backend::vmm::{MAX_VCPUS, MachineConfig, Start, memory};
 
 use super::super::UsageError;
-use super::super::options::TimeoutArgs;
+use super::super::options::{StreamTlsArgs, TimeoutArgs};
 use crate::exit::Exit;
 
 #[derive(Debug, Args)]
@@ -93,6 +93,9 @@ pub struct RunArgs {
     // With --incoming: how long to wait for the sender and on it.
     #[command(flatten)]
     timeouts: TimeoutArgs,
+    // With --incoming: take TLS streams only, from --tls-peer.
+    #[command(flatten)]
+    tls: StreamTlsArgs,
 }
 
 /// The `--hide-cpu` features as CPUID masks.
@@ -117,6 +120,12 @@ pub fn exec(args: &RunArgs) -> Result<Exit> {
         parse_url(url).map_err(|e| usage(format!("--incoming: {e}")))?;
         let token = args.token_file.as_deref().map(read_token).transpose()?;
         let timeouts = args.timeouts.timeouts()?;
+        let tls = args
+            .tls
+            .peer()
+            .map(|peer| peer.server())
+            .transpose()
+            .context("cannot set up TLS for the migration streams")?;
         Launch::Incoming {
             url: url.clone(),
             token,
@@ -124,8 +133,14 @@ pub fn exec(args: &RunArgs) -> Result<Exit> {
             timeouts,
             allowed_disks: args.allow_disk.clone(),
             hide_cpu: hidden(args)?,
+            tls,
         }
     } else {
+        if args.tls.peer().is_some() {
+            return Err(usage(
+                "--tls-cert is for --incoming (a sender takes it with `vmig vm send`)".into(),
+            ));
+        }
         let (machine, start) = new_machine(args)?;
         Launch::New { machine, start }
     };
@@ -273,6 +288,14 @@ mod tests {
         assert!(args.pmu);
         assert_eq!(args.hide_cpu, ["avx2"]);
 
+        let tls = vmig_backend::migration::tls::TlsPeer {
+            identity: vmig_backend::pki::Identity {
+                cert: "/etc/vmig/hostB.pem".into(),
+                key: "/etc/vmig/hostB.key".into(),
+                ca: "/etc/vmig/ca.pem".into(),
+            },
+            peer: "hostA".into(),
+        };
         let timeouts = Timeouts {
             accept_s: 7,
             stream_s: 8,
@@ -286,6 +309,7 @@ mod tests {
                 timeouts,
                 allowed_disks: vec!["/srv/a b.img".into()],
                 hide_cpu: vec!["sse4_2".into()],
+                tls: Some(tls.clone()),
             },
             ..boot
         };
@@ -295,6 +319,7 @@ mod tests {
         assert_eq!(args.migration_id.as_deref(), Some("m-1"));
         assert_eq!(args.timeouts.timeouts().unwrap(), timeouts);
         assert_eq!(args.allow_disk, [PathBuf::from("/srv/a b.img")]);
+        assert_eq!(args.tls.peer(), Some(tls));
     }
 
     #[test]

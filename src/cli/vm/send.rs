@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use vmig_backend::runtime::control::{ControlClient, ControlError, Reply, Request};
 
-use crate::cli::options::MigrationArgs;
+use crate::cli::options::{MigrationArgs, StreamTlsArgs};
 use crate::exit::Exit;
 use crate::render::progress::{Display, print_report};
 
@@ -30,6 +30,8 @@ pub struct SendArgs {
     /// The target's migration token (when it runs with `--token-file`).
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: StreamTlsArgs,
     /// Print progress and the final report as JSON lines (the default without a terminal).
     #[arg(long)]
     json: bool,
@@ -46,6 +48,7 @@ pub fn exec(args: &SendArgs) -> Result<Exit> {
     let request = Request::Migrate {
         url: args.target.clone(),
         options,
+        tls: args.tls.peer().map(Box::new),
     };
     let result = client.request_with_progress(&request, &mut |p| display.update(p));
     display.finish();
