@@ -6,13 +6,18 @@
 //!   `vmig vm run` to another over loopback with `vmig vm send`: the engine's
 //!   report beside the guest's own view of the pause (`maxgap_us` of its
 //!   heartbeats);
+//! - the same with the streams encrypted (TLS 1.3 with host certificates, what
+//!   agents do by default) beside plaintext;
 //! - the very same guest migrated by QEMU's live migration, driven over QMP, with
-//!   its default parameters and with its bandwidth cap lifted.
+//!   its default parameters, with its bandwidth cap lifted, and so with TLS
+//!   (`tls-creds-x509`, the same certificates).
 //!
 //! Medians over several runs, because this machine is shared and noisy. A row
 //! that times out or fails is not repeated. `VMIG_BENCH_QUICK=1`: 1 GiB only,
 //! one run per row; `VMIG_BENCH_RUNS=N`: N runs per row; `VMIG_BENCH_VMIG_ONLY=1`:
-//! no QEMU rows.
+//! no QEMU rows; `VMIG_BENCH_ENGINES=vmig,vmig-tls,qemu-best,qemu-tls` (any of
+//! those and `qemu-default`): only those rows; `VMIG_BENCH_SIZES=1,4`: these
+//! RAM sizes in GiB.
 
 #[path = "support/qemu.rs"]
 mod qemu;
@@ -84,18 +89,89 @@ const IDLE_FILLED: usize = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Engine {
     Vmig,
+    VmigTls,
     QemuDefault,
     QemuBest,
+    QemuTls,
 }
 
 impl Engine {
     fn label(self) -> &'static str {
         match self {
             Engine::Vmig => "vmig",
+            Engine::VmigTls => "vmig tls",
             Engine::QemuDefault => "qemu default",
             Engine::QemuBest => "qemu best",
+            Engine::QemuTls => "qemu best tls",
         }
     }
+
+    /// Its name in `VMIG_BENCH_ENGINES`.
+    fn key(self) -> &'static str {
+        match self {
+            Engine::Vmig => "vmig",
+            Engine::VmigTls => "vmig-tls",
+            Engine::QemuDefault => "qemu-default",
+            Engine::QemuBest => "qemu-best",
+            Engine::QemuTls => "qemu-tls",
+        }
+    }
+}
+
+/// One cluster CA and the certificates of hostA (source) and hostB
+/// (target), for vmig's `--tls-*` and, laid out as QEMU wants them, its
+/// `tls-creds-x509` directories.
+struct Certs {
+    _dir: tempfile::TempDir,
+    ca: std::path::PathBuf,
+    certs: std::path::PathBuf,
+    qemu_server: std::path::PathBuf,
+    qemu_client: std::path::PathBuf,
+}
+
+fn certs() -> &'static Certs {
+    static CERTS: std::sync::OnceLock<Certs> = std::sync::OnceLock::new();
+    CERTS.get_or_init(|| {
+        use vmig_backend::pki::{self, Role};
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let ca = dir.path().join("ca");
+        pki::init_ca(&ca, "bench").expect("a CA");
+        let certs = dir.path().join("certs");
+        for name in ["hostA", "hostB"] {
+            pki::issue(&ca, Role::Host, name, &["127.0.0.1".into()], &certs).expect("a host certificate");
+        }
+        let qemu_server = dir.path().join("qemu-server");
+        let qemu_client = dir.path().join("qemu-client");
+        for (qdir, host, role) in [(&qemu_server, "hostB", "server"), (&qemu_client, "hostA", "client")] {
+            std::fs::create_dir_all(qdir).expect("a directory");
+            let copy = |from: std::path::PathBuf, to: String| std::fs::copy(from, qdir.join(to)).expect("a copy");
+            copy(ca.join("ca.pem"), "ca-cert.pem".into());
+            copy(certs.join(format!("{host}.pem")), format!("{role}-cert.pem"));
+            copy(certs.join(format!("{host}.key")), format!("{role}-key.pem"));
+        }
+        Certs {
+            ca: ca.join("ca.pem"),
+            certs,
+            qemu_server,
+            qemu_client,
+            _dir: dir,
+        }
+    })
+}
+
+/// `--tls-*` for host `me`, expecting `peer`.
+fn tls_args(me: &str, peer: &str) -> Vec<String> {
+    let certs = certs();
+    vec![
+        "--tls-cert".into(),
+        certs.certs.join(format!("{me}.pem")).display().to_string(),
+        "--tls-key".into(),
+        certs.certs.join(format!("{me}.key")).display().to_string(),
+        "--tls-ca".into(),
+        certs.ca.display().to_string(),
+        "--tls-peer".into(),
+        peer.into(),
+    ]
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -289,13 +365,20 @@ fn wait_for_control(socket: &Path, vmm: &mut Process) -> Result<(), String> {
     }
 }
 
-fn vmig_run(memory: &str, workload: &Workload) -> Result<Sample, String> {
+fn vmig_run(memory: &str, workload: &Workload, tls: bool) -> Result<Sample, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let path = |name: &str| dir.path().join(name);
     let url = format!("tcp:127.0.0.1:{}", free_port());
+    let (target_tls, source_tls) = if tls {
+        (tls_args("hostB", "hostA"), tls_args("hostA", "hostB"))
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let mut target = Process::spawn(
         Command::new(VMIG)
-            .args(["vm", "run", "--incoming", &url, "--control"])
+            .args(["vm", "run", "--incoming", &url])
+            .args(&target_tls)
+            .arg("--control")
             .arg(path("target.sock"))
             .arg("--console")
             .arg(path("target.log"))
@@ -332,6 +415,7 @@ fn vmig_run(memory: &str, workload: &Workload) -> Result<Sample, String> {
         Command::new(VMIG)
             .args(["vm", "send", "--json", "--timeout"])
             .arg(VMIG_LIMIT.as_secs().to_string())
+            .args(&source_tls)
             .arg("--control")
             .arg(path("source.sock"))
             .arg(&url)
@@ -461,20 +545,44 @@ fn qemu_run(kernel: &Path, memory: &str, workload: &Workload, engine: Engine) ->
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let path = |name: &str| dir.path().join(name);
     let uri = format!("tcp:127.0.0.1:{}", free_port());
-    let mut target = Process::spawn(
-        qemu_command(kernel, memory, workload, &path("target.log"), &path("target.qmp")).args(["-incoming", &uri]),
-        "target QEMU",
-    )?;
-    let mut source = Process::spawn(
-        &mut qemu_command(kernel, memory, workload, &path("source.log"), &path("source.qmp")),
-        "source QEMU",
-    )?;
+    let tls = engine == Engine::QemuTls;
+    let creds = |dir: &Path, endpoint: &str| {
+        let verify = if endpoint == "server" { ",verify-peer=on" } else { "" };
+        format!(
+            "tls-creds-x509,id=tls0,dir={},endpoint={endpoint}{verify}",
+            dir.display()
+        )
+    };
+    let mut target_command = qemu_command(kernel, memory, workload, &path("target.log"), &path("target.qmp"));
+    if tls {
+        target_command
+            .args(["-object", &creds(&certs().qemu_server, "server")])
+            .args(["-incoming", "defer"]);
+    } else {
+        target_command.args(["-incoming", &uri]);
+    }
+    let mut target = Process::spawn(&mut target_command, "target QEMU")?;
+    let mut source_command = qemu_command(kernel, memory, workload, &path("source.log"), &path("source.qmp"));
+    if tls {
+        source_command.args(["-object", &creds(&certs().qemu_client, "client")]);
+    }
+    let mut source = Process::spawn(&mut source_command, "source QEMU")?;
     // QEMU serves QMP from its main loop, after -incoming is listening.
-    let _target_qmp = Qmp::connect(&path("target.qmp"), &mut target)?;
+    let mut target_qmp = Qmp::connect(&path("target.qmp"), &mut target)?;
+    if tls {
+        target_qmp.execute("migrate-set-parameters", Some(json!({ "tls-creds": "tls0" })))?;
+        target_qmp.execute("migrate-incoming", Some(json!({ "uri": uri })))?;
+    }
     let mut qmp = Qmp::connect(&path("source.qmp"), &mut source)?;
     let floor_gap_ms = settle(&path("source.log"), workload, &mut source)?;
+    if tls {
+        qmp.execute(
+            "migrate-set-parameters",
+            Some(json!({ "tls-creds": "tls0", "tls-hostname": "hostB" })),
+        )?;
+    }
 
-    let limit = if engine == Engine::QemuBest {
+    let limit = if matches!(engine, Engine::QemuBest | Engine::QemuTls) {
         qmp.execute(
             "migrate-set-parameters",
             Some(json!({ "max-bandwidth": QEMU_UNCAPPED_BPS })),
@@ -725,7 +833,8 @@ fn measure_row(engine: Engine, kernel: Option<&Path>, gib: u64, workload: &Workl
     let mut samples = Vec::new();
     for run in 1..=runs {
         let sample = match engine {
-            Engine::Vmig => vmig_run(&memory, workload),
+            Engine::Vmig => vmig_run(&memory, workload, false),
+            Engine::VmigTls => vmig_run(&memory, workload, true),
             _ => qemu_run(kernel.expect("an exported guest"), &memory, workload, engine),
         }
         .unwrap_or_else(Sample::failed);
@@ -846,6 +955,38 @@ fn print_table(gib: u64, runs: usize, rows: &[(&Workload, Vec<Row>)]) {
         }
     }
     println!();
+    println!("What encryption costs (medians; vmig tls / vmig plaintext, and vmig tls against QEMU):");
+    for (workload, engine_rows) in rows {
+        let find = |engine| engine_rows.iter().find(|r| r.engine == engine && r.completed());
+        let (Some(plain), Some(tls)) = (find(Engine::Vmig), find(Engine::VmigTls)) else {
+            continue;
+        };
+        let figure = |row: &Row, f: fn(&Sample) -> Option<f64>| row.completed_median(f);
+        let full_pass = |s: &Sample| s.round0_bps;
+        let total = |s: &Sample| Some(s.total_ms);
+        let downtime = |s: &Sample| s.downtime_ms;
+        let extra = match (figure(tls, downtime), figure(plain, downtime)) {
+            (Some(t), Some(p)) => format!("{:+.2} ms", t - p),
+            _ => "-".into(),
+        };
+        let mut line = format!(
+            "  {:<20} full pass {} of plaintext's, total {}, downtime {extra}",
+            workload.name,
+            ratio(figure(tls, full_pass), figure(plain, full_pass)),
+            ratio(figure(tls, total), figure(plain, total)),
+        );
+        for (engine, name) in [(Engine::QemuBest, "qemu best"), (Engine::QemuTls, "qemu best tls")] {
+            if let Some(qemu) = find(engine) {
+                let _ = write!(
+                    line,
+                    "; total vs {name} {}",
+                    ratio(figure(tls, total), figure(qemu, total))
+                );
+            }
+        }
+        println!("{line}");
+    }
+    println!();
     println!("Where vmig's downtime goes (medians): last pages sent while paused, state, handoff (Go to Running)");
     for (workload, engine_rows) in rows {
         let Some(vmig) = engine_rows.iter().find(|r| r.engine == Engine::Vmig && r.completed()) else {
@@ -869,6 +1010,10 @@ fn main() {
     // `cargo bench` passes --bench; no other argument is read.
     let quick = std::env::var_os("VMIG_BENCH_QUICK").is_some_and(|v| v != "0");
     let (sizes, mut runs): (&[u64], usize) = if quick { (&[1], 1) } else { (&[1, 4], 3) };
+    let chosen: Option<Vec<u64>> = std::env::var("VMIG_BENCH_SIZES")
+        .ok()
+        .map(|list| list.split(',').filter_map(|n| n.trim().parse().ok()).collect());
+    let sizes = chosen.as_deref().unwrap_or(sizes);
     if let Some(n) = std::env::var("VMIG_BENCH_RUNS").ok().and_then(|v| v.parse().ok()) {
         runs = n;
     }
@@ -922,14 +1067,24 @@ fn main() {
     for &gib in sizes {
         let mut rows = Vec::new();
         for (index, workload) in WORKLOADS.iter().enumerate() {
-            let mut engine_rows = vec![measure_row(Engine::Vmig, None, gib, workload, runs)];
+            let mut engine_rows = Vec::new();
+            for engine in [Engine::Vmig, Engine::VmigTls] {
+                if wanted(engine) {
+                    engine_rows.push(measure_row(engine, None, gib, workload, runs));
+                }
+            }
             if qemu.is_some() {
-                for engine in [Engine::QemuDefault, Engine::QemuBest] {
-                    engine_rows.push(measure_row(engine, Some(&kernel), gib, workload, runs));
+                for engine in [Engine::QemuDefault, Engine::QemuBest, Engine::QemuTls] {
+                    if wanted(engine) {
+                        engine_rows.push(measure_row(engine, Some(&kernel), gib, workload, runs));
+                    }
                 }
             }
             if index == IDLE_FILLED {
-                round0.push((gib, engine_rows[0].median(|s| s.round0_bps)));
+                for engine in [Engine::Vmig, Engine::VmigTls] {
+                    let row = engine_rows.iter().find(|r| r.engine == engine);
+                    round0.push((gib, engine, row.and_then(|r| r.median(|s| s.round0_bps))));
+                }
             }
             rows.push((workload, engine_rows));
         }
@@ -938,20 +1093,26 @@ fn main() {
 
     println!();
     let bound = limits.bound();
-    for (gib, bps) in round0 {
+    for (gib, engine, bps) in round0 {
+        let mode = if engine == Engine::Vmig { "plaintext" } else { "tls" };
         match bps {
             Some(bps) => println!(
-                "vmig round 0 (full pass) on \"idle, all filled\", {gib} GiB: {:.0} MiB/s = {:.0}% of this machine's limit {:.0} MiB/s (target >= 90%)",
+                "vmig {mode} round 0 (full pass) on \"idle, all filled\", {gib} GiB: {:.0} MiB/s = {:.0}% of this machine's limit {:.0} MiB/s (target >= 90%)",
                 bps / MIB,
                 bps / bound * 100.0,
                 bound / MIB
             ),
-            None => println!("vmig round 0 on \"idle, all filled\", {gib} GiB: no figure (the row failed)"),
+            None => println!("vmig {mode} round 0 on \"idle, all filled\", {gib} GiB: no figure (the row failed)"),
         }
     }
     println!();
     println!("Machine: {}, {} cores, {}", hostname(), num_cpus(), kernel_version());
     println!("Date: {}", date());
+}
+
+/// Whether `VMIG_BENCH_ENGINES` (when set) lists `engine`.
+fn wanted(engine: Engine) -> bool {
+    std::env::var("VMIG_BENCH_ENGINES").map_or(true, |list| list.split(',').any(|name| name.trim() == engine.key()))
 }
 
 fn hostname() -> String {

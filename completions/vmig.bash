@@ -1519,7 +1519,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__lab__subcmd__up)
-            opts="-h -V --hosts --vms --max-migration-cost --storage-migrations --network --accept-timeout --stream-timeout --handoff-timeout --dir --inventory --help --version"
+            opts="-h -V --hosts --vms --max-migration-cost --storage-migrations --network --migration-encryption --accept-timeout --stream-timeout --handoff-timeout --dir --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1543,6 +1543,10 @@ _vmig() {
                     ;;
                 --network)
                     COMPREPLY=($(compgen -W "auto netns loopback" -- "${cur}"))
+                    return 0
+                    ;;
+                --migration-encryption)
+                    COMPREPLY=($(compgen -W "tls off" -- "${cur}"))
                     return 0
                     ;;
                 --accept-timeout)
@@ -2557,7 +2561,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm__subcmd__run)
-            opts="-h -V --kernel --initrd --cmdline --memory --vcpus --drive --nic --bridge --pmu --hide-cpu --allow-disk --console --control --restore --incoming --token-file --name --record --migration-id --accept-timeout --stream-timeout --handoff-timeout --inventory --help --version"
+            opts="-h -V --kernel --initrd --cmdline --memory --vcpus --drive --nic --bridge --pmu --hide-cpu --allow-disk --console --control --restore --incoming --token-file --name --record --migration-id --accept-timeout --stream-timeout --handoff-timeout --tls-cert --tls-key --tls-ca --tls-peer --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2647,6 +2651,22 @@ _vmig() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --tls-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-peer)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --inventory)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -2685,7 +2705,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm__subcmd__send)
-            opts="-h -V --control --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --announce-rounds --announce-initial-ms --announce-step-ms --announce-max-ms --token-file --json --inventory --help --version"
+            opts="-h -V --control --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --announce-rounds --announce-initial-ms --announce-step-ms --announce-max-ms --token-file --tls-cert --tls-key --tls-ca --tls-peer --json --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2732,6 +2752,22 @@ _vmig() {
                     return 0
                     ;;
                 --token-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-peer)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

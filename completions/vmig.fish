@@ -259,6 +259,10 @@ complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l accept-timeout -d 'A receiving VMM that no sender reached within S seconds ends (the source\'s agent keeps it waiting while it queues)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l stream-timeout -d 'A migration stream on which nothing moves for S seconds has failed' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l handoff-timeout -d 'Each side of the switchover waits S seconds for the other (and a receiver holding the state for Go)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l tls-cert -d 'This host\'s certificate (`vmig pki issue --host`): the migration streams are TLS 1.3, and the other side must be --tls-peer' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l tls-key -d 'The private key of --tls-cert' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l tls-ca -d 'The cluster CA\'s certificate, which the other side\'s must chain to' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l tls-peer -d 'The host at the other end, as its certificate names it' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -l pmu -d 'Give the guest virtual performance counters (CPUID leaf 0xA); without it the leaf is hidden'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from run" -s h -l help -d 'Print help'
@@ -311,6 +315,10 @@ complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l announce-step-ms -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l announce-max-ms -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l token-file -d 'The target\'s migration token (when it runs with `--token-file`)' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l tls-cert -d 'This host\'s certificate (`vmig pki issue --host`): the migration streams are TLS 1.3, and the other side must be --tls-peer' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l tls-key -d 'The private key of --tls-cert' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l tls-ca -d 'The cluster CA\'s certificate, which the other side\'s must chain to' -r -F
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l tls-peer -d 'The host at the other end, as its certificate names it' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l inventory -d 'The inventory file (default: $VMIG_INVENTORY, ./vmig.toml, ~/.config/vmig/vmig.toml, /etc/vmig/vmig.toml, then the local lab\'s)' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l no-auto-converge -d 'Do not throttle the vCPUs of a guest that dirties memory faster than the link sends'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l verify-memory -d 'Hash guest memory on both sides at switchover and refuse the handoff if they differ (for testing; adds the hashing time to the downtime)'
@@ -373,6 +381,8 @@ complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcomman
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l network -d 'How hosts are networked: `netns` (each host a network namespace with its own addresses and bridge, on a switch bridge here; VMs get network cards), `loopback` (loopback addresses, no VM network), or `auto` (netns where this machine allows it, else loopback)' -r -f -a "auto\t''
 netns\t''
 loopback\t''"
+complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l migration-encryption -d 'The agents\' `migration_encryption`: `tls` (TLS 1.3 streams with the host certificates) or `off` (plaintext, as for a dedicated trusted migration network)' -r -f -a "tls\t''
+off\t''"
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l accept-timeout -d 'A receiving VMM that no sender reached within S seconds ends (the source\'s agent keeps it waiting while it queues)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l stream-timeout -d 'A migration stream on which nothing moves for S seconds has failed' -r
 complete -c vmig -n "__fish_vmig_using_subcommand lab; and __fish_seen_subcommand_from up" -l handoff-timeout -d 'Each side of the switchover waits S seconds for the other (and a receiver holding the state for Go)' -r

@@ -28,6 +28,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     PublicKeyData, SanType,
 };
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, InvalidDnsNameError, PrivateKeyDer, ServerName};
 use rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
@@ -312,7 +313,12 @@ pub fn issue(ca_dir: &Path, role: Role, name: &str, sans: &[String], out_dir: &P
 /// present a certificate chaining to `identity.ca`, so that no request reaches the
 /// agent from outside the cluster.
 pub fn server_config(identity: &Identity) -> Result<Arc<ServerConfig>, PkiError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    server_config_with(identity, rustls::crypto::ring::default_provider())
+}
+
+/// [`server_config`] with the suites of `provider`, in its order.
+pub fn server_config_with(identity: &Identity, provider: CryptoProvider) -> Result<Arc<ServerConfig>, PkiError> {
+    let provider = Arc::new(provider);
     let roots = Arc::new(root_store(&identity.ca)?);
     let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
         .build()
@@ -333,7 +339,12 @@ pub fn server_config(identity: &Identity) -> Result<Arc<ServerConfig>, PkiError>
 /// Client side: presents `identity` and trusts only `identity.ca`, not the system
 /// roots, so that only a cluster host can pass for one.
 pub fn client_config(identity: &Identity) -> Result<Arc<ClientConfig>, PkiError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    client_config_with(identity, rustls::crypto::ring::default_provider())
+}
+
+/// [`client_config`] with the suites of `provider`, in its order.
+pub fn client_config_with(identity: &Identity, provider: CryptoProvider) -> Result<Arc<ClientConfig>, PkiError> {
+    let provider = Arc::new(provider);
     let roots = root_store(&identity.ca)?;
     let (certs, key) = load_identity(identity)?;
     let config = ClientConfig::builder_with_provider(provider)
