@@ -8,6 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::capture::{Capture, Flows};
+use common::lab::Lab;
 use common::{BOOT_TIMEOUT, Vmm, send};
 use vmig_backend::migration::Token;
 use vmig_backend::pki::{self, Role};
@@ -174,4 +175,31 @@ fn each_side_refuses_a_peer_that_is_not_the_host_it_expects() {
     let sent = cluster.send(&source, &url, true, "hostB");
     assert_eq!(sent.code, Some(0), "{}", sent.stderr);
     target.wait_for_heartbeat(BOOT_TIMEOUT, |_| true);
+}
+
+#[test]
+fn a_lab_migration_between_agents_shows_no_guest_memory_to_a_capture() {
+    // Agents use TLS with nothing configured: the lab's defaults.
+    let lab = Lab::up_hosts(2, &[]);
+    lab.create("vm1", "hostA", "256M", &format!("hb=50 fill=32M note={MARKER}"));
+    lab.wait_filled("vm1");
+    let flows = {
+        let _alone = CAPTURING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let capture = Capture::start();
+        let out = lab.ok(&["migrate", "vm1", "hostB", "--json"]);
+        let flows = capture.stop();
+        assert!(out.contains(r#""encryption":"TLS13_AES_128_GCM_SHA256""#), "{out}");
+        flows
+    };
+    assert_eq!((flows.dropped, flows.missing), (0, 0), "the capture lost nothing");
+    assert!(
+        flows.bytes() >= 32 << 20,
+        "the capture holds the migration: {} bytes",
+        flows.bytes()
+    );
+    assert!(
+        !flows.contain(MARKER.as_bytes()),
+        "guest memory is not readable on the link"
+    );
+    assert_eq!(lab.vm("vm1")["host"], "hostB");
 }

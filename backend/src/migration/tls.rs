@@ -802,4 +802,49 @@ mod tests {
             "the source presented the certificate of operator alice, not host hostA's"
         );
     }
+
+    /// An opener with a fixed key, for input that was never sealed with it.
+    fn stray_opener() -> Opener {
+        Opener {
+            cipher: Cipher {
+                key: LessSafeKey::new(UnboundKey::new(&aead::AES_128_GCM, &[7; 16]).unwrap()),
+                iv: [0; aead::NONCE_LEN],
+                seq: 0,
+            },
+            buf: vec![0; READ_BUF],
+            start: 0,
+            end: 0,
+            plain: 0..0,
+        }
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever arrives, opening it ends in an error or the end of
+            /// the stream, never a panic and never plaintext.
+            #[test]
+            fn opening_what_was_not_sealed_never_panics_nor_yields_data(
+                header in any::<bool>(),
+                len in 0u16..=(MAX_CIPHER as u16 + 8),
+                body in proptest::collection::vec(any::<u8>(), 0..20_000),
+            ) {
+                let mut input = Vec::new();
+                if header {
+                    // A well-formed header in front of garbage.
+                    input.extend_from_slice(&[APPLICATION_DATA, 3, 3]);
+                    input.extend_from_slice(&len.to_be_bytes());
+                }
+                input.extend_from_slice(&body);
+                let mut opener = stray_opener();
+                let mut out = [0u8; 4096];
+                let mut wire = &input[..];
+                if let Ok(n) = opener.read(&mut wire, &mut out) {
+                    prop_assert_eq!(n, 0, "no plaintext from bytes nobody sealed");
+                }
+            }
+        }
+    }
 }
