@@ -1,7 +1,8 @@
 //! The agent's API is strict and bounded, tried from outside as a client
 //! would: a misspelt field is refused by name (not run with a default), a
 //! client that trickles its handshake is cut at one deadline for the whole
-//! request, and every refusal is logged with the peer and counted in the
+//! request, a flood of clients is held to the configured number of
+//! connections, and every refusal is logged with the peer and counted in the
 //! host's facts.
 
 mod common;
@@ -208,4 +209,59 @@ fn a_certificate_of_the_ca_with_an_unknown_role_is_refused_with_a_reason() {
     assert!(log.contains("refused a connection from"), "{log}");
     // Nothing was done.
     assert!(lab.ok(&["hosts"]).contains("up"));
+}
+
+#[test]
+fn a_flood_of_clients_is_held_to_the_configured_connections_and_the_agent_answers_after() {
+    let lab = Lab::up_hosts(2, &[]);
+    // hostA's agent again, serving at most 4 connections.
+    let pid = lab.agent_pid("hostA");
+    // SAFETY: kill(2) on the lab's agent process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // SAFETY: signal 0 only asks whether the process is there.
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        assert!(Instant::now() < deadline, "the agent did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let path = lab.host_dir("hostA").join("agent.toml");
+    let mut config: toml::Value = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let table = config.as_table_mut().unwrap();
+    let limits = table
+        .entry("limits")
+        .or_insert_with(|| toml::Value::Table(Default::default()));
+    limits
+        .as_table_mut()
+        .unwrap()
+        .insert("max_api_connections".into(), toml::Value::Integer(4));
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    lab.restart_agents();
+
+    let (ip, port) = lab.address("hostA");
+    let idle: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect((ip, port)).unwrap()).collect();
+    // The fifth is closed at once, not held to the 10 s deadline.
+    let mut fifth = TcpStream::connect((ip, port)).unwrap();
+    fifth.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let asked = Instant::now();
+    let mut byte = [0u8; 1];
+    assert!(
+        matches!(fifth.read(&mut byte), Ok(0)),
+        "a connection past the bound is closed"
+    );
+    assert!(asked.elapsed() < Duration::from_secs(5), "closed as it arrived");
+    let log = wait_for_log(&lab, "hostA", "4 connections are open");
+    assert!(log.contains("refused a connection from"), "{log}");
+    // Their places come back when they go, and the agent answers again.
+    drop(idle);
+    drop(fifth);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let busy = loop {
+        let answer = std::panic::catch_unwind(|| refused(&lab, "hostA"));
+        if let Ok(refused) = answer {
+            break refused["busy"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "the agent never answered again");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(busy >= 1, "the refusal is counted: {busy}");
 }

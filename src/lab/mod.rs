@@ -411,6 +411,7 @@ impl Lab {
                 limits: Limits {
                     max_migration_cost: options.max_migration_cost,
                     migration_cost: None,
+                    max_api_connections: None,
                 },
                 timeouts: options.timeouts,
             };

@@ -31,6 +31,7 @@
 //! [limits]
 //! max_migration_cost = 8               # concurrent migrations by cost; more wait in a queue
 //! migration_cost = 2                   # cost of one migration (default: 1 at >= 10 GbE, else 2)
+//! max_api_connections = 256            # API connections served at once; more are refused, counted
 //!
 //! [timeouts]                           # how long a migration's sides wait for each other
 //! accept_s = 30                        # a receiving VMM that no sender reached ends (keepalives extend it)
@@ -148,6 +149,10 @@ pub struct Limits {
     pub max_migration_cost: Option<u32>,
     #[serde(default)]
     pub migration_cost: Option<u32>,
+    /// API connections served at once; more are refused as they arrive
+    /// (default 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_api_connections: Option<usize>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -248,6 +253,14 @@ impl AgentConfig {
     }
 
     /// A migration's cost: slower links afford fewer at once.
+    /// API connections served at once (`[limits] max_api_connections`).
+    pub fn max_api_connections(&self) -> usize {
+        self.limits
+            .max_api_connections
+            .unwrap_or(super::guard::MAX_CONNECTIONS)
+            .max(1)
+    }
+
     pub fn migration_cost(&self) -> u32 {
         let cost = self
             .limits

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// Connections served at once.
+/// Connections served at once, unless the config says otherwise.
 pub const MAX_CONNECTIONS: usize = 256;
 /// From accept to the request line read: handshake and request together.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
@@ -40,6 +40,8 @@ pub struct Guard {
     pub counters: Arc<ApiCounters>,
     /// The agent's log prefix.
     who: String,
+    /// Connections served at once.
+    max: usize,
 }
 
 /// A connection whose request is awaited.
@@ -61,13 +63,15 @@ pub struct Place {
 
 impl Guard {
     /// A guard, and its watcher thread (it lives as long as the process).
-    pub fn start(who: String, counters: Arc<ApiCounters>) -> std::io::Result<Arc<Guard>> {
+    /// At most `max` connections are served at once.
+    pub fn start(who: String, counters: Arc<ApiCounters>, max: usize) -> std::io::Result<Arc<Guard>> {
         let guard = Arc::new(Guard {
             open: AtomicUsize::new(0),
             next: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
             counters,
             who,
+            max,
         });
         let watched = Arc::clone(&guard);
         std::thread::Builder::new()
@@ -86,7 +90,7 @@ impl Guard {
     /// place is taken.
     pub fn admit(self: &Arc<Self>, tcp: &TcpStream, peer: SocketAddr) -> Option<Place> {
         let open = self.open.fetch_add(1, Ordering::AcqRel);
-        if open >= MAX_CONNECTIONS {
+        if open >= self.max {
             self.open.fetch_sub(1, Ordering::AcqRel);
             self.refuse(peer);
             return None;
@@ -113,7 +117,8 @@ impl Guard {
     fn refuse(&self, peer: SocketAddr) {
         self.counters.refused_busy.fetch_add(1, Ordering::Relaxed);
         self.log(&format!(
-            "refused a connection from {peer}: {MAX_CONNECTIONS} connections are open"
+            "refused a connection from {peer}: {} connections are open",
+            self.max
         ));
     }
 
@@ -192,6 +197,7 @@ mod tests {
             pending: Mutex::new(HashMap::new()),
             counters: Arc::default(),
             who: "test".into(),
+            max: MAX_CONNECTIONS,
         });
         let _client = TcpStream::connect(address).unwrap();
         let (mut served, peer) = listener.accept().unwrap();

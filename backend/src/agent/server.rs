@@ -40,13 +40,15 @@ pub fn serve(agent: &Arc<Agent>, ready: impl FnOnce(std::net::SocketAddr)) -> Re
         source,
     })?;
     let tls = pki::server_config(&agent.config.tls)?;
-    let guard =
-        Guard::start(format!("vmig agent {}", agent.config.name), Arc::clone(&agent.api)).map_err(|source| {
-            AgentError::Listen {
-                address: address.to_string(),
-                source,
-            }
-        })?;
+    let guard = Guard::start(
+        format!("vmig agent {}", agent.config.name),
+        Arc::clone(&agent.api),
+        agent.config.max_api_connections(),
+    )
+    .map_err(|source| AgentError::Listen {
+        address: address.to_string(),
+        source,
+    })?;
     ready(listener.local_addr().unwrap_or(address));
     for stream in listener.incoming() {
         let Ok(stream) = stream else {
