@@ -84,11 +84,17 @@ impl Inventory {
             path: path.to_path_buf(),
             source,
         })?;
+        Self::parse(&text, path)
+    }
+
+    /// The inventory in `text`, read as the file at `path` (errors name it;
+    /// relative identity paths are relative to its directory).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, InventoryError> {
         let parse = |detail| InventoryError::Parse {
             path: path.to_path_buf(),
             detail,
         };
-        let mut inventory: Self = toml::from_str(&text).map_err(|e| parse(toml_error(&text, &e)))?;
+        let mut inventory: Self = toml::from_str(text).map_err(|e| parse(toml_error(text, &e)))?;
         for (i, host) in inventory.hosts.iter().enumerate() {
             vmig_backend::api::validate_name(&host.name).map_err(|e| parse(format!("hosts[{i}].name: {e}")))?;
             if inventory.hosts[..i].iter().any(|h| h.name == host.name) {
