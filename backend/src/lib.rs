@@ -12,6 +12,7 @@ pub mod lockfile;
 pub mod migration;
 pub mod net;
 pub mod pki;
+pub mod random;
 pub mod runtime;
 pub mod signals;
 pub mod size;

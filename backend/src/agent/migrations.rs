@@ -207,12 +207,10 @@ impl Migrations {
     }
 }
 
-/// A fresh migration id: `m-` and 16 hex digits from the kernel's CSPRNG.
+/// A fresh migration id: `m-` and 16 hex digits from the OS's random source.
 pub fn new_id() -> String {
     let mut bytes = [0u8; 8];
-    if let Ok(mut urandom) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut urandom, &mut bytes);
-    }
+    let _ = crate::random::fill(&mut bytes);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);

@@ -185,10 +185,7 @@ pub fn stamp(path: &Path) {
         return;
     }
     let mut bytes = [0u8; 16];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .is_err()
-    {
+    if crate::random::fill(&mut bytes).is_err() {
         return;
     }
     let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();

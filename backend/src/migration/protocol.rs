@@ -50,10 +50,10 @@ pub const TOKEN_LEN: usize = 32;
 pub struct Token(pub [u8; TOKEN_LEN]);
 
 impl Token {
-    /// A fresh random token from the kernel's CSPRNG.
+    /// A fresh random token from the OS's random source.
     pub fn random() -> std::io::Result<Self> {
         let mut bytes = [0u8; TOKEN_LEN];
-        std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+        crate::random::fill(&mut bytes)?;
         Ok(Self(bytes))
     }
 

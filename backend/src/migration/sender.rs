@@ -240,9 +240,7 @@ fn arrival_instant(arrived: Option<SystemTime>, go_at: Instant) -> Instant {
 
 fn random_session() -> u64 {
     let mut bytes = [0u8; 8];
-    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
-    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if got != 8 {
+    if crate::random::fill(&mut bytes).is_err() {
         let nanos = SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
