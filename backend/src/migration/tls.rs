@@ -271,19 +271,36 @@ fn step(conn: &mut Connection, socket: &mut TcpStream, record: &mut Vec<u8>) -> 
     if !read_record_part(socket, record)? {
         return Ok(false);
     }
-    let fed = conn.read_tls(&mut &record[..]);
+    // rustls takes a record in pieces as its buffer allows: feed it all.
+    let fed = feed(conn, record);
     record.clear();
-    fed?;
-    if let Err(e) = conn.process_new_packets() {
+    if let Err(e) = fed {
         // Tell the peer why (an alert), then fail.
         while conn.wants_write() {
             if conn.write_tls(socket).is_err() {
                 break;
             }
         }
-        return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        return Err(e);
     }
     Ok(false)
+}
+
+/// Gives rustls every byte of `record`, processing as it goes.
+fn feed(conn: &mut Connection, record: &[u8]) -> io::Result<()> {
+    let mut rest = record;
+    while !rest.is_empty() {
+        let taken = conn.read_tls(&mut rest)?;
+        conn.process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if taken == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "rustls took no more of a record",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Reads towards one whole record in `record`, never past it: true when it
@@ -650,6 +667,12 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
+        // A handshake that stalls fails the test instead of hanging it.
+        for socket in [&client, &server] {
+            socket
+                .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+        }
         (client, server)
     }
 
@@ -745,6 +768,28 @@ mod tests {
         tls.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"sealed here, opened by rustls");
         assert_eq!(&serving.join().unwrap(), b"sealed by rustls, opened");
+    }
+
+    #[test]
+    fn a_handshake_record_larger_than_rustls_reads_at_once_gets_through() {
+        // A certificate of ~12 KiB: its handshake record is fed in pieces.
+        let dir = tempfile::tempdir().unwrap();
+        let (a, _, _) = identities(dir.path());
+        let sans: Vec<String> = (0..400).map(|i| format!("alias-{i}.hostb.example")).collect();
+        let big = pki::issue(
+            &dir.path().join("ca"),
+            Role::Host,
+            "hostB",
+            &sans,
+            &dir.path().join("big"),
+        )
+        .unwrap();
+        assert!(std::fs::metadata(&big.cert).unwrap().len() > 12_000);
+        let (client, server) = sides(&a, &big);
+        let (mut c, mut s) = pair();
+        let serving = std::thread::spawn(move || accept(&server, &mut s).map(|(_, verdict)| verdict));
+        connect(&client, &mut c).unwrap();
+        serving.join().unwrap().unwrap().unwrap();
     }
 
     #[test]
