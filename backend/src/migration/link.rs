@@ -115,10 +115,6 @@ impl Link {
         self.binding.map_or(token, |binding| binding.prove(&token))
     }
 
-    pub fn binding(&self) -> Option<Binding> {
-        self.binding
-    }
-
     /// The TLS suite, when sealed.
     pub fn suite(&self) -> Option<&'static str> {
         self.suite
