@@ -22,6 +22,9 @@ _vmig() {
             vmig,apply)
                 cmd="vmig__subcmd__apply"
                 ;;
+            vmig,audit)
+                cmd="vmig__subcmd__audit"
+                ;;
             vmig,cancel)
                 cmd="vmig__subcmd__cancel"
                 ;;
@@ -75,6 +78,9 @@ _vmig() {
                 ;;
             vmig__subcmd__help,apply)
                 cmd="vmig__subcmd__help__subcmd__apply"
+                ;;
+            vmig__subcmd__help,audit)
+                cmd="vmig__subcmd__help__subcmd__audit"
                 ;;
             vmig__subcmd__help,cancel)
                 cmd="vmig__subcmd__help__subcmd__cancel"
@@ -407,7 +413,7 @@ _vmig() {
 
     case "${cmd}" in
         vmig)
-            opts="-h -V --inventory --help --version migrate precheck evacuate apply rollback cancel run history hosts host vms vm agent pki lab testguest generate help"
+            opts="-h -V --inventory --help --version migrate precheck evacuate apply rollback cancel run history audit hosts host vms vm agent pki lab testguest generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -425,7 +431,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__agent)
-            opts="-c -h -V --config --inventory --help --version"
+            opts="-c -h -V --config --log-format --log-level --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -437,6 +443,14 @@ _vmig() {
                     ;;
                 -c)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "auto text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --log-level)
+                    COMPREPLY=($(compgen -W "error warn info debug" -- "${cur}"))
                     return 0
                     ;;
                 --inventory)
@@ -457,6 +471,44 @@ _vmig() {
                 return 0
             fi
             case "${prev}" in
+                --inventory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__audit)
+            opts="-h -V --host --by --vm --run --since --json --inventory --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --by)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --vm)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --inventory)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -591,7 +643,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__help)
-            opts="migrate precheck evacuate apply rollback cancel run history hosts host vms vm agent pki lab testguest generate help"
+            opts="migrate precheck evacuate apply rollback cancel run history audit hosts host vms vm agent pki lab testguest generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -619,6 +671,20 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__help__subcmd__apply)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        vmig__subcmd__help__subcmd__audit)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -3,7 +3,9 @@
 //! client that trickles its handshake is cut at one deadline for the whole
 //! request, a flood of clients is held to the configured number of
 //! connections, and every refusal is logged with the peer and counted in the
-//! host's facts.
+//! host's facts. Every change and every refusal is in the agents' audit
+//! trail with who asked and what came of it, and the agent's log lines of a
+//! migration carry its id and its run's.
 
 mod common;
 
@@ -30,8 +32,20 @@ fn raw_request(lab: &Lab, host: &str, line: &str) -> Value {
     serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
 }
 
-fn agent_log(lab: &Lab, host: &str) -> String {
-    std::fs::read_to_string(lab.host_dir(host).join("agent.log")).unwrap_or_default()
+/// The agent's log: one JSON object a line (the lab's agents log JSON).
+fn agent_log(lab: &Lab, host: &str) -> Vec<Value> {
+    std::fs::read_to_string(lab.host_dir(host).join("agent.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}")))
+        .collect()
+}
+
+/// The events whose message has `needle`.
+fn said<'a>(log: &'a [Value], needle: &str) -> Vec<&'a Value> {
+    log.iter()
+        .filter(|event| event["message"].as_str().is_some_and(|m| m.contains(needle)))
+        .collect()
 }
 
 fn refused(lab: &Lab, host: &str) -> Value {
@@ -56,10 +70,14 @@ fn a_misspelt_field_is_refused_by_name_and_logged() {
         "{vm}"
     );
     let log = agent_log(&lab, "hostA");
+    let refusal = said(&log, "refused a request");
     assert!(
-        log.lines()
-            .any(|l| l.contains("refused a request from") && l.contains("operator") && l.contains("streems")),
-        "{log}"
+        refusal.iter().any(|e| e["by"] == "operator"
+            && e["role"] == "Operator"
+            && e["level"] == "warn"
+            && e["from"].as_str().is_some_and(|f| f.starts_with("127."))
+            && e["message"].as_str().unwrap().contains("streems")),
+        "{log:#?}"
     );
     assert_eq!(refused(&lab, "hostA")["requests"], 1);
 
@@ -87,17 +105,23 @@ fn a_misspelt_field_is_refused_by_name_and_logged() {
         !matches!(refused_tls, Ok(Ok(ref answer)) if answer.contains("\"status\":200")),
         "a foreign operator was served: {refused_tls:?}"
     );
-    let log = wait_for_log(&lab, "hostA", "refused a connection from");
-    assert!(log.contains("refused a connection from 127."), "{log}");
+    let log = wait_for_log(&lab, "hostA", "refused a connection");
+    assert!(
+        said(&log, "refused a connection")
+            .iter()
+            .any(|e| e["from"].as_str().is_some_and(|f| f.starts_with("127."))),
+        "{log:#?}"
+    );
     assert_eq!(refused(&lab, "hostA")["tls"], 1);
 }
 
-/// The agent's log once it has a line containing `needle` (10 s at most).
-fn wait_for_log(lab: &Lab, host: &str, needle: &str) -> String {
+/// The agent's log once it has an event whose message has `needle` (10 s
+/// at most).
+fn wait_for_log(lab: &Lab, host: &str, needle: &str) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let log = agent_log(lab, host);
-        if log.contains(needle) || Instant::now() > deadline {
+        if !said(&log, needle).is_empty() || Instant::now() > deadline {
             return log;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -137,7 +161,7 @@ fn a_client_that_trickles_its_handshake_is_cut_at_one_deadline() {
         "cut after {cut:?}, not at the 10 s deadline"
     );
     let log = agent_log(&lab, "hostA");
-    assert!(log.contains("no request within 10 s"), "{log}");
+    assert_eq!(said(&log, "no request within 10 s").len(), 1, "{log:#?}");
     assert_eq!(refused(&lab, "hostA")["timed_out"], 1);
     // And it answers others.
     assert_eq!(raw_request(&lab, "hostA", r#"{"v":1,"op":"list_vms"}"#)["status"], 200);
@@ -206,7 +230,14 @@ fn a_certificate_of_the_ca_with_an_unknown_role_is_refused_with_a_reason() {
     assert_eq!(out.status.code(), Some(9), "{stderr}");
     assert!(stderr.contains("refuses the certificate"), "{stderr}");
     let log = wait_for_log(&lab, "hostA", "refuses the certificate");
-    assert!(log.contains("refused a connection from"), "{log}");
+    assert!(
+        said(&log, "refuses the certificate").iter().all(|e| e["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("refused a connection")
+            && e["from"].is_string()),
+        "{log:#?}"
+    );
     // Nothing was done.
     assert!(lab.ok(&["hosts"]).contains("up"));
 }
@@ -250,7 +281,12 @@ fn a_flood_of_clients_is_held_to_the_configured_connections_and_the_agent_answer
     );
     assert!(asked.elapsed() < Duration::from_secs(5), "closed as it arrived");
     let log = wait_for_log(&lab, "hostA", "4 connections are open");
-    assert!(log.contains("refused a connection from"), "{log}");
+    assert!(
+        said(&log, "4 connections are open")
+            .iter()
+            .all(|e| e["from"].is_string()),
+        "{log:#?}"
+    );
     // Their places come back when they go, and the agent answers again.
     drop(idle);
     drop(fifth);
@@ -264,4 +300,147 @@ fn a_flood_of_clients_is_held_to_the_configured_connections_and_the_agent_answer
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(busy >= 1, "the refusal is counted: {busy}");
+}
+
+/// The audit trail of the lab, as `vmig audit --json` lists it.
+fn audit(lab: &Lab, extra: &[&str]) -> Vec<Value> {
+    serde_json::from_str(&lab.ok(&[&["audit", "--json"][..], extra].concat())).unwrap()
+}
+
+#[test]
+fn every_change_and_refusal_is_audited_and_a_migrations_log_lines_name_it() {
+    let lab = Lab::up_hosts(2, &[]);
+    lab.create("vm1", "hostA", "128M", "idle verify=0 sleep=1");
+    let moved = common::lab::migrated(&lab.run(&["migrate", "vm1", "hostB", "--json"]));
+    let id = moved["id"].as_str().unwrap().to_string();
+    lab.ok(&["vm", "stop", "vm1"]);
+    // Reads are not recorded; a refused request is, whatever it asked.
+    lab.ok(&["vms"]);
+    let answer = raw_request(
+        &lab,
+        "hostB",
+        r#"{"v":1,"op":"incoming_state","name":"vm1","id":"m-x"}"#,
+    );
+    assert_eq!(answer["status"], 403, "{answer}");
+
+    let trail = audit(&lab, &[]);
+    let find = |host: &str, request: &str| -> Vec<&Value> {
+        trail
+            .iter()
+            .filter(|e| e["host"] == host && e["request"] == request)
+            .collect()
+    };
+    let created = find("hostA", "create_vm");
+    assert_eq!(created.len(), 1, "{trail:#?}");
+    assert_eq!(
+        (
+            &created[0]["by"],
+            &created[0]["role"],
+            &created[0]["vm"],
+            &created[0]["status"]
+        ),
+        (&"operator".into(), &"operator".into(), &"vm1".into(), &200.into())
+    );
+    assert!(created[0]["from"].as_str().is_some_and(|f| f.starts_with("127.")));
+    // The migration: taken (202), then its outcome, with one migration id
+    // and the run of the `vmig migrate` that asked.
+    let migrate = find("hostA", "migrate");
+    assert_eq!(migrate.len(), 2, "{trail:#?}");
+    assert_eq!(
+        (&migrate[0]["status"], &migrate[1]["status"]),
+        (&202.into(), &200.into())
+    );
+    let run = migrate[0]["run"].as_str().expect("the run is recorded").to_string();
+    assert!(run.starts_with("r-"), "{run}");
+    for entry in &migrate {
+        assert_eq!(
+            (entry["migration"].as_str(), entry["run"].as_str()),
+            (Some(&*id), Some(&*run))
+        );
+        assert_eq!(
+            (&entry["by"], &entry["vm"], &entry["peer"]),
+            (&"operator".into(), &"vm1".into(), &"hostB".into())
+        );
+    }
+    // The target's side was asked by the source's host certificate.
+    let prepared = find("hostB", "prepare_incoming");
+    assert_eq!(prepared.len(), 1, "{trail:#?}");
+    assert_eq!(
+        (
+            &prepared[0]["by"],
+            &prepared[0]["role"],
+            &prepared[0]["peer"],
+            &prepared[0]["status"]
+        ),
+        (&"hostA".into(), &"host".into(), &"hostA".into(), &200.into())
+    );
+    assert_eq!(prepared[0]["migration"].as_str(), Some(&*id));
+    assert_eq!(find("hostB", "finish_incoming").len(), 1, "{trail:#?}");
+    assert_eq!(find("hostB", "stop_vm")[0]["status"], 200);
+    let refused = find("hostB", "incoming_state");
+    assert_eq!(refused.len(), 1, "{trail:#?}");
+    assert_eq!(
+        (&refused[0]["status"], &refused[0]["code"]),
+        (&403.into(), &"forbidden".into())
+    );
+    assert!(
+        refused[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("may not make this request")
+    );
+    for read in ["list_vms", "host", "show_vm", "audit"] {
+        assert!(
+            trail.iter().all(|e| e["request"] != read),
+            "{read} recorded: {trail:#?}"
+        );
+    }
+    // The filters.
+    let by_host = audit(&lab, &["--by", "hostA"]);
+    assert!(!by_host.is_empty() && by_host.iter().all(|e| e["by"] == "hostA" && e["host"] == "hostB"));
+    assert!(audit(&lab, &["--run", &run]).iter().all(|e| e["run"] == run.as_str()));
+    assert_eq!(audit(&lab, &["--host", "hostA", "--vm", "vm1"]).len(), 3);
+    assert!(
+        lab.ok(&["audit"])
+            .lines()
+            .any(|l| l.contains("migrate") && l.contains(&id) && l.contains(" 202 "))
+    );
+
+    // Every log line of the migration names it, its VM and (on the source)
+    // its run; the log is JSON, one event a line.
+    let source = agent_log(&lab, "hostA");
+    let lines: Vec<&Value> = source.iter().filter(|e| e["migration"] == id.as_str()).collect();
+    assert!(lines.len() >= 4, "{source:#?}");
+    for line in &lines {
+        assert_eq!(
+            (&line["vm"], &line["run"], &line["host"]),
+            (&"vm1".into(), &run.as_str().into(), &"hostA".into()),
+            "{line}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "phase changed" && l["phase"] == "copying"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"].as_str().unwrap().starts_with("migration ended"))
+    );
+    let target = agent_log(&lab, "hostB");
+    let arrival: Vec<&Value> = target.iter().filter(|e| e["migration"] == id.as_str()).collect();
+    assert!(
+        arrival
+            .iter()
+            .any(|l| l["message"] == "arrival prepared" && l["source"] == "hostA"),
+        "{target:#?}"
+    );
+    assert!(
+        arrival
+            .iter()
+            .any(|l| l["message"] == "arrival ended" && l["event"] == "Arrived"),
+        "{target:#?}"
+    );
 }

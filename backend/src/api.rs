@@ -332,6 +332,15 @@ pub enum Request {
         #[serde(default)]
         medium: Option<String>,
     },
+    /// This host's audit trail (`Vec<AuditEntry>`, oldest first): every
+    /// request that changes something, and every refused one, at or after
+    /// `since_ms` (milliseconds since the epoch), by `by` when given.
+    Audit {
+        #[serde(default)]
+        since_ms: Option<u64>,
+        #[serde(default)]
+        by: Option<String>,
+    },
 }
 
 /// Most bytes one `console_input` carries.
@@ -993,6 +1002,41 @@ pub enum JournalEvent {
         code: Code,
         message: String,
     },
+}
+
+/// One line of an agent's audit trail (`audit.jsonl`, and the answer to
+/// [`Request::Audit`]): a request that changes something (or was refused),
+/// who made it and what came of it. A migration has two: when its source
+/// took it (status 202) and when it ended (the outcome's status).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Milliseconds since the epoch.
+    pub at_ms: u64,
+    /// The name in the client's certificate.
+    pub by: String,
+    pub role: Role,
+    /// The client's address (none on a migration's end, which no client
+    /// reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// The request, as its `op`.
+    pub request: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
+    /// The other host: a migration's target, or an arrival's source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<String>,
+    /// The answer's status: 200 done, 202 taken (a migration under way),
+    /// 4xx refused, 5xx failed.
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<Code>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One line of an agent's journal of runs (`runs.jsonl`, and the answer

@@ -9,6 +9,7 @@ pub mod api;
 pub mod client;
 pub mod hex;
 pub mod lockfile;
+pub mod log;
 pub mod migration;
 pub mod net;
 pub mod pki;

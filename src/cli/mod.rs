@@ -2,6 +2,7 @@
 //! and an `exec` that validates them and calls the library.
 
 mod agent;
+mod audit;
 mod cancel;
 mod evacuate;
 mod generate;
@@ -64,6 +65,8 @@ enum Command {
     Run(run::RunArgs),
     /// Past migrations, from every agent's journal.
     History(history::HistoryArgs),
+    /// Who asked the agents for what: every change and refusal, from every agent's trail.
+    Audit(audit::AuditArgs),
     /// List the cluster's hosts and their facts.
     Hosts(hosts::HostsArgs),
     /// Maintenance of one host: cordon it (it takes no new VMs) or uncordon it.
@@ -109,6 +112,7 @@ pub fn main() -> ExitCode {
         Command::Cancel(args) => cancel::exec(&args, inventory),
         Command::Run(args) => run::exec(&args, inventory),
         Command::History(args) => history::exec(&args, inventory),
+        Command::Audit(args) => audit::exec(&args, inventory),
         Command::Hosts(args) => hosts::exec(&args, inventory),
         Command::Host(command) => host::exec(command, inventory),
         Command::Vms(args) => vms::exec(&args, inventory),

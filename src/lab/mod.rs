@@ -451,6 +451,7 @@ impl Lab {
             .arg("agent")
             .arg("--config")
             .arg(dir.join("agent.toml"))
+            .args(["--log-format", "json"])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -17,6 +17,7 @@ use vmig_backend::migration::{MigrationOptions, TimeoutAction};
 use vmig_backend::size::parse_size;
 
 use super::{Level, Ui};
+use crate::ops::audit as ops_audit;
 use crate::ops::cluster::{Cluster, ClusterError};
 use crate::ops::code::{Code, describe as chain};
 use crate::ops::history as ops_history;
@@ -40,6 +41,7 @@ pub const FUNCTIONS: &[&str] = &[
     "evacuate",
     "rollback",
     "history",
+    "audit",
     "confirm",
     "sleep",
     "exec",
@@ -171,6 +173,7 @@ pub fn raw(lua: &Lua, context: &Arc<Context>) -> mlua::Result<Table> {
     add(lua, &raw, context, "evacuate", super::maintenance::evacuate)?;
     add(lua, &raw, context, "rollback", super::maintenance::rollback)?;
     add(lua, &raw, context, "history", history)?;
+    add(lua, &raw, context, "audit", audit)?;
     add(lua, &raw, context, "confirm", confirm)?;
     add(lua, &raw, context, "sleep", sleep)?;
     add(lua, &raw, context, "exec", exec)?;
@@ -717,23 +720,30 @@ enum Since {
     Text(String),
 }
 
+impl Since {
+    /// Milliseconds since the epoch; `function` names the caller in errors.
+    fn ms(since: Option<&Since>, function: &str) -> Result<Option<u64>, Fail> {
+        Ok(match since {
+            None => None,
+            Some(Since::SecondsAgo(seconds)) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                Some(
+                    now.saturating_sub(Duration::from_secs_f64(seconds.max(0.0)))
+                        .as_millis() as u64,
+                )
+            }
+            Some(Since::Text(text)) => {
+                Some(ops_history::since(text).map_err(|e| invalid(function, format!("since: {e}")))?)
+            }
+        })
+    }
+}
+
 fn history(lua: &Lua, context: &Context, args: &MultiValue) -> Result<Value, Fail> {
     let filter: HistoryArgs = options_arg(lua, args, 1, "history")?;
-    let since_ms = match &filter.since {
-        None => None,
-        Some(Since::SecondsAgo(seconds)) => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            Some(
-                now.saturating_sub(Duration::from_secs_f64(seconds.max(0.0)))
-                    .as_millis() as u64,
-            )
-        }
-        Some(Since::Text(text)) => {
-            Some(ops_history::since(text).map_err(|e| invalid("history", format!("since: {e}")))?)
-        }
-    };
+    let since_ms = Since::ms(filter.since.as_ref(), "history")?;
     let cluster = context.cluster()?;
     if let Some(host) = &filter.host {
         cluster.host(host).map_err(|e| Fail::of_cluster(&e))?;
@@ -754,6 +764,38 @@ fn history(lua: &Lua, context: &Context, args: &MultiValue) -> Result<Value, Fai
         .host(&host.name));
     }
     to_lua(lua, &records)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditArgs {
+    host: Option<String>,
+    by: Option<String>,
+    vm: Option<String>,
+    run: Option<String>,
+    /// As for `history`.
+    since: Option<Since>,
+}
+
+fn audit(lua: &Lua, context: &Context, args: &MultiValue) -> Result<Value, Fail> {
+    let filter: AuditArgs = options_arg(lua, args, 1, "audit")?;
+    let query = ops_audit::Query {
+        since_ms: Since::ms(filter.since.as_ref(), "audit")?,
+        host: filter.host,
+        by: filter.by,
+        vm: filter.vm,
+        run: filter.run,
+    };
+    let cluster = context.cluster()?;
+    let trail = ops_audit::audit(&cluster, &query).map_err(|e| Fail::of_cluster(&e))?;
+    if let Some((host, error)) = trail.missing.into_iter().next() {
+        return Err(Fail::new(
+            Code::of_client(&error),
+            format!("cannot read the audit trail of {}: {error}", host.name),
+        )
+        .host(&host.name));
+    }
+    to_lua(lua, &trail.records)
 }
 
 fn log(_lua: &Lua, context: &Context, args: &MultiValue, level: Level) -> Result<Value, Fail> {

@@ -3,6 +3,7 @@
 //! outcome reaches a script, and plain-data events; it knows nothing of
 //! flags, terminals, Lua or progress bars.
 
+pub mod audit;
 pub mod cluster;
 pub mod code;
 pub mod console;

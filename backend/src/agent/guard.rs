@@ -38,8 +38,6 @@ pub struct Guard {
     next: AtomicU64,
     pending: Mutex<HashMap<u64, Watched>>,
     pub counters: Arc<ApiCounters>,
-    /// The agent's log prefix.
-    who: String,
     /// Connections served at once.
     max: usize,
 }
@@ -64,13 +62,12 @@ pub struct Place {
 impl Guard {
     /// A guard, and its watcher thread (it lives as long as the process).
     /// At most `max` connections are served at once.
-    pub fn start(who: String, counters: Arc<ApiCounters>, max: usize) -> std::io::Result<Arc<Guard>> {
+    pub fn start(counters: Arc<ApiCounters>, max: usize) -> std::io::Result<Arc<Guard>> {
         let guard = Arc::new(Guard {
             open: AtomicUsize::new(0),
             next: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
             counters,
-            who,
             max,
         });
         let watched = Arc::clone(&guard);
@@ -116,15 +113,20 @@ impl Guard {
     /// Counts and logs a connection refused for want of a place.
     fn refuse(&self, peer: SocketAddr) {
         self.counters.refused_busy.fetch_add(1, Ordering::Relaxed);
-        self.log(&format!(
-            "refused a connection from {peer}: {} connections are open",
-            self.max
-        ));
+        self.refused(
+            peer,
+            None,
+            &format!("refused a connection: {} connections are open", self.max),
+        );
     }
 
-    /// Writes a line to the agent's log (its standard error).
-    pub fn log(&self, message: &str) {
-        eprintln!("{}: {message}", self.who);
+    /// Logs a refusal: of a connection from `from`, or of a request of
+    /// `peer`'s certificate.
+    pub fn refused(&self, from: SocketAddr, peer: Option<&crate::pki::Peer>, message: &str) {
+        match peer {
+            Some(peer) => tracing::warn!(%from, by = %peer.name, role = ?peer.role, "{message}"),
+            None => tracing::warn!(%from, "{message}"),
+        }
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Watched>> {
@@ -147,11 +149,14 @@ impl Guard {
             // closed finds the reason already in the log.
             watched.expired.store(true, Ordering::Release);
             self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
-            self.log(&format!(
-                "dropped the connection from {}: no request within {} s",
+            self.refused(
                 watched.peer,
-                REQUEST_DEADLINE.as_secs()
-            ));
+                None,
+                &format!(
+                    "dropped the connection: no request within {} s",
+                    REQUEST_DEADLINE.as_secs()
+                ),
+            );
             let _ = watched.tcp.shutdown(Shutdown::Both);
         }
     }
@@ -196,7 +201,6 @@ mod tests {
             next: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
             counters: Arc::default(),
-            who: "test".into(),
             max: MAX_CONNECTIONS,
         });
         let _client = TcpStream::connect(address).unwrap();

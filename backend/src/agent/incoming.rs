@@ -92,6 +92,9 @@ impl Agent {
             vms.insert(name.clone(), Vm::new(dir.clone(), record));
         }
         let _ = self.journal.append(id, &name, source, Event::Prepared);
+        let span = tracing::info_span!(parent: None, "migration", migration = %id, vm = %name, %source);
+        let _in = span.enter();
+        tracing::info!(plaintext, "arrival prepared");
         let host = self.config.name.clone();
         // Both the queue's reports and the keepalives go to the caller.
         let progress = std::cell::RefCell::new(progress);
@@ -161,6 +164,7 @@ impl Agent {
 
     /// An arrival that never got its VM: journaled first, then forgotten.
     fn forget_arrival(&self, name: &str, id: &str, source: &str) {
+        tracing::info!(migration = %id, vm = %name, %source, "arrival discarded");
         let _ = self.journal.append(id, name, source, Event::Discarded);
         let mut vms = self.vms();
         if vms
@@ -274,6 +278,7 @@ impl Agent {
         else {
             return;
         };
+        tracing::info!(migration = %id, vm = %name, %source, event = ?event, "arrival ended");
         let _ = self.journal.append(id, name, source, event);
         vm.record.arrival = None;
         vm.record.note = None;

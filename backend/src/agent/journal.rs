@@ -104,7 +104,7 @@ impl Journal<RunEntry> {
 
 impl<E: Serialize + DeserializeOwned> Journal<E> {
     /// Opens `<stem>.jsonl` (and `<stem>.1.jsonl`) in `state_dir`.
-    fn open_named(state_dir: &Path, stem: &str, rotate_at: u64) -> std::io::Result<(Self, Opened)> {
+    pub(super) fn open_named(state_dir: &Path, stem: &str, rotate_at: u64) -> std::io::Result<(Self, Opened)> {
         let path = state_dir.join(format!("{stem}.jsonl"));
         let previous = state_dir.join(format!("{stem}.1.jsonl"));
         let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
@@ -130,7 +130,7 @@ impl<E: Serialize + DeserializeOwned> Journal<E> {
         Ok((journal, opened))
     }
 
-    fn write(&self, entry: &E) -> std::io::Result<()> {
+    pub(super) fn write(&self, entry: &E) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
         line.push(b'\n');
         let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
@@ -148,7 +148,7 @@ impl<E: Serialize + DeserializeOwned> Journal<E> {
     }
 
     /// Calls `each` with every line, the previous file's first.
-    fn scan(&self, mut each: impl FnMut(&str)) {
+    pub(super) fn scan(&self, mut each: impl FnMut(&str)) {
         let _writing = self.file.lock().unwrap_or_else(PoisonError::into_inner);
         for path in [&self.previous, &self.path] {
             let Ok(file) = File::open(path) else {
@@ -235,7 +235,7 @@ impl Journal<Entry> {
     }
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -65,6 +65,9 @@ impl Migration {
         if phase == MigrationPhase::Copying && state.cancel != Cancel::No {
             return false;
         }
+        if state.phase != phase {
+            tracing::info!(migration = %self.id, %phase, "phase changed");
+        }
         state.phase = phase;
         true
     }

@@ -8,6 +8,7 @@
 //! settles the migrations that were under way (`settle`). Where a VM is,
 //! it decides from structured state only ([`judge`]).
 
+pub mod audit;
 mod cdrom;
 pub mod config;
 mod console;
@@ -136,6 +137,8 @@ pub struct Agent {
     journal: Journal,
     /// The journal of operators' runs that concern this host.
     runs: journal::Runs,
+    /// Every request that changed something or was refused.
+    audit: audit::Audit,
     /// What the journal held when the agent started.
     pub journal_opened: journal::Opened,
     /// VMs whose departure a settler thread is deciding.
@@ -165,6 +168,7 @@ impl Agent {
         let (journal, journal_opened) =
             Journal::open_with(&config.state_dir, journal::ROTATE_AT).map_err(state_error(&config.state_dir))?;
         let (runs, _) = journal::Runs::open_runs(&config.state_dir).map_err(state_error(&config.state_dir))?;
+        let (audit, _) = audit::Audit::open_audit(&config.state_dir).map_err(state_error(&config.state_dir))?;
         let exe = std::env::current_exe().map_err(AgentError::Exe)?;
         let tls_client = crate::pki::client_config(&config.tls)?;
         let slots = Slots::new(config.max_migration_cost());
@@ -190,6 +194,7 @@ impl Agent {
             migrations: Migrations::default(),
             journal,
             runs,
+            audit,
             journal_opened,
             settling: Mutex::new(std::collections::BTreeSet::new()),
             throughput: Mutex::new(BTreeMap::new()),
@@ -426,6 +431,7 @@ impl Agent {
             vm.save();
             vm.view()
         };
+        tracing::info!(vm = %name, pid = child.id(), "VMM started");
         self.reap(child, name);
         Ok(self.info(&view))
     }
@@ -460,6 +466,11 @@ impl Agent {
         vm.incoming_slot = None;
         vm.record.ended = ended_of(left.as_ref());
         vm.save();
+        match &vm.record.ended {
+            Some(ended) if ended.lost => tracing::error!(vm = %name, pid, "VMM died: {}", ended.detail),
+            Some(ended) => tracing::info!(vm = %name, pid, "VMM ended: {}", ended.detail),
+            None => tracing::info!(vm = %name, pid, "VMM ended"),
+        }
     }
 
     pub fn stop(&self, name: &str) -> Result<VmInfo, Failure> {

@@ -131,11 +131,14 @@ impl Agent {
             }
         };
         let _ = self.journal.started(&id, name, &target.name, run, by);
+        let span = migration_span(&id, name, run);
+        span.in_scope(|| tracing::info!(peer = %target.name, by, "migration taken"));
         let agent = Arc::clone(self);
         let running = Arc::clone(&migration);
         let started = std::thread::Builder::new()
             .name(format!("migrate-{name}"))
             .spawn(move || {
+                let _in = span.enter();
                 let outcome = agent.depart(&running, &claim, options);
                 agent.conclude(&running.id, &claim.name, &claim.target.name, outcome);
             });
@@ -735,6 +738,20 @@ impl Agent {
                 outcome: Box::new(outcome.clone()),
             },
         );
+        let started = self.journal.entries(id).into_iter().find(|e| e.event == Event::Started);
+        let (by, run) = started.map_or((None, None), |e| (e.by, e.run));
+        let span = migration_span(id, vm, run.as_deref());
+        let _in = span.enter();
+        let (status, code, message) = (outcome.status, outcome.code, outcome.message.as_deref());
+        match code {
+            None => tracing::info!(peer = %target, "migration ended: {vm} moved to {target}"),
+            Some(code) => tracing::warn!(peer = %target, %code, "migration ended: {}", message.unwrap_or_default()),
+        }
+        self.audit.record(&super::audit::ended(
+            (id, vm, target),
+            (by.as_deref(), run.as_deref()),
+            (status, code, message),
+        ));
         match self.migrations.get(id) {
             Some(migration) => migration.resettle(outcome),
             None => {
@@ -808,6 +825,11 @@ fn forward_cancel(migration: &Migration, dir: &VmDir) -> bool {
 }
 
 /// Waits up to `limit` for process `pid` to end; true when it did.
+/// The span a migration's lines are in: its id, VM and run on each.
+pub(super) fn migration_span(id: &str, vm: &str, run: Option<&str>) -> tracing::Span {
+    tracing::info_span!(parent: None, "migration", migration = %id, vm = %vm, run)
+}
+
 fn wait_gone(pid: u32, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     while super::vmm::alive(pid) {

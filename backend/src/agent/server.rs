@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::audit::Audited;
 use super::guard::{self, Guard};
 use super::journal::Event;
 use super::migrations::Migration;
@@ -40,14 +41,11 @@ pub fn serve(agent: &Arc<Agent>, ready: impl FnOnce(std::net::SocketAddr)) -> Re
         source,
     })?;
     let tls = pki::server_config(&agent.config.tls)?;
-    let guard = Guard::start(
-        format!("vmig agent {}", agent.config.name),
-        Arc::clone(&agent.api),
-        agent.config.max_api_connections(),
-    )
-    .map_err(|source| AgentError::Listen {
-        address: address.to_string(),
-        source,
+    let guard = Guard::start(Arc::clone(&agent.api), agent.config.max_api_connections()).map_err(|source| {
+        AgentError::Listen {
+            address: address.to_string(),
+            source,
+        }
     })?;
     ready(listener.local_addr().unwrap_or(address));
     for stream in listener.incoming() {
@@ -92,7 +90,7 @@ fn connection(
         Err(_) if place.expired() => return,
         Err(e) => {
             agent.api.refused_tls.fetch_add(1, Ordering::Relaxed);
-            guard.log(&format!("refused a connection from {address}: {}", chain(&e)));
+            guard.refused(address, None, &format!("refused a connection: {}", chain(&e)));
             return;
         }
     };
@@ -103,7 +101,7 @@ fn connection(
             // just dropped (the client exits with the auth code).
             agent.api.refused_tls.fetch_add(1, Ordering::Relaxed);
             let message = format!("this agent refuses the certificate: {}", chain(&e));
-            guard.log(&format!("refused a connection from {address}: {message}"));
+            guard.refused(address, None, &format!("refused a connection: {message}"));
             let mut out = LineWriter { stream: &mut stream };
             out.line(&Line::Answer(failed(Failure::new(403, message))));
             stream.conn.send_close_notify();
@@ -124,17 +122,20 @@ fn connection(
             400,
             format!("a request is one line of at most {MAX_REQUEST} bytes"),
         ))),
-        Ok(_) => handle(agent, &peer, &line, &mut out, &|| still_there(raw)),
+        Ok(_) => {
+            let span = tracing::info_span!("request", from = %address, by = %peer.name);
+            let _in = span.enter();
+            handle(agent, &peer, address, &line, &mut out, &|| still_there(raw))
+        }
     };
     if let Some(answer) = answer {
         if matches!(answer.status, 400 | 403) {
             agent.api.refused_requests.fetch_add(1, Ordering::Relaxed);
-            guard.log(&format!(
-                "refused a request from {address} ({} {:?}): {}",
-                peer.name,
-                peer.role,
-                answer.error.as_deref().unwrap_or_default()
-            ));
+            guard.refused(
+                address,
+                Some(&peer),
+                &format!("refused a request: {}", answer.error.as_deref().unwrap_or_default()),
+            );
         }
         out.line(&Line::Answer(answer));
     }
@@ -197,9 +198,11 @@ fn answer<T: Serialize>(result: Result<T, Failure>) -> Answer {
 }
 
 /// Handles one request; the final answer, or None when the client went away.
+/// The audit trail gets what it records before the answer goes out.
 fn handle<S: Write>(
     agent: &Arc<Agent>,
     peer: &Peer,
+    from: std::net::SocketAddr,
     line: &str,
     out: &mut LineWriter<'_, S>,
     still_there: &dyn Fn() -> bool,
@@ -209,12 +212,33 @@ fn handle<S: Write>(
         Err(message) => return Some(failed(Failure::new(400, message))),
     };
     let request = envelope.request;
-    if !crate::api::allowed(&request, peer.role) {
-        return Some(failed(Failure::new(
+    let mut audited = Audited::new(&request, peer, from);
+    let answer = if crate::api::allowed(&request, peer.role) {
+        dispatch(agent, peer, request, &mut audited, out, still_there)
+    } else {
+        Some(failed(Failure::new(
             403,
             format!("{} ({:?} certificate) may not make this request", peer.name, peer.role),
-        )));
+        )))
+    };
+    // A client that went away during a read-only stream (a console) left
+    // nothing to record; a migration was recorded when it was taken.
+    if let Some(answer) = &answer {
+        audited.answered(&agent.audit, answer.status, answer.code, answer.error.as_deref());
     }
+    answer
+}
+
+/// Does what `request` asks; the final answer, or None when the client went
+/// away.
+fn dispatch<S: Write>(
+    agent: &Arc<Agent>,
+    peer: &Peer,
+    request: Request,
+    audited: &mut Audited,
+    out: &mut LineWriter<'_, S>,
+    still_there: &dyn Fn() -> bool,
+) -> Option<Answer> {
     Some(match request {
         Request::Host => ok(agent.facts()),
         Request::ListVms => ok(agent.list()),
@@ -238,7 +262,10 @@ fn handle<S: Write>(
             id,
             run,
         } => match agent.migrate_out(&name, &target, options, id, run.as_deref(), Some(&peer.name)) {
-            Ok(migration) => return watch(&migration, out),
+            Ok(migration) => {
+                audited.taken(&agent.audit, &migration.id);
+                return watch(&migration, out);
+            }
             Err(failure) => failed(failure),
         },
         Request::WatchMigration { id } => match agent.migrations.get(&id) {
@@ -300,6 +327,7 @@ fn handle<S: Write>(
             }
         }
         Request::Runs { run } => ok(agent.runs.runs(run.as_deref())),
+        Request::Audit { since_ms, by } => ok(agent.audit.trail(since_ms, by.as_deref())),
         Request::Uncordon => answer(agent.uncordon()),
         Request::RecordRefusal {
             id,
