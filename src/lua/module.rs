@@ -726,13 +726,18 @@ impl Since {
         Ok(match since {
             None => None,
             Some(Since::SecondsAgo(seconds)) => {
+                if seconds.is_nan() || *seconds < 0.0 {
+                    return Err(invalid(
+                        function,
+                        format!("since: {seconds} is not a number of seconds ago"),
+                    ));
+                }
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap_or_default();
-                Some(
-                    now.saturating_sub(Duration::from_secs_f64(seconds.max(0.0)))
-                        .as_millis() as u64,
-                )
+                // Longer ago than the epoch (1e300, math.huge): everything.
+                let ago = Duration::try_from_secs_f64(*seconds).unwrap_or(Duration::MAX);
+                Some(now.saturating_sub(ago).as_millis() as u64)
             }
             Some(Since::Text(text)) => {
                 Some(ops_history::since(text).map_err(|e| invalid(function, format!("since: {e}")))?)

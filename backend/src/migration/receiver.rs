@@ -535,6 +535,30 @@ fn stream_loop(index: u32, mut stream: Link, memory: &GuestMemory, done: &Sender
     }
 }
 
+/// For the fuzz target `receiver_stream` (not an API): runs one extra
+/// stream's handling, [`stream_loop`], on `bytes` arriving over a loopback
+/// TCP connection, into `memory`; what the stream reported (a round's end,
+/// or the error that ended it), in order.
+#[doc(hidden)]
+pub fn fuzz_stream(bytes: &[u8], memory: &GuestMemory) -> std::io::Result<Vec<Result<u64, String>>> {
+    let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+    let mut sender = TcpStream::connect(listener.local_addr()?)?;
+    let (receiving, _) = listener.accept()?;
+    let bytes = bytes.to_vec();
+    // A writer of its own: an input larger than the socket's buffers must
+    // not wait for a reader that has not started.
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = sender.write_all(&bytes);
+        let _ = sender.shutdown(std::net::Shutdown::Write);
+    });
+    let (done, reports) = channel();
+    stream_loop(1, Link::plain(receiving)?, memory, &done);
+    drop(done);
+    let _ = writer.join();
+    Ok(reports.into_iter().map(|(_, report)| report).collect())
+}
+
 /// True when `[gpa, gpa + len)` lies inside one guest memory region.
 fn in_one_region(memory: &GuestMemory, gpa: u64, len: u64) -> bool {
     memory.find_region(GuestAddress(gpa)).is_some_and(|region| {
