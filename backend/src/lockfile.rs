@@ -5,7 +5,9 @@
 //! and the storage roots' migration slots are both these.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, fcntl};
 
 fn whole(kind: libc::c_int) -> libc::flock {
     libc::flock {
@@ -21,27 +23,16 @@ fn whole(kind: libc::c_int) -> libc::flock {
 /// waiting: `Ok(false)` when a conflicting lock is held elsewhere.
 pub fn try_lock(file: &File, shared: bool) -> std::io::Result<bool> {
     let request = whole(if shared { libc::F_RDLCK } else { libc::F_WRLCK });
-    // SAFETY: F_OFD_SETLK reads one `struct flock`, which lives for the call;
-    // the descriptor is the open file's.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &request) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let error = std::io::Error::last_os_error();
-    match error.raw_os_error() {
-        Some(libc::EAGAIN | libc::EACCES) => Ok(false),
-        _ => Err(error),
+    match fcntl(file, FcntlArg::F_OFD_SETLK(&request)) {
+        Ok(_) => Ok(true),
+        Err(Errno::EAGAIN | Errno::EACCES) => Ok(false),
+        Err(errno) => Err(errno.into()),
     }
 }
 
 /// Whether any lock that would keep a writer out is held on the file.
 pub fn held(file: &File) -> std::io::Result<bool> {
     let mut probe = whole(libc::F_WRLCK);
-    // SAFETY: F_OFD_GETLK reads and writes one `struct flock` that lives for
-    // the call; the descriptor is the open file's.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut probe) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    fcntl(file, FcntlArg::F_OFD_GETLK(&mut probe))?;
     Ok(probe.l_type != libc::F_UNLCK as libc::c_short)
 }

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use vmig_backend::signals::Signal;
+
 /// What the signals asked so far.
 #[derive(Debug, Clone, Default)]
 pub struct Interrupts {
@@ -19,7 +21,7 @@ pub struct Interrupts {
 pub fn catch() -> std::io::Result<Interrupts> {
     let interrupts = Interrupts::default();
     let seen = interrupts.clone();
-    vmig_backend::signals::forward(&[libc::SIGINT, libc::SIGTERM], move |_| {
+    vmig_backend::signals::forward(&[Signal::SIGINT, Signal::SIGTERM], move |_| {
         seen.count.fetch_add(1, Ordering::SeqCst);
         seen.cancel.store(true, Ordering::SeqCst);
         true

@@ -261,19 +261,13 @@ pub fn ip(args: &[&str]) -> Result<()> {
 
 /// Makes `command` run in network namespace `name` (`/run/netns/NAME`).
 pub fn enter(command: &mut Command, name: &str) -> Result<()> {
-    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::fd::OwnedFd;
     use std::os::unix::process::CommandExt;
     let file = std::fs::File::open(format!("/run/netns/{name}"))
         .with_context(|| format!("network namespace {name} is missing"))?;
     let fd: OwnedFd = file.into();
-    let enter = move || {
-        // SAFETY: setns(2) on a descriptor the child inherited; nothing
-        // else is touched.
-        if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    };
+    // setns(2) on a descriptor the child inherited; nothing else is touched.
+    let enter = move || Ok(nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)?);
     // SAFETY: the closure only makes one async-signal-safe system call
     // between fork and exec.
     unsafe {

@@ -36,56 +36,34 @@ pub struct Flows {
 impl Capture {
     /// Starts capturing every packet on `lo`.
     pub fn start() -> Self {
-        // SAFETY: plain socket(2); the result is checked.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(ETH_P_ALL.to_be())) };
-        assert!(
-            fd >= 0,
-            "AF_PACKET socket: {} (root needed)",
-            std::io::Error::last_os_error()
-        );
-        let name = std::ffi::CString::new("lo").unwrap();
-        // SAFETY: a NUL-terminated name.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        assert!(index > 0, "no lo");
+        use nix::sys::socket::{self, AddressFamily, LinkAddr, SockFlag, SockProtocol, SockType, sockopt};
+        use std::os::fd::AsRawFd;
+        let socket = socket::socket(
+            AddressFamily::Packet,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::EthAll,
+        )
+        .unwrap_or_else(|e| panic!("AF_PACKET socket: {e} (root needed)"));
+        let index = nix::net::if_::if_nametoindex("lo").expect("no lo");
         // SAFETY: an all-zero sockaddr_ll is valid; fields set below.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
         addr.sll_protocol = ETH_P_ALL.to_be();
         addr.sll_ifindex = index as i32;
-        // SAFETY: binds our socket to a valid sockaddr_ll of the size given.
+        // SAFETY: binds our socket to a valid sockaddr_ll of the size given
+        // (nix builds a link address only from a raw one).
         let bound = unsafe {
             libc::bind(
-                fd,
+                socket.as_raw_fd(),
                 (&raw const addr).cast(),
                 size_of::<libc::sockaddr_ll>() as libc::socklen_t,
             )
         };
         assert_eq!(bound, 0, "bind to lo: {}", std::io::Error::last_os_error());
-        let size: libc::c_int = 512 << 20;
-        let timeout = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 100_000,
-        };
-        // SAFETY: setsockopt on our socket with values of the sizes given.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&raw const size).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        // SAFETY: as above.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const timeout).cast(),
-                size_of::<libc::timeval>() as libc::socklen_t,
-            );
-        }
+        socket::setsockopt(&socket, sockopt::RcvBufForce, &(512 << 20)).expect("SO_RCVBUFFORCE");
+        let timeout = nix::sys::time::TimeVal::new(0, 100_000);
+        socket::setsockopt(&socket, sockopt::ReceiveTimeout, &timeout).expect("SO_RCVTIMEO");
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
@@ -95,49 +73,34 @@ impl Capture {
                 // Once told to stop, what is queued still counts: read
                 // until nothing comes for a read timeout.
                 let stop = stopping.load(Ordering::SeqCst);
-                // SAFETY: an all-zero sockaddr_ll is valid for recvfrom to fill.
-                let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-                let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-                // SAFETY: buf and from are valid for the sizes given.
-                let got = unsafe {
-                    libc::recvfrom(
-                        fd,
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                        0,
-                        (&raw mut from).cast(),
-                        &raw mut len,
-                    )
+                let (got, from) = match socket::recvfrom::<LinkAddr>(socket.as_raw_fd(), &mut buf) {
+                    Ok((got, from)) if got > 0 => (got, from),
+                    _ if stop => break,
+                    _ => continue,
                 };
-                if got <= 0 {
-                    if stop {
-                        break;
-                    }
-                    continue;
-                }
                 // Loopback shows each packet leaving and arriving: keep one.
-                if from.sll_pkttype == libc::PACKET_OUTGOING {
+                if from.is_some_and(|from| from.pkttype() == libc::PACKET_OUTGOING) {
                     continue;
                 }
-                if let Some(segment) = parse(&buf[..got as usize]) {
+                if let Some(segment) = parse(&buf[..got]) {
                     segments.push(segment);
                 }
             }
             // SAFETY: an all-zero tpacket_stats is valid for the kernel to fill.
             let mut stats: libc::tpacket_stats = unsafe { std::mem::zeroed() };
             let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
-            // SAFETY: getsockopt on our socket into a buffer of the size given.
+            // SAFETY: getsockopt (PACKET_STATISTICS, which nix lacks) on our
+            // socket into a buffer of the size given.
             unsafe {
                 libc::getsockopt(
-                    fd,
+                    socket.as_raw_fd(),
                     libc::SOL_PACKET,
                     libc::PACKET_STATISTICS,
                     (&raw mut stats).cast(),
                     &raw mut len,
                 )
             };
-            // SAFETY: our socket, closed once.
-            unsafe { libc::close(fd) };
+            drop(socket);
             (segments, stats.tp_drops)
         });
         Self { stop, thread }

@@ -146,11 +146,14 @@ fn connection(
 /// True while the client of `fd` has neither closed its side nor sent more
 /// (it sends one request and then only reads): peeked without blocking.
 fn still_there(fd: std::os::fd::RawFd) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: recv into one byte we own; MSG_PEEK leaves the data, and
-    // MSG_DONTWAIT keeps this one call from blocking.
-    let got = unsafe { libc::recv(fd, (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
-    got < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+    use nix::sys::socket::{MsgFlags, recv};
+    // MSG_PEEK leaves the data, and MSG_DONTWAIT keeps this one call from
+    // blocking.
+    let mut byte = [0u8; 1];
+    matches!(
+        recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT),
+        Err(nix::errno::Errno::EAGAIN)
+    )
 }
 
 struct LineWriter<'a, S: Write> {

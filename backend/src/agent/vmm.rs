@@ -480,8 +480,5 @@ pub fn kill(pid: u32) {
     let Ok(pid) = i32::try_from(pid) else {
         return;
     };
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-    }
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
 }

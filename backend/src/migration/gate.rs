@@ -23,7 +23,6 @@
 
 use std::io::{self, Read};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -314,16 +313,14 @@ impl Door {
 
     /// Sleeps until the listener or a pending connection can be read, or a tick.
     fn wait(&self) {
-        let mut fds: Vec<libc::pollfd> = std::iter::once(self.listener.as_raw_fd())
-            .chain(self.pending.iter().map(|p| p.socket.as_raw_fd()))
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let mut fds: Vec<PollFd<'_>> = std::iter::once(self.listener.as_fd())
+            .chain(self.pending.iter().map(|p| p.socket.as_fd()))
+            .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
             .collect();
-        // SAFETY: `fds` is a valid array of pollfd of the length given.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, TICK.as_millis() as i32) };
+        let tick = PollTimeout::try_from(TICK).unwrap_or(PollTimeout::MAX);
+        let _ = poll(&mut fds, tick);
     }
 
     fn accept_new(&mut self) {

@@ -1,6 +1,7 @@
 //! TCP for migration streams: addresses, socket options, and moving pages
 //! between guest memory and a socket without intermediate copies.
 
+use nix::sys::socket::{setsockopt, sockopt};
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
@@ -48,31 +49,10 @@ pub fn parse_url(url: &str) -> Result<Vec<SocketAddr>, TransportError> {
 /// the previous one, so Nagle's algorithm would add its delay to the downtime.
 pub fn tune(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
-    let fd = stream.as_raw_fd();
-    for (option, value) in [(libc::SO_SNDBUF, 4 << 20), (libc::SO_RCVBUF, 4 << 20)] {
-        // SAFETY: setsockopt on a socket we own, with a valid int-sized value.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                option,
-                (&raw const value).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
+    let _ = setsockopt(stream, sockopt::SndBuf, &(4 << 20));
+    let _ = setsockopt(stream, sockopt::RcvBuf, &(4 << 20));
     // A peer that vanishes without a FIN must not hang the handoff forever.
-    let user_timeout: libc::c_int = 30_000;
-    // SAFETY: as above.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_USER_TIMEOUT,
-            (&raw const user_timeout).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    let _ = setsockopt(stream, sockopt::TcpUserTimeout, &30_000);
 }
 
 /// A stream on which nothing moves for `silence` fails: a write that makes no
@@ -81,17 +61,8 @@ pub fn tune(stream: &TcpStream) {
 /// their own timeouts.
 pub fn limit_silence(stream: &TcpStream, silence: Duration) {
     let _ = stream.set_write_timeout(Some(silence));
-    let millis = libc::c_int::try_from(silence.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: setsockopt on a socket we own, with a valid int-sized value.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_USER_TIMEOUT,
-            (&raw const millis).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    let millis = u32::try_from(silence.as_millis()).unwrap_or(u32::MAX);
+    let _ = setsockopt(stream, sockopt::TcpUserTimeout, &millis);
 }
 
 pub fn connect(url: &str, timeout: Duration) -> Result<TcpStream, TransportError> {
@@ -189,18 +160,7 @@ pub unsafe fn write_pieces(stream: &TcpStream, pieces: &[Piece]) -> io::Result<(
 /// for the host a moment later (deferred work), so call it well before the
 /// data that matters: when the connection is made.
 pub fn timestamp_arrivals(stream: &TcpStream) -> bool {
-    let on: libc::c_int = 1;
-    // SAFETY: setsockopt on a socket we own, with a valid int-sized value.
-    let set = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&raw const on).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    set == 0
+    setsockopt(stream, sockopt::ReceiveTimestampns, &true).is_ok()
 }
 
 /// When the next bytes to read on `stream` reached this host: the kernel's
@@ -213,49 +173,25 @@ pub fn timestamp_arrivals(stream: &TcpStream) -> bool {
 /// source's thread gets a CPU to read it: on a host whose cores the VM's
 /// vCPUs have just taken, that can be a scheduler tick later.
 pub fn next_arrival(stream: &TcpStream) -> Option<SystemTime> {
-    let fd = stream.as_raw_fd();
-    let mut byte = 0u8;
-    let mut iov = libc::iovec {
-        iov_base: (&raw mut byte).cast(),
-        iov_len: 1,
-    };
-    // u64s keep the control buffer aligned for cmsghdr.
-    let mut control = [0u64; 16];
-    // SAFETY: an all-zero msghdr is valid; its pointers are set below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &raw mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = size_of_val(&control);
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use nix::sys::time::TimeSpec;
+    let mut byte = [0u8; 1];
+    let mut control = nix::cmsg_space!(TimeSpec);
     loop {
-        // SAFETY: msg points at the iovec and control buffer above, which
-        // outlive the call.
-        let read = unsafe { libc::recvmsg(fd, &raw mut msg, libc::MSG_PEEK) };
-        match read {
-            1.. => break,
-            0 => return None,
-            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+        let mut iov = [io::IoSliceMut::new(&mut byte)];
+        match recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut control), MsgFlags::MSG_PEEK) {
+            Ok(received) if received.bytes > 0 => {
+                return received.cmsgs().ok()?.find_map(|message| match message {
+                    ControlMessageOwned::ScmTimestampns(ts) => {
+                        Some(UNIX_EPOCH + Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32))
+                    }
+                    _ => None,
+                });
+            }
+            Err(nix::errno::Errno::EINTR) => {}
             _ => return None,
         }
     }
-    // SAFETY: CMSG_FIRSTHDR reads msg's control fields, set above and by recvmsg.
-    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&raw const msg) };
-    while !cmsg.is_null() {
-        // SAFETY: a non-null cmsg from CMSG_FIRSTHDR/CMSG_NXTHDR points at a
-        // header inside the control buffer, within msg_controllen.
-        let header = unsafe { &*cmsg };
-        if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_TIMESTAMPNS {
-            // SAFETY: CMSG_DATA points past the header, inside the buffer.
-            let data = unsafe { libc::CMSG_DATA(cmsg) };
-            // SAFETY: an SCM_TIMESTAMPNS message carries one timespec there,
-            // read unaligned.
-            let ts: libc::timespec = unsafe { std::ptr::read_unaligned(data.cast()) };
-            return Some(UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
-        }
-        // SAFETY: as for CMSG_FIRSTHDR; returns null past the last header.
-        cmsg = unsafe { libc::CMSG_NXTHDR(&raw const msg, cmsg) };
-    }
-    None
 }
 
 /// Reads exactly `len` bytes from the socket into `dst`.

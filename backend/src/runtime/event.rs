@@ -13,7 +13,7 @@ pub enum VmmEvent {
         std::sync::mpsc::Sender<super::control::Response>,
     ),
     /// SIGINT or SIGTERM.
-    Signal(i32),
+    Signal(crate::signals::Signal),
     /// The migration engine needs the source VM paused, resumed or saved.
     Source(
         SourceRequest,

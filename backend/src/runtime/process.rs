@@ -574,9 +574,10 @@ fn console_sink(console: &Console) -> Result<Box<dyn Write + Send>, ProcessError
 
 /// SIGINT and SIGTERM become events of the main loop.
 fn forward_signals(events: Sender<VmmEvent>) -> Result<(), ProcessError> {
-    crate::signals::forward(&[libc::SIGINT, libc::SIGTERM], move |signal| {
-        events.send(VmmEvent::Signal(signal)).is_ok()
-    })
+    crate::signals::forward(
+        &[crate::signals::Signal::SIGINT, crate::signals::Signal::SIGTERM],
+        move |signal| events.send(VmmEvent::Signal(signal)).is_ok(),
+    )
     .map_err(ProcessError::Signals)
 }
 

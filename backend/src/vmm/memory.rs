@@ -5,6 +5,7 @@
 //! pages the VMM itself writes; together with KVM's dirty log that is what the
 //! migration engine sends again.
 
+use nix::unistd::Whence;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -240,25 +241,20 @@ pub fn load_image(memory: &GuestMemory, file: &mut File) -> Result<(), MemoryErr
 }
 
 fn seek_data(file: &File, from: u64) -> Result<Option<u64>, MemoryError> {
-    lseek(file, from, libc::SEEK_DATA)
+    lseek(file, from, Whence::SeekData)
 }
 
 fn seek_hole(file: &File, from: u64) -> Result<u64, MemoryError> {
-    Ok(lseek(file, from, libc::SEEK_HOLE)?.unwrap_or(from))
+    Ok(lseek(file, from, Whence::SeekHole)?.unwrap_or(from))
 }
 
-fn lseek(file: &File, from: u64, whence: libc::c_int) -> Result<Option<u64>, MemoryError> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: lseek on a file descriptor we own; it does not touch memory.
-    let rc = unsafe { libc::lseek(file.as_raw_fd(), from as libc::off_t, whence) };
-    if rc < 0 {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::ENXIO) {
-            return Ok(None);
-        }
-        return Err(MemoryError::Io(err));
+/// None past the last data (or hole): ENXIO.
+fn lseek(file: &File, from: u64, whence: Whence) -> Result<Option<u64>, MemoryError> {
+    match nix::unistd::lseek(file, from as libc::off_t, whence) {
+        Ok(at) => Ok(Some(at as u64)),
+        Err(nix::errno::Errno::ENXIO) => Ok(None),
+        Err(errno) => Err(MemoryError::Io(errno.into())),
     }
-    Ok(Some(rc as u64))
 }
 
 #[cfg(test)]

@@ -289,9 +289,9 @@ fn install_kick_handler() -> Result<(), VcpuError> {
 
 /// Sets the calling thread's niceness (Linux: per thread); best effort.
 pub fn set_thread_nice(nice: i32) {
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::gettid() };
-    // SAFETY: setpriority on our own thread id changes only its scheduling.
+    let tid = nix::unistd::gettid().as_raw();
+    // SAFETY: setpriority (which nix lacks) on our own thread id changes
+    // only its scheduling; it touches no memory.
     let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
 }
 

@@ -2,6 +2,9 @@
 //! wherever it runs: its end, a live follow across migrations, or an
 //! interactive session like `virsh console` (detach with Ctrl-]).
 
+use std::os::fd::AsFd;
+
+use nix::sys::termios::{self, OutputFlags, SetArg, Termios};
 use std::io::IsTerminal;
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -205,40 +208,23 @@ enum Input {
 
 /// Waits up to `wait` for standard input, and reads what it has.
 fn read_input(wait: Duration) -> std::io::Result<Input> {
-    let mut fd = libc::pollfd {
-        fd: 0,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one pollfd that we own, for the call's length.
-    let ready = unsafe { libc::poll(&mut fd, 1, wait.as_millis() as libc::c_int) };
-    if ready < 0 {
-        let e = std::io::Error::last_os_error();
-        return if e.kind() == std::io::ErrorKind::Interrupted {
-            Ok(Input::Nothing)
-        } else {
-            Err(e)
-        };
-    }
-    if ready == 0 {
-        return Ok(Input::Nothing);
+    use nix::errno::Errno;
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let stdin = std::io::stdin();
+    let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX)) {
+        Ok(0) | Err(Errno::EINTR) => return Ok(Input::Nothing),
+        Ok(_) => {}
+        Err(errno) => return Err(errno.into()),
     }
     let mut buf = [0u8; 4096];
-    // SAFETY: reads at most `buf.len()` bytes into the buffer we own; fd 0
-    // is standard input. (Not through `std::io::Stdin`, whose buffer would
-    // hold bytes that `poll` does not see.)
-    let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
-    match n {
-        0 => Ok(Input::End),
-        n if n > 0 => Ok(Input::Bytes(buf[..n as usize].to_vec())),
-        _ => {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                Ok(Input::Nothing)
-            } else {
-                Err(e)
-            }
-        }
+    // Read from the descriptor, not through `std::io::Stdin`, whose buffer
+    // would hold bytes that `poll` does not see.
+    match nix::unistd::read(stdin.as_fd(), &mut buf) {
+        Ok(0) => Ok(Input::End),
+        Ok(n) => Ok(Input::Bytes(buf[..n].to_vec())),
+        Err(Errno::EINTR) => Ok(Input::Nothing),
+        Err(errno) => Err(errno.into()),
     }
 }
 
@@ -246,40 +232,28 @@ fn read_input(wait: Duration) -> std::io::Result<Input> {
 /// Ctrl-C included, no echo) while this lives; output still ends lines
 /// with CR LF, so a guest's LF starts a new line.
 struct RawMode {
-    original: libc::termios,
+    original: Termios,
 }
 
 impl RawMode {
     /// None when standard input is no terminal.
     fn enter() -> std::io::Result<Option<Self>> {
-        if !std::io::stdin().is_terminal() {
+        let stdin = std::io::stdin();
+        if !stdin.is_terminal() {
             return Ok(None);
         }
-        let mut original = std::mem::MaybeUninit::<libc::termios>::zeroed();
-        // SAFETY: tcgetattr fills the termios we own; fd 0 is a terminal.
-        if unsafe { libc::tcgetattr(0, original.as_mut_ptr()) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: tcgetattr succeeded, so every field is set.
-        let original = unsafe { original.assume_init() };
-        let mut raw = original;
-        // SAFETY: cfmakeraw changes only the termios we pass.
-        unsafe { libc::cfmakeraw(&mut raw) };
-        raw.c_oflag |= libc::OPOST | libc::ONLCR;
-        // SAFETY: sets fd 0's attributes from a termios we own.
-        if unsafe { libc::tcsetattr(0, libc::TCSANOW, &raw) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        let original = termios::tcgetattr(stdin.as_fd())?;
+        let mut raw = original.clone();
+        termios::cfmakeraw(&mut raw);
+        raw.output_flags |= OutputFlags::OPOST | OutputFlags::ONLCR;
+        termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw)?;
         Ok(Some(Self { original }))
     }
 }
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        // SAFETY: restores fd 0's attributes from the termios we saved.
-        unsafe {
-            libc::tcsetattr(0, libc::TCSANOW, &self.original);
-        }
+        let _ = termios::tcsetattr(std::io::stdin().as_fd(), SetArg::TCSANOW, &self.original);
     }
 }
 

@@ -157,16 +157,9 @@ fn open_kernel(source: &KernelSource) -> Result<(File, PathBuf), BootError> {
 
 /// An anonymous file holding `bytes`, so built-in images load like files.
 fn memfd_with(name: &str, bytes: &[u8]) -> std::io::Result<File> {
+    use nix::sys::memfd::{MFdFlags, memfd_create};
     use std::io::Write;
-    use std::os::fd::FromRawFd;
-    let cname = std::ffi::CString::new(name).unwrap_or_default();
-    // SAFETY: memfd_create reads a NUL-terminated name and returns a new fd or -1.
-    let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-    let mut file = unsafe { File::from_raw_fd(fd) };
+    let mut file = File::from(memfd_create(name, MFdFlags::MFD_CLOEXEC)?);
     file.write_all(bytes)?;
     file.seek(SeekFrom::Start(0))?;
     Ok(file)
