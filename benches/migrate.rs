@@ -2,6 +2,10 @@
 //!
 //! - this machine's limits: loopback TCP throughput and the rate at which a
 //!   process writes into fresh anonymous memory (the target's first touch);
+//!   and for each RAM size the null copy (`support/null_copy.rs`): the same
+//!   bytes moved by two bare processes from one mapping through loopback TCP
+//!   into fresh memory, over vmig's default number of streams, with a
+//!   spinning thread for each guest vCPU: the full pass is compared with it;
 //! - for each RAM size and test-guest workload, a fresh VM migrated from one
 //!   `vmig vm run` to another over loopback with `vmig vm send`: the engine's
 //!   report beside the guest's own view of the pause (`maxgap_us` of its
@@ -16,9 +20,12 @@
 //! that times out or fails is not repeated. `VMIG_BENCH_QUICK=1`: 1 GiB only,
 //! one run per row; `VMIG_BENCH_RUNS=N`: N runs per row; `VMIG_BENCH_VMIG_ONLY=1`:
 //! no QEMU rows; `VMIG_BENCH_ENGINES=vmig,vmig-tls,qemu-best,qemu-tls` (any of
-//! those and `qemu-default`): only those rows; `VMIG_BENCH_SIZES=1,4`: these
+//! those and `qemu-default`; `none`: the limits and null copies only): only
+//! those rows; `VMIG_BENCH_SIZES=1,4`: these
 //! RAM sizes in GiB.
 
+#[path = "support/null_copy.rs"]
+mod null_copy;
 #[path = "support/qemu.rs"]
 mod qemu;
 
@@ -85,6 +92,8 @@ const WORKLOADS: [Workload; 5] = [
     },
 ];
 const IDLE_FILLED: usize = 1;
+/// The benchmark guest's vCPUs (vmig and QEMU).
+const GUEST_VCPUS: usize = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Engine {
@@ -396,7 +405,7 @@ fn vmig_run(memory: &str, workload: &Workload, tls: bool) -> Result<Sample, Stri
                 "--memory",
                 memory,
                 "--vcpus",
-                "2",
+                &GUEST_VCPUS.to_string(),
             ])
             .args(["--cmdline", workload.cmdline, "--control"])
             .arg(path("source.sock"))
@@ -716,21 +725,8 @@ fn loopback_bps(streams: usize) -> f64 {
 /// written in full, by `threads` threads.
 fn first_touch_bps(threads: usize) -> f64 {
     const LEN: usize = 1 << 30;
-    // SAFETY: a new private anonymous mapping; it aliases nothing.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            LEN,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(ptr, libc::MAP_FAILED, "mmap of 1 GiB failed");
-    // SAFETY: the mapping is LEN readable and writable bytes, and this slice is
-    // the only reference to it until it is unmapped below.
-    let memory = unsafe { std::slice::from_raw_parts_mut(ptr.cast::<u8>(), LEN) };
+    let mut mapping = null_copy::Mapping::new(LEN);
+    let memory = mapping.as_mut();
     let start = Instant::now();
     thread::scope(|scope| {
         for part in memory.chunks_mut(LEN / threads) {
@@ -742,10 +738,30 @@ fn first_touch_bps(threads: usize) -> f64 {
         }
     });
     let elapsed = start.elapsed().as_secs_f64();
-    std::hint::black_box(&memory);
-    // SAFETY: unmaps the mapping made above; `memory` is not used after this.
-    unsafe { libc::munmap(ptr, LEN) };
+    std::hint::black_box(&mapping);
     LEN as f64 / elapsed
+}
+
+/// The null copy of `gib` GiB with vmig's default streams and the guest's
+/// vCPUs as spinners, median of `runs`; printed.
+fn measure_null_copy(gib: u64, runs: usize) -> Option<f64> {
+    let streams = MigrationOptions::default().streams as usize;
+    let mut values = Vec::new();
+    for _ in 0..runs {
+        match null_copy::bps((gib * GIB) as usize, streams, GUEST_VCPUS) {
+            Ok(bps) => values.push(bps),
+            Err(e) => println!("  null copy of {gib} GiB failed: {e}"),
+        }
+    }
+    let bps = median(&mut values);
+    if let Some(bps) = bps {
+        println!(
+            "Null copy, {gib} GiB, {streams} streams, {GUEST_VCPUS} spinning threads (median of {}): {:.0} MiB/s",
+            values.len(),
+            bps / MIB
+        );
+    }
+    bps
 }
 
 struct Limits {
@@ -1007,6 +1023,8 @@ fn print_table(gib: u64, runs: usize, rows: &[(&Workload, Vec<Row>)]) {
 // ---------------------------------------------------------------------------
 
 fn main() {
+    // The null copy's receiving process is this program too.
+    null_copy::serve_if_asked();
     // `cargo bench` passes --bench; no other argument is read.
     let quick = std::env::var_os("VMIG_BENCH_QUICK").is_some_and(|v| v != "0");
     let (sizes, mut runs): (&[u64], usize) = if quick { (&[1], 1) } else { (&[1, 4], 3) };
@@ -1064,7 +1082,10 @@ fn main() {
     );
 
     let mut round0 = Vec::new();
+    let mut null_copies = Vec::new();
     for &gib in sizes {
+        println!();
+        null_copies.push((gib, measure_null_copy(gib, runs.max(2))));
         let mut rows = Vec::new();
         for (index, workload) in WORKLOADS.iter().enumerate() {
             let mut engine_rows = Vec::new();
@@ -1081,7 +1102,7 @@ fn main() {
                 }
             }
             if index == IDLE_FILLED {
-                for engine in [Engine::Vmig, Engine::VmigTls] {
+                for engine in [Engine::Vmig, Engine::VmigTls].into_iter().filter(|e| wanted(*e)) {
                     let row = engine_rows.iter().find(|r| r.engine == engine);
                     round0.push((gib, engine, row.and_then(|r| r.median(|s| s.round0_bps))));
                 }
@@ -1095,14 +1116,21 @@ fn main() {
     let bound = limits.bound();
     for (gib, engine, bps) in round0 {
         let mode = if engine == Engine::Vmig { "plaintext" } else { "tls" };
-        match bps {
-            Some(bps) => println!(
-                "vmig {mode} round 0 (full pass) on \"idle, all filled\", {gib} GiB: {:.0} MiB/s = {:.0}% of this machine's limit {:.0} MiB/s (target >= 90%)",
+        let null = null_copies.iter().find(|(g, _)| *g == gib).and_then(|(_, bps)| *bps);
+        match (bps, null) {
+            (Some(bps), Some(null)) => println!(
+                "vmig {mode} round 0 (full pass) on \"idle, all filled\", {gib} GiB: {:.0} MiB/s = {:.0}% of the null copy's {:.0} MiB/s (goal >= 90%); {:.0}% of the lower of loopback and first touch, {:.0} MiB/s",
                 bps / MIB,
+                bps / null * 100.0,
+                null / MIB,
                 bps / bound * 100.0,
                 bound / MIB
             ),
-            None => println!("vmig {mode} round 0 on \"idle, all filled\", {gib} GiB: no figure (the row failed)"),
+            (Some(bps), None) => println!(
+                "vmig {mode} round 0 (full pass) on \"idle, all filled\", {gib} GiB: {:.0} MiB/s (no null copy figure)",
+                bps / MIB
+            ),
+            (None, _) => println!("vmig {mode} round 0 on \"idle, all filled\", {gib} GiB: no figure (the row failed)"),
         }
     }
     println!();
@@ -1110,7 +1138,8 @@ fn main() {
     println!("Date: {}", date());
 }
 
-/// Whether `VMIG_BENCH_ENGINES` (when set) lists `engine`.
+/// Whether `VMIG_BENCH_ENGINES` (when set) lists `engine` (`none`: no
+/// rows, only the limits and the null copies).
 fn wanted(engine: Engine) -> bool {
     std::env::var("VMIG_BENCH_ENGINES").map_or(true, |list| list.split(',').any(|name| name.trim() == engine.key()))
 }
