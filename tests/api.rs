@@ -115,6 +115,43 @@ fn a_misspelt_field_is_refused_by_name_and_logged() {
     assert_eq!(refused(&lab, "hostA")["tls"], 1);
 }
 
+#[test]
+fn a_request_past_the_size_limit_is_refused_and_counted() {
+    let lab = Lab::up_hosts(1, &[]);
+    let inventory = vmig::inventory::Inventory::load(&lab.inventory()).unwrap();
+    let tls = vmig_backend::pki::client_config(&inventory.operator).unwrap();
+    let (ip, port) = lab.address("hostA");
+    let tcp = TcpStream::connect((ip, port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut stream = vmig_backend::pki::connect(tls, "hostA", tcp).unwrap();
+    // Exactly the limit and no end of line: the agent reads it all, finds
+    // no request in it, and says why (nothing is left unread to reset the
+    // connection before the answer arrives).
+    let limit = vmig_backend::api::MAX_REQUEST;
+    let head = r#"{"v":1,"op":"host","pad":""#;
+    let mut line = head.as_bytes().to_vec();
+    line.resize(limit, b'x');
+    stream.write_all(&line).unwrap();
+    stream.flush().unwrap();
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).unwrap();
+    let answer: Value = serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"));
+    assert_eq!(answer["status"], 400, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("at most {limit} bytes")),
+        "{answer}"
+    );
+    assert_eq!(refused(&lab, "hostA")["requests"], 1);
+    let log = wait_for_log(&lab, "hostA", "refused a request");
+    assert!(
+        said(&log, "refused a request").iter().any(|e| e["by"] == "operator"),
+        "{log:#?}"
+    );
+}
+
 /// The agent's log once it has an event whose message has `needle` (10 s
 /// at most).
 fn wait_for_log(lab: &Lab, host: &str, needle: &str) -> Vec<Value> {
