@@ -78,7 +78,12 @@ impl Migration {
             Ok(()) | Err(TrySendError::Full(_)) => true,
             Err(TrySendError::Disconnected(_)) => false,
         });
-        if matches!(line, MigrateProgress::Started { .. } | MigrateProgress::Prepared { .. }) {
+        // What a watcher that comes later must still hear: that it started,
+        // waited in a queue (a line a place, so a few), was prepared.
+        if matches!(
+            line,
+            MigrateProgress::Started { .. } | MigrateProgress::Queued { .. } | MigrateProgress::Prepared { .. }
+        ) {
             state.history.push(line);
         }
     }

@@ -266,8 +266,11 @@ fn dispatch<S: Write>(
             run,
         } => match agent.migrate_out(&name, &target, options, id, run.as_deref(), Some(&peer.name)) {
             Ok(migration) => {
+                // Watched before the trail's write, so that no line of the
+                // migration (its queueing) goes by meanwhile.
+                let lines = migration.watch();
                 audited.taken(&agent.audit, &migration.id);
-                return watch(&migration, out);
+                return follow(&migration, &lines, out);
             }
             Err(failure) => failed(failure),
         },
@@ -360,7 +363,15 @@ fn dispatch<S: Write>(
 /// there is no news, until it ends; its outcome is the answer. None when the
 /// client went away (the migration goes on).
 fn watch<S: Write>(migration: &Migration, out: &mut LineWriter<'_, S>) -> Option<Answer> {
-    let lines = migration.watch();
+    follow(migration, &migration.watch(), out)
+}
+
+/// [`watch`] with the watcher's `lines` already taken.
+fn follow<S: Write>(
+    migration: &Migration,
+    lines: &std::sync::mpsc::Receiver<MigrateProgress>,
+    out: &mut LineWriter<'_, S>,
+) -> Option<Answer> {
     loop {
         match lines.recv_timeout(KEEPALIVE_EVERY) {
             Ok(line) => {
