@@ -16,14 +16,19 @@ use std::time::{Duration, Instant};
 use common::lab::Lab;
 use serde_json::Value;
 
-/// One raw request line over the operator's mutual TLS; the answer line.
-fn raw_request(lab: &Lab, host: &str, line: &str) -> Value {
+/// A connection to `host`'s API over the operator's mutual TLS.
+fn operator_stream(lab: &Lab, host: &str) -> impl Read + Write {
     let inventory = vmig::inventory::Inventory::load(&lab.inventory()).unwrap();
     let tls = vmig_backend::pki::client_config(&inventory.operator).unwrap();
     let (ip, port) = lab.address(host);
     let tcp = TcpStream::connect((ip, port)).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut stream = vmig_backend::pki::connect(tls, host, tcp).unwrap();
+    vmig_backend::pki::connect(tls, host, tcp).unwrap()
+}
+
+/// One raw request line over the operator's mutual TLS; the answer line.
+fn raw_request(lab: &Lab, host: &str, line: &str) -> Value {
+    let mut stream = operator_stream(lab, host);
     stream.write_all(line.as_bytes()).unwrap();
     stream.write_all(b"\n").unwrap();
     stream.flush().unwrap();
@@ -118,12 +123,7 @@ fn a_misspelt_field_is_refused_by_name_and_logged() {
 #[test]
 fn a_request_past_the_size_limit_is_refused_and_counted() {
     let lab = Lab::up_hosts(1, &[]);
-    let inventory = vmig::inventory::Inventory::load(&lab.inventory()).unwrap();
-    let tls = vmig_backend::pki::client_config(&inventory.operator).unwrap();
-    let (ip, port) = lab.address("hostA");
-    let tcp = TcpStream::connect((ip, port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut stream = vmig_backend::pki::connect(tls, "hostA", tcp).unwrap();
+    let mut stream = operator_stream(&lab, "hostA");
     // Exactly the limit and no end of line: the agent reads it all, finds
     // no request in it, and says why (nothing is left unread to reset the
     // connection before the answer arrives).

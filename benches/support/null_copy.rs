@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Instant;
 
+use vmig_backend::vmm::vcpu::set_thread_nice as nice;
+
 /// Set to `BYTES,STREAMS` in the receiving process.
 const RECEIVER: &str = "VMIG_BENCH_NULL_RECEIVER";
 /// Each write and read, as large as vmig's batches.
@@ -24,13 +26,6 @@ const CHUNK: usize = 4 << 20;
 /// The niceness of the copying threads: a VMM's own threads' (the vCPUs
 /// run at 0).
 const COPY_NICE: i32 = -5;
-
-/// Sets the calling thread's niceness; best effort (it needs the privilege).
-fn nice(value: i32) {
-    let tid = nix::unistd::gettid().as_raw();
-    // SAFETY: setpriority on our own thread id changes only its scheduling.
-    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, value) };
-}
 
 /// A private anonymous mapping, unmapped when dropped.
 pub struct Mapping {

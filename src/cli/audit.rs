@@ -6,11 +6,9 @@ use std::path::Path;
 use anyhow::Result;
 use clap::Args;
 
-use crate::cli::UsageError;
 use crate::exit::Exit;
 use crate::ops::audit::{self, Query};
 use crate::ops::cluster::Cluster;
-use crate::ops::history;
 use crate::render::utc;
 
 #[derive(Debug, Args)]
@@ -47,11 +45,7 @@ pub struct AuditArgs {
 }
 
 pub fn exec(args: &AuditArgs, inventory: Option<&Path>) -> Result<Exit> {
-    let since_ms = args
-        .since
-        .as_deref()
-        .map(|s| history::since(s).map_err(|e| UsageError(format!("--since: {e}"))))
-        .transpose()?;
+    let since_ms = super::since_ms(args.since.as_deref())?;
     let cluster = Cluster::open(inventory)?;
     let query = Query {
         host: args.host.clone(),

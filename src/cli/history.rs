@@ -6,7 +6,6 @@ use std::path::Path;
 use anyhow::Result;
 use clap::Args;
 
-use crate::cli::UsageError;
 use crate::exit::Exit;
 use crate::ops::cluster::Cluster;
 use crate::ops::history::{self, Query};
@@ -38,11 +37,7 @@ pub struct HistoryArgs {
 }
 
 pub fn exec(args: &HistoryArgs, inventory: Option<&Path>) -> Result<Exit> {
-    let since_ms = args
-        .since
-        .as_deref()
-        .map(|s| history::since(s).map_err(|e| UsageError(format!("--since: {e}"))))
-        .transpose()?;
+    let since_ms = super::since_ms(args.since.as_deref())?;
     let cluster = Cluster::open(inventory)?;
     if let Some(host) = &args.host {
         cluster.host(host)?;

@@ -213,6 +213,14 @@ pub fn exit_for(error: &ClientError) -> Exit {
     Exit::of(OpsCode::of_client(error))
 }
 
+/// `--since WHEN` as milliseconds since the epoch (see
+/// [`crate::ops::history::since`]).
+pub fn since_ms(since: Option<&str>) -> Result<Option<u64>, UsageError> {
+    since
+        .map(|s| crate::ops::history::since(s).map_err(|e| UsageError(format!("--since: {e}"))))
+        .transpose()
+}
+
 /// Input that is wrong before anything starts (exit code 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
