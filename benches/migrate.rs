@@ -8,8 +8,10 @@
 //!   spinning thread for each guest vCPU: the full pass is compared with it;
 //! - for each RAM size and test-guest workload, a fresh VM migrated from one
 //!   `vmig vm run` to another over loopback with `vmig vm send`: the engine's
-//!   report beside the guest's own view of the pause (`maxgap_us` of its
-//!   heartbeats);
+//!   report beside the guest's own view: the pause it saw at the switchover
+//!   (`maxgap_us` of its heartbeats) and the time it lost over the whole
+//!   migration (`lost_us`, the sum of its loop gaps over 50 µs, per vCPU,
+//!   less what it loses without a migration);
 //! - the same with the streams encrypted (TLS 1.3 with host certificates, what
 //!   agents do by default) beside plaintext;
 //! - the very same guest migrated by QEMU's live migration, driven over QMP, with
@@ -21,8 +23,10 @@
 //! one run per row; `VMIG_BENCH_RUNS=N`: N runs per row; `VMIG_BENCH_VMIG_ONLY=1`:
 //! no QEMU rows; `VMIG_BENCH_ENGINES=vmig,vmig-tls,qemu-best,qemu-tls` (any of
 //! those and `qemu-default`; `none`: the limits and null copies only): only
-//! those rows; `VMIG_BENCH_SIZES=1,4`: these
-//! RAM sizes in GiB.
+//! those rows; `VMIG_BENCH_SIZES=1,4`: these RAM sizes in GiB;
+//! `VMIG_BENCH_VCPUS=1,2`: these guest vCPU counts (both by default);
+//! `VMIG_BENCH_WORKLOADS=0,1,2`: only these workloads (by index, in the order
+//! of the table).
 
 #[path = "support/null_copy.rs"]
 mod null_copy;
@@ -92,8 +96,8 @@ const WORKLOADS: [Workload; 5] = [
     },
 ];
 const IDLE_FILLED: usize = 1;
-/// The benchmark guest's vCPUs (vmig and QEMU).
-const GUEST_VCPUS: usize = 2;
+/// The benchmark guest's vCPU counts (vmig and QEMU alike).
+const GUEST_VCPUS: [usize; 2] = [1, 2];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Engine {
@@ -202,8 +206,13 @@ struct Sample {
     downtime_ms: Option<f64>,
     /// Largest `maxgap_us` of the first two heartbeats on the target.
     guest_gap_ms: Option<f64>,
+    /// The time the guest lost per vCPU over the migration, from its
+    /// `lost_us`, less its own floor over that span.
+    guest_lost_ms: Option<f64>,
     /// Median `maxgap_us` of the source's heartbeats before the migration.
     floor_gap_ms: Option<f64>,
+    /// The share of its time the guest lost before the migration, per vCPU.
+    floor_lost: Option<f64>,
     bytes: u64,
     rounds: u64,
     throttle_pct: Option<u64>,
@@ -231,7 +240,9 @@ impl Sample {
             total_ms: 0.0,
             downtime_ms: None,
             guest_gap_ms: None,
+            guest_lost_ms: None,
             floor_gap_ms: None,
+            floor_lost: None,
             bytes: 0,
             rounds: 0,
             throttle_pct: None,
@@ -277,9 +288,13 @@ fn median(values: &mut [f64]) -> Option<f64> {
 // ---------------------------------------------------------------------------
 // Console: heartbeats written by the test guest.
 
+#[derive(Debug, Clone, Copy)]
 struct Heartbeat {
+    t_ms: u64,
     maxgap_us: u64,
     errors: u64,
+    /// The time all vCPUs lost since boot, summed.
+    lost_us: u64,
 }
 
 fn field(line: &str, key: &str) -> Option<u64> {
@@ -303,8 +318,10 @@ fn heartbeats(path: &Path) -> Vec<Heartbeat> {
         .iter()
         .filter(|line| line.starts_with("HB "))
         .map(|line| Heartbeat {
+            t_ms: field(line, "t_ms").unwrap_or(0),
             maxgap_us: field(line, "maxgap_us").unwrap_or(0),
             errors: field(line, "errors").unwrap_or(0),
+            lost_us: field(line, "lost_us").unwrap_or(0),
         })
         .collect()
 }
@@ -320,21 +337,52 @@ fn wait_for_console(path: &Path, prefix: &str, deadline: Instant, vmm: &mut Proc
     Ok(())
 }
 
+/// What the guest lost before the migration: this machine's noise floor.
+struct Floor {
+    /// The median `maxgap_us`, in ms.
+    gap_ms: Option<f64>,
+    /// The share of its time each vCPU lost.
+    lost: Option<f64>,
+}
+
 /// Waits until the guest has filled memory (or started, when it does not fill)
-/// and then runs its workload for [`SETTLE`]; returns the median pause it saw
-/// meanwhile, this machine's noise floor for `maxgap_us`.
-fn settle(console: &Path, workload: &Workload, vmm: &mut Process) -> Result<Option<f64>, String> {
+/// and then runs its workload for [`SETTLE`]; returns what it lost meanwhile.
+fn settle(console: &Path, workload: &Workload, vcpus: usize, vmm: &mut Process) -> Result<Floor, String> {
     let ready = if workload.fills() { "FILLED" } else { "HB " };
     wait_for_console(console, ready, Instant::now() + BOOT_LIMIT, vmm)?;
     let before = heartbeats(console).len();
     thread::sleep(SETTLE);
     // The first heartbeat after FILLED may still span the fill.
-    let mut gaps: Vec<f64> = heartbeats(console)
-        .iter()
-        .skip(before + 1)
-        .map(|hb| hb.maxgap_us as f64 / 1000.0)
-        .collect();
-    Ok(median(&mut gaps))
+    let beats: Vec<Heartbeat> = heartbeats(console).into_iter().skip(before + 1).collect();
+    let mut gaps: Vec<f64> = beats.iter().map(|hb| hb.maxgap_us as f64 / 1000.0).collect();
+    let lost = match (beats.first(), beats.last()) {
+        (Some(first), Some(last)) if last.t_ms > first.t_ms => {
+            Some((last.lost_us - first.lost_us) as f64 / 1000.0 / vcpus as f64 / (last.t_ms - first.t_ms) as f64)
+        }
+        _ => None,
+    };
+    Ok(Floor {
+        gap_ms: median(&mut gaps),
+        lost,
+    })
+}
+
+/// The time the guest lost per vCPU from `before` (its last heartbeat on
+/// the source before the migration began) to its second heartbeat on the
+/// target, less what `floor` says it loses anyway over the part of that span
+/// outside the migration's `total_ms`.
+fn guest_lost(
+    before: Option<Heartbeat>,
+    target_console: &Path,
+    vcpus: usize,
+    total_ms: f64,
+    floor: &Floor,
+) -> Option<f64> {
+    let before = before?;
+    let after = *heartbeats(target_console).get(1)?;
+    let lost_ms = after.lost_us.checked_sub(before.lost_us)? as f64 / 1000.0 / vcpus as f64;
+    let outside_ms = (after.t_ms.saturating_sub(before.t_ms) as f64 - total_ms).max(0.0);
+    Some((lost_ms - floor.lost.unwrap_or(0.0) * outside_ms).max(0.0))
 }
 
 /// The pause the guest saw across the switchover: the largest `maxgap_us` of
@@ -374,7 +422,7 @@ fn wait_for_control(socket: &Path, vmm: &mut Process) -> Result<(), String> {
     }
 }
 
-fn vmig_run(memory: &str, workload: &Workload, tls: bool) -> Result<Sample, String> {
+fn vmig_run(memory: &str, vcpus: usize, workload: &Workload, tls: bool) -> Result<Sample, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let path = |name: &str| dir.path().join(name);
     let url = format!("tcp:127.0.0.1:{}", free_port());
@@ -405,7 +453,7 @@ fn vmig_run(memory: &str, workload: &Workload, tls: bool) -> Result<Sample, Stri
                 "--memory",
                 memory,
                 "--vcpus",
-                &GUEST_VCPUS.to_string(),
+                &vcpus.to_string(),
             ])
             .args(["--cmdline", workload.cmdline, "--control"])
             .arg(path("source.sock"))
@@ -417,7 +465,8 @@ fn vmig_run(memory: &str, workload: &Workload, tls: bool) -> Result<Sample, Stri
     )?;
     wait_for_control(&path("target.sock"), &mut target)?;
     wait_for_control(&path("source.sock"), &mut source)?;
-    let floor_gap_ms = settle(&path("source.log"), workload, &mut source)?;
+    let floor = settle(&path("source.log"), workload, vcpus, &mut source)?;
+    let before = heartbeats(&path("source.log")).last().copied();
 
     let stderr = std::fs::File::create(path("send.err")).map_err(|e| e.to_string())?;
     let send = Process::spawn(
@@ -464,16 +513,19 @@ fn vmig_run(memory: &str, workload: &Workload, tls: bool) -> Result<Sample, Stri
     match (exit, report) {
         (Some(status), Some(report)) if status.success() => {
             let (guest_gap_ms, errors) = guest_gap(&path("target.log"));
+            let total_ms = number(&report, "total_ms");
             Ok(Sample {
                 status: if report["forced"] == true {
                     Status::Forced
                 } else {
                     Status::Converged
                 },
-                total_ms: number(&report, "total_ms"),
+                total_ms,
                 downtime_ms: Some(number(&report, "downtime_ms")),
                 guest_gap_ms,
-                floor_gap_ms,
+                guest_lost_ms: guest_lost(before, &path("target.log"), vcpus, total_ms, &floor),
+                floor_gap_ms: floor.gap_ms,
+                floor_lost: floor.lost,
                 bytes: whole(&report, "bytes_sent"),
                 rounds: whole(&report, "rounds"),
                 throttle_pct: Some(whole(&report, "max_throttle_pct")),
@@ -496,7 +548,8 @@ fn vmig_run(memory: &str, workload: &Workload, tls: bool) -> Result<Sample, Stri
                 rounds: whole(&progress, "round") + 1,
                 throttle_pct: Some(whole(&progress, "throttle_pct")),
                 round0_bps,
-                floor_gap_ms,
+                floor_gap_ms: floor.gap_ms,
+                floor_lost: floor.lost,
                 ..Sample::failed(String::new())
             })
         }
@@ -534,10 +587,18 @@ fn log_file(path: &Path) -> Result<std::fs::File, String> {
 // ---------------------------------------------------------------------------
 // QEMU, driven over QMP
 
-fn qemu_command(kernel: &Path, memory: &str, workload: &Workload, serial: &Path, qmp: &Path) -> Command {
+fn qemu_command(kernel: &Path, memory: &str, vcpus: usize, workload: &Workload, serial: &Path, qmp: &Path) -> Command {
     let mut command = Command::new(QEMU);
     command
-        .args(["-enable-kvm", "-cpu", "qemu64", "-m", memory, "-smp", "2"])
+        .args([
+            "-enable-kvm",
+            "-cpu",
+            "qemu64",
+            "-m",
+            memory,
+            "-smp",
+            &vcpus.to_string(),
+        ])
         .args(["-nographic", "-nodefaults", "-kernel"])
         .arg(kernel)
         .args(["-append", workload.cmdline, "-serial"])
@@ -550,7 +611,7 @@ fn qemu_command(kernel: &Path, memory: &str, workload: &Workload, serial: &Path,
     command
 }
 
-fn qemu_run(kernel: &Path, memory: &str, workload: &Workload, engine: Engine) -> Result<Sample, String> {
+fn qemu_run(kernel: &Path, memory: &str, vcpus: usize, workload: &Workload, engine: Engine) -> Result<Sample, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let path = |name: &str| dir.path().join(name);
     let uri = format!("tcp:127.0.0.1:{}", free_port());
@@ -562,7 +623,14 @@ fn qemu_run(kernel: &Path, memory: &str, workload: &Workload, engine: Engine) ->
             dir.display()
         )
     };
-    let mut target_command = qemu_command(kernel, memory, workload, &path("target.log"), &path("target.qmp"));
+    let mut target_command = qemu_command(
+        kernel,
+        memory,
+        vcpus,
+        workload,
+        &path("target.log"),
+        &path("target.qmp"),
+    );
     if tls {
         target_command
             .args(["-object", &creds(&certs().qemu_server, "server")])
@@ -571,7 +639,14 @@ fn qemu_run(kernel: &Path, memory: &str, workload: &Workload, engine: Engine) ->
         target_command.args(["-incoming", &uri]);
     }
     let mut target = Process::spawn(&mut target_command, "target QEMU")?;
-    let mut source_command = qemu_command(kernel, memory, workload, &path("source.log"), &path("source.qmp"));
+    let mut source_command = qemu_command(
+        kernel,
+        memory,
+        vcpus,
+        workload,
+        &path("source.log"),
+        &path("source.qmp"),
+    );
     if tls {
         source_command.args(["-object", &creds(&certs().qemu_client, "client")]);
     }
@@ -583,7 +658,7 @@ fn qemu_run(kernel: &Path, memory: &str, workload: &Workload, engine: Engine) ->
         target_qmp.execute("migrate-incoming", Some(json!({ "uri": uri })))?;
     }
     let mut qmp = Qmp::connect(&path("source.qmp"), &mut source)?;
-    let floor_gap_ms = settle(&path("source.log"), workload, &mut source)?;
+    let floor = settle(&path("source.log"), workload, vcpus, &mut source)?;
     if tls {
         qmp.execute(
             "migrate-set-parameters",
@@ -600,6 +675,7 @@ fn qemu_run(kernel: &Path, memory: &str, workload: &Workload, engine: Engine) ->
     } else {
         QEMU_DEFAULT_LIMIT
     };
+    let before = heartbeats(&path("source.log")).last().copied();
     let started = Instant::now();
     qmp.execute("migrate", Some(json!({ "uri": uri })))?;
     let whole = |info: &Value, key: &str| info["ram"][key].as_u64().unwrap_or(0);
@@ -609,12 +685,15 @@ fn qemu_run(kernel: &Path, memory: &str, workload: &Workload, engine: Engine) ->
         match info["status"].as_str().unwrap_or("") {
             "completed" => {
                 let (guest_gap_ms, errors) = guest_gap(&path("target.log"));
+                let total_ms = info["total-time"].as_f64().unwrap_or(0.0);
                 return Ok(Sample {
                     status: Status::Converged,
-                    total_ms: info["total-time"].as_f64().unwrap_or(0.0),
+                    total_ms,
                     downtime_ms: info["downtime"].as_f64(),
                     guest_gap_ms,
-                    floor_gap_ms,
+                    guest_lost_ms: guest_lost(before, &path("target.log"), vcpus, total_ms, &floor),
+                    floor_gap_ms: floor.gap_ms,
+                    floor_lost: floor.lost,
                     bytes: whole(&info, "transferred"),
                     rounds: whole(&info, "dirty-sync-count"),
                     throttle_pct: info["cpu-throttle-percentage"].as_u64(),
@@ -634,7 +713,8 @@ fn qemu_run(kernel: &Path, memory: &str, workload: &Workload, engine: Engine) ->
                     bytes: whole(&info, "transferred"),
                     rounds: whole(&info, "dirty-sync-count"),
                     throttle_pct: info["cpu-throttle-percentage"].as_u64(),
-                    floor_gap_ms,
+                    floor_gap_ms: floor.gap_ms,
+                    floor_lost: floor.lost,
                     ..Sample::failed(String::new())
                 });
             }
@@ -648,7 +728,7 @@ fn qemu_defaults(kernel: &Path) -> Result<String, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let qmp_path = dir.path().join("qmp");
     let mut qemu = Process::spawn(
-        &mut qemu_command(kernel, "128M", &WORKLOADS[0], &dir.path().join("log"), &qmp_path),
+        &mut qemu_command(kernel, "128M", 1, &WORKLOADS[0], &dir.path().join("log"), &qmp_path),
         "QEMU",
     )?;
     let mut qmp = Qmp::connect(&qmp_path, &mut qemu)?;
@@ -742,13 +822,13 @@ fn first_touch_bps(threads: usize) -> f64 {
     LEN as f64 / elapsed
 }
 
-/// The null copy of `gib` GiB with vmig's default streams and the guest's
-/// vCPUs as spinners, median of `runs`; printed.
-fn measure_null_copy(gib: u64, runs: usize) -> Option<f64> {
+/// The null copy of `gib` GiB with vmig's default streams and the most
+/// guest vCPUs as spinners, median of `runs`; printed.
+fn measure_null_copy(gib: u64, vcpus: usize, runs: usize) -> Option<f64> {
     let streams = MigrationOptions::default().streams as usize;
     let mut values = Vec::new();
     for _ in 0..runs {
-        match null_copy::bps((gib * GIB) as usize, streams, GUEST_VCPUS) {
+        match null_copy::bps((gib * GIB) as usize, streams, vcpus) {
             Ok(bps) => values.push(bps),
             Err(e) => println!("  null copy of {gib} GiB failed: {e}"),
         }
@@ -756,7 +836,7 @@ fn measure_null_copy(gib: u64, runs: usize) -> Option<f64> {
     let bps = median(&mut values);
     if let Some(bps) = bps {
         println!(
-            "Null copy, {gib} GiB, {streams} streams, {GUEST_VCPUS} spinning threads (median of {}): {:.0} MiB/s",
+            "Null copy, {gib} GiB, {streams} streams, {vcpus} spinning threads (median of {}): {:.0} MiB/s",
             values.len(),
             bps / MIB
         );
@@ -844,31 +924,32 @@ impl Row {
     }
 }
 
-fn measure_row(engine: Engine, kernel: Option<&Path>, gib: u64, workload: &Workload, runs: usize) -> Row {
+fn measure_row(engine: Engine, kernel: Option<&Path>, gib: u64, vcpus: usize, workload: &Workload, runs: usize) -> Row {
     let memory = format!("{gib}G");
     let mut samples = Vec::new();
     for run in 1..=runs {
         let sample = match engine {
-            Engine::Vmig => vmig_run(&memory, workload, false),
-            Engine::VmigTls => vmig_run(&memory, workload, true),
-            _ => qemu_run(kernel.expect("an exported guest"), &memory, workload, engine),
+            Engine::Vmig => vmig_run(&memory, vcpus, workload, false),
+            Engine::VmigTls => vmig_run(&memory, vcpus, workload, true),
+            _ => qemu_run(kernel.expect("an exported guest"), &memory, vcpus, workload, engine),
         }
         .unwrap_or_else(Sample::failed);
         let outcome = match &sample.status {
             Status::Failed(reason) => format!("FAILED: {reason}"),
             Status::TimedOut => format!("timeout after {:.0} s", sample.total_ms / 1000.0),
             _ => format!(
-                "{:.0} ms, downtime {:.1} ms, guest gap {:.1} ms{}",
+                "{:.0} ms, downtime {:.1} ms, guest gap {:.1} ms, guest lost {:.1} ms{}",
                 sample.total_ms,
                 sample.downtime_ms.unwrap_or(f64::NAN),
                 sample.guest_gap_ms.unwrap_or(f64::NAN),
+                sample.guest_lost_ms.unwrap_or(f64::NAN),
                 sample
                     .round0_bps
                     .map_or(String::new(), |bps| format!(", round 0 at {:.0} MiB/s", bps / MIB))
             ),
         };
         eprintln!(
-            "  {gib} GiB  {:<20} {:<12} run {run}/{runs}: {outcome}",
+            "  {gib} GiB {vcpus} vCPU  {:<20} {:<12} run {run}/{runs}: {outcome}",
             workload.name,
             engine.label()
         );
@@ -913,10 +994,16 @@ fn format_row(workload: &str, row: &Row) -> String {
     let errors: u64 = row.samples.iter().map(|s| s.errors).sum();
     let _ = write!(
         line,
-        "{total:>9} {:>9} {:>9} {:>9} {:>10} {:>11} {:>6} {:>8}  {converged}",
+        "{total:>9} {:>9} {:>9} {:>10} {:>6} {:>9} {:>10} {:>10} {:>11} {:>6} {:>8}  {converged}",
         or_dash(row.completed_median(|s| s.downtime_ms), |ms| format!("{ms:.1} ms")),
         or_dash(row.completed_median(|s| s.guest_gap_ms), |ms| format!("{ms:.1} ms")),
+        or_dash(row.completed_median(|s| s.guest_lost_ms), |ms| format!("{ms:.1} ms")),
+        or_dash(row.completed_median(lost_share), |share| format!(
+            "{:.1}%",
+            share * 100.0
+        )),
         or_dash(row.median(|s| s.floor_gap_ms), |ms| format!("{ms:.1} ms")),
+        or_dash(row.median(|s| s.floor_lost), |share| format!("{:.2}%", share * 100.0)),
         or_dash(row.median(|s| Some(s.bytes as f64)), format_mib),
         or_dash(throughput, |bps| format!("{:.0} MiB/s", bps / MIB)),
         or_dash(row.median(|s| Some(s.rounds as f64)), |r| format!("{r:.0}")),
@@ -926,6 +1013,14 @@ fn format_row(workload: &str, row: &Row) -> String {
         let _ = write!(line, "  INTEGRITY ERRORS: {errors}");
     }
     line
+}
+
+/// The guest's time lost as a share of the migration's duration.
+fn lost_share(sample: &Sample) -> Option<f64> {
+    sample
+        .guest_lost_ms
+        .filter(|_| sample.total_ms > 0.0)
+        .map(|lost| lost / sample.total_ms)
 }
 
 fn format_mib(bytes: f64) -> String {
@@ -943,15 +1038,28 @@ fn ratio(vmig: Option<f64>, qemu: Option<f64>) -> String {
     }
 }
 
-fn print_table(gib: u64, runs: usize, rows: &[(&Workload, Vec<Row>)]) {
+fn print_table(gib: u64, vcpus: usize, runs: usize, rows: &[(&Workload, Vec<Row>)]) {
     println!();
     println!(
-        "{gib} GiB RAM, 2 vCPUs — median of {runs} run{} (a row that times out or fails is not repeated)",
+        "{gib} GiB RAM, {vcpus} vCPU{} — median of {runs} run{} (a row that times out or fails is not repeated)",
+        if vcpus == 1 { "" } else { "s" },
         if runs == 1 { "" } else { "s" }
     );
     println!(
-        "{:<20} {:<12} {:>9} {:>9} {:>9} {:>9} {:>10} {:>11} {:>6} {:>8}  converged",
-        "workload", "engine", "total", "downtime", "guest gap", "gap floor", "sent", "throughput", "rounds", "throttle"
+        "{:<20} {:<12} {:>9} {:>9} {:>9} {:>10} {:>6} {:>9} {:>10} {:>10} {:>11} {:>6} {:>8}  converged",
+        "workload",
+        "engine",
+        "total",
+        "downtime",
+        "guest gap",
+        "guest lost",
+        "lost %",
+        "gap floor",
+        "lost floor",
+        "sent",
+        "throughput",
+        "rounds",
+        "throttle"
     );
     for (workload, engine_rows) in rows {
         for (i, row) in engine_rows.iter().enumerate() {
@@ -962,11 +1070,12 @@ fn print_table(gib: u64, runs: usize, rows: &[(&Workload, Vec<Row>)]) {
         if let (Some(vmig), Some(best)) = (vmig, best) {
             let figure = |row: &Row, f: fn(&Sample) -> Option<f64>| row.completed_median(f);
             println!(
-                "{:<20} vmig/qemu best: total {}, downtime {}, guest gap {}",
+                "{:<20} vmig/qemu best: total {}, downtime {}, guest gap {}, guest lost {}",
                 "",
                 ratio(figure(vmig, |s| Some(s.total_ms)), figure(best, |s| Some(s.total_ms))),
                 ratio(figure(vmig, |s| s.downtime_ms), figure(best, |s| s.downtime_ms)),
                 ratio(figure(vmig, |s| s.guest_gap_ms), figure(best, |s| s.guest_gap_ms)),
+                ratio(figure(vmig, |s| s.guest_lost_ms), figure(best, |s| s.guest_lost_ms)),
             );
         }
     }
@@ -1061,7 +1170,7 @@ fn main() {
     println!();
     match &qemu {
         Some(version) => {
-            println!("{version}: -enable-kvm -cpu qemu64 -smp 2, guest on serial to a file, QMP");
+            println!("{version}: -enable-kvm -cpu qemu64 -smp N, guest on serial to a file, QMP");
             match qemu_defaults(&kernel) {
                 Ok(defaults) => println!("  qemu default: {defaults}"),
                 Err(e) => println!("  qemu default: cannot query ({e})"),
@@ -1081,35 +1190,52 @@ fn main() {
         VMIG_LIMIT.as_secs()
     );
 
+    let vcpu_counts: Vec<usize> = std::env::var("VMIG_BENCH_VCPUS").ok().map_or_else(
+        || GUEST_VCPUS.to_vec(),
+        |list| list.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+    );
+    let workloads: Vec<usize> = std::env::var("VMIG_BENCH_WORKLOADS").ok().map_or_else(
+        || (0..WORKLOADS.len()).collect(),
+        |list| {
+            list.split(',')
+                .filter_map(|n| n.trim().parse().ok())
+                .filter(|&n| n < WORKLOADS.len())
+                .collect()
+        },
+    );
     let mut round0 = Vec::new();
     let mut null_copies = Vec::new();
     for &gib in sizes {
         println!();
-        null_copies.push((gib, measure_null_copy(gib, runs.max(2))));
-        let mut rows = Vec::new();
-        for (index, workload) in WORKLOADS.iter().enumerate() {
-            let mut engine_rows = Vec::new();
-            for engine in [Engine::Vmig, Engine::VmigTls] {
-                if wanted(engine) {
-                    engine_rows.push(measure_row(engine, None, gib, workload, runs));
-                }
-            }
-            if qemu.is_some() {
-                for engine in [Engine::QemuDefault, Engine::QemuBest, Engine::QemuTls] {
+        let most_vcpus = vcpu_counts.iter().copied().max().unwrap_or(1);
+        null_copies.push((gib, measure_null_copy(gib, most_vcpus, runs.max(2))));
+        for &vcpus in &vcpu_counts {
+            let mut rows = Vec::new();
+            for &index in &workloads {
+                let workload = &WORKLOADS[index];
+                let mut engine_rows = Vec::new();
+                for engine in [Engine::Vmig, Engine::VmigTls] {
                     if wanted(engine) {
-                        engine_rows.push(measure_row(engine, Some(&kernel), gib, workload, runs));
+                        engine_rows.push(measure_row(engine, None, gib, vcpus, workload, runs));
                     }
                 }
-            }
-            if index == IDLE_FILLED {
-                for engine in [Engine::Vmig, Engine::VmigTls].into_iter().filter(|e| wanted(*e)) {
-                    let row = engine_rows.iter().find(|r| r.engine == engine);
-                    round0.push((gib, engine, row.and_then(|r| r.median(|s| s.round0_bps))));
+                if qemu.is_some() {
+                    for engine in [Engine::QemuDefault, Engine::QemuBest, Engine::QemuTls] {
+                        if wanted(engine) {
+                            engine_rows.push(measure_row(engine, Some(&kernel), gib, vcpus, workload, runs));
+                        }
+                    }
                 }
+                if index == IDLE_FILLED && vcpus == most_vcpus {
+                    for engine in [Engine::Vmig, Engine::VmigTls].into_iter().filter(|e| wanted(*e)) {
+                        let row = engine_rows.iter().find(|r| r.engine == engine);
+                        round0.push((gib, engine, row.and_then(|r| r.median(|s| s.round0_bps))));
+                    }
+                }
+                rows.push((workload, engine_rows));
             }
-            rows.push((workload, engine_rows));
+            print_table(gib, vcpus, runs, &rows);
         }
-        print_table(gib, runs, &rows);
     }
 
     println!();

@@ -3,8 +3,9 @@
 //! `HB seq=<n> t_ms=<ms> cpus=<online> written=<pages> verified=<pages> errors=<words>
 //!  rate_mbps=<MB/s, one decimal> maxgap_us=<µs>`, then with the disk workload
 //! `disk_written=.. disk_verified=.. disk_errors=.. cd_verified=.. cd_errors=..
-//!  io_errors=..`, then with the network `rx=<frames> tx=<frames>` (new fields
-//! only ever go at the end).
+//!  io_errors=..`, then with the network `rx=<frames> tx=<frames>`, then
+//! `lost_us=<µs>`: the time all CPUs lost since boot, summed (see [`stats`];
+//! new fields only ever go at the end).
 
 use crate::cpu;
 use crate::disk;
@@ -115,6 +116,7 @@ impl Heartbeat {
                 .str(" tx=")
                 .dec(net::TX_FRAMES.load(Relaxed));
         }
+        line.str(" lost_us=").dec(stats::lost_ns() / 1000);
         line.emit();
         self.seq += 1;
         self.last_written = totals.written;

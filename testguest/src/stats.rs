@@ -1,6 +1,14 @@
 //! Counters each CPU publishes for the BSP's heartbeat, one cache line per CPU.
 //! Every counter has a single writer (its CPU), except `max_gap_ns`, which the BSP
 //! resets at each heartbeat.
+//!
+//! Time lost: a CPU's workload loop reads the clock once per iteration, which
+//! takes well under a microsecond. A longer gap is time the CPU did not run
+//! the guest: the host ran something else on its core, the VMM paused it, or
+//! a fault went out to the host (dirty logging write-protects pages). Gaps
+//! over [`LOST_GAP_NS`] are summed, whole, into `lost_ns`, which is never reset
+//! and migrates with the guest: the difference between two heartbeats is the
+//! time the guest lost in between.
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
@@ -21,7 +29,13 @@ struct CpuStats {
     filled: AtomicU64,
     /// Largest gap between two workload-loop iterations since the last heartbeat.
     max_gap_ns: AtomicU64,
+    /// Sum of the gaps over [`LOST_GAP_NS`] since boot.
+    lost_ns: AtomicU64,
 }
+
+/// A loop gap longer than this is time lost (a host timer tick costs a few
+/// microseconds and is not counted).
+pub const LOST_GAP_NS: u64 = 50_000;
 
 static CPUS: [CpuStats; MAX_CPUS] = [const {
     CpuStats {
@@ -32,6 +46,7 @@ static CPUS: [CpuStats; MAX_CPUS] = [const {
         errors: AtomicU64::new(0),
         filled: AtomicU64::new(0),
         max_gap_ns: AtomicU64::new(0),
+        lost_ns: AtomicU64::new(0),
     }
 }; MAX_CPUS];
 
@@ -91,6 +106,10 @@ impl Publisher {
         if gap_ns > g.load(Ordering::Relaxed) {
             g.fetch_max(gap_ns, Ordering::Relaxed);
         }
+        if gap_ns > LOST_GAP_NS {
+            let lost = &self.me().lost_ns;
+            lost.store(lost.load(Ordering::Relaxed) + gap_ns, Ordering::Relaxed);
+        }
     }
 
     /// Count `mismatches` wrong words in a page and print the first, while the
@@ -131,6 +150,11 @@ pub fn totals() -> Totals {
 
 pub fn fill_done(cpus: usize) -> bool {
     CPUS[..cpus].iter().all(|c| c.fill_done.load(Ordering::Acquire))
+}
+
+/// The time all CPUs lost since boot, summed.
+pub fn lost_ns() -> u64 {
+    CPUS.iter().map(|c| c.lost_ns.load(Ordering::Relaxed)).sum()
 }
 
 /// The largest loop gap of any CPU since the previous call, which resets it.
