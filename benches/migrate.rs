@@ -4,7 +4,7 @@
 //!   process writes into fresh anonymous memory (the target's first touch);
 //!   and for each RAM size the null copy (`support/null_copy.rs`): the same
 //!   bytes moved by two bare processes from one mapping through loopback TCP
-//!   into fresh memory, over vmig's default number of streams, with a
+//!   into fresh memory, over two streams at the VMM's priority, with a
 //!   spinning thread for each guest vCPU: the full pass is compared with it;
 //! - for each RAM size and test-guest workload, a fresh VM migrated from one
 //!   `vmig vm run` to another over loopback with `vmig vm send`: the engine's
@@ -13,7 +13,9 @@
 //!   migration (`lost_us`, the sum of its loop gaps over 50 µs, per vCPU,
 //!   less what it loses without a migration);
 //! - the same with the streams encrypted (TLS 1.3 with host certificates, what
-//!   agents do by default) beside plaintext;
+//!   agents do by default) beside plaintext, and "vmig share 0": two streams
+//!   at the VMM's priority, above the guest (the CPU policy of before, the
+//!   fastest copy a contended guest pays for);
 //! - the very same guest migrated by QEMU's live migration, driven over QMP, with
 //!   its default parameters, with its bandwidth cap lifted, and so with TLS
 //!   (`tls-creds-x509`, the same certificates).
@@ -22,7 +24,7 @@
 //! that times out or fails is not repeated. `VMIG_BENCH_QUICK=1`: 1 GiB only,
 //! one run per row; `VMIG_BENCH_RUNS=N`: N runs per row; `VMIG_BENCH_VMIG_ONLY=1`:
 //! no QEMU rows; `VMIG_BENCH_ENGINES=vmig,vmig-tls,qemu-best,qemu-tls` (any of
-//! those and `qemu-default`; `none`: the limits and null copies only): only
+//! those, `vmig-fast` and `qemu-default`; `none`: the limits and null copies only): only
 //! those rows; `VMIG_BENCH_SIZES=1,4`: these RAM sizes in GiB;
 //! `VMIG_BENCH_VCPUS=1,2`: these guest vCPU counts (both by default);
 //! `VMIG_BENCH_WORKLOADS=0,1,2`: only these workloads (by index, in the order
@@ -103,6 +105,8 @@ const GUEST_VCPUS: [usize; 2] = [1, 2];
 enum Engine {
     Vmig,
     VmigTls,
+    /// vmig with the CPU policy of before: two streams, above the guest.
+    VmigFast,
     QemuDefault,
     QemuBest,
     QemuTls,
@@ -113,6 +117,7 @@ impl Engine {
         match self {
             Engine::Vmig => "vmig",
             Engine::VmigTls => "vmig tls",
+            Engine::VmigFast => "vmig share 0",
             Engine::QemuDefault => "qemu default",
             Engine::QemuBest => "qemu best",
             Engine::QemuTls => "qemu best tls",
@@ -124,6 +129,7 @@ impl Engine {
         match self {
             Engine::Vmig => "vmig",
             Engine::VmigTls => "vmig-tls",
+            Engine::VmigFast => "vmig-fast",
             Engine::QemuDefault => "qemu-default",
             Engine::QemuBest => "qemu-best",
             Engine::QemuTls => "qemu-tls",
@@ -422,7 +428,10 @@ fn wait_for_control(socket: &Path, vmm: &mut Process) -> Result<(), String> {
     }
 }
 
-fn vmig_run(memory: &str, vcpus: usize, workload: &Workload, tls: bool) -> Result<Sample, String> {
+/// `vmig vm send`'s flags for [`Engine::VmigFast`].
+const FAST: [&str; 4] = ["--guest-share", "0", "--streams", "2"];
+
+fn vmig_run(memory: &str, vcpus: usize, workload: &Workload, tls: bool, extra: &[&str]) -> Result<Sample, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let path = |name: &str| dir.path().join(name);
     let url = format!("tcp:127.0.0.1:{}", free_port());
@@ -474,6 +483,7 @@ fn vmig_run(memory: &str, vcpus: usize, workload: &Workload, tls: bool) -> Resul
             .args(["vm", "send", "--json", "--timeout"])
             .arg(VMIG_LIMIT.as_secs().to_string())
             .args(&source_tls)
+            .args(extra)
             .arg("--control")
             .arg(path("source.sock"))
             .arg(&url)
@@ -822,10 +832,10 @@ fn first_touch_bps(threads: usize) -> f64 {
     LEN as f64 / elapsed
 }
 
-/// The null copy of `gib` GiB with vmig's default streams and the most
-/// guest vCPUs as spinners, median of `runs`; printed.
+/// The null copy of `gib` GiB over two streams (what "vmig share 0" opens)
+/// with the most guest vCPUs as spinners, median of `runs`; printed.
 fn measure_null_copy(gib: u64, vcpus: usize, runs: usize) -> Option<f64> {
-    let streams = MigrationOptions::default().streams as usize;
+    let streams = 2;
     let mut values = Vec::new();
     for _ in 0..runs {
         match null_copy::bps((gib * GIB) as usize, streams, vcpus) {
@@ -929,8 +939,9 @@ fn measure_row(engine: Engine, kernel: Option<&Path>, gib: u64, vcpus: usize, wo
     let mut samples = Vec::new();
     for run in 1..=runs {
         let sample = match engine {
-            Engine::Vmig => vmig_run(&memory, vcpus, workload, false),
-            Engine::VmigTls => vmig_run(&memory, vcpus, workload, true),
+            Engine::Vmig => vmig_run(&memory, vcpus, workload, false, &[]),
+            Engine::VmigTls => vmig_run(&memory, vcpus, workload, true, &[]),
+            Engine::VmigFast => vmig_run(&memory, vcpus, workload, false, &FAST),
             _ => qemu_run(kernel.expect("an exported guest"), &memory, vcpus, workload, engine),
         }
         .unwrap_or_else(Sample::failed);
@@ -1148,11 +1159,18 @@ fn main() {
     let defaults = MigrationOptions::default();
     println!("vmig live-migration benchmark on {} ({} cores)", hostname(), num_cpus());
     println!(
-        "vmig defaults: downtime limit {} ms, {} streams, auto-converge {}",
+        "vmig defaults: downtime limit {} ms, streams {}, guest share {}% (pre-copy at nice {}), auto-converge {}",
         defaults.downtime_limit_ms,
-        defaults.streams,
+        if defaults.streams == 0 {
+            "auto".to_string()
+        } else {
+            defaults.streams.to_string()
+        },
+        defaults.guest_share,
+        vmig_backend::migration::cpu::precopy_nice(defaults.guest_share),
         if defaults.auto_converge { "on" } else { "off" }
     );
+    println!("vmig share 0: {}", FAST.join(" "));
     println!();
     let limits = measure_limits(3);
 
@@ -1214,7 +1232,7 @@ fn main() {
             for &index in &workloads {
                 let workload = &WORKLOADS[index];
                 let mut engine_rows = Vec::new();
-                for engine in [Engine::Vmig, Engine::VmigTls] {
+                for engine in [Engine::Vmig, Engine::VmigTls, Engine::VmigFast] {
                     if wanted(engine) {
                         engine_rows.push(measure_row(engine, None, gib, vcpus, workload, runs));
                     }
@@ -1227,7 +1245,10 @@ fn main() {
                     }
                 }
                 if index == IDLE_FILLED && vcpus == most_vcpus {
-                    for engine in [Engine::Vmig, Engine::VmigTls].into_iter().filter(|e| wanted(*e)) {
+                    for engine in [Engine::Vmig, Engine::VmigTls, Engine::VmigFast]
+                        .into_iter()
+                        .filter(|e| wanted(*e))
+                    {
                         let row = engine_rows.iter().find(|r| r.engine == engine);
                         round0.push((gib, engine, row.and_then(|r| r.median(|s| s.round0_bps))));
                     }
@@ -1241,11 +1262,11 @@ fn main() {
     println!();
     let bound = limits.bound();
     for (gib, engine, bps) in round0 {
-        let mode = if engine == Engine::Vmig { "plaintext" } else { "tls" };
+        let mode = engine.label();
         let null = null_copies.iter().find(|(g, _)| *g == gib).and_then(|(_, bps)| *bps);
         match (bps, null) {
             (Some(bps), Some(null)) => println!(
-                "vmig {mode} round 0 (full pass) on \"idle, all filled\", {gib} GiB: {:.0} MiB/s = {:.0}% of the null copy's {:.0} MiB/s (goal >= 90%); {:.0}% of the lower of loopback and first touch, {:.0} MiB/s",
+                "{mode} round 0 (full pass) on \"idle, all filled\", {gib} GiB: {:.0} MiB/s = {:.0}% of the null copy's {:.0} MiB/s (goal >= 90%); {:.0}% of the lower of loopback and first touch, {:.0} MiB/s",
                 bps / MIB,
                 bps / null * 100.0,
                 null / MIB,
@@ -1253,10 +1274,10 @@ fn main() {
                 bound / MIB
             ),
             (Some(bps), None) => println!(
-                "vmig {mode} round 0 (full pass) on \"idle, all filled\", {gib} GiB: {:.0} MiB/s (no null copy figure)",
+                "{mode} round 0 (full pass) on \"idle, all filled\", {gib} GiB: {:.0} MiB/s (no null copy figure)",
                 bps / MIB
             ),
-            (None, _) => println!("vmig {mode} round 0 on \"idle, all filled\", {gib} GiB: no figure (the row failed)"),
+            (None, _) => println!("{mode} round 0 on \"idle, all filled\", {gib} GiB: no figure (the row failed)"),
         }
     }
     println!();

@@ -140,6 +140,18 @@ fn bad_migration_options_are_refused_before_anything_is_asked() {
             ][..],
             "--streams",
         ),
+        (
+            &[
+                "vm",
+                "send",
+                "--control",
+                "/nonexistent.sock",
+                "tcp:127.0.0.1:1",
+                "--guest-share",
+                "101",
+            ][..],
+            "--guest-share",
+        ),
     ] {
         let out = vmig(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));

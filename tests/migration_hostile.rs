@@ -48,6 +48,9 @@ fn hello(cpuid: Vec<CpuidLeaf>) -> Hello {
         cpuid,
         xsave_size: 0,
         streams: 1,
+        streams_auto: false,
+        boot_id: String::new(),
+        guest_share: 95,
         token: Token::default(),
         announce: Default::default(),
     }

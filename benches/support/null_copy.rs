@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Instant;
 
-use vmig_backend::vmm::vcpu::set_thread_nice as nice;
+use vmig_backend::migration::cpu::set_thread_nice as nice;
 
 /// Set to `BYTES,STREAMS` in the receiving process.
 const RECEIVER: &str = "VMIG_BENCH_NULL_RECEIVER";

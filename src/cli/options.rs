@@ -19,9 +19,17 @@ pub struct MigrationArgs {
     /// shrink what is left).
     #[arg(long, value_name = "MS", default_value_t = MigrationOptions::default().downtime_limit_ms)]
     pub downtime_ms: u64,
-    /// Parallel TCP streams.
-    #[arg(long, value_name = "N", default_value_t = MigrationOptions::default().streams)]
+    /// Parallel TCP streams: a number, or `auto` for as many as both hosts
+    /// have free cores (one each, counted once when both are one machine).
+    #[arg(long, value_name = "N", default_value = "auto", value_parser = parse_streams)]
     pub streams: u32,
+    /// The share of its vCPUs' time (percent) the guest keeps during
+    /// pre-copy where the migration's threads contend for its cores; lower
+    /// trades the guest's time for a faster copy (0: the migration runs
+    /// above the guest).
+    #[arg(long, value_name = "PCT", default_value_t = MigrationOptions::default().guest_share,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub guest_share: u8,
     /// Bandwidth cap in bytes per second (K/M/G suffixes), e.g. 100M.
     #[arg(long, value_name = "RATE")]
     pub bandwidth: Option<String>,
@@ -121,6 +129,20 @@ impl TimeoutArgs {
     }
 }
 
+/// `auto` (0) or a number of streams.
+fn parse_streams(text: &str) -> Result<u32, String> {
+    if text == "auto" {
+        return Ok(0);
+    }
+    match text.parse::<u32>() {
+        Ok(n) if (1..=vmig_backend::migration::MAX_STREAMS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{text:?} is neither `auto` nor a number of streams from 1 to {}",
+            vmig_backend::migration::MAX_STREAMS
+        )),
+    }
+}
+
 impl MigrationArgs {
     /// The engine's options; a bad value is a usage error naming its flag.
     pub fn options(&self) -> Result<MigrationOptions> {
@@ -139,6 +161,7 @@ impl MigrationArgs {
                 TimeoutAction::Cancel
             },
             streams: self.streams,
+            guest_share: self.guest_share,
             auto_converge: !self.no_auto_converge,
             verify_memory: self.verify_memory,
             token: Default::default(),

@@ -359,7 +359,10 @@ pub struct MigrateOptions {
     downtime_ms: Option<u64>,
     /// Bytes per second: a number, or a string with a K/M/G suffix.
     bandwidth: Option<Bandwidth>,
-    streams: Option<u32>,
+    /// A number, or "auto".
+    streams: Option<Streams>,
+    /// Percent of its vCPUs' time the guest keeps during pre-copy.
+    guest_share: Option<u8>,
     /// Seconds.
     timeout: Option<u64>,
     /// "cancel" or "force".
@@ -387,6 +390,13 @@ struct Checks {
     force: bool,
     skip: crate::ops::precheck::Skip,
     ping: Option<(std::net::IpAddr, Duration)>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Streams {
+    Count(u32),
+    Text(String),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -432,8 +442,16 @@ impl MigrateOptions {
                 Some(parse_size(text).map_err(|e| invalid(function, format!("bandwidth: {e}")))?)
             }
         };
-        if let Some(streams) = self.streams {
-            options.streams = streams;
+        options.streams = match &self.streams {
+            None => options.streams,
+            Some(Streams::Text(text)) if text == "auto" => 0,
+            Some(Streams::Count(0)) | Some(Streams::Text(_)) => {
+                return Err(invalid(function, "streams: a number from 1 up, or \"auto\""));
+            }
+            Some(Streams::Count(n)) => *n,
+        };
+        if let Some(share) = self.guest_share {
+            options.guest_share = share;
         }
         if let Some(timeout) = self.timeout {
             options.timeout_s = timeout;

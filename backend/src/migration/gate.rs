@@ -590,6 +590,9 @@ mod tests {
             cpuid: Vec::new(),
             xsave_size: 0,
             streams: 2,
+            streams_auto: false,
+            boot_id: String::new(),
+            guest_share: 95,
             token,
             announce: Default::default(),
         };

@@ -115,6 +115,7 @@
 //! the state it sent: the brief run on the crashed host is lost, as with
 //! any crash, and no two copies ever run at once.
 
+pub mod cpu;
 pub mod dirty;
 pub mod fault;
 pub mod gate;
@@ -234,8 +235,14 @@ pub struct MigrationOptions {
     /// Time limit for the whole migration.
     pub timeout_s: u64,
     pub timeout_action: TimeoutAction,
-    /// TCP streams (the control stream included).
+    /// TCP streams (the control stream included); 0: as many as both ends
+    /// have free cores ([`cpu`]).
     pub streams: u32,
+    /// The share of its vCPUs' time (percent) a guest keeps during pre-copy
+    /// where the migration's threads contend for its cores; 0 gives the
+    /// migration the VMM's priority, above the guest ([`cpu`]).
+    #[serde(default = "default_guest_share")]
+    pub guest_share: u8,
     /// Throttle the vCPUs when the guest dirties memory faster than it is sent.
     pub auto_converge: bool,
     /// Hash all guest memory on both sides at switchover and refuse the
@@ -264,7 +271,8 @@ impl Default for MigrationOptions {
             bandwidth_limit: None,
             timeout_s: 600,
             timeout_action: TimeoutAction::Cancel,
-            streams: 2,
+            streams: 0,
+            guest_share: cpu::DEFAULT_GUEST_SHARE,
             auto_converge: true,
             verify_memory: false,
             token: Token::default(),
@@ -273,6 +281,10 @@ impl Default for MigrationOptions {
             announce: crate::vmm::AnnounceOptions::default(),
         }
     }
+}
+
+fn default_guest_share() -> u8 {
+    cpu::DEFAULT_GUEST_SHARE
 }
 
 /// Most streams one migration may open.
@@ -284,8 +296,14 @@ pub const MIN_BANDWIDTH: u64 = 1 << 20;
 impl MigrationOptions {
     /// Checks what can be checked before anything is started or connected.
     pub fn validate(&self) -> Result<(), String> {
-        if self.streams == 0 || self.streams > MAX_STREAMS {
-            return Err(format!("streams: {} is not between 1 and {MAX_STREAMS}", self.streams));
+        if self.streams > MAX_STREAMS {
+            return Err(format!(
+                "streams: {} is not between 1 and {MAX_STREAMS} (or 0 for automatic)",
+                self.streams
+            ));
+        }
+        if self.guest_share > 100 {
+            return Err(format!("guest-share: {}% is not a percentage", self.guest_share));
         }
         if let Some(limit) = self.bandwidth_limit
             && limit < MIN_BANDWIDTH

@@ -23,7 +23,7 @@ use crate::vmm::MachineConfig;
 /// This engine's protocol version; a receiver refuses any other. 5: the
 /// machine state is of format 3 (the console's absolute offset travels; network
 /// cards), and the switchover's `Paused` and `Frames`.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 pub const HEADER_LEN: usize = 16;
 pub const PAGE_SIZE: u64 = 4096;
 /// Largest control payload (a machine state).
@@ -211,6 +211,8 @@ pub enum ProtocolError {
     RangeTable(String),
     #[error("peer aborted: {0}")]
     PeerAborted(String),
+    #[error("the receiver took {taken} streams of the {offered} offered")]
+    Streams { taken: u64, offered: u32 },
 }
 
 /// A frame header.
@@ -331,8 +333,18 @@ pub struct Hello {
     pub cpuid: Vec<CpuidLeaf>,
     /// Size of the source's XSAVE area in bytes.
     pub xsave_size: u32,
-    /// Total number of streams (the control stream included).
+    /// Total number of streams (the control stream included) the sender
+    /// opens, or with `streams_auto` the most it offers; Accept's argument
+    /// says how many the receiver takes.
     pub streams: u32,
+    /// The receiver may take fewer streams, as its free cores say.
+    pub streams_auto: bool,
+    /// The source machine's boot id: a receiver with the same one shares
+    /// its cores ([`super::cpu`]).
+    pub boot_id: String,
+    /// The share of a vCPU's time a guest keeps during pre-copy: the
+    /// receiver's threads take the same niceness.
+    pub guest_share: u8,
     /// The migration's token, checked by a receiver that was given one.
     pub token: Token,
     /// How the target announces the VM's cards once it runs there.
@@ -482,6 +494,9 @@ mod tests {
             }],
             xsave_size: 4096,
             streams: 2,
+            streams_auto: false,
+            boot_id: String::new(),
+            guest_share: 95,
             token: Token::default(),
             announce: Default::default(),
         };

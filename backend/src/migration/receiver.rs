@@ -3,6 +3,7 @@
 
 use std::io::Read;
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::sync::mpsc::{Sender, channel};
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,7 @@ use kvm_bindings::CpuId;
 use thiserror::Error;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use super::cpu::{self, Crew};
 use super::dirty;
 use super::fault::{self, Fault, Hold};
 use super::gate::{Gate, GateHandle, NoSender, Phase};
@@ -96,6 +98,8 @@ pub struct Incoming {
     control: Link,
     pub hello: Hello,
     timeouts: Timeouts,
+    /// The receiving threads, reniced as the phase changes.
+    crew: Arc<Crew>,
 }
 
 /// Waits at `gate` for the sender's Hello (queries and keepalives are
@@ -116,6 +120,7 @@ pub fn accept(gate: Gate, timeouts: Timeouts) -> Result<Incoming, ReceiveError> 
         control,
         hello,
         timeouts,
+        crew: Arc::new(Crew::new(cpu::VMM_NICE)),
     })
 }
 
@@ -209,6 +214,17 @@ impl Incoming {
         Ok(hello.machine.clone())
     }
 
+    /// The streams this receiver takes: what the sender opens, or when it
+    /// lets the receiver choose, as many as the cores free here allow.
+    pub fn streams(&self) -> u32 {
+        let hello = &self.hello;
+        if !hello.streams_auto {
+            return hello.streams;
+        }
+        let same_machine = !hello.boot_id.is_empty() && hello.boot_id == cpu::boot_id();
+        cpu::taken_streams(hello.streams, cpu::free_cores(), same_machine)
+    }
+
     /// Turns the sender away; nothing was sent, nothing changes on either side.
     pub fn refuse(mut self, reason: &str) {
         let _ = protocol::write_frame(&mut self.control, Kind::Abort, 0, reason.as_bytes());
@@ -252,7 +268,11 @@ impl Incoming {
         vm: &mut dyn TargetVm,
         durable: &mut dyn FnMut() -> Result<(), String>,
     ) -> Result<(), ReceiveError> {
-        let streams = self.hello.streams;
+        let streams = self.streams();
+        // Pre-copy runs below the guests here too, at the sender's share; the
+        // crew is raised when the source pauses.
+        self.crew.set(cpu::precopy_nice(self.hello.guest_share));
+        self.crew.join();
         protocol::write_frame(&mut self.control, Kind::Accept, u64::from(streams), &[])?;
         let (done_tx, done_rx) = channel::<(u32, Result<u64, String>)>();
         let memory = vm.memory().clone();
@@ -280,10 +300,14 @@ impl Incoming {
             worker_streams.push(stream.socket().try_clone().map_err(ProtocolError::Io)?);
             let memory = memory.clone();
             let done = done_tx.clone();
+            let member = Arc::clone(&self.crew);
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("migrate-rx{index}"))
-                    .spawn(move || stream_loop(index, stream, &memory, &done))
+                    .spawn(move || {
+                        member.join();
+                        stream_loop(index, stream, &memory, &done);
+                    })
                     .map_err(ProtocolError::Io)?,
             );
         }
@@ -308,7 +332,7 @@ impl Incoming {
         worker_streams: &[TcpStream],
         durable: &mut dyn FnMut() -> Result<(), String>,
     ) -> Result<(), ReceiveError> {
-        let streams = self.hello.streams;
+        let streams = worker_streams.len() as u32 + 1;
         let mut ended: Vec<u64> = vec![u64::MAX; streams as usize];
         // Memory arrived on the control stream since its last RoundEnd.
         let mut round_open = false;
@@ -320,7 +344,10 @@ impl Incoming {
                     apply_memory(&mut self.control, memory, &header)
                         .map_err(|detail| ReceiveError::Stream { index: 0, detail })?;
                 }
-                Kind::Paused => vm.begin_switchover(),
+                Kind::Paused => {
+                    self.crew.set(cpu::VMM_NICE);
+                    vm.begin_switchover();
+                }
                 Kind::RoundEnd => {
                     round_open = false;
                     let round = header.arg;

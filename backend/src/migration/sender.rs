@@ -11,6 +11,7 @@ use kvm_ioctls::VmFd;
 use thiserror::Error;
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
+use super::cpu::{self, Crew};
 use super::dirty::{self, DirtyError, PageSet};
 use super::fault::{self, Hold};
 use super::link::{Link, LinkReader, LinkWriter};
@@ -394,6 +395,16 @@ pub fn migrate(
     // Early, so that the kernel stamps the target's Running when it comes.
     transport::timestamp_arrivals(control.socket());
     let encryption = control.suite().map(str::to_string);
+    // Pre-copy runs below the guest from here (see `cpu`); the crew is
+    // raised at the pause.
+    let crew = Arc::new(Crew::new(cpu::precopy_nice(options.guest_share)));
+    crew.join();
+    let streams_auto = options.streams == 0;
+    let offered = if streams_auto {
+        cpu::offered_streams()
+    } else {
+        options.streams
+    };
     let hello = Hello {
         version: PROTOCOL_VERSION,
         session,
@@ -401,20 +412,30 @@ pub fn migrate(
         machine: ctx.machine.clone(),
         cpuid: ctx.cpuid.clone(),
         xsave_size: ctx.xsave_size,
-        streams: options.streams,
+        streams: offered,
+        streams_auto,
+        boot_id: cpu::boot_id(),
+        guest_share: options.guest_share,
         token: control.present(options.token),
         announce: options.announce,
     };
     protocol::write_frame(&mut control, Kind::Hello, 0, &protocol::encode(&hello))?;
-    match protocol::expect(&mut control, Kind::Accept) {
-        Ok(_) => {}
+    let taken = match protocol::expect(&mut control, Kind::Accept) {
+        Ok((header, _)) if (1..=u64::from(offered)).contains(&header.arg) => header.arg as u32,
+        Ok((header, _)) => {
+            return Err(ProtocolError::Streams {
+                taken: header.arg,
+                offered,
+            }
+            .into());
+        }
         Err(ProtocolError::PeerAborted(reason)) => return Err(MigrationError::Refused(reason)),
         Err(e) => return Err(e.into()),
-    }
+    };
     let mut handles = vec![control.socket().try_clone().map_err(ProtocolError::Io)?];
     let (control, control_writer) = control.split();
     let mut writers = vec![control_writer];
-    for index in 1..options.streams {
+    for index in 1..taken {
         let mut stream = Link::connect(url, None, connect_timeout, tls)?;
         transport::limit_silence(stream.socket(), silence);
         let mut join = index.to_le_bytes().to_vec();
@@ -448,9 +469,13 @@ pub fn migrate(
             let (jobs, inbox) = sync_channel(QUEUE_DEPTH);
             let memory = ctx.memory.clone();
             let shared = Arc::clone(&shared);
+            let crew = Arc::clone(&crew);
             let thread = std::thread::Builder::new()
                 .name(format!("migrate-tx{index}"))
-                .spawn(move || stream_worker(index as u32, socket, &memory, inbox, &shared))
+                .spawn(move || {
+                    crew.join();
+                    stream_worker(index as u32, socket, &memory, inbox, &shared);
+                })
                 .expect("cannot start a migration stream thread");
             Stream { jobs, thread }
         })
@@ -476,6 +501,8 @@ pub fn migrate(
         frames_carried: 0,
         live: None,
         forced_at: None,
+        crew,
+        streams_taken: taken,
     };
     dirty::set_logging(&ctx.vm_fd, &ctx.memory, true)?;
     dirty::reset_vmm_bitmap(&ctx.memory);
@@ -578,6 +605,10 @@ struct Engine<'a> {
     handles: Vec<TcpStream>,
     throttle: Arc<ThrottleControl>,
     max_throttle: u8,
+    /// This side's threads, reniced as the phase changes.
+    crew: Arc<Crew>,
+    /// The streams the receiver took.
+    streams_taken: u32,
     /// Frames the source's cards held through the switchover, sent along.
     frames_carried: u64,
     paused: bool,
@@ -949,6 +980,9 @@ impl Engine<'_> {
             return Err(MigrationError::Cancelled);
         }
         let pause_at = Instant::now();
+        // The guest stops: nothing it would run is taken any more, and
+        // everything until it runs again is downtime.
+        self.crew.set(cpu::VMM_NICE);
         self.vm.pause().map_err(|source| MigrationError::Vm {
             action: "pause",
             source,
@@ -1020,7 +1054,7 @@ impl Engine<'_> {
             untouched_pages: untouched,
             rounds: round + 1,
             final_round_bytes: final_bytes,
-            streams: self.options.streams,
+            streams: self.streams_taken,
             max_throttle_pct: self.max_throttle,
             throughput_bps: bytes_sent as f64 / total.max(1e-9),
             full_pass_bps,

@@ -91,6 +91,12 @@ pub(super) fn start(
                     let _ = watcher.send(Response::Progress(progress.clone()));
                 }
             });
+            if result.is_ok() {
+                // The target runs the VM: what is left here is teardown,
+                // which must not take the CPU from the guest's first
+                // moments there (on one machine, the same cores).
+                crate::migration::cpu::set_process_nice(crate::migration::cpu::TEARDOWN_NICE);
+            }
             let _ = events.send(VmmEvent::MigrationEnded(result));
         })
         .map_err(|e| Failure::new("failed", format!("cannot start the migration: {e}")))?;

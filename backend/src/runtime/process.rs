@@ -40,9 +40,6 @@ pub enum Console {
     Discard,
 }
 
-/// Scheduling niceness of the VMM's threads other than vCPUs.
-const VMM_NICE: i32 = -5;
-
 /// How the VMM process gets its VM.
 #[derive(Debug)]
 pub enum Launch {
@@ -138,10 +135,9 @@ fn run_vm(
     on_ready: impl FnOnce(&Ready),
 ) -> Result<StopReason, ProcessError> {
     // The VMM's own threads (this loop, control, migration) inherit a higher
-    // priority than the guest's vCPU threads, which reset theirs: on a busy
-    // host a pause, a state capture or a handoff then waits microseconds for
-    // a CPU, not a scheduler time slice. Without the privilege, all stay equal.
-    crate::vmm::vcpu::set_thread_nice(VMM_NICE);
+    // priority than the guest's vCPU threads, which reset theirs; a
+    // migration's pre-copy threads go below them (`migration::cpu`).
+    crate::migration::cpu::set_thread_nice(crate::migration::cpu::VMM_NICE);
     let (events, inbox) = channel();
     forward_signals(events.clone())?;
     let listener = options.control.as_deref().map(control::bind).transpose()?;

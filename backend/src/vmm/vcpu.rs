@@ -287,14 +287,6 @@ fn install_kick_handler() -> Result<(), VcpuError> {
     result
 }
 
-/// Sets the calling thread's niceness (Linux: per thread); best effort.
-pub fn set_thread_nice(nice: i32) {
-    let tid = nix::unistd::gettid().as_raw();
-    // SAFETY: setpriority (which nix lacks) on our own thread id changes
-    // only its scheduling; it touches no memory.
-    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
-}
-
 impl VcpuHandle {
     /// Starts the thread for `fd` (whose CPUID was set to `cpuid`), paused.
     pub fn spawn(id: u8, fd: VcpuFd, cpuid: Vec<kvm_cpuid_entry2>, context: VcpuContext) -> Result<Self, VcpuError> {
@@ -309,7 +301,7 @@ impl VcpuHandle {
             .name(format!("vcpu{id}"))
             .spawn(move || {
                 // Guest code runs at normal priority, below the VMM's threads.
-                set_thread_nice(0);
+                crate::migration::cpu::set_thread_nice(0);
                 let mut vcpu = Vcpu {
                     id,
                     fd,
