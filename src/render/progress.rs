@@ -233,6 +233,16 @@ pub fn print_report(report: &Report, headline: &str, json: bool) -> Result<()> {
         report.zero_pages_skipped,
         report.untouched_pages
     )?;
+    if let Some(wait) = report.vcpu_wait_ms {
+        writeln!(
+            out,
+            "  the guest's vCPUs waited {wait:.1} ms each for a CPU while it ran live ({:.1}% of {:.0} ms; \
+             pre-copy kept it {}% of a contended core)",
+            wait / report.live_ms.max(1e-3) * 100.0,
+            report.live_ms,
+            report.guest_share
+        )?;
+    }
     match &report.encryption {
         Some(suite) => writeln!(out, "  streams encrypted: TLS 1.3, {suite}")?,
         None => writeln!(out, "  streams in plaintext (no TLS)")?,

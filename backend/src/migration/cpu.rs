@@ -162,6 +162,18 @@ fn parse_runnable(loadavg: &str) -> Option<u32> {
     loadavg.split_whitespace().nth(3)?.split('/').next()?.parse().ok()
 }
 
+/// Nanoseconds the threads `tids` of this process have waited, runnable,
+/// for a CPU since they started, summed (the second field of their
+/// schedstat; None where the kernel keeps no such figure).
+pub fn waited_ns(tids: &[i32]) -> Option<u64> {
+    tids.iter()
+        .map(|tid| {
+            let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+            text.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
 /// This machine's boot id: two ends with the same one share their cores.
 pub fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
@@ -210,6 +222,20 @@ mod tests {
         assert_eq!(parse_runnable("0.50 0.60 0.70 3/200 1234\n"), Some(3));
         assert_eq!(parse_runnable("0.50 0.60"), None);
         assert!(free_cores() <= std::thread::available_parallelism().unwrap().get() as u32);
+    }
+
+    #[test]
+    fn a_thread_that_waits_for_a_cpu_is_seen_waiting() {
+        let tid = nix::unistd::gettid().as_raw();
+        let before = waited_ns(&[tid]).expect("schedstat");
+        // Yielding puts this thread at the back of its run queue: with
+        // anything else runnable, it waits; never does the figure go back.
+        for _ in 0..1000 {
+            std::thread::yield_now();
+        }
+        assert!(waited_ns(&[tid]).unwrap() >= before);
+        assert_eq!(waited_ns(&[]), Some(0));
+        assert_eq!(waited_ns(&[i32::MAX]), None);
     }
 
     #[test]

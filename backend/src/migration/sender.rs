@@ -133,6 +133,8 @@ pub struct SourceContext {
     pub xsave_size: u32,
     /// The operator's switch to stop the migration; the VM keeps running here.
     pub cancel: Arc<Cancel>,
+    /// The vCPU threads, whose wait for a CPU the report gives.
+    pub vcpu_tids: Vec<i32>,
 }
 
 /// A migration's cancel switch. It works until the switchover begins (the
@@ -371,6 +373,7 @@ pub fn migrate(
 ) -> Result<Report, MigrationError> {
     options.validate().map_err(MigrationError::Options)?;
     let started = Instant::now();
+    let waited_at_start = cpu::waited_ns(&ctx.vcpu_tids);
     let session = random_session();
     let timeout = Duration::from_secs(options.timeout_s);
     let memory_bytes = ctx.machine.memory_bytes;
@@ -503,6 +506,7 @@ pub fn migrate(
         forced_at: None,
         crew,
         streams_taken: taken,
+        waited_at_start,
     };
     dirty::set_logging(&ctx.vm_fd, &ctx.memory, true)?;
     dirty::reset_vmm_bitmap(&ctx.memory);
@@ -609,6 +613,8 @@ struct Engine<'a> {
     crew: Arc<Crew>,
     /// The streams the receiver took.
     streams_taken: u32,
+    /// The vCPUs' wait for a CPU when the migration began.
+    waited_at_start: Option<u64>,
     /// Frames the source's cards held through the switchover, sent along.
     frames_carried: u64,
     paused: bool,
@@ -980,6 +986,10 @@ impl Engine<'_> {
             return Err(MigrationError::Cancelled);
         }
         let pause_at = Instant::now();
+        let vcpu_wait_ms = cpu::waited_ns(&self.ctx.vcpu_tids)
+            .zip(self.waited_at_start)
+            .filter(|_| !self.ctx.vcpu_tids.is_empty())
+            .map(|(now, start)| now.saturating_sub(start) as f64 / 1e6 / self.ctx.vcpu_tids.len() as f64);
         // The guest stops: nothing it would run is taken any more, and
         // everything until it runs again is downtime.
         self.crew.set(cpu::VMM_NICE);
@@ -1064,6 +1074,9 @@ impl Engine<'_> {
             announce: (!self.ctx.machine.nics.is_empty()).then_some(self.options.announce),
             frames_carried: self.frames_carried,
             encryption: self.encryption.clone(),
+            guest_share: self.options.guest_share,
+            live_ms: (pause_at - self.started).as_secs_f64() * 1000.0,
+            vcpu_wait_ms,
         })
     }
 

@@ -80,4 +80,17 @@ pub struct Report {
     /// they were plaintext.
     #[serde(default)]
     pub encryption: Option<String>,
+    /// The guest's share of its vCPUs' time the migration kept to (percent).
+    #[serde(default)]
+    pub guest_share: u8,
+    /// From the start to the last pause: the guest ran, live, meanwhile.
+    #[serde(default)]
+    pub live_ms: f64,
+    /// How long each of the guest's vCPUs waited, runnable, for a CPU the
+    /// host gave to something else while the migration was live (mean
+    /// over vCPUs, from the kernel's scheduler statistics; none where it
+    /// keeps none): the guest's own time lost to the migration and to
+    /// whatever else runs on the host.
+    #[serde(default)]
+    pub vcpu_wait_ms: Option<f64>,
 }

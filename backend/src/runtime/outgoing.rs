@@ -71,6 +71,7 @@ pub(super) fn start(
         cpuid: vm.guest_cpuid().iter().map(CpuidLeaf::from).collect(),
         xsave_size: vm.xsave_size() as u32,
         cancel: Arc::clone(&cancel),
+        vcpu_tids: vm.vcpu_tids(),
     };
     let source = ProcessSource {
         events: events.clone(),

@@ -405,6 +405,15 @@ impl Vm {
         &self.guest_cpuid
     }
 
+    /// The vCPU threads' ids (those that started).
+    pub fn vcpu_tids(&self) -> Vec<i32> {
+        self.vcpus
+            .iter()
+            .map(|v| v.counters.tid.load(std::sync::atomic::Ordering::Relaxed))
+            .filter(|&tid| tid > 0)
+            .collect()
+    }
+
     /// Size of this host's XSAVE area for the VM (0 when KVM does not say).
     pub fn xsave_size(&self) -> usize {
         self.xsave_size

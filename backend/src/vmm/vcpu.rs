@@ -138,6 +138,9 @@ pub struct VcpuCounters {
     pub mmio_exits: AtomicU64,
     /// Writes to the paravirtual sleep register (each parked the vCPU).
     pub pv_sleeps: AtomicU64,
+    /// The vCPU thread's id (0 until it started), for its scheduler
+    /// statistics.
+    pub tid: std::sync::atomic::AtomicI32,
 }
 
 /// What a vCPU thread needs besides its fd.
@@ -302,6 +305,9 @@ impl VcpuHandle {
             .spawn(move || {
                 // Guest code runs at normal priority, below the VMM's threads.
                 crate::migration::cpu::set_thread_nice(0);
+                thread_counters
+                    .tid
+                    .store(nix::unistd::gettid().as_raw(), Ordering::Relaxed);
                 let mut vcpu = Vcpu {
                     id,
                     fd,
