@@ -539,7 +539,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__evacuate)
-            opts="-o -h -V --to --parallel --on-error --deadline --dry-run --output --force --skip --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --announce-rounds --announce-initial-ms --announce-step-ms --announce-max-ms --json --inventory --help --version"
+            opts="-o -h -V --to --parallel --on-error --deadline --dry-run --output --force --skip --downtime-ms --streams --guest-share --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --announce-rounds --announce-initial-ms --announce-step-ms --announce-max-ms --json --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -578,6 +578,10 @@ _vmig() {
                     return 0
                     ;;
                 --streams)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --guest-share)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1643,7 +1647,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__migrate)
-            opts="-h -V --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --announce-rounds --announce-initial-ms --announce-step-ms --announce-max-ms --dry-run --force --skip --ping --ping-interval-ms --json --inventory --help --version"
+            opts="-h -V --downtime-ms --streams --guest-share --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --announce-rounds --announce-initial-ms --announce-step-ms --announce-max-ms --dry-run --force --skip --ping --ping-interval-ms --json --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1654,6 +1658,10 @@ _vmig() {
                     return 0
                     ;;
                 --streams)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --guest-share)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1847,7 +1855,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__precheck)
-            opts="-h -V --json --skip --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --announce-rounds --announce-initial-ms --announce-step-ms --announce-max-ms --inventory --help --version"
+            opts="-h -V --json --skip --downtime-ms --streams --guest-share --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --announce-rounds --announce-initial-ms --announce-step-ms --announce-max-ms --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1862,6 +1870,10 @@ _vmig() {
                     return 0
                     ;;
                 --streams)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --guest-share)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -2771,7 +2783,7 @@ _vmig() {
             return 0
             ;;
         vmig__subcmd__vm__subcmd__send)
-            opts="-h -V --control --downtime-ms --streams --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --announce-rounds --announce-initial-ms --announce-step-ms --announce-max-ms --token-file --tls-cert --tls-key --tls-ca --tls-peer --json --inventory --help --version"
+            opts="-h -V --control --downtime-ms --streams --guest-share --bandwidth --timeout --timeout-action --no-auto-converge --verify-memory --announce-rounds --announce-initial-ms --announce-step-ms --announce-max-ms --token-file --tls-cert --tls-key --tls-ca --tls-peer --json --inventory --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2786,6 +2798,10 @@ _vmig() {
                     return 0
                     ;;
                 --streams)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --guest-share)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

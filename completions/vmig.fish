@@ -47,7 +47,8 @@ complete -c vmig -n "__fish_vmig_needs_command" -f -a "testguest" -d 'Work with 
 complete -c vmig -n "__fish_vmig_needs_command" -f -a "generate" -d 'Write man pages and shell completions (for packagers and the repo)'
 complete -c vmig -n "__fish_vmig_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l downtime-ms -d 'The longest pause to plan for: switch over once the expected downtime is below this many milliseconds (and a few more live rounds no longer shrink what is left)' -r
-complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l streams -d 'Parallel TCP streams' -r
+complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l streams -d 'Parallel TCP streams: a number, or `auto` for as many as both hosts have free cores (one each, counted once when both are one machine)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l guest-share -d 'The share of its vCPUs\' time (percent) the guest keeps during pre-copy where the migration\'s threads contend for its cores; lower trades the guest\'s time for a faster copy (0: the migration runs above the guest)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l bandwidth -d 'Bandwidth cap in bytes per second (K/M/G suffixes), e.g. 100M' -r
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l timeout -d 'Time limit in seconds for the whole migration' -r
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -l timeout-action -d 'What the time limit does: `cancel` (the VM stays on the source) or `force` (switch over now)' -r -f -a "cancel\t''
@@ -69,7 +70,8 @@ complete -c vmig -n "__fish_vmig_using_subcommand migrate" -s h -l help -d 'Prin
 complete -c vmig -n "__fish_vmig_using_subcommand migrate" -s V -l version -d 'Print version'
 complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l skip -d 'Do not check this rule (repeatable)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l downtime-ms -d 'The longest pause to plan for: switch over once the expected downtime is below this many milliseconds (and a few more live rounds no longer shrink what is left)' -r
-complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l streams -d 'Parallel TCP streams' -r
+complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l streams -d 'Parallel TCP streams: a number, or `auto` for as many as both hosts have free cores (one each, counted once when both are one machine)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l guest-share -d 'The share of its vCPUs\' time (percent) the guest keeps during pre-copy where the migration\'s threads contend for its cores; lower trades the guest\'s time for a faster copy (0: the migration runs above the guest)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l bandwidth -d 'Bandwidth cap in bytes per second (K/M/G suffixes), e.g. 100M' -r
 complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l timeout -d 'Time limit in seconds for the whole migration' -r
 complete -c vmig -n "__fish_vmig_using_subcommand precheck" -l timeout-action -d 'What the time limit does: `cancel` (the VM stays on the source) or `force` (switch over now)' -r -f -a "cancel\t''
@@ -92,7 +94,8 @@ complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l deadline -d 'The 
 complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -s o -l output -d 'Write the plan to FILE (JSON) and move nothing; `vmig apply FILE` runs it' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l skip -d 'Do not check this precheck rule (repeatable)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l downtime-ms -d 'The longest pause to plan for: switch over once the expected downtime is below this many milliseconds (and a few more live rounds no longer shrink what is left)' -r
-complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l streams -d 'Parallel TCP streams' -r
+complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l streams -d 'Parallel TCP streams: a number, or `auto` for as many as both hosts have free cores (one each, counted once when both are one machine)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l guest-share -d 'The share of its vCPUs\' time (percent) the guest keeps during pre-copy where the migration\'s threads contend for its cores; lower trades the guest\'s time for a faster copy (0: the migration runs above the guest)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l bandwidth -d 'Bandwidth cap in bytes per second (K/M/G suffixes), e.g. 100M' -r
 complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l timeout -d 'Time limit in seconds for the whole migration' -r
 complete -c vmig -n "__fish_vmig_using_subcommand evacuate" -l timeout-action -d 'What the time limit does: `cancel` (the VM stays on the source) or `force` (switch over now)' -r -f -a "cancel\t''
@@ -315,7 +318,8 @@ complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from shutdown" -s V -l version -d 'Print version'
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l control -d 'The source VMM\'s control socket' -r -F
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l downtime-ms -d 'The longest pause to plan for: switch over once the expected downtime is below this many milliseconds (and a few more live rounds no longer shrink what is left)' -r
-complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l streams -d 'Parallel TCP streams' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l streams -d 'Parallel TCP streams: a number, or `auto` for as many as both hosts have free cores (one each, counted once when both are one machine)' -r
+complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l guest-share -d 'The share of its vCPUs\' time (percent) the guest keeps during pre-copy where the migration\'s threads contend for its cores; lower trades the guest\'s time for a faster copy (0: the migration runs above the guest)' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l bandwidth -d 'Bandwidth cap in bytes per second (K/M/G suffixes), e.g. 100M' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l timeout -d 'Time limit in seconds for the whole migration' -r
 complete -c vmig -n "__fish_vmig_using_subcommand vm; and __fish_seen_subcommand_from send" -l timeout-action -d 'What the time limit does: `cancel` (the VM stays on the source) or `force` (switch over now)' -r -f -a "cancel\t''

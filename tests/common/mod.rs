@@ -220,10 +220,10 @@ impl Vmm {
         let beats: Vec<Heartbeat> = text.lines().filter_map(Heartbeat::parse).collect();
         let mentions = text.matches("HB seq=").count();
         assert_eq!(beats.len(), mentions, "a heartbeat line is damaged:\n{}", tail(&text));
-        // 8 fields, 14 with the disk workload's.
+        // 9 fields, 15 with the disk workload's.
         for beat in &beats {
             assert!(
-                matches!(beat.fields.len(), 8 | 14),
+                matches!(beat.fields.len(), 9 | 15),
                 "a heartbeat line is damaged: {:?}",
                 beat.fields
             );
