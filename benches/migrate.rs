@@ -361,12 +361,19 @@ fn settle(console: &Path, workload: &Workload, vcpus: usize, vmm: &mut Process) 
     // The first heartbeat after FILLED may still span the fill.
     let beats: Vec<Heartbeat> = heartbeats(console).into_iter().skip(before + 1).collect();
     let mut gaps: Vec<f64> = beats.iter().map(|hb| hb.maxgap_us as f64 / 1000.0).collect();
-    let lost = match (beats.first(), beats.last()) {
-        (Some(first), Some(last)) if last.t_ms > first.t_ms => {
-            Some((last.lost_us - first.lost_us) as f64 / 1000.0 / vcpus as f64 / (last.t_ms - first.t_ms) as f64)
-        }
-        _ => None,
-    };
+    // The median over heartbeat intervals: one hiccup of the host's does
+    // not make the floor.
+    let mut rates: Vec<f64> = beats
+        .windows(2)
+        .filter(|pair| pair[1].t_ms > pair[0].t_ms)
+        .map(|pair| {
+            pair[1].lost_us.saturating_sub(pair[0].lost_us) as f64
+                / 1000.0
+                / vcpus as f64
+                / (pair[1].t_ms - pair[0].t_ms) as f64
+        })
+        .collect();
+    let lost = median(&mut rates);
     Ok(Floor {
         gap_ms: median(&mut gaps),
         lost,

@@ -224,6 +224,11 @@ fn a_guest_dirtying_faster_than_the_link_converges_with_auto_converge() {
         report["max_throttle_pct"].as_u64().unwrap() > 0,
         "it had to throttle: {report}"
     );
+    // Before the guest was throttled, pre-copy took the CPU it had left it
+    // (which the bandwidth cap made useless here).
+    assert_eq!(report["share_released"]["why"], "converge", "{report}");
+    assert_eq!(report["guest_share"], 95, "{report}");
+    assert!(report["vcpu_wait_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{report}");
     assert!(!report["forced"].as_bool().unwrap());
     assert!(from.wait_exit(BOOT_TIMEOUT).success());
     assert_continues(&from, &to);
@@ -321,6 +326,11 @@ fn the_time_limit_is_honoured_while_a_round_runs() {
     assert_eq!(sent.code, Some(0), "{}", sent.stderr);
     let report = sent.report();
     assert!(report["forced"].as_bool().unwrap(), "{report}");
+    // An 8 s first pass against a 2 s limit: after a second, pre-copy no
+    // longer kept the guest its share.
+    assert_eq!(report["share_released"]["why"], "time_limit", "{report}");
+    let released = report["share_released"]["at_ms"].as_f64().unwrap();
+    assert!((1000.0..2500.0).contains(&released), "{report}");
     // Looked at after every batch: forced within a batch of the limit, and
     // paused once the round under way drained (5 batches of 1 MiB per
     // stream at 32 MiB/s: 0.3 s), not at the end of the 8 s pass.

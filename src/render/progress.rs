@@ -243,6 +243,17 @@ pub fn print_report(report: &Report, headline: &str, json: bool) -> Result<()> {
             report.guest_share
         )?;
     }
+    if let Some(release) = &report.share_released {
+        let why = match release.why {
+            vmig_backend::migration::Release::Converge => "to converge before the guest would be throttled",
+            vmig_backend::migration::Release::TimeLimit => "to finish within its time limit",
+        };
+        writeln!(
+            out,
+            "  pre-copy took the CPU the guest kept after {:.0} ms, {why}",
+            release.at_ms
+        )?;
+    }
     match &report.encryption {
         Some(suite) => writeln!(out, "  streams encrypted: TLS 1.3, {suite}")?,
         None => writeln!(out, "  streams in plaintext (no TLS)")?,

@@ -69,7 +69,7 @@ enum Copied {
         prepared: bool,
     },
     /// The VMM moved the VM.
-    Moved(Report),
+    Moved(Box<Report>),
     /// The VMM says it did not move (and why).
     Stayed(VmmFailure),
     /// The VMM has no answer (the handoff is in doubt, it died, or the link
@@ -230,7 +230,7 @@ impl Agent {
                     format!("{message}; {} keeps running on {}", claim.name, self.config.name),
                 )
             }
-            Copied::Moved(report) => self.moved(claim, Some(report), false, queued_ms),
+            Copied::Moved(report) => self.moved(claim, Some(*report), false, queued_ms),
             Copied::Stayed(failure) => self.stayed(claim, Some(&failure)),
             Copied::Unknown => {
                 migration.advance(MigrationPhase::Settling);
@@ -415,7 +415,7 @@ impl Agent {
             }
         });
         match answer {
-            Ok(Reply::Migrated(report)) => Copied::Moved(report),
+            Ok(Reply::Migrated(report)) => Copied::Moved(Box::new(report)),
             Ok(_) => Copied::Unknown,
             Err(ControlError::Refused(failure)) if failure.code == "in_doubt" => Copied::Unknown,
             Err(ControlError::Refused(failure)) => Copied::Stayed(failure),
@@ -486,7 +486,7 @@ impl Agent {
                         let copied = self.follow_vmm(&migration, claim, &VmmRequest::AwaitMigration);
                         migration.advance(MigrationPhase::Settling);
                         match copied {
-                            Copied::Moved(report) => return self.moved(claim, Some(report), false, queued_ms),
+                            Copied::Moved(report) => return self.moved(claim, Some(*report), false, queued_ms),
                             Copied::Stayed(failure) => return self.stayed(claim, Some(&failure)),
                             _ => {}
                         }

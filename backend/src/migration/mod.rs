@@ -2,7 +2,7 @@
 //! so that the guest notices a few milliseconds at most, nothing is lost, and
 //! exactly one copy runs whatever happens.
 //!
-//! # Protocol (version 5)
+//! # Protocol (version 6)
 //!
 //! Frames and their parsing are in [`protocol`]. A migration uses `N` TCP
 //! streams; stream 0 is the control stream, and every stream carries pages.
@@ -15,10 +15,13 @@
 //! sender (source VMM)                         receiver (target VMM)
 //!    (while the source's agent waits for a slot: Keepalive{token} on new
 //!     connections, each restarting the receiver's accept time)
-//! ── stream 0: Hello{version, session, VM config, CPUID, streams, token} ──►
+//! ── stream 0: Hello{version, session, VM config, CPUID, streams, token,
+//!               boot id, guest share} ──►
 //!                                             checks version, config and CPU
 //!                                             compatibility; creates the VM
-//! ◄─────────── Accept  (or Abort{reason}: nothing was sent, nothing changes)
+//! ◄─────────── Accept{N}  (or Abort{reason}: nothing was sent, nothing
+//!              changes; N: the streams it takes, at most those offered,
+//!              fewer when the sender let it choose by its free cores)
 //! ── streams 1..N: Join{session, index, token} ─►
 //! ── round 0: Memory batches (resident, non-zero pages) on all streams ─►
 //! ── RoundEnd{0} on every stream ────────────►
@@ -29,8 +32,11 @@
 //!    dirty set no longer shrinks fast: up to five more live rounds while each
 //!    leaves at most 3/4 of the one before and its pages would take over
 //!    0.5 ms to send paused; or at once when the time limit forces it)
-//! [source pauses its vCPUs: the switchover; a cancel is refused from here]
-//! ── Paused ──────────────────────────────────►  announces the VM's cards
+//!    (pre-copy threads on both sides run below the guest: [`cpu`])
+//! [source pauses its vCPUs: the switchover; a cancel is refused from here;
+//!  its migration threads are raised above everything the host runs]
+//! ── Paused ──────────────────────────────────►  raises its threads too;
+//!                                              announces the VM's cards
 //!                                              (RARP), holds what arrives
 //! ── final round: last dirty pages, RoundEnd ─► ◄ RoundDone
 //! ── State{vCPUs, irqchip, PIT, clock, devices} ─►
@@ -42,7 +48,7 @@
 //!                                              Running in its outcomes
 //! ◄─────────── Running                         then starts the vCPUs and
 //!                                              announces the cards again
-//! [source ends its copy]
+//! [source ends its copy, at the lowest priority]
 //! ```
 //!
 //! # Timeouts
@@ -138,7 +144,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use protocol::Token;
-pub use stats::{Phase, Progress, Report};
+pub use stats::{Phase, Progress, Release, Report, ShareRelease};
 
 /// How long each side of a migration waits for the other before it gives
 /// up, so that no process that dies, stops or goes silent, and no link that

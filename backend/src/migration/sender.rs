@@ -19,7 +19,7 @@ use super::protocol::{
     self, CpuidLeaf, HEADER_LEN, Header, Hello, Kind, MAX_BATCH_RANGES, Outcome, PAGE_SIZE, PROTOCOL_VERSION,
     ProtocolError, Range,
 };
-use super::stats::{Phase, Progress, Report};
+use super::stats::{Phase, Progress, Release, Report, ShareRelease};
 use super::tls::ClientSide;
 use super::transport::{self, Piece, TransportError};
 use super::{MigrationOptions, TimeoutAction, VmSideError};
@@ -507,6 +507,7 @@ pub fn migrate(
         crew,
         streams_taken: taken,
         waited_at_start,
+        released: None,
     };
     dirty::set_logging(&ctx.vm_fd, &ctx.memory, true)?;
     dirty::reset_vmm_bitmap(&ctx.memory);
@@ -615,6 +616,8 @@ struct Engine<'a> {
     streams_taken: u32,
     /// The vCPUs' wait for a CPU when the migration began.
     waited_at_start: Option<u64>,
+    /// When and why pre-copy gave up the guest's share.
+    released: Option<(Duration, Release)>,
     /// Frames the source's cards held through the switchover, sent along.
     frames_carried: u64,
     paused: bool,
@@ -662,6 +665,34 @@ impl Engine<'_> {
 
     /// Stops the migration for a cancel or an expired time limit that
     /// cancels; true when the time limit forces the switchover now.
+    /// The guest keeps its share only while the full pass keeps pace: one
+    /// forecast (after a second, at the rate so far) to outlast half the
+    /// time limit takes the CPU it needs.
+    fn keep_pace(&mut self, queued_pages: u64, total_pages: u64) {
+        if self.released.is_some() || queued_pages == 0 || self.options.guest_share == 0 {
+            return;
+        }
+        let elapsed = self.started.elapsed();
+        if elapsed < Duration::from_secs(1) {
+            return;
+        }
+        let forecast = elapsed.mul_f64(total_pages as f64 / queued_pages as f64);
+        if forecast > Duration::from_secs(self.options.timeout_s) / 2 {
+            self.release_share(Release::TimeLimit);
+        }
+    }
+
+    /// Pre-copy gives up the guest's share: its threads go to the VMM's
+    /// priority for the rest of the migration.
+    fn release_share(&mut self, why: Release) {
+        if self.options.guest_share == 0 {
+            return;
+        }
+        self.crew.set(cpu::VMM_NICE);
+        self.released = Some((self.started.elapsed(), why));
+        tracing::info!(reason = ?why, "pre-copy takes the CPU the guest kept");
+    }
+
     fn limit_reached(&mut self) -> Result<bool, MigrationError> {
         if self.ctx.cancel.requested() {
             return Err(MigrationError::Cancelled);
@@ -712,6 +743,7 @@ impl Engine<'_> {
         let mut next = 0usize;
         let mut rest: Option<PageSet> = None;
         let mut first = true;
+        let (mut queued, total) = (0u64, pages.count());
         for (gpa, count) in pages.runs(BATCH_PAGES) {
             if let Some(rest) = &mut rest {
                 rest.insert(gpa, count);
@@ -723,6 +755,7 @@ impl Engine<'_> {
                 flags: 0,
             });
             batch_pages += count;
+            queued += u64::from(count);
             if batch_pages >= BATCH_PAGES || batch.len() as u32 >= MAX_BATCH_RANGES {
                 self.submit(
                     next,
@@ -740,6 +773,9 @@ impl Engine<'_> {
                 // Queuing waits for the writers, so this is where a long round
                 // spends its time.
                 self.report_live(progress);
+                if round == 0 && !self.paused {
+                    self.keep_pace(queued, total);
+                }
                 if !self.paused && self.limit_reached()? {
                     rest = Some(pages.cleared());
                 }
@@ -947,7 +983,12 @@ impl Engine<'_> {
                 } else {
                     0
                 };
-                if hot_rounds >= 2 {
+                if hot_rounds >= 2 && self.released.is_none() {
+                    // Giving the copy the CPU costs the guest less than
+                    // holding its vCPUs still: that comes first.
+                    self.release_share(Release::Converge);
+                    hot_rounds = 0;
+                } else if hot_rounds >= 2 {
                     let current = self.throttle.pct.load(Ordering::SeqCst);
                     let next = if current == 0 {
                         THROTTLE_START
@@ -1075,6 +1116,10 @@ impl Engine<'_> {
             frames_carried: self.frames_carried,
             encryption: self.encryption.clone(),
             guest_share: self.options.guest_share,
+            share_released: self.released.map(|(at, why)| ShareRelease {
+                at_ms: at.as_secs_f64() * 1000.0,
+                why,
+            }),
             live_ms: (pause_at - self.started).as_secs_f64() * 1000.0,
             vcpu_wait_ms,
         })

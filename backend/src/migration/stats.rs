@@ -33,6 +33,27 @@ pub struct Progress {
     pub throttle_pct: u8,
 }
 
+/// Pre-copy gave up the guest's share of its cores (its threads went to
+/// the VMM's priority).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ShareRelease {
+    /// From the start of the migration.
+    pub at_ms: f64,
+    pub why: Release,
+}
+
+/// Why pre-copy gave up the guest's share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Release {
+    /// The guest dirtied memory faster than the copy sent it, twice in a
+    /// row: the copy took the CPU before auto-converge would throttle.
+    Converge,
+    /// At the rate the share left it, the full pass would have outlasted
+    /// half the time limit.
+    TimeLimit,
+}
+
 /// How a migration went.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -83,6 +104,9 @@ pub struct Report {
     /// The guest's share of its vCPUs' time the migration kept to (percent).
     #[serde(default)]
     pub guest_share: u8,
+    /// When pre-copy stopped keeping it, and why.
+    #[serde(default)]
+    pub share_released: Option<ShareRelease>,
     /// From the start to the last pause: the guest ran, live, meanwhile.
     #[serde(default)]
     pub live_ms: f64,
