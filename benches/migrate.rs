@@ -229,6 +229,8 @@ struct Sample {
     /// vmig's downtime in parts: last pages, state, handoff (ms), and the
     /// bytes of the last round.
     parts: Option<DowntimeParts>,
+    /// When and why vmig's pre-copy gave up the guest's share.
+    released: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -255,6 +257,7 @@ impl Sample {
             round0_bps: None,
             errors: 0,
             parts: None,
+            released: None,
         }
     }
 }
@@ -548,6 +551,9 @@ fn vmig_run(memory: &str, vcpus: usize, workload: &Workload, tls: bool, extra: &
                 throttle_pct: Some(whole(&report, "max_throttle_pct")),
                 round0_bps,
                 errors,
+                released: report["share_released"]["why"]
+                    .as_str()
+                    .map(|why| format!("{why} at {:.0} ms", number(&report["share_released"], "at_ms"))),
                 parts: Some(DowntimeParts {
                     final_pages_ms: number(&report, "final_pages_ms"),
                     state_ms: number(&report, "state_ms"),
@@ -717,6 +723,7 @@ fn qemu_run(kernel: &Path, memory: &str, vcpus: usize, workload: &Workload, engi
                     round0_bps: None,
                     errors,
                     parts: None,
+                    released: None,
                 });
             }
             "failed" | "cancelled" => {
@@ -964,6 +971,10 @@ fn measure_row(engine: Engine, kernel: Option<&Path>, gib: u64, vcpus: usize, wo
                 sample
                     .round0_bps
                     .map_or(String::new(), |bps| format!(", round 0 at {:.0} MiB/s", bps / MIB))
+                    + &sample
+                        .released
+                        .as_ref()
+                        .map_or(String::new(), |r| format!(", share released ({r})"))
             ),
         };
         eprintln!(

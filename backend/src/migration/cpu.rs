@@ -98,17 +98,36 @@ pub fn set_process_nice(nice: i32) {
     }
 }
 
+/// The calling thread's niceness (the 19th field of its stat); 0 when it
+/// cannot be read.
+pub fn own_nice() -> i32 {
+    std::fs::read_to_string("/proc/thread-self/stat")
+        .ok()
+        .and_then(|stat| {
+            let after_name = &stat[stat.rfind(')')? + 1..];
+            after_name.split_whitespace().nth(16)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
 /// The threads of one side of a migration, reniced together as its phase
 /// changes: each joins as it starts, at the crew's niceness then.
+///
+/// Going back up (a lower niceness) takes `CAP_SYS_NICE`. A crew made by a
+/// thread that does not run above the guest (its VMM lacked the privilege)
+/// never renices: pre-copy would go below the guest for good, and so would
+/// the switchover.
 #[derive(Debug)]
 pub struct Crew {
     state: Mutex<(i32, Vec<i32>)>,
+    privileged: bool,
 }
 
 impl Crew {
     pub fn new(nice: i32) -> Self {
         Self {
             state: Mutex::new((nice, Vec::new())),
+            privileged: own_nice() < 0,
         }
     }
 
@@ -116,7 +135,9 @@ impl Crew {
     pub fn join(&self) {
         let tid = nix::unistd::gettid().as_raw();
         let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        renice(tid, state.0);
+        if self.privileged {
+            renice(tid, state.0);
+        }
         state.1.push(tid);
     }
 
@@ -124,8 +145,10 @@ impl Crew {
     pub fn set(&self, nice: i32) {
         let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         state.0 = nice;
-        for &tid in &state.1 {
-            renice(tid, nice);
+        if self.privileged {
+            for &tid in &state.1 {
+                renice(tid, nice);
+            }
         }
     }
 }
@@ -247,15 +270,11 @@ mod tests {
         assert_eq!(taken_streams(8, 6, true), 3);
     }
 
-    /// The calling thread's niceness, the 19th field of its stat.
-    fn own_nice() -> i32 {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-        let after_name = &stat[stat.rfind(')').unwrap() + 1..];
-        after_name.split_whitespace().nth(16).unwrap().parse().unwrap()
-    }
-
     #[test]
     fn a_crew_renices_its_members() {
+        // As a VMM's thread does: above the guest first (tests run as root).
+        set_thread_nice(VMM_NICE);
+        assert_eq!(own_nice(), VMM_NICE);
         let crew = std::sync::Arc::new(Crew::new(3));
         let (tx, rx) = std::sync::mpsc::channel();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();

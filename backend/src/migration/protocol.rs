@@ -128,6 +128,10 @@ pub enum Kind {
     /// received meanwhile ([`crate::vmm::devices::virtio::HeldFrames`]), for
     /// the guest to get on the target.
     Frames = 16,
+    /// Sender → receiver on the control stream, during pre-copy: the
+    /// migration no longer keeps the guest its share of the cores (see
+    /// [`super::cpu`]); the receiver raises its threads as the sender did.
+    Release = 17,
 }
 
 impl Kind {
@@ -150,6 +154,7 @@ impl Kind {
             14 => Keepalive,
             15 => Paused,
             16 => Frames,
+            17 => Release,
             _ => return None,
         })
     }

@@ -344,6 +344,7 @@ impl Incoming {
                     apply_memory(&mut self.control, memory, &header)
                         .map_err(|detail| ReceiveError::Stream { index: 0, detail })?;
                 }
+                Kind::Release => self.crew.set(cpu::VMM_NICE),
                 Kind::Paused => {
                     self.crew.set(cpu::VMM_NICE);
                     vm.begin_switchover();

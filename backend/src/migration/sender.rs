@@ -682,13 +682,23 @@ impl Engine<'_> {
         }
     }
 
-    /// Pre-copy gives up the guest's share: its threads go to the VMM's
-    /// priority for the rest of the migration.
+    /// Pre-copy gives up the guest's share: its threads, and the
+    /// receiver's, go to the VMM's priority for the rest of the migration.
     fn release_share(&mut self, why: Release) {
         if self.options.guest_share == 0 {
             return;
         }
         self.crew.set(cpu::VMM_NICE);
+        // Behind the pages already queued on the control stream; a stream
+        // that failed shows at the next submit.
+        let _ = self.submit(
+            0,
+            Job::Frame {
+                kind: Kind::Release,
+                arg: 0,
+                payload: Vec::new(),
+            },
+        );
         self.released = Some((self.started.elapsed(), why));
         tracing::info!(reason = ?why, "pre-copy takes the CPU the guest kept");
     }
