@@ -663,8 +663,6 @@ impl Engine<'_> {
         })
     }
 
-    /// Stops the migration for a cancel or an expired time limit that
-    /// cancels; true when the time limit forces the switchover now.
     /// The guest keeps its share only while the full pass keeps pace: one
     /// forecast (after a second, at the rate so far) to outlast half the
     /// time limit takes the CPU it needs.
@@ -703,6 +701,8 @@ impl Engine<'_> {
         tracing::info!(reason = ?why, "pre-copy takes the CPU the guest kept");
     }
 
+    /// Stops the migration for a cancel or an expired time limit that
+    /// cancels; true when the time limit forces the switchover now.
     fn limit_reached(&mut self) -> Result<bool, MigrationError> {
         if self.ctx.cancel.requested() {
             return Err(MigrationError::Cancelled);
