@@ -993,7 +993,7 @@ impl Engine<'_> {
                 } else {
                     0
                 };
-                if hot_rounds >= 2 && self.released.is_none() {
+                if hot_rounds >= 2 && self.released.is_none() && self.options.guest_share > 0 {
                     // Giving the copy the CPU costs the guest less than
                     // holding its vCPUs still: that comes first.
                     self.release_share(Release::Converge);
