@@ -69,12 +69,6 @@ pub fn precopy_nice(share: u8) -> i32 {
     (VMM_NICE..=19).find(|&nice| weight(nice) <= most).unwrap_or(19)
 }
 
-/// The guest's share of a contended core beside [`THREADS_PER_CORE`]
-/// threads at `nice`, in percent (what [`precopy_nice`] promises).
-pub fn share_at(nice: i32) -> f64 {
-    100.0 * weight(0) / (weight(0) + THREADS_PER_CORE * weight(nice))
-}
-
 /// Sets the calling thread's niceness (Linux: per thread); best effort.
 pub fn set_thread_nice(nice: i32) {
     renice(nix::unistd::gettid().as_raw(), nice);
@@ -221,6 +215,12 @@ pub fn taken_streams(offered: u32, free_here: u32, same_machine: bool) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The guest's share of a contended core beside [`THREADS_PER_CORE`]
+    /// threads at `nice`, in percent (what [`precopy_nice`] promises).
+    fn share_at(nice: i32) -> f64 {
+        100.0 * weight(0) / (weight(0) + THREADS_PER_CORE * weight(nice))
+    }
 
     #[test]
     fn the_default_share_puts_pre_copy_below_the_guest() {

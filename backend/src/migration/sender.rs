@@ -667,7 +667,7 @@ impl Engine<'_> {
     /// forecast (after a second, at the rate so far) to outlast half the
     /// time limit takes the CPU it needs.
     fn keep_pace(&mut self, queued_pages: u64, total_pages: u64) {
-        if self.released.is_some() || queued_pages == 0 || self.options.guest_share == 0 {
+        if !self.keeps_share() || queued_pages == 0 {
             return;
         }
         let elapsed = self.started.elapsed();
@@ -680,12 +680,14 @@ impl Engine<'_> {
         }
     }
 
+    /// Whether pre-copy still keeps the guest a share it could give up.
+    fn keeps_share(&self) -> bool {
+        self.options.guest_share > 0 && self.released.is_none()
+    }
+
     /// Pre-copy gives up the guest's share: its threads, and the
     /// receiver's, go to the VMM's priority for the rest of the migration.
     fn release_share(&mut self, why: Release) {
-        if self.options.guest_share == 0 {
-            return;
-        }
         self.crew.set(cpu::VMM_NICE);
         // Behind the pages already queued on the control stream; a stream
         // that failed shows at the next submit.
@@ -993,7 +995,7 @@ impl Engine<'_> {
                 } else {
                     0
                 };
-                if hot_rounds >= 2 && self.released.is_none() && self.options.guest_share > 0 {
+                if hot_rounds >= 2 && self.keeps_share() {
                     // Giving the copy the CPU costs the guest less than
                     // holding its vCPUs still: that comes first.
                     self.release_share(Release::Converge);
