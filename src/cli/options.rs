@@ -21,7 +21,7 @@ pub struct MigrationArgs {
     pub downtime_ms: u64,
     /// Parallel TCP streams: a number, or `auto` for as many as both hosts
     /// have free cores (one each, counted once when both are one machine).
-    #[arg(long, value_name = "N", default_value = "auto", value_parser = parse_streams)]
+    #[arg(long, value_name = "N", default_value = "auto", value_parser = vmig_backend::migration::parse_streams)]
     pub streams: u32,
     /// The share of its vCPUs' time (percent) the guest keeps during
     /// pre-copy where the migration's threads contend for its cores; lower
@@ -126,20 +126,6 @@ impl TimeoutArgs {
             UsageError(format!("--{flag}-timeout: {e}"))
         })?;
         Ok(timeouts)
-    }
-}
-
-/// `auto` (0) or a number of streams.
-fn parse_streams(text: &str) -> Result<u32, String> {
-    if text == "auto" {
-        return Ok(0);
-    }
-    match text.parse::<u32>() {
-        Ok(n) if (1..=vmig_backend::migration::MAX_STREAMS).contains(&n) => Ok(n),
-        _ => Err(format!(
-            "{text:?} is neither `auto` nor a number of streams from 1 to {}",
-            vmig_backend::migration::MAX_STREAMS
-        )),
     }
 }
 

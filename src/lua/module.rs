@@ -442,14 +442,12 @@ impl MigrateOptions {
                 Some(parse_size(text).map_err(|e| invalid(function, format!("bandwidth: {e}")))?)
             }
         };
-        options.streams = match &self.streams {
-            None => options.streams,
-            Some(Streams::Text(text)) if text == "auto" => 0,
-            Some(Streams::Count(0)) | Some(Streams::Text(_)) => {
-                return Err(invalid(function, "streams: a number from 1 up, or \"auto\""));
-            }
-            Some(Streams::Count(n)) => *n,
+        let streams = match &self.streams {
+            None => Ok(options.streams),
+            Some(Streams::Text(text)) => vmig_backend::migration::parse_streams(text),
+            Some(Streams::Count(n)) => vmig_backend::migration::parse_streams(&n.to_string()),
         };
+        options.streams = streams.map_err(|e| invalid(function, format!("streams: {e}")))?;
         if let Some(share) = self.guest_share {
             options.guest_share = share;
         }

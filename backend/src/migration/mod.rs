@@ -295,6 +295,21 @@ fn default_guest_share() -> u8 {
 
 /// Most streams one migration may open.
 pub const MAX_STREAMS: u32 = 16;
+
+/// A stream count as an operator writes it (`--streams`, a runbook's
+/// `streams`): `auto` (0: as the hosts' free cores say) or 1 to
+/// [`MAX_STREAMS`].
+pub fn parse_streams(text: &str) -> Result<u32, String> {
+    if text == "auto" {
+        return Ok(0);
+    }
+    match text.parse::<u32>() {
+        Ok(n) if (1..=MAX_STREAMS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{text:?} is neither `auto` nor a number of streams from 1 to {MAX_STREAMS}"
+        )),
+    }
+}
 /// The lowest bandwidth cap accepted: below it a 1 MiB batch would keep a
 /// stream silent for longer than a second.
 pub const MIN_BANDWIDTH: u64 = 1 << 20;
