@@ -506,6 +506,7 @@ fn vmig_run(memory: &str, vcpus: usize, workload: &Workload, tls: bool, extra: &
     let error = std::fs::read_to_string(path("send.err")).unwrap_or_default();
 
     let mut report = None;
+    let mut failed_code = None;
     let mut last_progress = None;
     let mut round0_bps = None;
     for line in stdout.lines() {
@@ -514,6 +515,8 @@ fn vmig_run(memory: &str, vcpus: usize, workload: &Workload, tls: bool, extra: &
         };
         if let Some(migrated) = message.get("migrated") {
             report = Some(migrated.clone());
+        } else if let Some(code) = message["failed"]["code"].as_str() {
+            failed_code = Some(code.to_string());
         } else if let Some(progress) = message.get("progress") {
             // Without a report (a run cut short), round 0's own progress.
             if progress["phase"] == "precopy"
@@ -562,7 +565,7 @@ fn vmig_run(memory: &str, vcpus: usize, workload: &Workload, tls: bool, extra: &
                 }),
             })
         }
-        (exit, _) if exit.is_none() || error.contains("time limit") || error.contains("timed out") => {
+        (exit, _) if exit.is_none() || failed_code.as_deref() == Some("timed_out") => {
             let progress = last_progress.unwrap_or(Value::Null);
             Ok(Sample {
                 status: Status::TimedOut,

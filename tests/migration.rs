@@ -323,6 +323,7 @@ fn the_time_limit_is_honoured_while_a_round_runs() {
     let sent = send(&from, &url, &["--bandwidth", "32M", "--timeout", "2"]);
     let took = started.elapsed();
     assert_eq!(sent.code, Some(1), "{}", sent.stderr);
+    assert_eq!(sent.failed_code(), Some("timed_out"), "{:?}", sent.lines);
     assert!(
         sent.stderr.contains("did not converge within the 2 s"),
         "{}",

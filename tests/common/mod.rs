@@ -338,6 +338,11 @@ impl Sent {
             .unwrap_or_else(|| panic!("no report (exit {:?}): {}", self.code, self.stderr))
     }
 
+    /// The failure's stable code, when the VM did not move.
+    pub fn failed_code(&self) -> Option<&str> {
+        self.lines.iter().find_map(|l| l["failed"]["code"].as_str())
+    }
+
     pub fn progress(&self) -> impl Iterator<Item = &serde_json::Value> {
         self.lines.iter().filter_map(|l| l.get("progress"))
     }

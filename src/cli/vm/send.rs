@@ -1,12 +1,12 @@
 //! `vmig vm send`: live-migrate the VM of a running VMM to another VMM that
 //! waits with `vmig vm run --incoming`.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use vmig_backend::runtime::control::{ControlClient, ControlError, Reply, Request};
+use vmig_backend::runtime::control::{ControlClient, ControlError, Failure, Reply, Request};
 
 use crate::cli::options::{MigrationArgs, StreamTlsArgs};
 use crate::exit::Exit;
@@ -63,9 +63,25 @@ pub fn exec(args: &SendArgs) -> Result<Exit> {
         }
         Ok(other) => anyhow::bail!("unexpected reply {other:?}"),
         Err(ControlError::Refused(failure)) if failure.code == "in_doubt" => {
+            print_failure(&failure, json)?;
             eprintln!("vmig: {}", failure.message);
             Ok(Exit::InDoubt)
         }
+        Err(ControlError::Refused(failure)) => {
+            print_failure(&failure, json)?;
+            Err(ControlError::Refused(failure))
+                .with_context(|| format!("migration to {} failed; the VM stays on the source", args.target))
+        }
         Err(e) => Err(e).with_context(|| format!("migration to {} failed; the VM stays on the source", args.target)),
     }
+}
+
+/// With `--json`, the failure's stable code on stdout for scripts, after the
+/// progress lines: `{"failed": {"code": ..., "message": ...}}`.
+fn print_failure(failure: &Failure, json: bool) -> Result<()> {
+    if json {
+        let line = serde_json::json!({ "failed": { "code": failure.code, "message": failure.message } });
+        writeln!(std::io::stdout().lock(), "{line}")?;
+    }
+    Ok(())
 }
