@@ -239,6 +239,12 @@ struct DowntimeParts {
     state_ms: f64,
     handoff_ms: f64,
     final_round_bytes: f64,
+    /// Pause asked to the first vCPU out (the downtime the guest misses).
+    stop_ms: f64,
+    /// The target's `Running` written to its last vCPU in.
+    resume_ms: Option<f64>,
+    /// The guest's standstill as the VMMs saw it.
+    blackout_ms: Option<f64>,
 }
 
 impl Sample {
@@ -562,6 +568,9 @@ fn vmig_run(memory: &str, vcpus: usize, workload: &Workload, tls: bool, extra: &
                     state_ms: number(&report, "state_ms"),
                     handoff_ms: number(&report, "handoff_ms"),
                     final_round_bytes: number(&report, "final_round_bytes"),
+                    stop_ms: number(&report, "stop_ms"),
+                    resume_ms: report["resume_ms"].as_f64(),
+                    blackout_ms: report["blackout_ms"].as_f64(),
                 }),
             })
         }
@@ -1144,19 +1153,33 @@ fn print_table(gib: u64, vcpus: usize, runs: usize, rows: &[(&Workload, Vec<Row>
         println!("{line}");
     }
     println!();
-    println!("Where vmig's downtime goes (medians): last pages sent while paused, state, handoff (Go to Running)");
+    println!(
+        "Where vmig's downtime goes (medians): last pages sent while paused, state, handoff (Go to Running); \
+         then the guest's view: its vCPUs' stop (pause asked to the first out, not seen by the guest), \
+         the target's resume (Running to the last vCPU in), the blackout the VMMs saw (first out to last in), \
+         the guest's own gap, and what the guest saw after its vCPUs were back (gap - blackout: its first \
+         steps on the new host)"
+    );
     for (workload, engine_rows) in rows {
         let Some(vmig) = engine_rows.iter().find(|r| r.engine == Engine::Vmig && r.completed()) else {
             continue;
         };
-        let part = |f: fn(&DowntimeParts) -> f64| vmig.median(|s| s.parts.as_ref().map(f)).unwrap_or(f64::NAN);
+        let part = |f: fn(&DowntimeParts) -> Option<f64>| vmig.median(|s| s.parts.as_ref().and_then(f));
+        let ms = |value: Option<f64>| or_dash(value, |ms| format!("{ms:.2} ms"));
+        let after = vmig.median(|s| Some(s.guest_gap_ms? - s.parts.as_ref()?.blackout_ms?));
         println!(
-            "  {:<20} last pages {:>6.1} ms ({:>9})   state {:>5.1} ms   handoff {:>5.1} ms",
+            "  {:<20} last pages {:>6.1} ms ({:>9})   state {:>5.1} ms   handoff {:>5.1} ms   \
+             stop {:>8}   resume {:>8}   blackout {:>8}   guest gap {:>8}   after {:>8}",
             workload.name,
-            part(|p| p.final_pages_ms),
-            format_mib(part(|p| p.final_round_bytes)),
-            part(|p| p.state_ms),
-            part(|p| p.handoff_ms),
+            part(|p| Some(p.final_pages_ms)).unwrap_or(f64::NAN),
+            format_mib(part(|p| Some(p.final_round_bytes)).unwrap_or(f64::NAN)),
+            part(|p| Some(p.state_ms)).unwrap_or(f64::NAN),
+            part(|p| Some(p.handoff_ms)).unwrap_or(f64::NAN),
+            ms(part(|p| Some(p.stop_ms))),
+            ms(part(|p| p.resume_ms)),
+            ms(part(|p| p.blackout_ms)),
+            ms(vmig.median(|s| s.guest_gap_ms)),
+            ms(after),
         );
     }
 }

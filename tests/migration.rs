@@ -46,6 +46,30 @@ fn assert_continues(before: &Vmm, after: &Vmm) -> Heartbeat {
     later
 }
 
+/// The report's blackout (the source's first vCPU out to the target's last
+/// in) lies within the downtime's parts, and the guest's own longest stall
+/// across the switchover (its clock runs on through it) is at least as long.
+fn assert_blackout_as_the_guest_saw_it(report: &serde_json::Value, to: &Vmm, cmdline: &str) {
+    let ms = |key: &str| {
+        report[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{cmdline}: no {key}: {report}"))
+    };
+    let (downtime, stop, handoff) = (ms("downtime_ms"), ms("stop_ms"), ms("handoff_ms"));
+    let (resume, blackout) = (ms("resume_ms"), ms("blackout_ms"));
+    assert!((0.0..downtime).contains(&stop), "{cmdline}: {report}");
+    assert!(
+        blackout >= downtime - stop - handoff && blackout <= downtime - stop + resume + 1e-3,
+        "{cmdline}: the blackout is made of the downtime's parts: {report}"
+    );
+    let beats = to.heartbeats();
+    let gap_ms = beats.iter().take(2).map(|h| h.get("maxgap_us")).max().unwrap() as f64 / 1000.0;
+    assert!(
+        gap_ms + 0.5 >= blackout,
+        "{cmdline}: the guest stood still {gap_ms} ms, the report says {blackout} ms: {report}"
+    );
+}
+
 #[test]
 fn idle_filled_and_dirtying_guests_migrate_intact() {
     for cmdline in [
@@ -70,6 +94,7 @@ fn idle_filled_and_dirtying_guests_migrate_intact() {
         assert!(from.stderr_text().contains("migrated to"), "{}", from.stderr_text());
         assert_eq!(to.wait_state(RunState::Running, BOOT_TIMEOUT), Some(RunState::Running));
         assert_continues(&from, &to);
+        assert_blackout_as_the_guest_saw_it(report, &to, cmdline);
         if cmdline.contains("dirty") {
             let beat = to.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.get("written") > 0);
             assert!(beat.get("written") > 0, "the workload keeps dirtying on the target");

@@ -220,7 +220,7 @@ assert(none == nil and err.code == "script" and err.message:match("plain"))
 -- One migration, then a batch where one item fails and the other moves.
 local r = vmig.migrate("vm1", "hostB", { downtime_ms = 100, bandwidth = "500M" })
 assert(r.ok and r.id:match("^m%-") and r.source == "hostA" and r.target == "hostB" and not r.dry_run)
-assert(r.downtime_ms > 0 and r.bytes_sent > 0)
+assert(r.downtime_ms > 0 and r.bytes_sent > 0 and r.blackout_ms > 0)
 local results = vmig.parallel({
   { vm = "vm1", host = "hostC" },
   { vm = "nosuch", host = "hostA", options = { streams = 1 } },

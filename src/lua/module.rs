@@ -502,6 +502,9 @@ struct Migrated {
     id: Option<String>,
     dry_run: bool,
     downtime_ms: Option<f64>,
+    /// How long the guest stood still (the source's first vCPU out to the
+    /// target's last in).
+    blackout_ms: Option<f64>,
     total_ms: Option<f64>,
     bytes_sent: Option<u64>,
     rounds: Option<u32>,
@@ -521,6 +524,7 @@ impl Migrated {
             id: None,
             dry_run: true,
             downtime_ms: None,
+            blackout_ms: None,
             total_ms: None,
             bytes_sent: None,
             rounds: None,
@@ -540,6 +544,7 @@ impl Migrated {
             id: Some(result.id.clone()),
             dry_run: false,
             downtime_ms: report.map(|r| r.downtime_ms),
+            blackout_ms: report.and_then(|r| r.blackout_ms),
             total_ms: report.map(|r| r.total_ms),
             bytes_sent: report.map(|r| r.bytes_sent),
             rounds: report.map(|r| r.rounds),

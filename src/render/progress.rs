@@ -222,6 +222,14 @@ pub fn print_report(report: &Report, headline: &str, json: bool) -> Result<()> {
         "  total {:.1} ms, downtime {:.2} ms (last pages {:.2}, state {:.2}, handoff {:.2})",
         report.total_ms, report.downtime_ms, report.final_pages_ms, report.state_ms, report.handoff_ms
     )?;
+    if let (Some(blackout), Some(resume)) = (report.blackout_ms, report.resume_ms) {
+        writeln!(
+            out,
+            "  the guest stood still {blackout:.2} ms: the downtime less {:.2} ms to stop its vCPUs, \
+             plus {resume:.2} ms for the target to start them after Running, less Running's way back",
+            report.stop_ms
+        )?;
+    }
     writeln!(
         out,
         "  sent {} in {} rounds over {} streams ({}/s, full pass {}/s); {} zero pages skipped, {} untouched",

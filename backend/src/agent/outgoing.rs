@@ -415,7 +415,7 @@ impl Agent {
             }
         });
         match answer {
-            Ok(Reply::Migrated(report)) => Copied::Moved(Box::new(report)),
+            Ok(Reply::Migrated(report)) => Copied::Moved(report),
             Ok(_) => Copied::Unknown,
             Err(ControlError::Refused(failure)) if failure.code == "in_doubt" => Copied::Unknown,
             Err(ControlError::Refused(failure)) => Copied::Stayed(failure),

@@ -22,8 +22,9 @@ use crate::vmm::MachineConfig;
 
 /// This engine's protocol version; a receiver refuses any other. 5: the
 /// machine state is of format 3 (the console's absolute offset travels; network
-/// cards), and the switchover's `Paused` and `Frames`.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// cards), and the switchover's `Paused` and `Frames`. 6: streams `auto` and
+/// the guest's share (`Release`). 7: the target's `Resumed` after `Running`.
+pub const PROTOCOL_VERSION: u32 = 7;
 pub const HEADER_LEN: usize = 16;
 pub const PAGE_SIZE: u64 = 4096;
 /// Largest control payload (a machine state).
@@ -132,6 +133,9 @@ pub enum Kind {
     /// migration no longer keeps the guest its share of the cores (see
     /// [`super::cpu`]); the receiver raises its threads as the sender did.
     Release = 17,
+    /// Receiver → sender after `Running`, once every vCPU is back in the
+    /// guest: [`Resumed`], how long the target took to get there.
+    Resumed = 18,
 }
 
 impl Kind {
@@ -155,6 +159,7 @@ impl Kind {
             15 => Paused,
             16 => Frames,
             17 => Release,
+            18 => Resumed,
             _ => return None,
         })
     }
@@ -170,6 +175,7 @@ impl Kind {
             Kind::Keepalive => TOKEN_LEN as u64,
             // At most MAX_HELD frames of each of 4 cards, with their lengths.
             Kind::Frames => 4 * 512 * (1518 + 16) + 64,
+            Kind::Resumed => 64,
             _ => 0,
         }
     }
@@ -323,6 +329,16 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
         .with_fixint_encoding()
         .serialize(value)
         .expect("in-memory serialisation of plain data cannot fail")
+}
+
+/// The target's side of the switchover, in its own clock: the sender adds it
+/// to its own to tell how long the guest stood still.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resumed {
+    /// From Go's arrival to `Running` written (the commit).
+    pub commit_ns: u64,
+    /// From `Running` written to the last vCPU entering the guest.
+    pub start_ns: u64,
 }
 
 /// The first frame: who is coming and what it needs.

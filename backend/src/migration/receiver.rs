@@ -18,7 +18,7 @@ use super::gate::{Gate, GateHandle, NoSender, Phase};
 use super::link::Link;
 use super::protocol::{
     self, CpuidLeaf, Header, Hello, Kind, MAX_BATCH_RANGES, Outcome, PROTOCOL_VERSION, ProtocolError, RANGE_ENTRY_LEN,
-    RANGE_ZERO,
+    RANGE_ZERO, Resumed,
 };
 use super::transport;
 use super::{Timeouts, VmSideError};
@@ -77,7 +77,8 @@ pub trait TargetVm {
     /// that the source held until Go (its drives): done before the commit,
     /// so that once `Running` is sent nothing is left that can fail.
     fn can_resume(&mut self) -> Result<(), VmSideError>;
-    fn resume(&mut self) -> Result<(), VmSideError>;
+    /// Returns when the last vCPU was about to enter the guest.
+    fn resume(&mut self) -> Result<Instant, VmSideError>;
     /// Stops every vCPU for good: a resume that failed half way must not
     /// leave part of the VM running here while the source resumes.
     fn halt(&mut self);
@@ -489,6 +490,7 @@ impl Incoming {
             }
             Err(e) => return Err(e.into()),
         }
+        let go_at = Instant::now();
         fault::hold(Hold::AfterGo);
         if let Err(source) = vm.can_resume() {
             vm.halt();
@@ -515,10 +517,20 @@ impl Incoming {
         } else {
             let _ = protocol::write_frame(&mut self.control, Kind::Running, 0, &[]);
         }
+        let running_at = Instant::now();
         if fault == Some(Fault::SlowStart) {
             std::thread::sleep(Duration::from_secs(1));
         }
-        if let Err(source) = vm.resume() {
+        let entered = vm.resume();
+        if let Ok(entered) = entered {
+            // For the sender's report only: it does not wait long for it.
+            let resumed = Resumed {
+                commit_ns: nanos(running_at - go_at),
+                start_ns: nanos(entered.saturating_duration_since(running_at)),
+            };
+            let _ = protocol::write_frame(&mut self.control, Kind::Resumed, 0, &protocol::encode(&resumed));
+        }
+        if let Err(source) = entered {
             // Nothing left that could fail was expected to (every vCPU thread
             // was there a moment ago). Stop whatever did start. The record
             // keeps saying committed: a source that heard Running has ended
@@ -534,6 +546,10 @@ impl Incoming {
         vm.announce(self.hello.announce);
         Ok(())
     }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Reads pages and round markers from one extra stream.

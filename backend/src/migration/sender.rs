@@ -17,7 +17,7 @@ use super::fault::{self, Hold};
 use super::link::{Link, LinkReader, LinkWriter};
 use super::protocol::{
     self, CpuidLeaf, HEADER_LEN, Header, Hello, Kind, MAX_BATCH_RANGES, Outcome, PAGE_SIZE, PROTOCOL_VERSION,
-    ProtocolError, Range,
+    ProtocolError, Range, Resumed,
 };
 use super::stats::{Phase, Progress, Release, Report, ShareRelease};
 use super::tls::ClientSide;
@@ -45,6 +45,11 @@ const THROTTLE_START: u8 = 20;
 const THROTTLE_STEP: u8 = 10;
 const THROTTLE_MAX: u8 = 99;
 const THROTTLE_PERIOD: Duration = Duration::from_millis(10);
+/// How long the source waits after `Running` for the target's `Resumed`
+/// (its part of the guest's standstill, for the report only). Shorter than
+/// anything that waits on the handoff: the target answered Running before
+/// it started the vCPUs so that nothing has to wait for them.
+const RESUMED_WAIT: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Error)]
 pub enum MigrationError {
@@ -112,7 +117,8 @@ pub trait SourceVm: Sync {
     /// on the VM may run on the target, and this copy must never resume
     /// unless the target says it discarded its own.
     fn handoff(&self, session: u64) -> Result<(), VmSideError>;
-    fn pause(&self) -> Result<(), VmSideError>;
+    /// Returns when the first vCPU left the guest.
+    fn pause(&self) -> Result<Instant, VmSideError>;
     fn resume(&self) -> Result<(), VmSideError>;
     /// Keeps the vCPUs off the CPU for `duration` (returns at once).
     fn hold(&self, duration: Duration) -> Result<(), VmSideError>;
@@ -502,6 +508,8 @@ pub fn migrate(
         max_throttle: 0,
         paused: false,
         frames_carried: 0,
+        go_sent: None,
+        resumed: None,
         live: None,
         forced_at: None,
         crew,
@@ -620,6 +628,10 @@ struct Engine<'a> {
     released: Option<(Duration, Release)>,
     /// Frames the source's cards held through the switchover, sent along.
     frames_carried: u64,
+    /// When Go was handed to its stream.
+    go_sent: Option<Instant>,
+    /// The target's word on how it resumed the VM.
+    resumed: Option<Resumed>,
     paused: bool,
     live: Option<LiveProgress>,
     /// When the time limit forced the switchover.
@@ -1046,7 +1058,7 @@ impl Engine<'_> {
         // The guest stops: nothing it would run is taken any more, and
         // everything until it runs again is downtime.
         self.crew.set(cpu::VMM_NICE);
-        self.vm.pause().map_err(|source| MigrationError::Vm {
+        let left = self.vm.pause().map_err(|source| MigrationError::Vm {
             action: "pause",
             source,
         })?;
@@ -1104,10 +1116,14 @@ impl Engine<'_> {
         let arrived = self.commit()?;
         let running_at = arrival_instant(arrived, go_at);
         let total = self.started.elapsed().as_secs_f64();
+        let entered = self.entered_at(running_at);
         let bytes_sent = self.shared.bytes_sent.load(Ordering::Relaxed);
         Ok(Report {
             total_ms: total * 1000.0,
             downtime_ms: (running_at - pause_at).as_secs_f64() * 1000.0,
+            stop_ms: ms(left.saturating_duration_since(pause_at)),
+            resume_ms: self.resumed.map(|r| ms(Duration::from_nanos(r.start_ns))),
+            blackout_ms: entered.map(|entered| ms(entered.saturating_duration_since(left))),
             final_pages_ms: (pages_done - pause_at).as_secs_f64() * 1000.0,
             state_ms: (state_done - pages_done).as_secs_f64() * 1000.0,
             handoff_ms: (running_at - state_done).as_secs_f64() * 1000.0,
@@ -1135,6 +1151,17 @@ impl Engine<'_> {
             live_ms: (pause_at - self.started).as_secs_f64() * 1000.0,
             vcpu_wait_ms,
         })
+    }
+
+    /// When the target's last vCPU entered the guest, in this host's clock:
+    /// its `Resumed` counts from `Running` written, which took half the
+    /// round trip from Go to `Running` (less the target's own part of it)
+    /// to arrive here.
+    fn entered_at(&self, running_at: Instant) -> Option<Instant> {
+        let (resumed, go_sent) = (self.resumed?, self.go_sent?);
+        let round_trip = running_at.saturating_duration_since(go_sent);
+        let transit = round_trip.saturating_sub(Duration::from_nanos(resumed.commit_ns)) / 2;
+        Some(running_at - transit + Duration::from_nanos(resumed.start_ns))
     }
 
     /// Sends Go and obtains the target's word that it runs the VM, with the
@@ -1173,6 +1200,7 @@ impl Engine<'_> {
                 },
             )
         });
+        self.go_sent = Some(Instant::now());
         let confirmed = sent.and_then(|()| {
             self.control
                 .set_read_timeout(Some(handoff))
@@ -1185,6 +1213,7 @@ impl Engine<'_> {
         let first = match confirmed {
             Ok(arrived) => {
                 fault::hold(Hold::AfterRunning);
+                self.resumed = self.hear_resumed();
                 return Ok(arrived);
             }
             Err(first) => first,
@@ -1203,12 +1232,23 @@ impl Engine<'_> {
         }
     }
 
+    /// The target's `Resumed`, if it comes soon; the VM runs there either way.
+    fn hear_resumed(&mut self) -> Option<Resumed> {
+        self.control.set_read_timeout(Some(RESUMED_WAIT)).ok()?;
+        let (_, payload) = protocol::expect(&mut self.control, Kind::Resumed).ok()?;
+        protocol::decode(Kind::Resumed, &payload).ok()
+    }
+
     fn finish_streams(&mut self) {
         for stream in self.streams.drain(..) {
             drop(stream.jobs);
             let _ = stream.thread.join();
         }
     }
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
 }
 
 /// Asks the receiver at `url` what became of `session`, retrying until it has

@@ -63,6 +63,22 @@ pub struct Report {
     /// source's own wake-up after the fact is not counted). The target sends
     /// `Running` just before it starts the vCPUs.
     pub downtime_ms: f64,
+    /// From asking the source to pause to its first vCPU out of the guest:
+    /// the start of the downtime the guest does not see.
+    #[serde(default)]
+    pub stop_ms: f64,
+    /// The target's part after `Running`: from writing it to its last vCPU
+    /// entering the guest (none when the target did not say in time).
+    #[serde(default)]
+    pub resume_ms: Option<f64>,
+    /// How long the guest stood still, as the two VMMs saw it: from the
+    /// source's first vCPU out of the guest to the target's last one in
+    /// (`downtime_ms - stop_ms`, less `Running`'s way back, estimated as
+    /// half the round trip of Go, plus `resume_ms`). What the guest itself
+    /// sees adds its first steps on the new host (its memory's mappings
+    /// there are built as it touches it).
+    #[serde(default)]
+    pub blackout_ms: Option<f64>,
     /// Parts of the downtime: last pages, state capture + transfer, handoff.
     pub final_pages_ms: f64,
     pub state_ms: f64,

@@ -162,7 +162,8 @@ pub enum Reply {
     Memory {
         hex: String,
     },
-    Migrated(Report),
+    /// Boxed: a report is several times the size of every other reply.
+    Migrated(Box<Report>),
     DirtySample(DirtySample),
     /// How many bytes of a `console_input` the UART took (its receive FIFO
     /// holds 64; the rest is the caller's to offer again).

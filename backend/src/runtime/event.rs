@@ -50,6 +50,8 @@ pub enum SourceRequest {
 #[derive(Debug)]
 pub enum SourceReply {
     Done,
+    /// Paused: when the first vCPU left the guest.
+    Paused(std::time::Instant),
     State(Box<crate::vmm::VmState>),
     Frames(crate::vmm::devices::virtio::HeldFrames),
 }

@@ -174,7 +174,7 @@ impl receiver::TargetVm for Vm {
         Ok(Vm::can_resume(self)?)
     }
 
-    fn resume(&mut self) -> Result<(), VmSideError> {
+    fn resume(&mut self) -> Result<std::time::Instant, VmSideError> {
         Ok(Vm::resume(self)?)
     }
 

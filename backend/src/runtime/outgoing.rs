@@ -125,7 +125,7 @@ pub(super) fn ended(
 ) -> (Ended, MigrationEnd) {
     match result {
         Ok(report) => {
-            migration.finish(&Response::Ok(Reply::Migrated(report.clone())));
+            migration.finish(&Response::Ok(Reply::Migrated(Box::new(report.clone()))));
             let end = MigrationEnd {
                 migration: migration.id.clone(),
                 failure: Failure::new("migrated", "the VM runs on the target"),
@@ -194,8 +194,11 @@ impl SourceVm for ProcessSource {
         Ok(self.record.hand_over(handoff).map_err(SourceError::Record)?)
     }
 
-    fn pause(&self) -> Result<(), VmSideError> {
-        self.ask(SourceRequest::Pause).map(drop)
+    fn pause(&self) -> Result<std::time::Instant, VmSideError> {
+        match self.ask(SourceRequest::Pause)? {
+            SourceReply::Paused(left) => Ok(left),
+            _ => Ok(std::time::Instant::now()),
+        }
     }
 
     fn resume(&self) -> Result<(), VmSideError> {
@@ -249,8 +252,8 @@ pub(super) fn handle_source(vm: Option<&mut Vm>, request: SourceRequest) -> Resu
         // take theirs as they stop.
         // Its drives are synced and given up for the target to take at Go.
         SourceRequest::Pause => {
-            vm.pause_capturing()?;
-            vm.release_disks().map(|()| SourceReply::Done)?
+            let left = vm.pause_capturing()?;
+            vm.release_disks().map(|()| SourceReply::Paused(left))?
         }
         SourceRequest::Resume => {
             take_disks_back(vm)?;

@@ -406,7 +406,7 @@ impl Vmm {
         let failed = |e: &dyn std::error::Error| Failure::new("failed", chain(e));
         match request {
             Request::Stats => Ok(Reply::Stats(vm.stats())),
-            Request::Pause => vm.pause().map(|()| Reply::Done).map_err(|e| failed(&e)),
+            Request::Pause => vm.pause().map(|_| Reply::Done).map_err(|e| failed(&e)),
             Request::Resume => {
                 // Resuming an in-doubt source is the operator's decision that
                 // the target does not run the VM.

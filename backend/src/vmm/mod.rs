@@ -222,6 +222,8 @@ pub struct Vm {
     vcpus: Vec<VcpuHandle>,
     /// vCPU states taken as the vCPUs last paused ([`Vm::pause_capturing`]).
     captured: Option<Vec<VcpuState>>,
+    /// When the first vCPU left the guest at the last pause.
+    paused_at: Option<Instant>,
     bus: Arc<PortIoBus>,
     mmio: Arc<MmioBus>,
     fd: Arc<VmFd>,
@@ -378,6 +380,7 @@ impl Vm {
         let mut vm = Vm {
             vcpus,
             captured: None,
+            paused_at: None,
             bus,
             mmio,
             fd: Arc::new(fd),
@@ -457,8 +460,9 @@ impl Vm {
         &self.memory
     }
 
-    /// Starts or continues the vCPUs.
-    pub fn resume(&mut self) -> Result<(), VmError> {
+    /// Starts or continues the vCPUs; returns when the last of them was
+    /// about to enter the guest (the guest's standstill ends there).
+    pub fn resume(&mut self) -> Result<Instant, VmError> {
         match self.state {
             RunState::Created | RunState::Paused => {}
             other => return Err(VmError::WrongState(other)),
@@ -470,12 +474,14 @@ impl Vm {
         for vcpu in &self.vcpus {
             vcpu.request_resume()?;
         }
+        let mut entered = None;
         for vcpu in &self.vcpus {
-            vcpu.wait_done()?;
+            let at = vcpu.wait_at()?;
+            entered = entered.max(Some(at));
         }
         self.state = RunState::Running;
         self.mmio.set_rx_mode(RxMode::Deliver);
-        Ok(())
+        Ok(entered.unwrap_or_else(Instant::now))
     }
 
     /// A migration's target at the switchover: the source has paused, so
@@ -536,46 +542,56 @@ impl Vm {
     /// stops, while its thread is still on its CPU: the [`Vm::save_state`]
     /// that follows (a migration's switchover) then need not wake every vCPU
     /// thread again while the guest is stopped. A resume forgets the states.
-    pub fn pause_capturing(&mut self) -> Result<(), VmError> {
+    /// Returns when the first vCPU left the guest.
+    pub fn pause_capturing(&mut self) -> Result<Instant, VmError> {
         match self.state {
             RunState::Running => {}
-            RunState::Paused => return Ok(()),
+            RunState::Paused => return Ok(self.paused_at.unwrap_or_else(Instant::now)),
             other => return Err(VmError::WrongState(other)),
         }
         let requested: Vec<_> = self.vcpus.iter().map(VcpuHandle::request_pause_saving).collect();
-        let states = self.gather(requested);
+        let gathered = self.gather(requested);
         self.mmio.set_rx_mode(RxMode::Hold);
-        self.captured = Some(states?);
+        let (states, left) = gathered?;
+        self.captured = Some(states);
+        self.paused_at = Some(left);
         self.state = RunState::Paused;
-        Ok(())
+        Ok(left)
     }
 
-    /// Stops every vCPU at an instruction boundary.
-    pub fn pause(&mut self) -> Result<(), VmError> {
+    /// Stops every vCPU at an instruction boundary; returns when the first
+    /// of them left the guest (the guest's standstill begins there).
+    pub fn pause(&mut self) -> Result<Instant, VmError> {
         match self.state {
             RunState::Running => {}
-            RunState::Paused => return Ok(()),
+            RunState::Paused => return Ok(self.paused_at.unwrap_or_else(Instant::now)),
             other => return Err(VmError::WrongState(other)),
         }
-        self.stop_vcpus()?;
+        let left = self.stop_vcpus()?;
         self.state = RunState::Paused;
-        Ok(())
+        Ok(left)
     }
 
     /// Stops the vCPUs, then the cards' writes into guest memory: from here
-    /// nothing changes the guest until it resumes.
-    fn stop_vcpus(&mut self) -> Result<(), VmError> {
+    /// nothing changes the guest until it resumes. Returns when the first
+    /// vCPU left the guest.
+    fn stop_vcpus(&mut self) -> Result<Instant, VmError> {
         for vcpu in &self.vcpus {
             vcpu.request_pause()?;
         }
         let mut result = Ok(());
+        let mut left: Option<Instant> = None;
         for vcpu in &self.vcpus {
-            if let Err(e) = vcpu.wait_done() {
-                result = result.and(Err(e));
+            match vcpu.wait_at() {
+                Ok(at) => left = Some(left.map_or(at, |first| first.min(at))),
+                Err(e) => result = result.and(Err(e)),
             }
         }
         self.mmio.set_rx_mode(RxMode::Hold);
-        Ok(result?)
+        result?;
+        let left = left.unwrap_or_else(Instant::now);
+        self.paused_at = Some(left);
+        Ok(left)
     }
 
     /// Marks the VM as gone elsewhere: it is stopped here for good (its
@@ -610,7 +626,7 @@ impl Vm {
             virtio: self.mmio.save(),
         };
         let vcpus = match requested {
-            Some(requested) => self.gather(requested)?,
+            Some(requested) => self.gather(requested)?.0,
             None => self.captured.clone().unwrap_or_default(),
         };
         let (irqchip, clock) = vm_wide?;
@@ -626,12 +642,17 @@ impl Vm {
 
     /// Waits for the state of every vCPU asked; each request sent is waited
     /// for, error or not, so that no reply is left for a later request.
-    fn gather(&self, requested: Vec<Result<(), VcpuError>>) -> Result<Vec<VcpuState>, VmError> {
+    /// With the states, when the first was taken.
+    fn gather(&self, requested: Vec<Result<(), VcpuError>>) -> Result<(Vec<VcpuState>, Instant), VmError> {
         let mut states = Vec::with_capacity(self.vcpus.len());
+        let mut first: Option<Instant> = None;
         let mut failed = None;
         for (vcpu, request) in self.vcpus.iter().zip(requested) {
-            match request.and_then(|()| vcpu.wait_state()) {
-                Ok(state) => states.push(state),
+            match request.and_then(|()| vcpu.wait_state_at()) {
+                Ok((state, at)) => {
+                    states.push(state);
+                    first = Some(first.map_or(at, |first| first.min(at)));
+                }
                 Err(e) => {
                     failed.get_or_insert(e);
                 }
@@ -639,7 +660,7 @@ impl Vm {
         }
         match failed {
             Some(e) => Err(e.into()),
-            None => Ok(states),
+            None => Ok((states, first.unwrap_or_else(Instant::now))),
         }
     }
 

@@ -217,7 +217,12 @@ enum Request {
 
 enum Reply {
     Done,
-    State(Box<VcpuState>),
+    /// Done, and when: a pause's moment out of the guest, a resume's
+    /// moment just before it enters the guest again.
+    At(Instant),
+    /// The state, and when it was taken (a saving pause: when the vCPU
+    /// left the guest).
+    State(Box<VcpuState>, Instant),
     Failed(VcpuError),
 }
 
@@ -249,7 +254,8 @@ impl std::fmt::Debug for Reply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Reply::Done => "Done",
-            Reply::State(_) => "State",
+            Reply::At(_) => "At",
+            Reply::State(..) => "State",
             Reply::Failed(_) => "Failed",
         })
     }
@@ -386,6 +392,15 @@ impl VcpuHandle {
         self.wait().map(|_| ())
     }
 
+    /// Waits for a pause or a resume and says when the vCPU left or
+    /// (re)entered the guest.
+    pub fn wait_at(&self) -> Result<Instant, VcpuError> {
+        match self.wait()? {
+            Reply::At(at) => Ok(at),
+            _ => Ok(Instant::now()),
+        }
+    }
+
     /// Asks a paused vCPU for its state; pair with [`VcpuHandle::wait_state`].
     /// Split so that every vCPU saves at once.
     pub fn request_save(&self) -> Result<(), VcpuError> {
@@ -393,8 +408,14 @@ impl VcpuHandle {
     }
 
     pub fn wait_state(&self) -> Result<VcpuState, VcpuError> {
+        self.wait_state_at().map(|(state, _)| state)
+    }
+
+    /// The state, and when it was taken: a saving pause's moment out of
+    /// the guest.
+    pub fn wait_state_at(&self) -> Result<(VcpuState, Instant), VcpuError> {
         match self.wait()? {
-            Reply::State(state) => Ok(*state),
+            Reply::State(state, at) => Ok((*state, at)),
             _ => Err(VcpuError::Gone { vcpu: self.id }),
         }
     }
@@ -539,6 +560,9 @@ impl Vcpu {
     fn handle(&mut self, request: Request) -> Reply {
         let result = match request {
             Request::Pause { save } => {
+                // Out of the guest since the kick: its last instruction ran
+                // a moment ago.
+                let left = Instant::now();
                 // KVM finishes a served access on the next KVM_RUN before it
                 // looks at signals, so after a kick nothing is pending and the
                 // extra entry (costly under nested KVM) is skipped.
@@ -548,20 +572,21 @@ impl Vcpu {
                 self.running = false;
                 self.end_hold();
                 if save {
-                    self.save().map(|s| Reply::State(Box::new(s)))
+                    self.save().map(|s| Reply::State(Box::new(s), left))
                 } else {
-                    Ok(Reply::Done)
+                    Ok(Reply::At(left))
                 }
             }
             Request::Resume => {
+                // The next step of this loop enters the guest.
                 self.running = true;
-                Ok(Reply::Done)
+                Ok(Reply::At(Instant::now()))
             }
             Request::Save if self.running => Err(VcpuError::NotPaused {
                 vcpu: self.id,
                 what: "saving state",
             }),
-            Request::Save => self.save().map(|s| Reply::State(Box::new(s))),
+            Request::Save => self.save().map(|s| Reply::State(Box::new(s), Instant::now())),
             Request::Restore(_) if self.running => Err(VcpuError::NotPaused {
                 vcpu: self.id,
                 what: "restoring state",
