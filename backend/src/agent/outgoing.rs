@@ -642,8 +642,9 @@ impl Agent {
                 .is_none()
                 .then(|| format!("its VMM here could not report the move; {target} confirmed that it has {vm}"))
         };
-        if let Some(report) = &report {
-            self.note_throughput(target, report.full_pass_bps);
+        // A pass the guest's share held back measured the share, not the link.
+        if let Some(bps) = report.as_ref().and_then(|r| r.full_speed_bps) {
+            self.note_throughput(target, bps);
         }
         MigrationOutcome::moved(MigrateResult {
             id,

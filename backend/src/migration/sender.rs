@@ -510,6 +510,8 @@ pub fn migrate(
         frames_carried: 0,
         go_sent: None,
         resumed: None,
+        early_dirty: None,
+        sent_at_release: 0,
         live: None,
         forced_at: None,
         crew,
@@ -632,6 +634,11 @@ struct Engine<'a> {
     go_sent: Option<Instant>,
     /// The target's word on how it resumed the VM.
     resumed: Option<Resumed>,
+    /// Pages the guest dirtied early in the full pass, looked at to judge
+    /// its pace; they go to round 1.
+    early_dirty: Option<PageSet>,
+    /// Bytes sent when the share was given up.
+    sent_at_release: u64,
     paused: bool,
     live: Option<LiveProgress>,
     /// When the time limit forced the switchover.
@@ -675,21 +682,46 @@ impl Engine<'_> {
         })
     }
 
-    /// The guest keeps its share only while the full pass keeps pace: one
-    /// forecast (after a second, at the rate so far) to outlast half the
-    /// time limit takes the CPU it needs.
-    fn keep_pace(&mut self, queued_pages: u64, total_pages: u64) {
+    /// The guest keeps its share only while the full pass keeps pace; after
+    /// a second, at the rate so far: a pass forecast to outlast half the
+    /// time limit takes the CPU it needs, and so does one that the guest
+    /// outruns (it dirtied more than half of what the pass sent meanwhile:
+    /// at that rate the copy could not converge, and holding the guest
+    /// still would cost it more than the CPU the copy takes). The dirty
+    /// pages looked at go to the next round.
+    fn keep_pace(&mut self, queued_pages: u64, total_pages: u64) -> Result<(), MigrationError> {
         if !self.keeps_share() || queued_pages == 0 {
-            return;
+            return Ok(());
         }
         let elapsed = self.started.elapsed();
         if elapsed < Duration::from_secs(1) {
-            return;
+            return Ok(());
         }
         let forecast = elapsed.mul_f64(total_pages as f64 / queued_pages as f64);
         if forecast > Duration::from_secs(self.options.timeout_s) / 2 {
             self.release_share(Release::TimeLimit);
+        } else if self.early_dirty.is_none() {
+            let dirtied = dirty::collect(&self.ctx.vm_fd, &self.ctx.memory)?;
+            let sent = self.shared.bytes_sent.load(Ordering::Relaxed);
+            if dirtied.bytes() as f64 > 0.5 * sent as f64 {
+                self.release_share(Release::Converge);
+            }
+            self.early_dirty = Some(dirtied);
         }
+        Ok(())
+    }
+
+    /// The full pass's rate while the guest's share did not hold it back,
+    /// called as the pass ends: all of it at share 0, the part after the
+    /// share was given up within it, none if the share held it throughout.
+    fn full_speed_bps(&self, full_pass_bps: f64) -> Option<f64> {
+        if self.options.guest_share == 0 {
+            return Some(full_pass_bps);
+        }
+        let (at, _) = self.released?;
+        let free_for = self.started.elapsed().checked_sub(at)?;
+        let moved = self.shared.bytes_sent.load(Ordering::Relaxed) - self.sent_at_release;
+        (moved >= 1 << 20).then(|| moved as f64 / free_for.as_secs_f64().max(1e-6))
     }
 
     /// Whether pre-copy still keeps the guest a share it could give up.
@@ -701,6 +733,7 @@ impl Engine<'_> {
     /// receiver's, go to the VMM's priority for the rest of the migration.
     fn release_share(&mut self, why: Release) {
         self.crew.set(cpu::VMM_NICE);
+        self.sent_at_release = self.shared.bytes_sent.load(Ordering::Relaxed);
         // Behind the pages already queued on the control stream; a stream
         // that failed shows at the next submit.
         let _ = self.submit(
@@ -798,7 +831,7 @@ impl Engine<'_> {
                 // spends its time.
                 self.report_live(progress);
                 if round == 0 && !self.paused {
-                    self.keep_pace(queued, total);
+                    self.keep_pace(queued, total)?;
                 }
                 if !self.paused && self.limit_reached()? {
                     rest = Some(pages.cleared());
@@ -969,7 +1002,11 @@ impl Engine<'_> {
         let mut round_time = round_start.elapsed().as_secs_f64().max(1e-6);
         let mut bandwidth = (self.shared.bytes_sent.load(Ordering::Relaxed) - sent_before) as f64 / round_time;
         let full_pass_bps = bandwidth;
+        let full_speed_bps = self.full_speed_bps(full_pass_bps);
         let mut dirty = dirty::collect(&self.ctx.vm_fd, &self.ctx.memory)?;
+        if let Some(early) = self.early_dirty.take() {
+            dirty.merge(&early);
+        }
         let mut hot_rounds = 0;
         let mut round_bytes = resident.bytes();
         let mut extra_rounds = 0;
@@ -1137,6 +1174,7 @@ impl Engine<'_> {
             max_throttle_pct: self.max_throttle,
             throughput_bps: bytes_sent as f64 / total.max(1e-9),
             full_pass_bps,
+            full_speed_bps,
             forced: self.forced_at.is_some(),
             forced_at_ms: self.forced_at.map(|at| (at - self.started).as_secs_f64() * 1000.0),
             memory_hash,

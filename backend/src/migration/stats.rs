@@ -97,6 +97,12 @@ pub struct Report {
     /// Send rate of the first full pass (round 0) over every resident page.
     #[serde(default)]
     pub full_pass_bps: f64,
+    /// The full pass's rate while the guest's share did not hold it back
+    /// (share 0, or after pre-copy gave the share up within the pass):
+    /// what the link and the hosts' CPUs give a copy, as forecasts want it.
+    /// None when the share held the copy back for the whole pass.
+    #[serde(default)]
+    pub full_speed_bps: Option<f64>,
     /// True when the time limit forced the switchover: what was left was
     /// sent with the VM paused, which is why the downtime was long.
     pub forced: bool,
