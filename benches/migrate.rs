@@ -1120,8 +1120,13 @@ fn print_table(gib: u64, vcpus: usize, runs: usize, rows: &[(&Workload, Vec<Row>
             );
         }
     }
-    println!();
-    println!("What encryption costs (medians; vmig tls / vmig plaintext, and vmig tls against QEMU):");
+    let with_tls = rows
+        .iter()
+        .any(|(_, engine_rows)| engine_rows.iter().any(|r| r.engine == Engine::VmigTls));
+    if with_tls {
+        println!();
+        println!("What encryption costs (medians; vmig tls / vmig plaintext, and vmig tls against QEMU):");
+    }
     for (workload, engine_rows) in rows {
         let find = |engine| engine_rows.iter().find(|r| r.engine == engine && r.completed());
         let (Some(plain), Some(tls)) = (find(Engine::Vmig), find(Engine::VmigTls)) else {
