@@ -7,11 +7,13 @@
 //! `lost_us=<µs>`: the time all CPUs lost since boot, summed (see [`stats`];
 //! new fields only ever go at the end).
 
+use crate::clock::Clock;
 use crate::cpu;
 use crate::disk;
 use crate::net;
 use crate::serial::Line;
 use crate::stats;
+use crate::workload::Ticker;
 
 #[derive(Debug)]
 pub struct Heartbeat {
@@ -58,19 +60,18 @@ impl Heartbeat {
         self.net = on;
     }
 
-    /// Print a heartbeat if one is due; true if it printed (the caller then resyncs
-    /// its gap measurement).
+    /// Print a heartbeat if one is due (at `now`, from the ticker's last tick);
+    /// the print's own time is not a gap, a stall inside it is.
     #[inline]
-    pub fn poll(&mut self, now: u64) -> bool {
-        if now < self.next_ns {
-            return false;
+    pub fn poll(&mut self, now: u64, ticker: &mut Ticker) {
+        if now >= self.next_ns {
+            let slowest_burst = self.print(now, ticker.clock());
+            ticker.printed(slowest_burst);
         }
-        self.print(now);
-        true
     }
 
     #[inline(never)]
-    fn print(&mut self, now: u64) {
+    fn print(&mut self, now: u64, clock: &Clock) -> u64 {
         let totals = stats::totals();
         let elapsed = now.saturating_sub(self.last_ns).max(1);
         let dirtied = totals.written - self.last_written;
@@ -117,7 +118,7 @@ impl Heartbeat {
                 .dec(net::TX_FRAMES.load(Relaxed));
         }
         line.str(" lost_us=").dec(stats::lost_ns() / 1000);
-        line.emit();
+        let slowest_burst = line.emit_timed(clock);
         self.seq += 1;
         self.last_written = totals.written;
         self.last_ns = now;
@@ -128,6 +129,7 @@ impl Heartbeat {
         if self.exit_after == Some(self.seq) {
             exit();
         }
+        slowest_burst
     }
 }
 

@@ -109,9 +109,7 @@ fn bsp_main() -> ! {
     hb.show_net(net.up());
     let mut idle = || {
         let now = ticker.tick();
-        if hb.poll(now) {
-            ticker.resync();
-        }
+        hb.poll(now, &mut ticker);
         net.poll(now);
     };
     idle();
@@ -122,9 +120,7 @@ fn bsp_main() -> ! {
     let fill_start = ticker.tick();
     loop {
         let now = ticker.tick();
-        if hb.poll(now) {
-            ticker.resync();
-        }
+        hb.poll(now, &mut ticker);
         net.poll(now);
         if !worker.fill_step(&ticker) {
             break;
@@ -133,9 +129,7 @@ fn bsp_main() -> ! {
     ticker.stats.set_fill_done();
     loop {
         let now = ticker.tick();
-        if hb.poll(now) {
-            ticker.resync();
-        }
+        hb.poll(now, &mut ticker);
         net.poll(now);
         if stats::fill_done(plan.workers()) {
             break;
@@ -163,9 +157,7 @@ fn bsp_main() -> ! {
     worker.start(ticker.tick());
     loop {
         let now = ticker.tick();
-        if hb.poll(now) {
-            ticker.resync();
-        }
+        hb.poll(now, &mut ticker);
         // Not resynced, like the disk: a migration's pause shows in maxgap.
         net.poll(now);
         if tty.poll(now) {

@@ -3,6 +3,7 @@
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
+use crate::clock::Clock;
 use crate::cpu;
 
 const COM1: u16 = 0x3f8;
@@ -91,6 +92,30 @@ impl Line {
         send(line);
         LOCK.store(false, Ordering::Release);
         self.len = 0;
+    }
+
+    /// Like [`Line::emit`], and returns how long its slowest burst took
+    /// (clock ns): the print's own cost is a few port exits per burst, so a
+    /// longer one is a stall of the CPU inside it (a migration's pause lands
+    /// on a port exit as readily as anywhere).
+    pub fn emit_timed(&mut self, clock: &Clock) -> u64 {
+        self.buf[self.len] = b'\n';
+        let line = &self.buf[..=self.len];
+        while LOCK
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            core::hint::spin_loop();
+        }
+        let mut slowest = 0;
+        for chunk in line.chunks(FIFO_DEPTH) {
+            let start = clock.now_ns();
+            send(chunk);
+            slowest = slowest.max(clock.now_ns().saturating_sub(start));
+        }
+        LOCK.store(false, Ordering::Release);
+        self.len = 0;
+        slowest
     }
 
     /// Send the line without waiting for the lock: for the fatal path, where the

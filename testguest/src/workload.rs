@@ -118,6 +118,8 @@ pub fn plan() -> Option<&'static Plan> {
 pub struct Ticker {
     clock: Clock,
     last: u64,
+    /// The fastest burst of a printed line seen so far: a print's own cost.
+    burst_floor_ns: u64,
     pub stats: Publisher,
 }
 
@@ -125,6 +127,7 @@ impl Ticker {
     pub fn new(cpu: usize, clock: Clock) -> Ticker {
         Ticker {
             last: clock.now_ns(),
+            burst_floor_ns: u64::MAX,
             clock,
             stats: Publisher::new(cpu),
         }
@@ -136,6 +139,19 @@ impl Ticker {
         self.stats.note_gap(now.saturating_sub(self.last));
         self.last = now;
         now
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// After a line was printed, whose slowest burst took `slowest_burst_ns`:
+    /// the print's own cost is not a gap, but what that burst took beyond
+    /// the fastest burst seen is time the CPU stood still, and counts as one.
+    pub fn printed(&mut self, slowest_burst_ns: u64) {
+        self.burst_floor_ns = self.burst_floor_ns.min(slowest_burst_ns);
+        self.stats.note_gap(slowest_burst_ns - self.burst_floor_ns);
+        self.resync();
     }
 
     /// Restart gap measurement, so time spent printing is not counted as a gap.
