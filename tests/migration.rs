@@ -46,15 +46,16 @@ fn assert_continues(before: &Vmm, after: &Vmm) -> Heartbeat {
     later
 }
 
+fn report_ms(report: &serde_json::Value, key: &str, cmdline: &str) -> f64 {
+    report[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{cmdline}: no {key}: {report}"))
+}
+
 /// The report's blackout (the source's first vCPU out to the target's last
-/// in) lies within the downtime's parts, and the guest's own longest stall
-/// across the switchover (its clock runs on through it) is at least as long.
-fn assert_blackout_as_the_guest_saw_it(report: &serde_json::Value, to: &Vmm, cmdline: &str) {
-    let ms = |key: &str| {
-        report[key]
-            .as_f64()
-            .unwrap_or_else(|| panic!("{cmdline}: no {key}: {report}"))
-    };
+/// in) is made of the downtime's parts.
+fn assert_blackout_in_the_downtime(report: &serde_json::Value, cmdline: &str) -> f64 {
+    let ms = |key| report_ms(report, key, cmdline);
     let (downtime, stop, handoff) = (ms("downtime_ms"), ms("stop_ms"), ms("handoff_ms"));
     let (resume, blackout) = (ms("resume_ms"), ms("blackout_ms"));
     assert!((0.0..downtime).contains(&stop), "{cmdline}: {report}");
@@ -62,10 +63,24 @@ fn assert_blackout_as_the_guest_saw_it(report: &serde_json::Value, to: &Vmm, cmd
         blackout >= downtime - stop - handoff && blackout <= downtime - stop + resume + 1e-3,
         "{cmdline}: the blackout is made of the downtime's parts: {report}"
     );
+    blackout
+}
+
+/// The guest's longest stall across the switchover (its clock runs on
+/// through it) is at least the report's blackout. Only a one-vCPU guest
+/// stands still for all of it: with more, the blackout runs from the first
+/// vCPU out to the last in, and each vCPU stands still for less.
+fn assert_blackout_as_the_guest_saw_it(report: &serde_json::Value, to: &Vmm, cmdline: &str) {
+    let blackout = assert_blackout_in_the_downtime(report, cmdline);
     let beats = to.heartbeats();
+    assert_eq!(beats[0].get("cpus"), 1, "{cmdline}: a one-vCPU guest");
     let gap_ms = beats.iter().take(2).map(|h| h.get("maxgap_us")).max().unwrap() as f64 / 1000.0;
+    // The host's clock may be slewed against the guest's by up to 0.05%, and
+    // when the target's vCPUs entered is known to the source only within
+    // the handoff's round trip (Running's way back is taken as half of it).
+    let uncertain = 0.5 + report_ms(report, "handoff_ms", cmdline);
     assert!(
-        gap_ms + 0.5 >= blackout,
+        gap_ms * 1.001 + uncertain >= blackout,
         "{cmdline}: the guest stood still {gap_ms} ms, the report says {blackout} ms: {report}"
     );
 }
@@ -94,12 +109,29 @@ fn idle_filled_and_dirtying_guests_migrate_intact() {
         assert!(from.stderr_text().contains("migrated to"), "{}", from.stderr_text());
         assert_eq!(to.wait_state(RunState::Running, BOOT_TIMEOUT), Some(RunState::Running));
         assert_continues(&from, &to);
-        assert_blackout_as_the_guest_saw_it(report, &to, cmdline);
+        assert_blackout_in_the_downtime(report, cmdline);
         if cmdline.contains("dirty") {
             let beat = to.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.get("written") > 0);
             assert!(beat.get("written") > 0, "the workload keeps dirtying on the target");
         }
     }
+}
+
+#[test]
+fn a_one_vcpu_guest_stands_still_for_the_reported_blackout() {
+    let cmdline = "hb=20 fill=64M dirty=64M rate=1000";
+    let from = Vmm::testguest("512M", 1, cmdline);
+    from.wait_for_line("the fill", BOOT_TIMEOUT, |l| l.starts_with("FILLED"));
+    let now = from.heartbeats().last().map_or(0, Heartbeat::seq);
+    from.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() >= now + 3);
+    let (to, url) = Vmm::incoming(&[]);
+    let sent = send(&from, &url, &[]);
+    assert_eq!(sent.code, Some(0), "{}", sent.stderr);
+    assert_eq!(to.wait_state(RunState::Running, BOOT_TIMEOUT), Some(RunState::Running));
+    // The switchover's gap is in the target's first whole heartbeat.
+    let first = to.wait_for_heartbeat(BOOT_TIMEOUT, |_| true);
+    to.wait_for_heartbeat(BOOT_TIMEOUT, |h| h.seq() > first.seq());
+    assert_blackout_as_the_guest_saw_it(sent.report(), &to, cmdline);
 }
 
 #[test]
@@ -279,12 +311,14 @@ fn a_guest_dirtying_faster_than_the_link_converges_with_auto_converge() {
 
 #[test]
 fn without_auto_converge_the_time_limit_action_applies() {
+    // At 20 MB/s a round of the 32 MiB working set takes 1.6 s: enough for
+    // the guest to dirty it again even on a host other tests keep busy.
     let mut from = source("hb=20 fill=32M dirty=32M rate=max");
     let (mut to, url) = Vmm::incoming(&[]);
     let sent = send(
         &from,
         &url,
-        &["--bandwidth", "50M", "--timeout", "3", "--no-auto-converge"],
+        &["--bandwidth", "20M", "--timeout", "3", "--no-auto-converge"],
     );
     assert_eq!(sent.code, Some(1), "{}", sent.stderr);
     assert!(sent.stderr.contains("did not converge"), "{}", sent.stderr);
@@ -301,7 +335,7 @@ fn without_auto_converge_the_time_limit_action_applies() {
         &url,
         &[
             "--bandwidth",
-            "50M",
+            "20M",
             "--timeout",
             "3",
             "--no-auto-converge",
@@ -377,11 +411,25 @@ fn the_time_limit_is_honoured_while_a_round_runs() {
     assert!((1000.0..2500.0).contains(&released), "{report}");
     // Looked at after every batch: forced within a batch of the limit, and
     // paused once the round under way drained (5 batches of 1 MiB per
-    // stream at 32 MiB/s: 0.3 s), not at the end of the 8 s pass.
+    // stream at 32 MiB/s: 0.3 s), not at the end of the 8 s pass. (At the
+    // rate the link ran once the share was given up: a host other tests
+    // keep busy runs it below the cap.)
+    let rate = report["full_speed_bps"]
+        .as_f64()
+        .unwrap_or(f64::MAX)
+        .min(f64::from(32u32 << 20));
+    let streams = report["streams"].as_f64().unwrap();
+    let batch_ms = streams * f64::from(1u32 << 20) / rate * 1000.0;
     let forced_at = report["forced_at_ms"].as_f64().unwrap();
-    assert!((2000.0..2500.0).contains(&forced_at), "forced at {forced_at} ms");
+    assert!(
+        (2000.0..2500.0 + batch_ms).contains(&forced_at),
+        "forced at {forced_at} ms: {report}"
+    );
     let paused_at = report["total_ms"].as_f64().unwrap() - report["downtime_ms"].as_f64().unwrap();
-    assert!(paused_at < forced_at + 1500.0, "paused at {paused_at} ms: {report}");
+    assert!(
+        paused_at < forced_at + 5.0 * batch_ms + 1000.0,
+        "paused at {paused_at} ms: {report}"
+    );
     // What was left went with the VM paused; the report says how much.
     assert!(report["final_round_bytes"].as_u64().unwrap() > 64 << 20, "{report}");
     assert_continues(&from, &to);
