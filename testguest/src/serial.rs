@@ -82,15 +82,7 @@ impl Line {
     /// Send the line and a newline. Other CPUs' lines never interleave with it.
     pub fn emit(&mut self) {
         self.buf[self.len] = b'\n';
-        let line = &self.buf[..=self.len];
-        while LOCK
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            core::hint::spin_loop();
-        }
-        send(line);
-        LOCK.store(false, Ordering::Release);
+        locked(|| send(&self.buf[..=self.len]));
         self.len = 0;
     }
 
@@ -101,19 +93,15 @@ impl Line {
     pub fn emit_timed(&mut self, clock: &Clock) -> u64 {
         self.buf[self.len] = b'\n';
         let line = &self.buf[..=self.len];
-        while LOCK
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            core::hint::spin_loop();
-        }
-        let mut slowest = 0;
-        for chunk in line.chunks(FIFO_DEPTH) {
-            let start = clock.now_ns();
-            send(chunk);
-            slowest = slowest.max(clock.now_ns().saturating_sub(start));
-        }
-        LOCK.store(false, Ordering::Release);
+        let slowest = locked(|| {
+            let mut slowest = 0;
+            for chunk in line.chunks(FIFO_DEPTH) {
+                let start = clock.now_ns();
+                send(chunk);
+                slowest = slowest.max(clock.now_ns().saturating_sub(start));
+            }
+            slowest
+        });
         self.len = 0;
         slowest
     }
@@ -132,14 +120,20 @@ pub fn write(bytes: &[u8]) {
     if bytes.is_empty() {
         return;
     }
+    locked(|| send(bytes));
+}
+
+/// Runs `f` holding the console lock, so that CPUs' lines do not interleave.
+fn locked<R>(f: impl FnOnce() -> R) -> R {
     while LOCK
         .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
         .is_err()
     {
         core::hint::spin_loop();
     }
-    send(bytes);
+    let result = f();
     LOCK.store(false, Ordering::Release);
+    result
 }
 
 fn send(bytes: &[u8]) {
