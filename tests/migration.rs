@@ -136,6 +136,25 @@ fn a_one_vcpu_guest_stands_still_for_the_reported_blackout() {
 }
 
 #[test]
+fn with_no_free_core_pre_copy_takes_the_cpu_the_share_would_starve_it_of() {
+    // The source's every thread on the one CPU its spinning vCPU runs on:
+    // at the default share, its stream waits for that CPU many times longer
+    // than it runs (a filled 512 MiB would take tens of seconds).
+    let from = source_with(1, "hb=20 fill=all");
+    from.pin_to(0);
+    let (to, url) = Vmm::incoming(&[]);
+    let sent = send(&from, &url, &["--timeout", "120"]);
+    assert_eq!(sent.code, Some(0), "{}", sent.stderr);
+    let report = sent.report();
+    assert_eq!(report["guest_share"], 95, "{report}");
+    assert_eq!(report["share_released"]["why"], "starved", "{report}");
+    // Looked at from the first second of the full pass on.
+    let released = report["share_released"]["at_ms"].as_f64().unwrap();
+    assert!((1000.0..10_000.0).contains(&released), "{report}");
+    assert_continues(&from, &to);
+}
+
+#[test]
 fn a_vm_migrates_back_and_forth_ten_times() {
     let mut hosts = vec![source("hb=20 fill=32M dirty=32M rate=200")];
     for hop in 0..10 {

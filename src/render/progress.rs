@@ -255,6 +255,7 @@ pub fn print_report(report: &Report, headline: &str, json: bool) -> Result<()> {
         let why = match release.why {
             vmig_backend::migration::Release::Converge => "to converge before the guest would be throttled",
             vmig_backend::migration::Release::TimeLimit => "to finish within its time limit",
+            vmig_backend::migration::Release::Starved => "as no core was free for it",
         };
         writeln!(
             out,

@@ -257,6 +257,18 @@ impl Vmm {
     }
 
     /// Waits for the process to exit by itself.
+    /// Every thread of this VMM on one CPU, and so every thread it starts
+    /// later (a thread inherits its creator's CPUs).
+    pub fn pin_to(&self, cpu: usize) {
+        let mut set = nix::sched::CpuSet::new();
+        set.set(cpu).unwrap();
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).unwrap();
+        for task in tasks {
+            let tid: i32 = task.unwrap().file_name().to_str().unwrap().parse().unwrap();
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set).unwrap();
+        }
+    }
+
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {

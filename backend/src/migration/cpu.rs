@@ -183,12 +183,31 @@ fn parse_runnable(loadavg: &str) -> Option<u32> {
 /// for a CPU since they started, summed (the second field of their
 /// schedstat; None where the kernel keeps no such figure).
 pub fn waited_ns(tids: &[i32]) -> Option<u64> {
-    tids.iter()
-        .map(|tid| {
-            let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
-            text.split_whitespace().nth(1)?.parse::<u64>().ok()
+    times(tids).map(|t| t.waited_ns)
+}
+
+/// What the scheduler gave a set of threads since they started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CpuTimes {
+    /// On a CPU.
+    pub ran_ns: u64,
+    /// Runnable, waiting for one.
+    pub waited_ns: u64,
+}
+
+/// The threads `tids` of this process, summed from their schedstat (None
+/// where the kernel keeps no such figure).
+pub fn times(tids: &[i32]) -> Option<CpuTimes> {
+    tids.iter().try_fold(CpuTimes::default(), |sum, tid| {
+        let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+        let mut fields = text.split_whitespace().map(str::parse::<u64>);
+        let ran_ns = fields.next()?.ok()?;
+        let waited_ns = fields.next()?.ok()?;
+        Some(CpuTimes {
+            ran_ns: sum.ran_ns + ran_ns,
+            waited_ns: sum.waited_ns + waited_ns,
         })
-        .sum()
+    })
 }
 
 /// This machine's boot id: two ends with the same one share their cores.
@@ -259,6 +278,21 @@ mod tests {
         assert!(waited_ns(&[tid]).unwrap() >= before);
         assert_eq!(waited_ns(&[]), Some(0));
         assert_eq!(waited_ns(&[i32::MAX]), None);
+    }
+
+    #[test]
+    fn a_thread_that_spins_is_seen_running() {
+        let tid = nix::unistd::gettid().as_raw();
+        let before = times(&[tid]).expect("schedstat");
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_millis(20) {
+            std::hint::spin_loop();
+        }
+        let after = times(&[tid]).unwrap();
+        assert!(after.ran_ns >= before.ran_ns + 5_000_000, "{before:?} {after:?}");
+        assert!(after.waited_ns >= before.waited_ns);
+        assert_eq!(times(&[]), Some(CpuTimes::default()));
+        assert_eq!(times(&[tid, i32::MAX]), None);
     }
 
     #[test]
