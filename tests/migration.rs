@@ -148,9 +148,9 @@ fn with_no_free_core_pre_copy_takes_the_cpu_the_share_would_starve_it_of() {
     let report = sent.report();
     assert_eq!(report["guest_share"], 95, "{report}");
     assert_eq!(report["share_released"]["why"], "starved", "{report}");
-    // Looked at from the first second of the full pass on.
+    // Judged from a quarter of a second into the full pass on.
     let released = report["share_released"]["at_ms"].as_f64().unwrap();
-    assert!((1000.0..10_000.0).contains(&released), "{report}");
+    assert!((250.0..10_000.0).contains(&released), "{report}");
     assert_continues(&from, &to);
 }
 
@@ -315,12 +315,14 @@ fn a_guest_dirtying_faster_than_the_link_converges_with_auto_converge() {
 
     // By default the copy first takes the CPU the guest kept (whether that
     // suffices depends on what else the host runs; the capped link makes
-    // the rounds hot in any case).
+    // the rounds hot in any case). Where no core is free (two spinning
+    // vCPUs on two cores) it is given up sooner, as starved.
     let (next, url) = Vmm::incoming(&[]);
     let sent = send(&to, &url, &["--bandwidth", "100M", "--timeout", "120"]);
     assert_eq!(sent.code, Some(0), "{}", sent.stderr);
     let report = sent.report();
-    assert_eq!(report["share_released"]["why"], "converge", "{report}");
+    let why = report["share_released"]["why"].as_str();
+    assert!(matches!(why, Some("converge" | "starved")), "{report}");
     assert!(!report["forced"].as_bool().unwrap());
     assert!(to.wait_exit(BOOT_TIMEOUT).success());
     let first = next.wait_for_heartbeat(BOOT_TIMEOUT, |_| true);
@@ -425,10 +427,20 @@ fn the_time_limit_is_honoured_while_a_round_runs() {
     let report = sent.report();
     assert!(report["forced"].as_bool().unwrap(), "{report}");
     // An 8 s first pass against a 2 s limit: after a second, pre-copy no
-    // longer kept the guest its share.
-    assert_eq!(report["share_released"]["why"], "time_limit", "{report}");
-    let released = report["share_released"]["at_ms"].as_f64().unwrap();
-    assert!((1000.0..2500.0).contains(&released), "{report}");
+    // longer kept the guest its share (after a quarter of one where no
+    // core was free for it).
+    let released = &report["share_released"];
+    match released["why"].as_str() {
+        Some("time_limit") => assert!(
+            (1000.0..2500.0).contains(&released["at_ms"].as_f64().unwrap()),
+            "{report}"
+        ),
+        Some("starved") => assert!(
+            (250.0..2500.0).contains(&released["at_ms"].as_f64().unwrap()),
+            "{report}"
+        ),
+        _ => panic!("the share was kept: {report}"),
+    }
     // Looked at after every batch: forced within a batch of the limit, and
     // paused once the round under way drained (5 batches of 1 MiB per
     // stream at 32 MiB/s: 0.3 s), not at the end of the 8 s pass. (At the
