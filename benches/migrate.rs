@@ -459,6 +459,9 @@ fn vmig_run(memory: &str, vcpus: usize, workload: &Workload, tls: bool, extra: &
     let mut target = Process::spawn(
         Command::new(VMIG)
             .args(["vm", "run", "--incoming", &url])
+            // It waits while the source boots and fills its memory (a
+            // filled 4 GiB on one vCPU can take longer than the default).
+            .args(["--accept-timeout", "600"])
             .args(&target_tls)
             .arg("--control")
             .arg(path("target.sock"))
