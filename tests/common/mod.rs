@@ -256,7 +256,6 @@ impl Vmm {
         Heartbeat::parse(&line).unwrap()
     }
 
-    /// Waits for the process to exit by itself.
     /// Every thread of this VMM on one CPU, and so every thread it starts
     /// later (a thread inherits its creator's CPUs).
     pub fn pin_to(&self, cpu: usize) {
@@ -269,6 +268,7 @@ impl Vmm {
         }
     }
 
+    /// Waits for the process to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
