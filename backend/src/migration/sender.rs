@@ -756,13 +756,13 @@ impl Engine<'_> {
     /// every core runs a vCPU (their weight beside one, at the default
     /// share). None before they ran, or where the kernel keeps no figure.
     fn copy_stretch(&self) -> Option<f64> {
-        let tids = self
-            .shared
-            .copiers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let times = cpu::times(&tids)?;
+        let times = cpu::times(
+            &self
+                .shared
+                .copiers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )?;
         (times.ran_ns > 0).then(|| (times.ran_ns + times.waited_ns) as f64 / times.ran_ns as f64)
     }
 

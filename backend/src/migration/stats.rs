@@ -52,8 +52,9 @@ pub enum Release {
     /// At the rate the share left it, the full pass would have outlasted
     /// half the time limit.
     TimeLimit,
-    /// The copy's threads waited for a CPU most of the time: no core was
-    /// free, and the share would have stretched the migration manyfold.
+    /// The copy's threads waited for a CPU many times longer than they ran
+    /// (more than 9x): no core was free, and the share would have
+    /// stretched the migration manyfold.
     Starved,
 }
 
